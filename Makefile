@@ -1,0 +1,87 @@
+# Stevedore — build, generate, test, run.
+SHELL := /usr/bin/env bash -o pipefail
+.SHELLFLAGS := -ec
+
+export GOTOOLCHAIN := local
+CACHE ?= $(or $(STEVEDORE_CACHE),$(or $(XDG_CACHE_HOME),$(HOME)/.cache)/stevedore)
+export STEVEDORE_CACHE := $(CACHE)
+LOCALBIN := $(CURDIR)/bin
+TOOLBIN := $(CACHE)/tools
+
+# Pinned tool versions; installed once into $(TOOLBIN), linked into ./bin.
+CONTROLLER_TOOLS_VERSION ?= v0.23.0
+CONTROLLER_GEN := $(LOCALBIN)/controller-gen
+
+VERSION ?= 0.1.0
+LDFLAGS := -s -w -X github.com/stevedore-dev/stevedore/internal/version.Version=$(VERSION)
+GOBUILD := CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)'
+
+.PHONY: all
+all: build
+
+##@ Build
+
+.PHONY: build
+build: ## Build the operator (bin/manager) and the daemon (bin/registryd).
+	$(GOBUILD) -o $(LOCALBIN)/manager .
+	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
+
+.PHONY: fmt
+fmt: ## go fmt every package.
+	go fmt ./...
+
+.PHONY: vet
+vet: ## go vet every package.
+	go vet ./...
+
+##@ Generate
+
+.PHONY: manifests
+manifests: controller-gen ## CRDs and RBAC from the kubebuilder markers.
+	$(CONTROLLER_GEN) rbac:roleName=stevedore-manager crd paths="./..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+
+.PHONY: generate
+generate: controller-gen ## DeepCopy methods from the kubebuilder markers.
+	$(CONTROLLER_GEN) object:headerFile="hack/boilerplate.go.txt" paths="./..."
+
+##@ Test
+
+.PHONY: envtest
+envtest: ## Build (or find cached) kube-apiserver, etcd and kubectl.
+	@hack/envtest-assets.sh >/dev/null
+
+.PHONY: test
+test: controller-gen envtest ## Run every test: unit, envtest, generated-code staleness.
+	@start=$$SECONDS; \
+	assets="$$(hack/envtest-assets.sh)"; \
+	echo "== go vet"; go vet ./...; \
+	echo "== go test"; \
+	KUBEBUILDER_ASSETS="$$assets" CONTROLLER_GEN="$(CONTROLLER_GEN)" go test -count=1 ./... ; \
+	echo "== make test: $$((SECONDS - start))s"
+
+##@ Run
+
+.PHONY: dev
+dev: build envtest ## A local API server, the operator, a sample Registry and its registryd.
+	hack/dev.sh
+
+.PHONY: conformance
+conformance: build ## The OCI conformance suite against a standalone registryd.
+	hack/conformance.sh
+
+.PHONY: bench
+bench: build ## Side-by-side benchmarks with distribution.
+	hack/bench.sh
+
+##@ Tools
+
+.PHONY: controller-gen
+controller-gen: $(CONTROLLER_GEN)
+$(CONTROLLER_GEN): $(TOOLBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
+	@mkdir -p $(LOCALBIN) && ln -sf $< $@
+$(TOOLBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION):
+	hack/go-install-tool.sh $@ sigs.k8s.io/controller-tools/cmd/controller-gen $(CONTROLLER_TOOLS_VERSION)
+
+.PHONY: help
+help: ## Show targets.
+	@awk 'BEGIN {FS = ":.*##"} /^[a-zA-Z_-]+:.*?##/ { printf "  %-14s %s\n", $$1, $$2 } /^##@/ { printf "\n%s\n", substr($$0, 5) }' $(MAKEFILE_LIST)

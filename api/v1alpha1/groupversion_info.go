@@ -1,0 +1,20 @@
+// Package v1alpha1 holds the Registry and Repository API types of group stevedore.dev.
+// +kubebuilder:object:generate=true
+// +groupName=stevedore.dev
+package v1alpha1
+
+import (
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"sigs.k8s.io/controller-runtime/pkg/scheme"
+)
+
+var (
+	// GroupVersion is the group and version of every type in this package.
+	GroupVersion = schema.GroupVersion{Group: "stevedore.dev", Version: "v1alpha1"}
+
+	// SchemeBuilder registers the types with a runtime.Scheme.
+	SchemeBuilder = &scheme.Builder{GroupVersion: GroupVersion}
+
+	// AddToScheme adds the types in this group-version to a scheme.
+	AddToScheme = SchemeBuilder.AddToScheme
+)

@@ -1,0 +1,233 @@
+package v1alpha1
+
+import (
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// AuthMode selects how registryd authenticates clients.
+// +kubebuilder:validation:Enum=none;htpasswd;kubernetes
+type AuthMode string
+
+const (
+	// AuthNone leaves the registry open to everyone: development only.
+	AuthNone AuthMode = "none"
+	// AuthHtpasswd checks Basic credentials against bcrypt entries in a Secret.
+	AuthHtpasswd AuthMode = "htpasswd"
+	// AuthKubernetes checks Kubernetes tokens (TokenReview) and RBAC (SubjectAccessReview).
+	AuthKubernetes AuthMode = "kubernetes"
+)
+
+// Condition types reported in RegistryStatus.Conditions.
+const (
+	ConditionReady        = "Ready"
+	ConditionAvailable    = "Available"
+	ConditionProgressing  = "Progressing"
+	ConditionStorageReady = "StorageReady"
+	ConditionDegraded     = "Degraded"
+)
+
+// StorageSpec says where blobs and manifests live.
+type StorageSpec struct {
+	// URL is a gocloud.dev blob URL: s3://bucket?endpoint=…&region=…&use_path_style=true,
+	// gs://bucket, azblob://container, file:///path or mem://.
+	// +kubebuilder:validation:MinLength=1
+	// +kubebuilder:validation:XValidation:rule="self.matches('^(s3|gs|azblob|file|mem)://')",message="storage.url must start with one of s3://, gs://, azblob://, file://, mem://"
+	URL string `json:"url"`
+
+	// SecretRef names a Secret in the Registry's namespace whose keys are handed
+	// to registryd as environment variables (AWS_*, AZURE_STORAGE_*, …).
+	// +optional
+	SecretRef *corev1.LocalObjectReference `json:"secretRef,omitempty"`
+
+	// Prefix is prepended to every object key, so several registries can share a bucket.
+	// +optional
+	// +kubebuilder:validation:Pattern=`^([A-Za-z0-9._-]+/)*$`
+	Prefix string `json:"prefix,omitempty"`
+}
+
+// ServiceSpec shapes the Service in front of registryd.
+type ServiceSpec struct {
+	// +kubebuilder:default=ClusterIP
+	// +kubebuilder:validation:Enum=ClusterIP;NodePort;LoadBalancer
+	// +optional
+	Type corev1.ServiceType `json:"type,omitempty"`
+
+	// +kubebuilder:default=5000
+	// +kubebuilder:validation:Minimum=1
+	// +kubebuilder:validation:Maximum=65535
+	// +optional
+	Port int32 `json:"port,omitempty"`
+}
+
+// IngressSpec asks for an Ingress in front of the Service.
+type IngressSpec struct {
+	// +kubebuilder:validation:MinLength=1
+	Host string `json:"host"`
+	// +optional
+	ClassName *string `json:"className,omitempty"`
+	// +optional
+	TLSSecretName string `json:"tlsSecretName,omitempty"`
+}
+
+// TLSSpec makes registryd serve HTTPS itself.
+type TLSSpec struct {
+	// SecretName names a kubernetes.io/tls Secret.
+	// +kubebuilder:validation:MinLength=1
+	SecretName string `json:"secretName"`
+}
+
+// AuthSpec chooses who may pull, push and delete.
+// +kubebuilder:validation:XValidation:rule="self.mode != 'htpasswd' || has(self.htpasswdSecretRef)",message="auth.htpasswdSecretRef is required when auth.mode is htpasswd"
+type AuthSpec struct {
+	// Mode defaults to kubernetes: ServiceAccounts and RBAC are the users and
+	// permissions. none is for development only.
+	// +kubebuilder:default=kubernetes
+	// +optional
+	Mode AuthMode `json:"mode,omitempty"`
+
+	// HtpasswdSecretRef names a Secret with an "htpasswd" key of bcrypt entries.
+	// +optional
+	HtpasswdSecretRef *corev1.LocalObjectReference `json:"htpasswdSecretRef,omitempty"`
+
+	// AnonymousPull opens pulls (and only pulls) to unauthenticated clients.
+	// +optional
+	AnonymousPull bool `json:"anonymousPull,omitempty"`
+}
+
+// RedirectSpec serves blob GETs as 307 redirects to signed backend URLs.
+type RedirectSpec struct {
+	// Enabled defaults to on for cloud backends and off for file:// and mem://.
+	// +optional
+	Enabled *bool `json:"enabled,omitempty"`
+	// TTL of the signed URL.
+	// +kubebuilder:default="20m"
+	// +optional
+	TTL *metav1.Duration `json:"ttl,omitempty"`
+}
+
+// LimitsSpec bounds what clients can store.
+type LimitsSpec struct {
+	// +kubebuilder:default=4194304
+	// +kubebuilder:validation:Minimum=1024
+	// +optional
+	MaxManifestBytes int64 `json:"maxManifestBytes,omitempty"`
+
+	// MaxTagsPerRepository keeps a Repository object well under etcd's object size limit.
+	// +kubebuilder:default=2000
+	// +kubebuilder:validation:Minimum=1
+	// +optional
+	MaxTagsPerRepository int32 `json:"maxTagsPerRepository,omitempty"`
+}
+
+// GCSpec schedules online garbage collection.
+type GCSpec struct {
+	// Schedule in cron syntax; empty disables scheduled collection.
+	// +optional
+	Schedule string `json:"schedule,omitempty"`
+	// GracePeriod protects objects younger than this from the sweep.
+	// +kubebuilder:default="1h"
+	// +optional
+	GracePeriod *metav1.Duration `json:"gracePeriod,omitempty"`
+	// DeleteUntagged also sweeps manifests no tag or index reaches.
+	// +optional
+	DeleteUntagged bool `json:"deleteUntagged,omitempty"`
+}
+
+// RegistrySpec is what the user asks for.
+type RegistrySpec struct {
+	// +kubebuilder:default=1
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	Replicas *int32 `json:"replicas,omitempty"`
+
+	// Image of registryd; defaults to the operator's own image.
+	// +optional
+	Image string `json:"image,omitempty"`
+
+	Storage StorageSpec `json:"storage"`
+
+	// +kubebuilder:default={}
+	// +optional
+	Service ServiceSpec `json:"service,omitempty"`
+
+	// +optional
+	Ingress *IngressSpec `json:"ingress,omitempty"`
+
+	// +optional
+	TLS *TLSSpec `json:"tls,omitempty"`
+
+	// +kubebuilder:default={}
+	// +optional
+	Auth AuthSpec `json:"auth,omitempty"`
+
+	// +optional
+	Redirect *RedirectSpec `json:"redirect,omitempty"`
+
+	// +kubebuilder:default={}
+	// +optional
+	Limits LimitsSpec `json:"limits,omitempty"`
+
+	// AutoCreateRepositories creates a Repository on first push.
+	// +kubebuilder:default=true
+	// +optional
+	AutoCreateRepositories *bool `json:"autoCreateRepositories,omitempty"`
+
+	// +optional
+	GC *GCSpec `json:"gc,omitempty"`
+
+	// +optional
+	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
+	// +optional
+	NodeSelector map[string]string `json:"nodeSelector,omitempty"`
+	// +optional
+	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
+	// +optional
+	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+}
+
+// RegistryStatus is what the operator observed.
+type RegistryStatus struct {
+	// +listType=map
+	// +listMapKey=type
+	// +optional
+	Conditions []metav1.Condition `json:"conditions,omitempty"`
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// +optional
+	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+	// Endpoint is the in-cluster host:port of the registry.
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+	// Repositories counts the Repository objects of this registry.
+	// +optional
+	Repositories int32 `json:"repositories,omitempty"`
+}
+
+// Registry is an OCI registry run by the operator.
+// +kubebuilder:object:root=true
+// +kubebuilder:subresource:status
+// +kubebuilder:resource:shortName=reg
+// +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
+// +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.status.endpoint`
+// +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.status.readyReplicas`
+// +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
+type Registry struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata,omitempty"`
+
+	Spec   RegistrySpec   `json:"spec"`
+	Status RegistryStatus `json:"status,omitempty"`
+}
+
+// RegistryList is a list of Registry.
+// +kubebuilder:object:root=true
+type RegistryList struct {
+	metav1.TypeMeta `json:",inline"`
+	metav1.ListMeta `json:"metadata,omitempty"`
+	Items           []Registry `json:"items"`
+}
+
+func init() {
+	SchemeBuilder.Register(&Registry{}, &RegistryList{})
+}

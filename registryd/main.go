@@ -1,12 +1,174 @@
 // Command registryd is Stevedore's stateless OCI distribution server.
+//
+//	registryd --addr 127.0.0.1:5000 --storage file:///var/tmp/stevedore
+//
+// Blobs, manifests, tags (the bucket tag store) and upload parts all live in
+// the bucket named by --storage (any gocloud.dev/blob URL), so any number of
+// replicas may share it given the same --http-secret-file.
 package main
 
 import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
 	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"gocloud.dev/blob"
+	_ "gocloud.dev/blob/fileblob"
+	_ "gocloud.dev/blob/memblob"
+
+	"github.com/stevedore-dev/stevedore/registryd/server"
+	"github.com/stevedore-dev/stevedore/registryd/storage"
+	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
 
+type config struct {
+	addr, debugAddr, storageURL, secretFile, logFormat string
+	maxManifestBytes, chunkMinLength                   int64
+}
+
 func main() {
-	fmt.Fprintln(os.Stderr, "registryd: not yet implemented")
-	os.Exit(1)
+	var c config
+	flag.StringVar(&c.addr, "addr", "127.0.0.1:5000", "address to serve the registry API on")
+	flag.StringVar(&c.debugAddr, "debug-addr", "", "address for /healthz, /readyz and /metrics (empty: disabled)")
+	flag.StringVar(&c.storageURL, "storage", "file:///var/tmp/stevedore", "gocloud.dev/blob bucket URL (file:///dir, mem://, s3://…)")
+	flag.StringVar(&c.secretFile, "http-secret-file", "", "file holding the secret that signs upload state (default: $STEVEDORE_HTTP_SECRET, else random)")
+	flag.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	flag.Int64Var(&c.maxManifestBytes, "max-manifest-bytes", 4<<20, "largest manifest accepted")
+	flag.Int64Var(&c.chunkMinLength, "chunk-min-length", 0, "OCI-Chunk-Min-Length announced to clients (0: none)")
+	flag.Parse()
+	log := newLogger(c.logFormat)
+	if err := run(log, c); err != nil {
+		log.Error("registryd failed", "error", err)
+		os.Exit(1)
+	}
+}
+
+func newLogger(format string) *slog.Logger {
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, nil))
+}
+
+func run(log *slog.Logger, c config) error {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	secret, err := loadSecret(log, c.secretFile)
+	if err != nil {
+		return err
+	}
+	bucket, err := openBucket(ctx, c.storageURL)
+	if err != nil {
+		return err
+	}
+	defer bucket.Close()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	handler := server.New(bucket, tags.NewBucket(bucket), &server.Options{
+		MaxManifestBytes: c.maxManifestBytes, Secret: secret, ChunkMinLength: c.chunkMinLength,
+		Logger: log, Registerer: reg,
+	})
+	servers := []*http.Server{{Addr: c.addr, Handler: handler, ReadHeaderTimeout: 30 * time.Second}}
+	if c.debugAddr != "" {
+		servers = append(servers, &http.Server{Addr: c.debugAddr, Handler: debugMux(bucket, reg), ReadHeaderTimeout: 10 * time.Second})
+	}
+	return serve(ctx, log, servers)
+}
+
+// serve runs every server until ctx ends or one fails, then shuts all down.
+func serve(ctx context.Context, log *slog.Logger, servers []*http.Server) error {
+	errc := make(chan error, len(servers))
+	for _, srv := range servers {
+		ln, err := net.Listen("tcp", srv.Addr)
+		if err != nil {
+			return err
+		}
+		log.Info("listening", "addr", ln.Addr().String())
+		go func() { errc <- srv.Serve(ln) }()
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for _, srv := range servers {
+		_ = srv.Shutdown(shutdownCtx)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+func debugMux(bucket *blob.Bucket, reg *prometheus.Registry) http.Handler {
+	store := storage.New(bucket)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if err := store.Ping(ctx); err != nil {
+			http.Error(w, "storage: "+err.Error(), http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux
+}
+
+// loadSecret reads the upload-token secret. Without one, uploads only work
+// against this process, so say so loudly.
+func loadSecret(log *slog.Logger, file string) ([]byte, error) {
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return nil, fmt.Errorf("reading --http-secret-file: %w", err)
+		}
+		if s := strings.TrimSpace(string(b)); s != "" {
+			return []byte(s), nil
+		}
+		return nil, fmt.Errorf("--http-secret-file %s is empty", file)
+	}
+	if s := os.Getenv("STEVEDORE_HTTP_SECRET"); s != "" {
+		return []byte(s), nil
+	}
+	log.Warn("no --http-secret-file or STEVEDORE_HTTP_SECRET: using a random secret; uploads cannot move between replicas")
+	secret := make([]byte, 32)
+	_, err := rand.Read(secret)
+	return secret, err
+}
+
+// openBucket opens the gocloud URL, creating a file:// directory if needed.
+func openBucket(ctx context.Context, rawURL string) (*blob.Bucket, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("--storage: %w", err)
+	}
+	if u.Scheme == "file" {
+		if err := os.MkdirAll(u.Path, 0o755); err != nil {
+			return nil, fmt.Errorf("--storage: %w", err)
+		}
+	}
+	b, err := blob.OpenBucket(ctx, rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("opening --storage %s: %w", rawURL, err)
+	}
+	return b, nil
 }

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# conformance.sh: run the OCI distribution-spec conformance suite against a
+# standalone bin/registryd, for each storage (file bucket, mem://) and each
+# spec version (1.1, dev). Prints pass/fail counts; exits non-zero on any
+# failure.
+#
+# The suite comes from the Go module proxy. Only a pseudo-version of
+# github.com/opencontainers/distribution-spec/conformance is served there
+# (tagged versions are not); it is the rewritten, main-branch suite, a plain
+# program with OCI_VERSION=dev support, so it is `go install`ed, not
+# `go test -c`ed. It is cached outside the repository, keyed by version.
+#
+# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem"),
+#      CONFORMANCE_SPECS ("1.1 dev"), REGISTRYD (binary), STEVEDORE_CACHE.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+version="${CONFORMANCE_VERSION:-v0.0.0-20260831232431-97274622c111}"
+cache="${STEVEDORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stevedore}"
+suite="$cache/tools/oci-conformance-$version"
+registryd="${REGISTRYD:-bin/registryd}"
+storages="${CONFORMANCE_STORAGES:-file mem}"
+specs="${CONFORMANCE_SPECS:-1.1 dev}"
+
+if [[ ! -x "$suite" ]]; then
+  hack/go-install-tool.sh "$suite" github.com/opencontainers/distribution-spec/conformance "$version"
+fi
+if [[ ! -x "$registryd" ]]; then
+  CGO_ENABLED=0 go build -o "$registryd" ./registryd
+fi
+
+work="$(mktemp -d)"
+pid=""
+cleanup() {
+  if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_registryd() { # port storage-url log; sets pid
+  STEVEDORE_HTTP_SECRET=conformance "$registryd" --addr "127.0.0.1:$1" --storage "$2" >"$3" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do
+    if curl -fsS "http://127.0.0.1:$1/v2/" >/dev/null 2>&1; then return; fi
+    sleep 0.1
+  done
+  echo "registryd did not start; log:" >&2; cat "$3" >&2; exit 1
+}
+
+failed=0
+summary=()
+for storage in $storages; do
+  for spec in $specs; do
+    dir="$work/$storage-$spec"; mkdir -p "$dir"
+    case "$storage" in
+      file) url="file://$dir/bucket" ;;
+      mem) url="mem://" ;;
+      *) echo "unknown storage $storage" >&2; exit 2 ;;
+    esac
+    port="$(free_port)"
+    start_registryd "$port" "$url" "$dir/registryd.log"
+    rc=0
+    (cd "$dir" && env OCI_REGISTRY="127.0.0.1:$port" OCI_TLS=disabled OCI_VERSION="$spec" \
+      OCI_REPO1=conformance/repo1 OCI_REPO2=conformance/repo2 \
+      OCI_API_PULL=true OCI_API_PUSH=true OCI_API_TAGS_LIST=true OCI_API_REFERRER=true \
+      OCI_API_TAGS_DELETE=true OCI_API_MANIFESTS_DELETE=true OCI_API_BLOBS_DELETE=true \
+      OCI_RESULTS_DIR="$dir/results" OCI_LOG=warn \
+      "$suite" >"$dir/report.txt" 2>"$dir/stderr.txt") || rc=$?
+    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+    pass=$(grep -cE '^ +OCI Conformance Test/.*: Pass$' "$dir/report.txt" || true)
+    fail=$(grep -cE '^ +OCI Conformance Test/.*: FAIL$' "$dir/report.txt" || true)
+    skip=$(grep -cE '^ +OCI Conformance Test/.*: (Skip|Disabled)$' "$dir/report.txt" || true)
+    line="conformance storage=$storage OCI_VERSION=$spec: pass=$pass fail=$fail skip=$skip exit=$rc"
+    summary+=("$line")
+    echo "$line"
+    if [[ "$rc" != 0 || "$fail" != 0 || "$pass" == 0 ]]; then
+      failed=1
+      grep -E 'FAIL' "$dir/report.txt" | head -40 || true
+      grep -E 'failed test' "$dir/stderr.txt" | head -20 || true
+    fi
+  done
+done
+printf '%s\n' "== conformance summary" "${summary[@]}"
+exit "$failed"

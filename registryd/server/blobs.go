@@ -1,0 +1,110 @@
+package server
+
+import (
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/stevedore-dev/stevedore/registryd/errcode"
+	"github.com/stevedore-dev/stevedore/registryd/storage"
+)
+
+func (s *server) getBlob(w http.ResponseWriter, r *http.Request, p pathParams) error {
+	d, err := parseDigest(p.arg)
+	if err != nil {
+		return err
+	}
+	info, err := s.store.StatBlob(r.Context(), p.name, d)
+	if err != nil {
+		return storageErr(err, errcode.BlobUnknown, d)
+	}
+	h := w.Header()
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Accept-Ranges", "bytes")
+	h.Set("Content-Type", "application/octet-stream")
+	h.Set("Etag", `"`+d.String()+`"`)
+	offset, length, status := int64(0), info.Size, http.StatusOK
+	if rg := r.Header.Get("Range"); rg != "" {
+		var ok bool
+		offset, length, ok = parseRange(rg, info.Size)
+		if !ok {
+			h.Set("Content-Range", fmt.Sprintf("bytes */%d", info.Size))
+			return errcode.RangeInvalid.With(rg)
+		}
+		status = http.StatusPartialContent
+		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", offset, offset+length-1, info.Size))
+	}
+	h.Set("Content-Length", strconv.FormatInt(length, 10))
+	if r.Method == http.MethodHead {
+		w.WriteHeader(status)
+		return nil
+	}
+	rd, err := s.store.OpenBlob(r.Context(), d, offset, length)
+	if err != nil {
+		return storageErr(err, errcode.BlobUnknown, d)
+	}
+	defer rd.Close()
+	w.WriteHeader(status)
+	// Past the header an error can only cut the body short; the client
+	// sees a short read against Content-Length.
+	_, _ = io.Copy(w, rd)
+	return nil
+}
+
+// parseRange parses a single "bytes=a-b", "bytes=a-" or "bytes=-n" range
+// against size, returning offset and length.
+func parseRange(h string, size int64) (int64, int64, bool) {
+	spec, ok := strings.CutPrefix(h, "bytes=")
+	if !ok || strings.Contains(spec, ",") {
+		return 0, 0, false
+	}
+	a, b, ok := strings.Cut(spec, "-")
+	if !ok {
+		return 0, 0, false
+	}
+	if a == "" { // suffix: the last b bytes
+		n, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || n <= 0 || size == 0 {
+			return 0, 0, false
+		}
+		n = min(n, size)
+		return size - n, n, true
+	}
+	start, err := strconv.ParseInt(a, 10, 64)
+	if err != nil || start < 0 || start >= size {
+		return 0, 0, false
+	}
+	end := size - 1
+	if b != "" {
+		e, err := strconv.ParseInt(b, 10, 64)
+		if err != nil || e < start {
+			return 0, 0, false
+		}
+		end = min(e, size-1)
+	}
+	return start, end - start + 1, true
+}
+
+func (s *server) deleteBlob(w http.ResponseWriter, r *http.Request, p pathParams) error {
+	d, err := parseDigest(p.arg)
+	if err != nil {
+		return err
+	}
+	if err := s.store.DeleteBlob(r.Context(), p.name, d); err != nil {
+		return storageErr(err, errcode.BlobUnknown, d)
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+// blobCreated answers a finished blob push (end-4b, end-6, end-11).
+func blobCreated(w http.ResponseWriter, name string, info storage.BlobInfo) {
+	h := w.Header()
+	h.Set("Location", "/v2/"+name+"/blobs/"+info.Digest.String())
+	h.Set("Docker-Content-Digest", info.Digest.String())
+	h.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+}

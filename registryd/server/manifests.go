@@ -1,0 +1,249 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/stevedore-dev/stevedore/registryd/errcode"
+	"github.com/stevedore-dev/stevedore/registryd/manifest"
+	"github.com/stevedore-dev/stevedore/registryd/reference"
+	"github.com/stevedore-dev/stevedore/registryd/storage"
+	"github.com/stevedore-dev/stevedore/registryd/tags"
+)
+
+// parseRef validates a manifest reference from the URL.
+func parseRef(s string) (reference.Reference, error) {
+	ref, err := reference.ParseReference(s)
+	switch {
+	case errors.Is(err, reference.ErrDigest):
+		return ref, errcode.DigestInvalid.Wrap(err, s)
+	case err != nil:
+		return ref, errcode.TagInvalid.Wrap(err, s)
+	}
+	return ref, nil
+}
+
+// resolve returns the digest ref points to in repository name.
+func (s *server) resolve(r *http.Request, name string, ref reference.Reference) (digest.Digest, error) {
+	if ref.Digest != "" {
+		return ref.Digest, nil
+	}
+	desc, err := s.tags.Get(r.Context(), name, ref.Tag)
+	if err != nil {
+		return "", storageErr(err, errcode.ManifestUnknown, ref.Tag)
+	}
+	return desc.Digest, nil
+}
+
+func (s *server) getManifest(w http.ResponseWriter, r *http.Request, p pathParams) error {
+	ref, err := parseRef(p.arg)
+	if err != nil {
+		return err
+	}
+	d, err := s.resolve(r, p.name, ref)
+	if err != nil {
+		return err
+	}
+	h := w.Header()
+	if r.Method == http.MethodHead {
+		desc, err := s.store.StatManifest(r.Context(), p.name, d)
+		if err != nil {
+			return storageErr(err, errcode.ManifestUnknown, ref.String())
+		}
+		setManifestHeaders(h, desc)
+		w.WriteHeader(http.StatusOK)
+		return nil
+	}
+	desc, content, err := s.store.GetManifest(r.Context(), p.name, d)
+	if err != nil {
+		return storageErr(err, errcode.ManifestUnknown, ref.String())
+	}
+	setManifestHeaders(h, desc)
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(content)
+	return nil
+}
+
+func setManifestHeaders(h http.Header, desc ocispec.Descriptor) {
+	h.Set("Content-Type", desc.MediaType)
+	h.Set("Content-Length", strconv.FormatInt(desc.Size, 10))
+	h.Set("Docker-Content-Digest", desc.Digest.String())
+	h.Set("Etag", `"`+desc.Digest.String()+`"`)
+}
+
+// readManifest reads a manifest body, refusing it with 413 past the limit
+// without reading more than limit+1 bytes.
+func (s *server) readManifest(r *http.Request) ([]byte, error) {
+	limit := s.opts.MaxManifestBytes
+	if r.ContentLength > limit {
+		return nil, errcode.ManifestTooLarge.With(fmt.Sprintf("manifest of %d bytes exceeds the limit of %d", r.ContentLength, limit))
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return nil, storageErr(err, errcode.ManifestInvalid, nil)
+	}
+	if int64(len(body)) > limit {
+		return nil, errcode.ManifestTooLarge.With(fmt.Sprintf("manifest exceeds the limit of %d bytes", limit))
+	}
+	return body, nil
+}
+
+// putManifest is end-7a (PUT by tag or digest) and end-7b (?tag=…).
+func (s *server) putManifest(w http.ResponseWriter, r *http.Request, p pathParams) error {
+	ref, err := parseRef(p.arg)
+	if err != nil {
+		return err
+	}
+	tagList, err := manifestTags(r, ref)
+	if err != nil {
+		return err
+	}
+	body, err := s.readManifest(r)
+	if err != nil {
+		return err
+	}
+	d := digest.Canonical.FromBytes(body)
+	if ref.Digest != "" {
+		if d = ref.Digest.Algorithm().FromBytes(body); d != ref.Digest {
+			return errcode.DigestInvalid.With(fmt.Sprintf("content digest is %s, URL names %s", d, ref.Digest))
+		}
+	}
+	m, err := manifest.Parse(r.Header.Get("Content-Type"), body)
+	if err != nil {
+		return errcode.ManifestInvalid.Wrap(err, err.Error())
+	}
+	if err := s.checkReferences(r, p.name, m); err != nil {
+		return err
+	}
+	desc := ocispec.Descriptor{MediaType: m.MediaType, Digest: d, Size: int64(len(body))}
+	if err := s.storeManifest(r, p.name, desc, m, body); err != nil {
+		return err
+	}
+	for _, tag := range tagList {
+		if err := s.tags.Put(r.Context(), p.name, tag, desc); err != nil {
+			return storageErr(err, errcode.ManifestUnknown, tag)
+		}
+		if ref.Tag == "" {
+			w.Header().Add("OCI-Tag", tag)
+		}
+	}
+	h := w.Header()
+	if m.Subject != nil {
+		h.Set("OCI-Subject", m.Subject.Digest.String())
+	}
+	h.Set("Location", "/v2/"+p.name+"/manifests/"+d.String())
+	h.Set("Docker-Content-Digest", d.String())
+	h.Set("Content-Length", "0")
+	w.WriteHeader(http.StatusCreated)
+	return nil
+}
+
+// manifestTags is the list of tags a PUT sets: the URL's tag, or the
+// ?tag= parameters of a push by digest.
+func manifestTags(r *http.Request, ref reference.Reference) ([]string, error) {
+	if ref.Tag != "" {
+		return []string{ref.Tag}, nil
+	}
+	list := r.URL.Query()["tag"]
+	for _, t := range list {
+		if err := reference.ValidateTag(t); err != nil {
+			return nil, errcode.TagInvalid.Wrap(err, t)
+		}
+	}
+	return list, nil
+}
+
+// checkReferences requires every blob and child manifest the manifest
+// names to be in this repository. The subject is exempt: the spec lets
+// referrers arrive before their subject.
+func (s *server) checkReferences(r *http.Request, name string, m *manifest.Manifest) error {
+	for _, b := range m.Blobs {
+		if _, err := s.store.StatBlob(r.Context(), name, b.Digest); err != nil {
+			return storageErr(err, errcode.ManifestBlobUnknown, b.Digest)
+		}
+	}
+	for _, c := range m.Manifests {
+		if _, err := s.store.StatManifest(r.Context(), name, c.Digest); err != nil {
+			return storageErr(err, errcode.ManifestBlobUnknown, c.Digest)
+		}
+	}
+	return nil
+}
+
+// storeManifest writes the manifest and, when it has a subject, its entry
+// in the subject's referrers list.
+func (s *server) storeManifest(r *http.Request, name string, desc ocispec.Descriptor, m *manifest.Manifest, body []byte) error {
+	if err := s.store.PutManifest(r.Context(), name, desc.Digest, desc.MediaType, body); err != nil {
+		return storageErr(err, errcode.ManifestUnknown, desc.Digest)
+	}
+	if m.Subject == nil {
+		return nil
+	}
+	referrer := desc
+	referrer.ArtifactType = m.ArtifactType
+	referrer.Annotations = m.Annotations
+	if err := s.store.PutReferrer(r.Context(), name, m.Subject.Digest, referrer); err != nil {
+		return storageErr(err, errcode.ManifestUnknown, desc.Digest)
+	}
+	return nil
+}
+
+// deleteManifest is end-9: by tag it removes the tag; by digest the
+// manifest, its referrers entry and every tag pointing at it.
+func (s *server) deleteManifest(w http.ResponseWriter, r *http.Request, p pathParams) error {
+	ref, err := parseRef(p.arg)
+	if err != nil {
+		return err
+	}
+	if ref.Tag != "" {
+		if err := s.tags.Delete(r.Context(), p.name, ref.Tag); err != nil {
+			return storageErr(err, errcode.ManifestUnknown, ref.Tag)
+		}
+	} else if err := s.deleteManifestDigest(r, p.name, ref.Digest); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Length", "0")
+	w.WriteHeader(http.StatusAccepted)
+	return nil
+}
+
+func (s *server) deleteManifestDigest(r *http.Request, name string, d digest.Digest) error {
+	ctx := r.Context()
+	desc, content, err := s.store.GetManifest(ctx, name, d)
+	if err != nil {
+		return storageErr(err, errcode.ManifestUnknown, d)
+	}
+	if m, err := manifest.Parse(desc.MediaType, content); err == nil && m.Subject != nil {
+		if err := s.store.DeleteReferrer(ctx, name, m.Subject.Digest, d); err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return storageErr(err, errcode.ManifestUnknown, d)
+		}
+	}
+	if err := s.untag(r, name, d); err != nil {
+		return err
+	}
+	return storageErr(s.store.DeleteManifest(ctx, name, d), errcode.ManifestUnknown, d)
+}
+
+// untag removes every tag of repository name pointing at d.
+func (s *server) untag(r *http.Request, name string, d digest.Digest) error {
+	all, err := s.tags.List(r.Context(), name, 0, "")
+	if err != nil {
+		return storageErr(err, errcode.NameUnknown, name)
+	}
+	for _, t := range all {
+		desc, err := s.tags.Get(r.Context(), name, t)
+		if err == nil && desc.Digest == d {
+			err = s.tags.Delete(r.Context(), name, t)
+		}
+		if err != nil && !errors.Is(err, tags.ErrNotFound) {
+			return storageErr(err, errcode.ManifestUnknown, t)
+		}
+	}
+	return nil
+}

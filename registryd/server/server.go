@@ -1,0 +1,129 @@
+// Package server is registryd's HTTP handler: the OCI distribution-spec
+// (v1.1 plus the newer endpoints) and /v2/_catalog over one bucket.
+package server
+
+import (
+	"crypto/rand"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"gocloud.dev/blob"
+
+	"github.com/stevedore-dev/stevedore/registryd/errcode"
+	"github.com/stevedore-dev/stevedore/registryd/reference"
+	"github.com/stevedore-dev/stevedore/registryd/storage"
+	"github.com/stevedore-dev/stevedore/registryd/tags"
+	"github.com/stevedore-dev/stevedore/registryd/uploads"
+)
+
+// Options tunes a server; the zero value (or nil) is usable.
+type Options struct {
+	// MaxManifestBytes refuses larger manifests with 413. Default 4 MiB.
+	MaxManifestBytes int64
+	// Secret signs upload state tokens; every replica sharing a bucket
+	// must use the same one. Default: random (single replica only).
+	Secret []byte
+	// ChunkMinLength, when positive, is announced as OCI-Chunk-Min-Length.
+	ChunkMinLength int64
+	// PageSize caps n for tags, catalog and referrers pages. Default 1000.
+	PageSize int
+	// Logger receives one line per request. Default: slog.Default().
+	Logger *slog.Logger
+	// Registerer receives the server's metrics. Nil: not exported.
+	Registerer prometheus.Registerer
+}
+
+const (
+	defaultMaxManifestBytes = 4 << 20
+	defaultPageSize         = 1000
+)
+
+type routeKey struct {
+	endpoint endpoint
+	method   string
+}
+
+type server struct {
+	store    *storage.Store
+	tags     tags.Store
+	uploads  *uploads.Manager
+	opts     Options
+	log      *slog.Logger
+	metrics  *metrics
+	routes   map[routeKey]route
+	endpoint map[endpoint]bool
+}
+
+// New returns the registry handler over bucket, keeping tags in tagStore.
+func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
+	s := &server{store: storage.New(bucket), tags: tagStore, routes: map[routeKey]route{}, endpoint: map[endpoint]bool{}}
+	if opts != nil {
+		s.opts = *opts
+	}
+	if s.opts.MaxManifestBytes <= 0 {
+		s.opts.MaxManifestBytes = defaultMaxManifestBytes
+	}
+	if s.opts.PageSize <= 0 {
+		s.opts.PageSize = defaultPageSize
+	}
+	if len(s.opts.Secret) == 0 {
+		s.opts.Secret = make([]byte, 32)
+		_, _ = rand.Read(s.opts.Secret)
+	}
+	s.log = s.opts.Logger
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	s.uploads = uploads.NewManager(s.store, s.opts.Secret)
+	s.metrics = newMetrics(s.opts.Registerer)
+	for _, rt := range routeTable() {
+		s.routes[routeKey{rt.endpoint, rt.method}] = rt
+		s.endpoint[rt.endpoint] = true
+	}
+	return s
+}
+
+func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
+	body := &countingReader{r: r.Body}
+	r.Body = body
+	rt, err := s.dispatch(rec, r)
+	if err != nil {
+		e := errcode.Write(rec, r, err)
+		if e.Code.Status >= 500 {
+			s.log.ErrorContext(r.Context(), "request failed", "error", err)
+		}
+	}
+	s.metrics.observe(rt, r.Method, rec.status, body.n, rec.n)
+	s.log.InfoContext(r.Context(), "request",
+		"method", r.Method, "path", r.URL.Path, "route", rt, "status", rec.status,
+		"bytes_in", body.n, "bytes_out", rec.n, "duration", time.Since(start), "remote", r.RemoteAddr)
+}
+
+// dispatch finds the route and validates the repository name before any
+// handler (and so any bucket key) sees it.
+func (s *server) dispatch(w http.ResponseWriter, r *http.Request) (string, error) {
+	ep, p := parsePath(r.URL.Path)
+	if ep == epNone {
+		return "none", errcode.NotFound.With(r.URL.Path)
+	}
+	rt, ok := s.routes[routeKey{ep, r.Method}]
+	if !ok {
+		return "none", errcode.Unsupported.With("method " + r.Method + " not allowed here")
+	}
+	if ep != epBase && ep != epCatalog {
+		if err := reference.ValidateName(p.name); err != nil {
+			return rt.name, errcode.NameInvalid.Wrap(err, p.name)
+		}
+	}
+	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	return rt.name, rt.handle(s, w, r, p)
+}
+
+func (s *server) getBase(w http.ResponseWriter, r *http.Request, _ pathParams) error {
+	writeJSON(w, r, http.StatusOK, "application/json", struct{}{})
+	return nil
+}

@@ -1,0 +1,151 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/opencontainers/go-digest"
+	"gocloud.dev/blob"
+)
+
+// BlobInfo describes stored content.
+type BlobInfo struct {
+	Digest digest.Digest
+	Size   int64
+}
+
+// StatBlob returns the size of blob d if it is linked into repository name.
+func (s *Store) StatBlob(ctx context.Context, name string, d digest.Digest) (BlobInfo, error) {
+	ok, err := s.exists(ctx, layerLinkKey(name, d))
+	if err != nil {
+		return BlobInfo{}, err
+	}
+	if !ok {
+		return BlobInfo{}, fmt.Errorf("blob %s in %s: %w", d, name, ErrNotFound)
+	}
+	return s.statContent(ctx, d)
+}
+
+func (s *Store) statContent(ctx context.Context, d digest.Digest) (BlobInfo, error) {
+	attrs, err := s.bucket.Attributes(ctx, BlobKey(d))
+	if err != nil {
+		return BlobInfo{}, classify(err, BlobKey(d))
+	}
+	return BlobInfo{Digest: d, Size: attrs.Size}, nil
+}
+
+// OpenBlob opens length bytes (-1: to the end) of blob d from offset.
+// Callers check the repository link with StatBlob first.
+func (s *Store) OpenBlob(ctx context.Context, d digest.Digest, offset, length int64) (io.ReadCloser, error) {
+	r, err := s.bucket.NewRangeReader(ctx, BlobKey(d), offset, length, nil)
+	if err != nil {
+		return nil, classify(err, BlobKey(d))
+	}
+	return r, nil
+}
+
+// PutBlob streams r into blob d and links it into repository name. The
+// content is verified while it streams and written with IfNotExist: on a
+// digest or size mismatch (size < 0: unknown), or when ctx ends, the
+// writer's context is cancelled so nothing partial becomes visible.
+func (s *Store) PutBlob(ctx context.Context, name string, d digest.Digest, size int64, r io.Reader) (BlobInfo, error) {
+	n, err := s.WriteContent(ctx, d, size, r)
+	if err != nil {
+		return BlobInfo{}, err
+	}
+	return BlobInfo{Digest: d, Size: n}, s.LinkBlob(ctx, name, d)
+}
+
+// WriteContent writes verified content to blobs/ without linking it.
+func (s *Store) WriteContent(ctx context.Context, d digest.Digest, size int64, r io.Reader) (int64, error) {
+	key := BlobKey(d)
+	verifier := d.Verifier()
+	if ok, err := s.exists(ctx, key); err != nil {
+		return 0, err
+	} else if ok {
+		// Already stored: still verify what the client sent, but do not
+		// upload it again.
+		return verifyOnly(d, size, io.TeeReader(r, verifier), verifier)
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := s.bucket.NewWriter(wctx, key, &blob.WriterOptions{IfNotExist: true, ContentType: "application/octet-stream"})
+	if err != nil {
+		return 0, classify(err, key)
+	}
+	n, err := io.Copy(w, io.TeeReader(r, verifier))
+	switch {
+	case err != nil:
+		err = fmt.Errorf("streaming %s: %w", d, err)
+	case size >= 0 && n != size:
+		err = fmt.Errorf("%s: got %d bytes, want %d: %w", d, n, size, ErrSizeMismatch)
+	case !verifier.Verified():
+		err = fmt.Errorf("%s: %w", d, ErrDigestMismatch)
+	}
+	if err != nil {
+		cancel() // abort: the driver discards what it has buffered
+		_ = w.Close()
+		return n, err
+	}
+	if err := classify(w.Close(), key); err != nil && !errors.Is(err, ErrExists) {
+		return n, err
+	}
+	return n, nil
+}
+
+// CopyContent makes blobs/d a copy of the object at srcKey (server-side
+// where the backend can), unless d is already stored.
+func (s *Store) CopyContent(ctx context.Context, d digest.Digest, srcKey string) error {
+	if ok, err := s.exists(ctx, BlobKey(d)); err != nil || ok {
+		return err
+	}
+	return classify(s.bucket.Copy(ctx, BlobKey(d), srcKey, nil), srcKey)
+}
+
+// LinkBlob records that blob d belongs to repository name.
+func (s *Store) LinkBlob(ctx context.Context, name string, d digest.Digest) error {
+	return s.writeSmall(ctx, layerLinkKey(name, d), []byte(d.String()), "text/plain")
+}
+
+// MountBlob links blob d, linked in repository from, into repository name.
+func (s *Store) MountBlob(ctx context.Context, name, from string, d digest.Digest) (BlobInfo, error) {
+	info, err := s.StatBlob(ctx, from, d)
+	if err != nil {
+		return BlobInfo{}, err
+	}
+	return info, s.LinkBlob(ctx, name, d)
+}
+
+// MountAnonymous links blob d into repository name when its content is
+// stored at all (the spec's mount without from).
+func (s *Store) MountAnonymous(ctx context.Context, name string, d digest.Digest) (BlobInfo, error) {
+	info, err := s.statContent(ctx, d)
+	if err != nil {
+		return BlobInfo{}, err
+	}
+	return info, s.LinkBlob(ctx, name, d)
+}
+
+// DeleteBlob unlinks blob d from repository name. The content stays for
+// other repositories; garbage collection removes it when unreferenced.
+func (s *Store) DeleteBlob(ctx context.Context, name string, d digest.Digest) error {
+	if _, err := s.StatBlob(ctx, name, d); err != nil {
+		return err
+	}
+	return s.delete(ctx, layerLinkKey(name, d))
+}
+
+func verifyOnly(d digest.Digest, size int64, r io.Reader, v digest.Verifier) (int64, error) {
+	n, err := io.Copy(io.Discard, r)
+	switch {
+	case err != nil:
+		return n, fmt.Errorf("streaming %s: %w", d, err)
+	case size >= 0 && n != size:
+		return n, fmt.Errorf("%s: got %d bytes, want %d: %w", d, n, size, ErrSizeMismatch)
+	case !v.Verified():
+		return n, fmt.Errorf("%s: %w", d, ErrDigestMismatch)
+	}
+	return n, nil
+}

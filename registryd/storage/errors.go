@@ -1,0 +1,38 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+
+	"gocloud.dev/gcerrors"
+)
+
+// Errors of this package; match with errors.Is.
+var (
+	ErrNotFound = errors.New("not found")
+	// ErrDigestMismatch: streamed content did not hash to the expected digest.
+	ErrDigestMismatch = errors.New("content does not match digest")
+	// ErrSizeMismatch: streamed content did not have the announced length.
+	ErrSizeMismatch = errors.New("content does not match size")
+	// ErrExists: a conditional write found the key already written.
+	ErrExists = errors.New("already exists")
+	// ErrUnavailable: the backend failed in a way worth retrying.
+	ErrUnavailable = errors.New("storage unavailable")
+)
+
+// classify maps a gocloud error onto this package's errors so callers never
+// see driver types.
+func classify(err error, key string) error {
+	if err == nil {
+		return nil
+	}
+	switch gcerrors.Code(err) {
+	case gcerrors.NotFound:
+		return fmt.Errorf("%s: %w", key, ErrNotFound)
+	case gcerrors.FailedPrecondition:
+		return fmt.Errorf("%s: %w", key, ErrExists)
+	case gcerrors.ResourceExhausted, gcerrors.DeadlineExceeded, gcerrors.Internal, gcerrors.Unknown:
+		return fmt.Errorf("%s: %w: %w", key, ErrUnavailable, err)
+	}
+	return fmt.Errorf("%s: %w", key, err)
+}

@@ -1,0 +1,108 @@
+package storage
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// manifestLink is the content of a _manifests link: enough to answer HEAD
+// without reading the manifest.
+type manifestLink struct {
+	MediaType string `json:"mediaType"`
+	Size      int64  `json:"size"`
+}
+
+// PutManifest stores content (already validated, digest d) byte-exact in
+// blobs/ and links it into repository name with its media type.
+func (s *Store) PutManifest(ctx context.Context, name string, d digest.Digest, mediaType string, content []byte) error {
+	if _, err := s.WriteContent(ctx, d, int64(len(content)), bytes.NewReader(content)); err != nil {
+		return err
+	}
+	link, err := json.Marshal(manifestLink{MediaType: mediaType, Size: int64(len(content))})
+	if err != nil {
+		return err
+	}
+	return s.writeSmall(ctx, manifestLinkKey(name, d), link, "application/json")
+}
+
+// StatManifest returns the descriptor of manifest d in repository name.
+func (s *Store) StatManifest(ctx context.Context, name string, d digest.Digest) (ocispec.Descriptor, error) {
+	b, err := s.readAll(ctx, manifestLinkKey(name, d), 4096)
+	if err != nil {
+		return ocispec.Descriptor{}, err
+	}
+	var link manifestLink
+	if err := json.Unmarshal(b, &link); err != nil {
+		return ocispec.Descriptor{}, fmt.Errorf("corrupt manifest link %s: %w", manifestLinkKey(name, d), err)
+	}
+	return ocispec.Descriptor{MediaType: link.MediaType, Digest: d, Size: link.Size}, nil
+}
+
+// GetManifest returns the descriptor and the exact bytes of manifest d.
+func (s *Store) GetManifest(ctx context.Context, name string, d digest.Digest) (ocispec.Descriptor, []byte, error) {
+	desc, err := s.StatManifest(ctx, name, d)
+	if err != nil {
+		return desc, nil, err
+	}
+	content, err := s.readAll(ctx, BlobKey(d), desc.Size+1)
+	if err != nil {
+		return desc, nil, err
+	}
+	if int64(len(content)) != desc.Size {
+		return desc, nil, fmt.Errorf("manifest %s: stored size differs from link: %w", d, ErrSizeMismatch)
+	}
+	return desc, content, nil
+}
+
+// DeleteManifest unlinks manifest d from repository name.
+func (s *Store) DeleteManifest(ctx context.Context, name string, d digest.Digest) error {
+	return s.delete(ctx, manifestLinkKey(name, d))
+}
+
+// PutReferrer records desc as a referrer of subject in repository name.
+func (s *Store) PutReferrer(ctx context.Context, name string, subject digest.Digest, desc ocispec.Descriptor) error {
+	b, err := json.Marshal(desc)
+	if err != nil {
+		return err
+	}
+	return s.writeSmall(ctx, referrerKey(name, subject, desc.Digest), b, "application/json")
+}
+
+// DeleteReferrer removes referrer d of subject.
+func (s *Store) DeleteReferrer(ctx context.Context, name string, subject, d digest.Digest) error {
+	return s.delete(ctx, referrerKey(name, subject, d))
+}
+
+// Referrers returns the descriptors of every referrer of subject, ordered
+// by algorithm then digest.
+func (s *Store) Referrers(ctx context.Context, name string, subject digest.Digest) ([]ocispec.Descriptor, error) {
+	prefix := referrersPrefix(name, subject)
+	algs, err := s.listNames(ctx, prefix, true)
+	if err != nil {
+		return nil, err
+	}
+	var out []ocispec.Descriptor
+	for _, alg := range algs {
+		hexes, err := s.listNames(ctx, prefix+alg+"/", false)
+		if err != nil {
+			return nil, err
+		}
+		for _, h := range hexes {
+			b, err := s.readAll(ctx, prefix+alg+"/"+h, 1<<20)
+			if err != nil {
+				return nil, err
+			}
+			var desc ocispec.Descriptor
+			if err := json.Unmarshal(b, &desc); err != nil {
+				return nil, fmt.Errorf("corrupt referrer %s%s/%s: %w", prefix, alg, h, err)
+			}
+			out = append(out, desc)
+		}
+	}
+	return out, nil
+}

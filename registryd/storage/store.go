@@ -1,0 +1,92 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+	"strings"
+
+	"gocloud.dev/blob"
+)
+
+// Store is the registry's view of one bucket. It holds no other state, so
+// any number of Stores (in any number of processes) may share a bucket.
+type Store struct {
+	bucket *blob.Bucket
+}
+
+// New returns a Store over bucket. The caller keeps ownership of bucket.
+func New(bucket *blob.Bucket) *Store { return &Store{bucket: bucket} }
+
+// Bucket is the underlying bucket, for the upload and tag packages that
+// share the layout.
+func (s *Store) Bucket() *blob.Bucket { return s.bucket }
+
+// Ping checks the bucket answers, for /readyz.
+func (s *Store) Ping(ctx context.Context) error {
+	_, err := s.bucket.Exists(ctx, blobsPrefix+"ping")
+	return classify(err, "ping")
+}
+
+func (s *Store) exists(ctx context.Context, key string) (bool, error) {
+	ok, err := s.bucket.Exists(ctx, key)
+	if err != nil {
+		return false, classify(err, key)
+	}
+	return ok, nil
+}
+
+func (s *Store) readAll(ctx context.Context, key string, limit int64) ([]byte, error) {
+	r, err := s.bucket.NewReader(ctx, key, nil)
+	if err != nil {
+		return nil, classify(err, key)
+	}
+	defer r.Close()
+	b, err := io.ReadAll(io.LimitReader(r, limit))
+	return b, classify(err, key)
+}
+
+func (s *Store) writeSmall(ctx context.Context, key string, content []byte, contentType string) error {
+	return classify(s.bucket.WriteAll(ctx, key, content, &blob.WriterOptions{ContentType: contentType}), key)
+}
+
+func (s *Store) delete(ctx context.Context, key string) error {
+	return classify(s.bucket.Delete(ctx, key), key)
+}
+
+// listNames lists the last path element of every object (or, with dirs, of
+// every "directory") directly under prefix, in lexical order.
+func (s *Store) listNames(ctx context.Context, prefix string, dirs bool) ([]string, error) {
+	var names []string
+	it := s.bucket.List(&blob.ListOptions{Prefix: prefix, Delimiter: "/"})
+	for {
+		obj, err := it.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			return names, nil
+		}
+		if err != nil {
+			return nil, classify(err, prefix)
+		}
+		if obj.IsDir != dirs {
+			continue
+		}
+		names = append(names, strings.TrimSuffix(strings.TrimPrefix(obj.Key, prefix), "/"))
+	}
+}
+
+// deletePrefix removes every object under prefix; used to cancel uploads.
+func (s *Store) deletePrefix(ctx context.Context, prefix string) error {
+	it := s.bucket.List(&blob.ListOptions{Prefix: prefix})
+	for {
+		obj, err := it.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return classify(err, prefix)
+		}
+		if err := s.delete(ctx, obj.Key); err != nil && !errors.Is(err, ErrNotFound) {
+			return err
+		}
+	}
+}

@@ -1,0 +1,30 @@
+// Package tags defines where a registry keeps tag -> manifest mappings.
+// Implementations: Bucket here (the tag journal in the bucket, used
+// standalone), and a Kubernetes one (Repository status) elsewhere; both
+// pass tagstoretest.Run.
+package tags
+
+import (
+	"context"
+	"errors"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// ErrNotFound: the repository has no such tag.
+var ErrNotFound = errors.New("tag not found")
+
+// Store maps the tags of repositories to manifest descriptors. Callers pass
+// names and tags already validated by package reference.
+type Store interface {
+	// Get returns the descriptor tag points to, or ErrNotFound.
+	Get(ctx context.Context, repo, tag string) (ocispec.Descriptor, error)
+	// Put points tag at desc, replacing any previous target.
+	Put(ctx context.Context, repo, tag string, desc ocispec.Descriptor) error
+	// Delete removes tag, or returns ErrNotFound.
+	Delete(ctx context.Context, repo, tag string) error
+	// List returns at most n (n <= 0: all) tags of repo sorted lexically,
+	// starting after last ("" from the start). A repository without tags
+	// yields an empty list, not an error.
+	List(ctx context.Context, repo string, n int, last string) ([]string, error)
+}

@@ -1,0 +1,178 @@
+package uploads
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/sha512"
+	"encoding"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
+
+	"github.com/stevedore-dev/stevedore/registryd/storage"
+)
+
+// Errors of this package; match with errors.Is.
+var (
+	// ErrUnknown: no upload in progress with this id (never started,
+	// finished or cancelled).
+	ErrUnknown = errors.New("upload unknown")
+	// ErrOutOfOrder: the chunk does not start where the upload ends, or
+	// the token is stale (another chunk was written with it already).
+	ErrOutOfOrder = errors.New("chunk out of order")
+	// ErrDigestMismatch: the uploaded bytes do not hash to the digest given.
+	ErrDigestMismatch = errors.New("upload does not match digest")
+	// ErrSizeMismatch: a chunk did not carry the length it announced.
+	ErrSizeMismatch = errors.New("chunk does not match its length")
+)
+
+var idRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
+
+// ValidID reports whether id has the shape of an id we hand out, so that
+// nothing else reaches a bucket key.
+func ValidID(id string) bool { return idRE.MatchString(id) }
+
+// Manager runs uploads over a store. It keeps no state between calls.
+type Manager struct {
+	store  *storage.Store
+	signer *Signer
+}
+
+// NewManager returns a Manager signing tokens with secret.
+func NewManager(store *storage.Store, secret []byte) *Manager {
+	return &Manager{store: store, signer: NewSigner(secret)}
+}
+
+// Token is the signed form of st, for the Location header.
+func (m *Manager) Token(st State) string { return m.signer.Encode(st) }
+
+func newHash(alg string) (hash.Hash, error) {
+	switch digest.Algorithm(alg) {
+	case digest.SHA256:
+		return sha256.New(), nil
+	case digest.SHA512:
+		return sha512.New(), nil
+	}
+	return nil, fmt.Errorf("unsupported digest algorithm %q", alg)
+}
+
+// Start begins an upload in repo hashing with alg, recording a marker
+// object that says the upload is live.
+func (m *Manager) Start(ctx context.Context, repo string, alg digest.Algorithm) (State, error) {
+	if _, err := newHash(string(alg)); err != nil {
+		return State{}, err
+	}
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	now := time.Now()
+	st := State{ID: hex.EncodeToString(b[:]), Repo: repo, Alg: string(alg), Started: now.UnixNano()}
+	key := storage.UploadMarkerKey(st.ID)
+	err := m.store.Bucket().WriteAll(ctx, key, []byte(now.UTC().Format(time.RFC3339Nano)), nil)
+	if err != nil {
+		return State{}, fmt.Errorf("starting upload: %w", err)
+	}
+	return st, nil
+}
+
+// Resume decodes token for upload id of repo and checks the upload is live.
+// A token that does not verify, or was issued for another upload or
+// repository, wraps ErrInvalidToken; a finished or cancelled one ErrUnknown.
+func (m *Manager) Resume(ctx context.Context, repo, id, token string) (State, error) {
+	if !ValidID(id) || token == "" {
+		return State{}, fmt.Errorf("%w: %.64q", ErrUnknown, id)
+	}
+	st, err := m.signer.Decode(token)
+	if err != nil {
+		return State{}, err
+	}
+	if st.ID != id || st.Repo != repo {
+		return State{}, fmt.Errorf("%w: token is for another upload", ErrInvalidToken)
+	}
+	if _, err := newHash(st.Alg); err != nil {
+		return State{}, fmt.Errorf("%w: %w", ErrInvalidToken, err)
+	}
+	ok, err := m.store.Bucket().Exists(ctx, storage.UploadMarkerKey(id))
+	if err != nil {
+		return State{}, fmt.Errorf("checking upload %s: %w", id, err)
+	}
+	if !ok {
+		return State{}, fmt.Errorf("%w: %s", ErrUnknown, id)
+	}
+	return st, nil
+}
+
+// Duration is how long the upload has been running.
+func (st State) Duration() time.Duration { return time.Since(time.Unix(0, st.Started)) }
+
+// Range is the value of the spec's Range header: the inclusive byte range
+// received so far ("0-0" when empty, as distribution answers).
+func (st State) Range() string {
+	end := st.Offset - 1
+	if end < 0 {
+		end = 0
+	}
+	return "0-" + strconv.FormatInt(end, 10)
+}
+
+func (st State) restoreHash() (hash.Hash, error) {
+	h, err := newHash(st.Alg)
+	if err != nil {
+		return nil, err
+	}
+	if len(st.Hash) > 0 {
+		if err := h.(encoding.BinaryUnmarshaler).UnmarshalBinary(st.Hash); err != nil {
+			return nil, fmt.Errorf("%w: hash state: %w", ErrInvalidToken, err)
+		}
+	}
+	return h, nil
+}
+
+// Append writes the chunk r (size bytes; -1 when unknown) as the next part
+// and returns the advanced state. Nothing is written for an empty chunk.
+func (m *Manager) Append(ctx context.Context, st State, r io.Reader, size int64) (State, error) {
+	h, err := st.restoreHash()
+	if err != nil {
+		return st, err
+	}
+	key := storage.UploadPartKey(st.ID, st.Parts)
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := m.store.Bucket().NewWriter(wctx, key, &blob.WriterOptions{IfNotExist: true})
+	if err != nil {
+		return st, fmt.Errorf("writing %s: %w", key, err)
+	}
+	n, err := io.Copy(w, io.TeeReader(r, h))
+	if err == nil && size >= 0 && n != size {
+		err = fmt.Errorf("got %d bytes, want %d: %w", n, size, ErrSizeMismatch)
+	}
+	if err != nil || n == 0 {
+		cancel() // abort: a short or failed chunk leaves no part behind
+		_ = w.Close()
+		return st, err
+	}
+	if err := w.Close(); err != nil {
+		if gcerrors.Code(err) == gcerrors.FailedPrecondition {
+			return st, fmt.Errorf("%w: part %d already written", ErrOutOfOrder, st.Parts)
+		}
+		return st, fmt.Errorf("writing %s: %w", key, err)
+	}
+	st.Offset += n
+	st.Parts++
+	st.Hash, err = h.(encoding.BinaryMarshaler).MarshalBinary()
+	return st, err
+}
+
+// Cancel removes the upload's marker and parts.
+func (m *Manager) Cancel(ctx context.Context, st State) error {
+	return m.store.DeleteUpload(ctx, st.ID)
+}

@@ -1,0 +1,85 @@
+// Package testenv starts one real kube-apiserver + etcd (controller-runtime's
+// envtest) per test package, with Stevedore's CRDs installed.
+package testenv
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	k8sruntime "k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/envtest"
+
+	stevedorev1alpha1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+)
+
+// Env is a running API server and a client for it.
+type Env struct {
+	Config *rest.Config
+	Client client.Client
+	Scheme *k8sruntime.Scheme
+	env    *envtest.Environment
+}
+
+// RepoRoot is the repository's top directory, found from this file's path.
+func RepoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..")
+}
+
+// Start brings up kube-apiserver and etcd from KUBEBUILDER_ASSETS (set by
+// `make test` from hack/envtest-assets.sh) and installs config/crd/bases.
+func Start() (*Env, error) {
+	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
+		return nil, fmt.Errorf("KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=$(hack/envtest-assets.sh)")
+	}
+	scheme := k8sruntime.NewScheme()
+	if err := clientgoscheme.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	if err := stevedorev1alpha1.AddToScheme(scheme); err != nil {
+		return nil, err
+	}
+	env := &envtest.Environment{
+		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
+		ErrorIfCRDPathMissing: true,
+		Scheme:                scheme,
+	}
+	cfg, err := env.Start()
+	if err != nil {
+		return nil, fmt.Errorf("starting envtest: %w", err)
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		_ = env.Stop()
+		return nil, err
+	}
+	return &Env{Config: cfg, Client: c, Scheme: scheme, env: env}, nil
+}
+
+// AddUser adds a user to the API server (e.g. one in system:masters for a kubeconfig).
+func (e *Env) AddUser(u envtest.User, cfg *rest.Config) (*envtest.AuthenticatedUser, error) {
+	return e.env.AddUser(u, cfg)
+}
+
+// Stop shuts the API server and etcd down.
+func (e *Env) Stop() error { return e.env.Stop() }
+
+// Main runs a package's tests against one shared Env, for use in TestMain.
+func Main(m interface{ Run() int }, set func(*Env)) int {
+	env, err := Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	set(env)
+	code := m.Run()
+	if err := env.Stop(); err != nil {
+		fmt.Fprintln(os.Stderr, "stopping envtest:", err)
+	}
+	return code
+}

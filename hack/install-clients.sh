@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# install-clients.sh: install the real registry clients the e2e tests drive
+# (crane, oras, regctl with go install from the module proxy, skopeo from
+# Debian) and print the directory holding them. Cached outside the repo,
+# keyed by version, so a second run does nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CRANE_VERSION="${CRANE_VERSION:-v0.22.1}"
+ORAS_VERSION="${ORAS_VERSION:-v1.3.6}"
+REGCTL_VERSION="${REGCTL_VERSION:-v0.11.7}"
+
+cache="${STEVEDORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stevedore}"
+bin="$cache/clients"
+mkdir -p "$bin"
+
+install_go() { # name package version
+  local dest="$cache/tools/$1-$3"
+  hack/go-install-tool.sh "$dest" "$2" "$3"
+  ln -sf "$dest" "$bin/$1"
+}
+
+install_go crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
+install_go oras oras.land/oras/cmd/oras "$ORAS_VERSION"
+install_go regctl github.com/regclient/regclient/cmd/regctl "$REGCTL_VERSION"
+
+if ! command -v skopeo >/dev/null 2>&1; then
+  echo "installing skopeo (apt)" >&2
+  if [[ "$(id -u)" != 0 ]]; then SUDO=sudo; else SUDO=; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -q skopeo >&2 || { $SUDO apt-get update -q >&2 && $SUDO apt-get install -y -q skopeo >&2; }
+fi
+ln -sf "$(command -v skopeo)" "$bin/skopeo"
+echo "$bin"

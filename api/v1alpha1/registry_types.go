@@ -78,7 +78,7 @@ type TLSSpec struct {
 }
 
 // AuthSpec chooses who may pull, push and delete.
-// +kubebuilder:validation:XValidation:rule="self.mode != 'htpasswd' || has(self.htpasswdSecretRef)",message="auth.htpasswdSecretRef is required when auth.mode is htpasswd"
+// +kubebuilder:validation:XValidation:rule="!has(self.mode) || self.mode != 'htpasswd' || has(self.htpasswdSecretRef)",message="auth.htpasswdSecretRef is required when auth.mode is htpasswd"
 type AuthSpec struct {
 	// Mode defaults to kubernetes: ServiceAccounts and RBAC are the users and
 	// permissions. none is for development only.

@@ -1,0 +1,82 @@
+// Package bucket opens the object storage a Registry names, for both the
+// operator (storage probe, repository deletion) and registryd.
+package bucket
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+
+	"gocloud.dev/blob"
+	_ "gocloud.dev/blob/fileblob" // file:// buckets
+	_ "gocloud.dev/blob/memblob"  // mem:// buckets
+)
+
+// Open opens a gocloud.dev blob URL, creating a file:// directory when it is
+// missing, and scopes it to prefix when one is given.
+func Open(ctx context.Context, rawURL, prefix string) (*blob.Bucket, error) {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("storage URL: %w", err)
+	}
+	if u.Scheme == "file" {
+		if err := os.MkdirAll(u.Path, 0o755); err != nil {
+			return nil, fmt.Errorf("storage URL %s: %w", redact(u), err)
+		}
+	}
+	b, err := blob.OpenBucket(ctx, rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("opening storage %s: %w", redact(u), err)
+	}
+	if prefix != "" {
+		b = blob.PrefixedBucket(b, prefix)
+	}
+	return b, nil
+}
+
+// redact drops credentials a URL may carry, so errors can be logged and put
+// into conditions.
+func redact(u *url.URL) string {
+	c := *u
+	c.User = nil
+	q := c.Query()
+	for k := range q {
+		switch k {
+		case "access_key_id", "secret_access_key", "session_token", "sas_token", "key":
+			q.Set(k, "REDACTED")
+		}
+	}
+	c.RawQuery = q.Encode()
+	return c.String()
+}
+
+// probeDir is where Probe writes: a prefix of its own, so it never
+// collides with registry content.
+const probeDir = "_stevedore/probe/"
+
+// Probe writes, reads back and deletes a small object, proving the bucket is
+// usable with the credentials at hand.
+func Probe(ctx context.Context, b *blob.Bucket) error {
+	id := make([]byte, 8)
+	_, _ = rand.Read(id)
+	key := probeDir + hex.EncodeToString(id)
+	want := []byte("stevedore storage probe " + key)
+	if err := b.WriteAll(ctx, key, want, nil); err != nil {
+		return fmt.Errorf("write %s: %w", key, err)
+	}
+	got, err := b.ReadAll(ctx, key)
+	if err != nil {
+		return errors.Join(fmt.Errorf("read %s: %w", key, err), b.Delete(ctx, key))
+	}
+	if string(got) != string(want) {
+		return errors.Join(fmt.Errorf("read %s: got %d bytes that differ from what was written", key, len(got)), b.Delete(ctx, key))
+	}
+	if err := b.Delete(ctx, key); err != nil {
+		return fmt.Errorf("delete %s: %w", key, err)
+	}
+	return nil
+}

@@ -135,7 +135,7 @@ func TestTagsListPagination(t *testing.T) {
 		got = append(got, page...)
 		path = ""
 		if link != "" {
-			path = link[1:len(link)-len(`>; rel="next"`)]
+			path = link[1 : len(link)-len(`>; rel="next"`)]
 		}
 	}
 	if !slices.Equal(got, want) {

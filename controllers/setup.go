@@ -3,18 +3,36 @@
 package controllers
 
 import (
+	"context"
+
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 )
 
 // Options configures every reconciler of the operator.
 type Options struct {
 	// RegistrydImage is used when a Registry does not name an image.
 	RegistrydImage string
+	// ProbeStorage checks a Registry's bucket; ProbeBucket when nil.
+	ProbeStorage StorageProber
+	// ProbeLocalStorage probes file:// buckets too: right only when the
+	// operator shares registryd's filesystem (make dev, tests).
+	ProbeLocalStorage bool
 }
 
 // SetupWithManager registers every reconciler with mgr.
 func SetupWithManager(mgr ctrl.Manager, opts Options) error {
-	return nil
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1.Repository{}, indexRepositoryRegistry,
+		func(o client.Object) []string { return []string{o.(*v1.Repository).Spec.Registry} }); err != nil {
+		return err
+	}
+	return (&RegistryReconciler{
+		Client:   mgr.GetClient(),
+		Recorder: mgr.GetEventRecorder("stevedore-registry"),
+		Options:  opts,
+	}).SetupWithManager(mgr)
 }
 
 // RBAC of the operator: exactly what the reconcilers read and create.
@@ -26,6 +44,7 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles,verbs=bind,resourceNames=system:auth-delegator
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete

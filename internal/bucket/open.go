@@ -16,9 +16,19 @@ import (
 	_ "gocloud.dev/blob/memblob"  // mem:// buckets
 )
 
+// Options refine how a bucket is opened.
+type Options struct {
+	// Prefix scopes every key, so several registries can share a bucket.
+	Prefix string
+	// Env holds credentials as the drivers' environment variables
+	// (AWS_*, AZURE_STORAGE_*, …) for callers that are not the pod itself,
+	// such as the operator's probe. Empty means the process environment.
+	Env map[string]string
+}
+
 // Open opens a gocloud.dev blob URL, creating a file:// directory when it is
-// missing, and scopes it to prefix when one is given.
-func Open(ctx context.Context, rawURL, prefix string) (*blob.Bucket, error) {
+// missing, and scopes it to opts.Prefix when one is given.
+func Open(ctx context.Context, rawURL string, opts Options) (*blob.Bucket, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		return nil, fmt.Errorf("storage URL: %w", err)
@@ -32,8 +42,8 @@ func Open(ctx context.Context, rawURL, prefix string) (*blob.Bucket, error) {
 	if err != nil {
 		return nil, fmt.Errorf("opening storage %s: %w", redact(u), err)
 	}
-	if prefix != "" {
-		b = blob.PrefixedBucket(b, prefix)
+	if opts.Prefix != "" {
+		b = blob.PrefixedBucket(b, opts.Prefix)
 	}
 	return b, nil
 }

@@ -66,6 +66,9 @@ func (e *Env) AddUser(u envtest.User, cfg *rest.Config) (*envtest.AuthenticatedU
 	return e.env.AddUser(u, cfg)
 }
 
+// AssetsDir holds kube-apiserver, etcd and kubectl.
+func (e *Env) AssetsDir() string { return e.env.BinaryAssetsDirectory }
+
 // Stop shuts the API server and etcd down.
 func (e *Env) Stop() error { return e.env.Stop() }
 

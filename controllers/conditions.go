@@ -1,0 +1,56 @@
+package controllers
+
+import (
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// Reasons of the conditions the reconcilers set, and of their Events.
+const (
+	ReasonStorageProbeSucceeded = "ProbeSucceeded"
+	ReasonStorageProbeFailed    = "ProbeFailed"
+	ReasonStorageInPod          = "StorageInPod"
+	ReasonCredentialsMissing    = "CredentialsMissing"
+
+	ReasonDeploymentAvailable   = "DeploymentAvailable"
+	ReasonDeploymentUnavailable = "DeploymentUnavailable"
+	ReasonRollingOut            = "RollingOut"
+	ReasonRolloutComplete       = "RolloutComplete"
+	ReasonRolloutStuck          = "RolloutStuck"
+	ReasonScaledToZero          = "ScaledToZero"
+
+	ReasonReconcileFailed = "ReconcileFailed"
+	ReasonAsExpected      = "AsExpected"
+	ReasonReady           = "Ready"
+	ReasonNotReady        = "NotReady"
+	ReasonAuthDisabled    = "AuthDisabled"
+
+	ReasonRegistryFound       = "RegistryFound"
+	ReasonRegistryNotFound    = "RegistryNotFound"
+	ReasonNameConflict        = "NameConflict"
+	ReasonNameUnique          = "NameUnique"
+	ReasonBucketCleanupFailed = "BucketCleanupFailed"
+)
+
+// Condition types of the Repository, besides Ready.
+const (
+	ConditionRegistryFound = "RegistryFound"
+	ConditionConflict      = "Conflict"
+	// ConditionAuthDisabled is set on a Registry whose auth mode is none, so
+	// nobody runs an open registry by accident.
+	ConditionAuthDisabled = "AuthDisabled"
+)
+
+// setCondition records a condition with the object's current generation.
+func setCondition(conds *[]metav1.Condition, generation int64, typ string, status metav1.ConditionStatus, reason, msg string) {
+	meta.SetStatusCondition(conds, metav1.Condition{
+		Type: typ, Status: status, Reason: reason, Message: msg, ObservedGeneration: generation,
+	})
+}
+
+func boolStatus(b bool) metav1.ConditionStatus {
+	if b {
+		return metav1.ConditionTrue
+	}
+	return metav1.ConditionFalse
+}

@@ -1,0 +1,173 @@
+package controllers
+
+import (
+	"context"
+	"net/url"
+	"strconv"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	metav1ac "k8s.io/client-go/applyconfigurations/meta/v1"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+)
+
+// Paths inside registryd's container.
+const (
+	httpSecretDir = "/etc/stevedore/http-secret"
+	tlsDir        = "/etc/stevedore/tls"
+	registrydPath = "/registryd"
+)
+
+func (r *RegistryReconciler) reconcileDeployment(ctx context.Context, s *registryScope) error {
+	ac := appsv1ac.Deployment(childName(s.reg), s.reg.Namespace).
+		WithLabels(childLabels(s.reg)).
+		WithOwnerReferences(ownerRef(s.reg)).
+		WithSpec(appsv1ac.DeploymentSpec().
+			WithReplicas(replicas(s.reg)).
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(s.reg))).
+			WithStrategy(appsv1ac.DeploymentStrategy().
+				WithType(appsv1.RollingUpdateDeploymentStrategyType).
+				// Never below the wanted count while a new version rolls out.
+				WithRollingUpdate(appsv1ac.RollingUpdateDeployment().
+					WithMaxUnavailable(intstr.FromInt32(0)).
+					WithMaxSurge(intstr.FromInt32(1)))).
+			WithTemplate(r.podTemplate(s.reg)))
+	if err := r.apply(ctx, ac); err != nil {
+		return err
+	}
+	// The apply response carries the Deployment's status for summarize.
+	s.deploy = &appsv1.Deployment{}
+	return convert(ac, s.deploy)
+}
+
+func (r *RegistryReconciler) podTemplate(reg *v1.Registry) *corev1ac.PodTemplateSpecApplyConfiguration {
+	spec := corev1ac.PodSpec().
+		WithServiceAccountName(childName(reg)).
+		WithSecurityContext(corev1ac.PodSecurityContext().
+			WithRunAsNonRoot(true).
+			WithRunAsUser(65532).
+			WithFSGroup(65532).
+			WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
+		WithContainers(r.registrydContainer(reg)).
+		WithVolumes(volumes(reg)...).
+		WithNodeSelector(reg.Spec.NodeSelector)
+	if len(reg.Spec.Tolerations) > 0 {
+		var tols []*corev1ac.TolerationApplyConfiguration
+		mustConvert(reg.Spec.Tolerations, &tols)
+		spec.WithTolerations(tols...)
+	}
+	if reg.Spec.Affinity != nil {
+		spec.Affinity = &corev1ac.AffinityApplyConfiguration{}
+		mustConvert(reg.Spec.Affinity, spec.Affinity)
+	}
+	if replicas(reg) > 1 {
+		// Spread replicas so one node going away leaves the registry up.
+		spec.WithTopologySpreadConstraints(corev1ac.TopologySpreadConstraint().
+			WithMaxSkew(1).
+			WithTopologyKey(corev1.LabelHostname).
+			WithWhenUnsatisfiable(corev1.ScheduleAnyway).
+			WithLabelSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(reg))))
+	}
+	return corev1ac.PodTemplateSpec().
+		WithLabels(childLabels(reg)).
+		WithSpec(spec)
+}
+
+func (r *RegistryReconciler) registrydContainer(reg *v1.Registry) *corev1ac.ContainerApplyConfiguration {
+	image := reg.Spec.Image
+	if image == "" {
+		image = r.RegistrydImage
+	}
+	c := corev1ac.Container().
+		WithName("registryd").
+		WithImage(image).
+		WithCommand(registrydPath).
+		WithArgs(registrydArgs(reg)...).
+		WithPorts(
+			corev1ac.ContainerPort().WithName("http").WithContainerPort(httpPort).WithProtocol(corev1.ProtocolTCP),
+			corev1ac.ContainerPort().WithName("debug").WithContainerPort(debugPort).WithProtocol(corev1.ProtocolTCP)).
+		WithReadinessProbe(httpProbe("/readyz", 2)).
+		WithLivenessProbe(httpProbe("/healthz", 10)).
+		WithSecurityContext(corev1ac.SecurityContext().
+			WithAllowPrivilegeEscalation(false).
+			WithReadOnlyRootFilesystem(true).
+			WithRunAsNonRoot(true).
+			WithCapabilities(corev1ac.Capabilities().WithDrop("ALL"))).
+		WithVolumeMounts(volumeMounts(reg)...)
+	c.Resources = &corev1ac.ResourceRequirementsApplyConfiguration{}
+	mustConvert(reg.Spec.Resources, c.Resources)
+	if ref := reg.Spec.Storage.SecretRef; ref != nil {
+		c.WithEnvFrom(corev1ac.EnvFromSource().WithSecretRef(corev1ac.SecretEnvSource().WithName(ref.Name)))
+	}
+	return c
+}
+
+// registrydArgs are registryd's flags for this Registry; a test parses them
+// with registryd's own flag set so the two cannot drift apart.
+func registrydArgs(reg *v1.Registry) []string {
+	args := []string{
+		"--addr=:" + strconv.Itoa(httpPort),
+		"--debug-addr=:" + strconv.Itoa(debugPort),
+		"--storage=" + reg.Spec.Storage.URL,
+		"--http-secret-file=" + httpSecretDir + "/" + httpSecretKey,
+		"--log-format=json",
+	}
+	if reg.Spec.Storage.Prefix != "" {
+		args = append(args, "--storage-prefix="+reg.Spec.Storage.Prefix)
+	}
+	if n := reg.Spec.Limits.MaxManifestBytes; n > 0 {
+		args = append(args, "--max-manifest-bytes="+strconv.FormatInt(n, 10))
+	}
+	if reg.Spec.TLS != nil {
+		args = append(args, "--tls-cert-file="+tlsDir+"/tls.crt", "--tls-key-file="+tlsDir+"/tls.key")
+	}
+	return args
+}
+
+func httpProbe(path string, period int32) *corev1ac.ProbeApplyConfiguration {
+	return corev1ac.Probe().
+		WithHTTPGet(corev1ac.HTTPGetAction().WithPath(path).WithPort(intstr.FromString("debug"))).
+		WithPeriodSeconds(period)
+}
+
+func volumes(reg *v1.Registry) []*corev1ac.VolumeApplyConfiguration {
+	vs := []*corev1ac.VolumeApplyConfiguration{
+		corev1ac.Volume().WithName("http-secret").WithSecret(corev1ac.SecretVolumeSource().WithSecretName(httpSecretName(reg))),
+		corev1ac.Volume().WithName("tmp").WithEmptyDir(corev1ac.EmptyDirVolumeSource()),
+	}
+	if reg.Spec.TLS != nil {
+		vs = append(vs, corev1ac.Volume().WithName("tls").WithSecret(corev1ac.SecretVolumeSource().WithSecretName(reg.Spec.TLS.SecretName)))
+	}
+	if dir := fileStorageDir(reg); dir != "" {
+		vs = append(vs, corev1ac.Volume().WithName("storage").WithEmptyDir(corev1ac.EmptyDirVolumeSource()))
+	}
+	return vs
+}
+
+func volumeMounts(reg *v1.Registry) []*corev1ac.VolumeMountApplyConfiguration {
+	ms := []*corev1ac.VolumeMountApplyConfiguration{
+		corev1ac.VolumeMount().WithName("http-secret").WithMountPath(httpSecretDir).WithReadOnly(true),
+		corev1ac.VolumeMount().WithName("tmp").WithMountPath("/tmp"),
+	}
+	if reg.Spec.TLS != nil {
+		ms = append(ms, corev1ac.VolumeMount().WithName("tls").WithMountPath(tlsDir).WithReadOnly(true))
+	}
+	if dir := fileStorageDir(reg); dir != "" {
+		ms = append(ms, corev1ac.VolumeMount().WithName("storage").WithMountPath(dir))
+	}
+	return ms
+}
+
+// fileStorageDir is the directory of a file:// bucket, which needs a
+// writable volume under the read-only root filesystem.
+func fileStorageDir(reg *v1.Registry) string {
+	u, err := url.Parse(reg.Spec.Storage.URL)
+	if err != nil || u.Scheme != "file" {
+		return ""
+	}
+	return u.Path
+}

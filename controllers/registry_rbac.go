@@ -1,0 +1,82 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	rbacv1 "k8s.io/api/rbac/v1"
+	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
+	rbacv1ac "k8s.io/client-go/applyconfigurations/rbac/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+)
+
+// registrydRules is what registryd needs: its Repositories (tags live in
+// their status) and Events about them.
+func registrydRules() []*rbacv1ac.PolicyRuleApplyConfiguration {
+	return []*rbacv1ac.PolicyRuleApplyConfiguration{
+		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("repositories").
+			WithVerbs("get", "list", "watch", "create", "update", "patch"),
+		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("repositories/status").
+			WithVerbs("get", "update", "patch"),
+		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("registries").
+			WithVerbs("get", "list", "watch"),
+		rbacv1ac.PolicyRule().WithAPIGroups("", "events.k8s.io").WithResources("events").
+			WithVerbs("create", "patch"),
+	}
+}
+
+func (r *RegistryReconciler) apply(ctx context.Context, obj applyConfiguration) error {
+	if err := r.Apply(ctx, obj, client.FieldOwner(fieldManager), client.ForceOwnership); err != nil {
+		return fmt.Errorf("applying %s %s: %w", kindOf(obj), ptrString(obj.GetName()), err)
+	}
+	return nil
+}
+
+func (r *RegistryReconciler) reconcileServiceAccount(ctx context.Context, s *registryScope) error {
+	return r.apply(ctx, corev1ac.ServiceAccount(childName(s.reg), s.reg.Namespace).
+		WithLabels(childLabels(s.reg)).
+		WithOwnerReferences(ownerRef(s.reg)))
+}
+
+func (r *RegistryReconciler) reconcileRBAC(ctx context.Context, s *registryScope) error {
+	name, ns := childName(s.reg), s.reg.Namespace
+	role := rbacv1ac.Role(name, ns).
+		WithLabels(childLabels(s.reg)).
+		WithOwnerReferences(ownerRef(s.reg)).
+		WithRules(registrydRules()...)
+	if err := r.apply(ctx, role); err != nil {
+		return err
+	}
+	return r.apply(ctx, rbacv1ac.RoleBinding(name, ns).
+		WithLabels(childLabels(s.reg)).
+		WithOwnerReferences(ownerRef(s.reg)).
+		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup(rbacv1.GroupName).WithKind("Role").WithName(name)).
+		WithSubjects(rbacv1ac.Subject().WithKind(rbacv1.ServiceAccountKind).WithName(name).WithNamespace(ns)))
+}
+
+// reconcileAuthDelegator binds registryd to system:auth-delegator (TokenReview
+// and SubjectAccessReview) only in kubernetes auth mode. The binding is
+// cluster-scoped, so labels and the finalizer, not an owner reference, tie it
+// to the Registry.
+func (r *RegistryReconciler) reconcileAuthDelegator(ctx context.Context, s *registryScope) error {
+	if s.reg.Spec.Auth.Mode != v1.AuthKubernetes {
+		return r.deleteAuthDelegator(ctx, s.reg)
+	}
+	labels := childLabels(s.reg)
+	labels[labelRegistryNamespace] = s.reg.Namespace
+	return r.apply(ctx, rbacv1ac.ClusterRoleBinding(authDelegatorName(s.reg)).
+		WithLabels(labels).
+		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup(rbacv1.GroupName).WithKind("ClusterRole").WithName("system:auth-delegator")).
+		WithSubjects(rbacv1ac.Subject().WithKind(rbacv1.ServiceAccountKind).WithName(childName(s.reg)).WithNamespace(s.reg.Namespace)))
+}
+
+func (r *RegistryReconciler) deleteAuthDelegator(ctx context.Context, reg *v1.Registry) error {
+	crb := &rbacv1.ClusterRoleBinding{}
+	crb.Name = authDelegatorName(reg)
+	if err := r.Delete(ctx, crb); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("deleting ClusterRoleBinding %s: %w", crb.Name, err)
+	}
+	return nil
+}

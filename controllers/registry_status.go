@@ -1,0 +1,130 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+)
+
+// indexRepositoryRegistry indexes Repositories by spec.registry.
+const indexRepositoryRegistry = "spec.registry"
+
+func (r *RegistryReconciler) reconcileRepositoryCount(ctx context.Context, s *registryScope) error {
+	var repos v1.RepositoryList
+	if err := r.List(ctx, &repos, client.InNamespace(s.reg.Namespace), client.MatchingFields{indexRepositoryRegistry: s.reg.Name}); err != nil {
+		return fmt.Errorf("listing repositories: %w", err)
+	}
+	s.status.Repositories = int32(len(repos.Items))
+	return nil
+}
+
+// summarize derives Available, Progressing, Degraded and Ready from the
+// Deployment and the phases' outcome.
+func (r *RegistryReconciler) summarize(s *registryScope, reconcileErr error) {
+	gen, conds := s.reg.Generation, &s.status.Conditions
+	d := s.deploy
+	if d != nil {
+		s.status.ReadyReplicas = d.Status.ReadyReplicas
+		setAvailable(conds, gen, d, replicas(s.reg))
+		setProgressing(conds, gen, d)
+	}
+
+	switch {
+	case reconcileErr != nil:
+		setCondition(conds, gen, v1.ConditionDegraded, metav1.ConditionTrue, ReasonReconcileFailed, reconcileErr.Error())
+	case d != nil && deploymentCondition(d, appsv1.DeploymentProgressing, corev1.ConditionFalse):
+		setCondition(conds, gen, v1.ConditionDegraded, metav1.ConditionTrue, ReasonRolloutStuck, "the registryd rollout exceeded its progress deadline")
+	default:
+		setCondition(conds, gen, v1.ConditionDegraded, metav1.ConditionFalse, ReasonAsExpected, "")
+	}
+
+	if s.reg.Spec.Auth.Mode == v1.AuthNone {
+		setCondition(conds, gen, ConditionAuthDisabled, metav1.ConditionTrue, ReasonAuthDisabled,
+			"auth.mode is none: anyone who can reach the registry can push and delete; use htpasswd or kubernetes outside development")
+	} else {
+		meta.RemoveStatusCondition(conds, ConditionAuthDisabled)
+	}
+
+	ready := isConditionTrue(*conds, v1.ConditionStorageReady) &&
+		isConditionTrue(*conds, v1.ConditionAvailable) &&
+		!isConditionTrue(*conds, v1.ConditionDegraded)
+	reason, msg := ReasonReady, "registryd is available and its storage answers"
+	if !ready {
+		reason, msg = ReasonNotReady, notReadyMessage(*conds)
+	}
+	setCondition(conds, gen, v1.ConditionReady, boolStatus(ready), reason, msg)
+
+	if reconcileErr == nil {
+		s.status.ObservedGeneration = gen
+	}
+}
+
+func setAvailable(conds *[]metav1.Condition, gen int64, d *appsv1.Deployment, want int32) {
+	switch {
+	case want == 0:
+		setCondition(conds, gen, v1.ConditionAvailable, metav1.ConditionFalse, ReasonScaledToZero, "spec.replicas is 0")
+	case deploymentCondition(d, appsv1.DeploymentAvailable, corev1.ConditionTrue) && d.Status.AvailableReplicas > 0:
+		setCondition(conds, gen, v1.ConditionAvailable, metav1.ConditionTrue, ReasonDeploymentAvailable,
+			fmt.Sprintf("%d of %d replicas available", d.Status.AvailableReplicas, want))
+	default:
+		setCondition(conds, gen, v1.ConditionAvailable, metav1.ConditionFalse, ReasonDeploymentUnavailable,
+			fmt.Sprintf("%d of %d replicas available", d.Status.AvailableReplicas, want))
+	}
+}
+
+func setProgressing(conds *[]metav1.Condition, gen int64, d *appsv1.Deployment) {
+	rolling := d.Status.ObservedGeneration < d.Generation ||
+		(deploymentCondition(d, appsv1.DeploymentProgressing, corev1.ConditionTrue) && deploymentReason(d) != "NewReplicaSetAvailable")
+	if rolling {
+		setCondition(conds, gen, v1.ConditionProgressing, metav1.ConditionTrue, ReasonRollingOut,
+			fmt.Sprintf("%d replicas updated, %d ready", d.Status.UpdatedReplicas, d.Status.ReadyReplicas))
+		return
+	}
+	setCondition(conds, gen, v1.ConditionProgressing, metav1.ConditionFalse, ReasonRolloutComplete, "")
+}
+
+func deploymentCondition(d *appsv1.Deployment, typ appsv1.DeploymentConditionType, status corev1.ConditionStatus) bool {
+	for _, c := range d.Status.Conditions {
+		if c.Type == typ {
+			return c.Status == status
+		}
+	}
+	return false
+}
+
+func deploymentReason(d *appsv1.Deployment) string {
+	for _, c := range d.Status.Conditions {
+		if c.Type == appsv1.DeploymentProgressing {
+			return c.Reason
+		}
+	}
+	return ""
+}
+
+func isConditionTrue(conds []metav1.Condition, typ string) bool {
+	return meta.IsStatusConditionTrue(conds, typ)
+}
+
+// notReadyMessage names the conditions that keep the Registry from Ready.
+func notReadyMessage(conds []metav1.Condition) string {
+	msg := ""
+	for _, typ := range []string{v1.ConditionStorageReady, v1.ConditionAvailable} {
+		if c := meta.FindStatusCondition(conds, typ); c == nil || c.Status != metav1.ConditionTrue {
+			msg += typ + " is not True; "
+		}
+	}
+	if isConditionTrue(conds, v1.ConditionDegraded) {
+		msg += "Degraded is True; "
+	}
+	if len(msg) > 2 {
+		msg = msg[:len(msg)-2]
+	}
+	return msg
+}

@@ -1,0 +1,89 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/internal/bucket"
+)
+
+const (
+	probeTimeout       = 15 * time.Second
+	probeEveryWhenOK   = 5 * time.Minute
+	probeEveryWhenFail = 30 * time.Second
+)
+
+// StorageProber checks that a Registry's bucket can be written, read and
+// deleted with the credentials from its secretRef (as environment variables).
+type StorageProber func(ctx context.Context, storage v1.StorageSpec, env map[string]string) error
+
+// ProbeBucket is the default StorageProber: a real round trip through gocloud.
+func ProbeBucket(ctx context.Context, storage v1.StorageSpec, env map[string]string) error {
+	b, err := bucket.Open(ctx, storage.URL, bucket.Options{Prefix: storage.Prefix, Env: env})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	return bucket.Probe(ctx, b)
+}
+
+// reconcileStorage sets StorageReady from a probe of the bucket.
+func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registryScope) error {
+	gen := s.reg.Generation
+	if u, err := url.Parse(s.reg.Spec.Storage.URL); err == nil && u.Scheme == "file" && !r.ProbeLocalStorage {
+		// A file:// bucket is a volume inside registryd's pod, out of the
+		// operator's reach; registryd's readiness probe covers it.
+		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionTrue, ReasonStorageInPod,
+			"file:// storage is a volume of the registryd pod; its readiness probe checks it")
+		return nil
+	}
+	env, err := r.storageEnv(ctx, s.reg)
+	if err != nil {
+		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionFalse, ReasonCredentialsMissing, err.Error())
+		s.requeue(probeEveryWhenFail)
+		return nil
+	}
+	probe := r.ProbeStorage
+	if probe == nil {
+		probe = ProbeBucket
+	}
+	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	if err := probe(pctx, s.reg.Spec.Storage, env); err != nil {
+		if isConditionTrue(s.status.Conditions, v1.ConditionStorageReady) || len(s.status.Conditions) == 0 {
+			r.Recorder.Eventf(s.reg, nil, corev1.EventTypeWarning, "StorageProbeFailed", "Probe", "storage probe failed: %v", err)
+		}
+		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionFalse, ReasonStorageProbeFailed,
+			fmt.Sprintf("write, read and delete of a probe object failed: %v", err))
+		s.requeue(probeEveryWhenFail)
+		return nil
+	}
+	setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionTrue, ReasonStorageProbeSucceeded,
+		"wrote, read and deleted a probe object")
+	s.requeue(probeEveryWhenOK)
+	return nil
+}
+
+// storageEnv reads the Secret named by storage.secretRef as environment variables.
+func (r *RegistryReconciler) storageEnv(ctx context.Context, reg *v1.Registry) (map[string]string, error) {
+	ref := reg.Spec.Storage.SecretRef
+	if ref == nil {
+		return nil, nil
+	}
+	var secret corev1.Secret
+	if err := r.Get(ctx, client.ObjectKey{Namespace: reg.Namespace, Name: ref.Name}, &secret); err != nil {
+		return nil, fmt.Errorf("reading storage.secretRef %s: %w", ref.Name, err)
+	}
+	env := make(map[string]string, len(secret.Data))
+	for k, v := range secret.Data {
+		env[k] = string(v)
+	}
+	return env, nil
+}

@@ -1,0 +1,168 @@
+// Package e2e drives a built registryd binary as a black box: real
+// processes, real clients (crane, oras, regctl, skopeo) from
+// hack/install-clients.sh.
+//
+// REGISTRYD names the binary (default: built from ./registryd into a temp
+// dir); STEVEDORE_CLIENTS the directory holding the clients (default: the
+// cache dir, then PATH). Under CI=true a missing client fails the test.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+var registrydBin string
+
+func TestMain(m *testing.M) {
+	os.Exit(runMain(m))
+}
+
+func runMain(m *testing.M) int {
+	registrydBin = os.Getenv("REGISTRYD")
+	if registrydBin == "" {
+		dir, err := os.MkdirTemp("", "registryd-e2e")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		registrydBin = filepath.Join(dir, "registryd")
+		cmd := exec.Command("go", "build", "-o", registrydBin, "github.com/stevedore-dev/stevedore/registryd")
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "building registryd:", err)
+			return 1
+		}
+	}
+	return m.Run()
+}
+
+// registry is one running registryd process.
+type registry struct {
+	host string // 127.0.0.1:port
+	log  string
+}
+
+func (r *registry) url() string { return "http://" + r.host }
+
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startRegistryd runs the binary on a free port over storage and stops it
+// when the test ends.
+func startRegistryd(t *testing.T, storage string) *registry {
+	t.Helper()
+	r := &registry{host: freePort(t), log: filepath.Join(t.TempDir(), "registryd.log")}
+	logf, err := os.Create(r.log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(registrydBin, "--addr", r.host, "--storage", storage)
+	cmd.Env = append(os.Environ(), "STEVEDORE_HTTP_SECRET=e2e shared secret")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(os.Interrupt)
+		done := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+		}
+		_ = logf.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(r.log)
+			t.Logf("registryd %s log (tail):\n%s", r.host, tail(string(b), 4000))
+		}
+	})
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(r.url() + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return r
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("registryd on %s did not become ready", r.host)
+	return nil
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+// client returns the path of a registry client, skipping (or, under CI,
+// failing) when it is not installed.
+func client(t *testing.T, name string) string {
+	t.Helper()
+	dirs := []string{os.Getenv("STEVEDORE_CLIENTS")}
+	if cache := os.Getenv("STEVEDORE_CACHE"); cache != "" {
+		dirs = append(dirs, filepath.Join(cache, "clients"))
+	}
+	if home, err := os.UserCacheDir(); err == nil {
+		dirs = append(dirs, filepath.Join(home, "stevedore", "clients"))
+	}
+	for _, d := range dirs {
+		if d == "" {
+			continue
+		}
+		if p := filepath.Join(d, name); isExecutable(p) {
+			return p
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("%s not installed (run hack/install-clients.sh)", name)
+	}
+	t.Skipf("%s not installed (run hack/install-clients.sh)", name)
+	return ""
+}
+
+func isExecutable(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
+}
+
+// run executes a client with HOME in a temp dir (clients keep config
+// there) and returns its stdout, failing the test on a non-zero exit.
+func run(t *testing.T, home, bin string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"), "DOCKER_CONFIG="+filepath.Join(home, ".docker"))
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("%s %s: %v\nstdout:\n%s\nstderr:\n%s", filepath.Base(bin), strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	t.Logf("%s %s: ok", filepath.Base(bin), strings.Join(args, " "))
+	return stdout.String()
+}

@@ -58,6 +58,17 @@ test: controller-gen envtest ## Run every test: unit, envtest, generated-code st
 	echo "== go test"; \
 	KUBEBUILDER_ASSETS="$$assets" CONTROLLER_GEN="$(CONTROLLER_GEN)" go test -count=1 ./... ; \
 	echo "== make test: $$((SECONDS - start))s"
+	@echo "== registryd e2e with real clients (CI=true: a missing client fails)"
+	STEVEDORE_CLIENTS="$$(hack/install-clients.sh)" CI=true go test -count=1 ./registryd/e2e
+	@echo "== registryd fuzz (5s per target)"
+	go test -run='^$$' -fuzz='^FuzzParseReference$$' -fuzztime=5s ./registryd/reference
+	go test -run='^$$' -fuzz='^FuzzValidateName$$' -fuzztime=5s ./registryd/reference
+	go test -run='^$$' -fuzz='^FuzzParsePath$$' -fuzztime=5s ./registryd/server
+	go test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=5s ./registryd/manifest
+	go test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=5s ./registryd/uploads
+	@echo "== registryd OCI conformance"
+	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
+	REGISTRYD=$(LOCALBIN)/registryd hack/conformance.sh
 
 ##@ Run
 
@@ -66,8 +77,13 @@ dev: build envtest ## A local API server, the operator, a sample Registry and it
 	hack/dev.sh
 
 .PHONY: conformance
-conformance: build ## The OCI conformance suite against a standalone registryd.
-	hack/conformance.sh
+conformance: ## The OCI conformance suite (1.1 and dev) against a standalone registryd, on a file bucket and mem://.
+	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
+	REGISTRYD=$(LOCALBIN)/registryd hack/conformance.sh
+
+.PHONY: clients
+clients: ## Install crane, oras, regctl and skopeo for the registryd e2e tests (cached); print their directory.
+	@hack/install-clients.sh
 
 .PHONY: bench
 bench: build ## Side-by-side benchmarks with distribution.

@@ -103,17 +103,6 @@ func TestOras(t *testing.T) {
 	}
 }
 
-// runIn is run with a working directory (oras names files relative to it).
-func runIn(t *testing.T, dir, home, bin string, args ...string) string {
-	t.Helper()
-	old, _ := os.Getwd()
-	if err := os.Chdir(dir); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = os.Chdir(old) }()
-	return run(t, home, bin, args...)
-}
-
 // TestRegctl: image copy, manifest get, tag ls.
 func TestRegctl(t *testing.T) {
 	regctl := client(t, "regctl")

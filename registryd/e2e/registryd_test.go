@@ -154,9 +154,16 @@ func isExecutable(p string) bool {
 // there) and returns its stdout, failing the test on a non-zero exit.
 func run(t *testing.T, home, bin string, args ...string) string {
 	t.Helper()
+	return runIn(t, "", home, bin, args...)
+}
+
+// runIn is run in working directory dir ("" for the test's own).
+func runIn(t *testing.T, dir, home, bin string, args ...string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Dir = dir
 	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"), "DOCKER_CONFIG="+filepath.Join(home, ".docker"))
 	var stdout, stderr strings.Builder
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr

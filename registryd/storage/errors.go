@@ -20,6 +20,10 @@ var (
 	ErrUnavailable = errors.New("storage unavailable")
 )
 
+// Classify maps a gocloud error about key onto this package's errors, for
+// the packages (tags, uploads) that use the bucket directly.
+func Classify(err error, key string) error { return classify(err, key) }
+
 // classify maps a gocloud error onto this package's errors so callers never
 // see driver types.
 func classify(err error, key string) error {
@@ -31,6 +35,8 @@ func classify(err error, key string) error {
 		return fmt.Errorf("%s: %w", key, ErrNotFound)
 	case gcerrors.FailedPrecondition:
 		return fmt.Errorf("%s: %w", key, ErrExists)
+	case gcerrors.Canceled:
+		return fmt.Errorf("%s: %w", key, err)
 	case gcerrors.ResourceExhausted, gcerrors.DeadlineExceeded, gcerrors.Internal, gcerrors.Unknown:
 		return fmt.Errorf("%s: %w: %w", key, ErrUnavailable, err)
 	}

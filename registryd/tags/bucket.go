@@ -33,7 +33,7 @@ func (s *Bucket) Get(ctx context.Context, repo, tag string) (ocispec.Descriptor,
 		return ocispec.Descriptor{}, fmt.Errorf("%s:%s: %w", repo, tag, ErrNotFound)
 	}
 	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("reading tag %s:%s: %w", repo, tag, err)
+		return ocispec.Descriptor{}, fmt.Errorf("reading tag %s:%s: %w", repo, tag, storage.Classify(err, storage.TagKey(repo, tag)))
 	}
 	var desc ocispec.Descriptor
 	if err := json.Unmarshal(b, &desc); err != nil {
@@ -48,7 +48,7 @@ func (s *Bucket) Put(ctx context.Context, repo, tag string, desc ocispec.Descrip
 		return err
 	}
 	if err := s.bucket.WriteAll(ctx, storage.TagKey(repo, tag), b, &blob.WriterOptions{ContentType: "application/json"}); err != nil {
-		return fmt.Errorf("writing tag %s:%s: %w", repo, tag, err)
+		return fmt.Errorf("writing tag %s:%s: %w", repo, tag, storage.Classify(err, storage.TagKey(repo, tag)))
 	}
 	return nil
 }
@@ -59,7 +59,7 @@ func (s *Bucket) Delete(ctx context.Context, repo, tag string) error {
 		return fmt.Errorf("%s:%s: %w", repo, tag, ErrNotFound)
 	}
 	if err != nil {
-		return fmt.Errorf("deleting tag %s:%s: %w", repo, tag, err)
+		return fmt.Errorf("deleting tag %s:%s: %w", repo, tag, storage.Classify(err, storage.TagKey(repo, tag)))
 	}
 	return nil
 }
@@ -76,7 +76,7 @@ func (s *Bucket) List(ctx context.Context, repo string, n int, last string) ([]s
 			break
 		}
 		if err != nil {
-			return nil, fmt.Errorf("listing tags of %s: %w", repo, err)
+			return nil, fmt.Errorf("listing tags of %s: %w", repo, storage.Classify(err, prefix))
 		}
 		tag := strings.TrimPrefix(obj.Key, prefix)
 		if obj.IsDir || tag <= last {

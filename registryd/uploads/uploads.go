@@ -79,7 +79,7 @@ func (m *Manager) Start(ctx context.Context, repo string, alg digest.Algorithm) 
 	key := storage.UploadMarkerKey(st.ID)
 	err := m.store.Bucket().WriteAll(ctx, key, []byte(now.UTC().Format(time.RFC3339Nano)), nil)
 	if err != nil {
-		return State{}, fmt.Errorf("starting upload: %w", err)
+		return State{}, fmt.Errorf("starting upload: %w", storage.Classify(err, key))
 	}
 	return st, nil
 }
@@ -103,7 +103,7 @@ func (m *Manager) Resume(ctx context.Context, repo, id, token string) (State, er
 	}
 	ok, err := m.store.Bucket().Exists(ctx, storage.UploadMarkerKey(id))
 	if err != nil {
-		return State{}, fmt.Errorf("checking upload %s: %w", id, err)
+		return State{}, fmt.Errorf("checking upload %s: %w", id, storage.Classify(err, storage.UploadMarkerKey(id)))
 	}
 	if !ok {
 		return State{}, fmt.Errorf("%w: %s", ErrUnknown, id)
@@ -149,7 +149,7 @@ func (m *Manager) Append(ctx context.Context, st State, r io.Reader, size int64)
 	defer cancel()
 	w, err := m.store.Bucket().NewWriter(wctx, key, &blob.WriterOptions{IfNotExist: true})
 	if err != nil {
-		return st, fmt.Errorf("writing %s: %w", key, err)
+		return st, fmt.Errorf("writing %s: %w", key, storage.Classify(err, key))
 	}
 	n, err := io.Copy(w, io.TeeReader(r, h))
 	if err == nil && size >= 0 && n != size {
@@ -164,7 +164,7 @@ func (m *Manager) Append(ctx context.Context, st State, r io.Reader, size int64)
 		if gcerrors.Code(err) == gcerrors.FailedPrecondition {
 			return st, fmt.Errorf("%w: part %d already written", ErrOutOfOrder, st.Parts)
 		}
-		return st, fmt.Errorf("writing %s: %w", key, err)
+		return st, fmt.Errorf("writing %s: %w", key, storage.Classify(err, key))
 	}
 	st.Offset += n
 	st.Parts++

@@ -35,8 +35,10 @@ func (downBucket) NewRangeReader(context.Context, string, int64, int64, *driver.
 func (downBucket) NewTypedWriter(context.Context, string, string, *driver.WriterOptions) (driver.Writer, error) {
 	return nil, errBackendDown
 }
-func (downBucket) Copy(context.Context, string, string, *driver.CopyOptions) error { return errBackendDown }
-func (downBucket) Delete(context.Context, string, *driver.DeleteOptions) error    { return errBackendDown }
+func (downBucket) Copy(context.Context, string, string, *driver.CopyOptions) error {
+	return errBackendDown
+}
+func (downBucket) Delete(context.Context, string, *driver.DeleteOptions) error { return errBackendDown }
 func (downBucket) SignedURL(context.Context, string, *driver.SignedURLOptions) (string, error) {
 	return "", errBackendDown
 }

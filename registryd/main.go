@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -27,17 +26,16 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"gocloud.dev/blob"
-	_ "gocloud.dev/blob/fileblob"
-	_ "gocloud.dev/blob/memblob"
 
+	"github.com/stevedore-dev/stevedore/internal/bucket"
 	"github.com/stevedore-dev/stevedore/registryd/server"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
 
 type config struct {
-	addr, debugAddr, storageURL, secretFile, logFormat string
-	maxManifestBytes, chunkMinLength                   int64
+	addr, debugAddr, storageURL, storagePrefix, secretFile, logFormat string
+	maxManifestBytes, chunkMinLength                                  int64
 }
 
 func main() {
@@ -45,6 +43,7 @@ func main() {
 	flag.StringVar(&c.addr, "addr", "127.0.0.1:5000", "address to serve the registry API on")
 	flag.StringVar(&c.debugAddr, "debug-addr", "", "address for /healthz, /readyz and /metrics (empty: disabled)")
 	flag.StringVar(&c.storageURL, "storage", "file:///var/tmp/stevedore", "gocloud.dev/blob bucket URL (file:///dir, mem://, s3://…)")
+	flag.StringVar(&c.storagePrefix, "storage-prefix", "", "key prefix inside the bucket, so several registries can share one")
 	flag.StringVar(&c.secretFile, "http-secret-file", "", "file holding the secret that signs upload state (default: $STEVEDORE_HTTP_SECRET, else random)")
 	flag.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
 	flag.Int64Var(&c.maxManifestBytes, "max-manifest-bytes", 4<<20, "largest manifest accepted")
@@ -71,20 +70,20 @@ func run(log *slog.Logger, c config) error {
 	if err != nil {
 		return err
 	}
-	bucket, err := openBucket(ctx, c.storageURL)
+	b, err := bucket.Open(ctx, c.storageURL, bucket.Options{Prefix: c.storagePrefix})
 	if err != nil {
 		return err
 	}
-	defer bucket.Close()
+	defer b.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	handler := server.New(bucket, tags.NewBucket(bucket), &server.Options{
+	handler := server.New(b, tags.NewBucket(b), &server.Options{
 		MaxManifestBytes: c.maxManifestBytes, Secret: secret, ChunkMinLength: c.chunkMinLength,
 		Logger: log, Registerer: reg,
 	})
 	servers := []*http.Server{{Addr: c.addr, Handler: handler, ReadHeaderTimeout: 30 * time.Second}}
 	if c.debugAddr != "" {
-		servers = append(servers, &http.Server{Addr: c.debugAddr, Handler: debugMux(bucket, reg), ReadHeaderTimeout: 10 * time.Second})
+		servers = append(servers, &http.Server{Addr: c.debugAddr, Handler: debugMux(b, reg), ReadHeaderTimeout: 10 * time.Second})
 	}
 	return serve(ctx, log, servers)
 }
@@ -116,8 +115,8 @@ func serve(ctx context.Context, log *slog.Logger, servers []*http.Server) error 
 	return err
 }
 
-func debugMux(bucket *blob.Bucket, reg *prometheus.Registry) http.Handler {
-	store := storage.New(bucket)
+func debugMux(b *blob.Bucket, reg *prometheus.Registry) http.Handler {
+	store := storage.New(b)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
@@ -153,22 +152,4 @@ func loadSecret(log *slog.Logger, file string) ([]byte, error) {
 	secret := make([]byte, 32)
 	_, err := rand.Read(secret)
 	return secret, err
-}
-
-// openBucket opens the gocloud URL, creating a file:// directory if needed.
-func openBucket(ctx context.Context, rawURL string) (*blob.Bucket, error) {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("--storage: %w", err)
-	}
-	if u.Scheme == "file" {
-		if err := os.MkdirAll(u.Path, 0o755); err != nil {
-			return nil, fmt.Errorf("--storage: %w", err)
-		}
-	}
-	b, err := blob.OpenBucket(ctx, rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("opening --storage %s: %w", rawURL, err)
-	}
-	return b, nil
 }

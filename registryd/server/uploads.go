@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 
@@ -30,10 +31,12 @@ func (s *server) startUpload(w http.ResponseWriter, r *http.Request, p pathParam
 		if err != nil {
 			return err
 		}
+		start := time.Now()
 		info, err := s.store.PutBlob(r.Context(), p.name, d, r.ContentLength, r.Body)
 		if err != nil {
 			return storageErr(err, errcode.BlobUnknown, d)
 		}
+		s.metrics.observeUpload(time.Since(start))
 		blobCreated(w, p.name, info)
 		return nil
 	}

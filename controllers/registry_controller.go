@@ -44,8 +44,6 @@ func (s *registryScope) requeue(d time.Duration) {
 	}
 }
 
-type registryPhase func(context.Context, *registryScope) error
-
 // Reconcile runs every phase, then writes status once.
 func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	reg := &v1.Registry{}
@@ -56,7 +54,7 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		return ctrl.Result{}, r.reconcileDelete(ctx, reg)
 	}
 	s := &registryScope{reg: reg, status: *reg.Status.DeepCopy()}
-	phases := []registryPhase{
+	err := runPhases(ctx, s,
 		r.reconcileFinalizer,
 		r.reconcileServiceAccount,
 		r.reconcileRBAC,
@@ -68,14 +66,7 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.reconcileIngress,
 		r.reconcilePDB,
 		r.reconcileRepositoryCount,
-	}
-	var errs []error
-	for _, phase := range phases {
-		if err := phase(ctx, s); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	err := errors.Join(errs...)
+	)
 	r.summarize(s, err)
 	if perr := r.patchStatus(ctx, s); perr != nil {
 		err = errors.Join(err, perr)

@@ -301,7 +301,7 @@ func TestStorageReady(t *testing.T) {
 		status                     metav1.ConditionStatus
 	}{
 		{"mem", "mem://", "ProbeSucceeded", "wrote, read and deleted", metav1.ConditionTrue},
-		{"file", "file://" + t.TempDir(), "ProbeSucceeded", "wrote, read and deleted", metav1.ConditionTrue},
+		{"file", "file://" + bucketDir(t), "ProbeSucceeded", "wrote, read and deleted", metav1.ConditionTrue},
 		{"file-under-a-file", "file://" + notADir + "/bucket", "ProbeFailed", "not a directory", metav1.ConditionFalse},
 		{"no-driver", "azblob://nowhere", "ProbeFailed", "azblob", metav1.ConditionFalse},
 	}

@@ -112,6 +112,10 @@ func isConditionTrue(conds []metav1.Condition, typ string) bool {
 	return meta.IsStatusConditionTrue(conds, typ)
 }
 
+func isConditionFalse(conds []metav1.Condition, typ string) bool {
+	return meta.IsStatusConditionFalse(conds, typ)
+}
+
 // notReadyMessage names the conditions that keep the Registry from Ready.
 func notReadyMessage(conds []metav1.Condition) string {
 	msg := ""

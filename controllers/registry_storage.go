@@ -37,14 +37,14 @@ func ProbeBucket(ctx context.Context, storage v1.StorageSpec, env map[string]str
 // reconcileStorage sets StorageReady from a probe of the bucket.
 func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registryScope) error {
 	gen := s.reg.Generation
-	if u, err := url.Parse(s.reg.Spec.Storage.URL); err == nil && u.Scheme == "file" && !r.ProbeLocalStorage {
+	if u, err := url.Parse(s.reg.Spec.Storage.URL); err == nil && u.Scheme == "file" && !r.LocalStorageReachable {
 		// A file:// bucket is a volume inside registryd's pod, out of the
 		// operator's reach; registryd's readiness probe covers it.
 		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionTrue, ReasonStorageInPod,
 			"file:// storage is a volume of the registryd pod; its readiness probe checks it")
 		return nil
 	}
-	env, err := r.storageEnv(ctx, s.reg)
+	env, err := storageEnv(ctx, r.Client, s.reg)
 	if err != nil {
 		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionFalse, ReasonCredentialsMissing, err.Error())
 		s.requeue(probeEveryWhenFail)
@@ -72,13 +72,13 @@ func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registrySc
 }
 
 // storageEnv reads the Secret named by storage.secretRef as environment variables.
-func (r *RegistryReconciler) storageEnv(ctx context.Context, reg *v1.Registry) (map[string]string, error) {
+func storageEnv(ctx context.Context, c client.Reader, reg *v1.Registry) (map[string]string, error) {
 	ref := reg.Spec.Storage.SecretRef
 	if ref == nil {
 		return nil, nil
 	}
 	var secret corev1.Secret
-	if err := r.Get(ctx, client.ObjectKey{Namespace: reg.Namespace, Name: ref.Name}, &secret); err != nil {
+	if err := c.Get(ctx, client.ObjectKey{Namespace: reg.Namespace, Name: ref.Name}, &secret); err != nil {
 		return nil, fmt.Errorf("reading storage.secretRef %s: %w", ref.Name, err)
 	}
 	env := make(map[string]string, len(secret.Data))

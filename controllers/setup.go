@@ -17,9 +17,10 @@ type Options struct {
 	RegistrydImage string
 	// ProbeStorage checks a Registry's bucket; ProbeBucket when nil.
 	ProbeStorage StorageProber
-	// ProbeLocalStorage probes file:// buckets too: right only when the
-	// operator shares registryd's filesystem (make dev, tests).
-	ProbeLocalStorage bool
+	// LocalStorageReachable says the operator shares registryd's filesystem
+	// (make dev, tests), so it may probe and clean file:// buckets. In a
+	// cluster a file:// bucket is a volume of registryd's pod.
+	LocalStorageReachable bool
 }
 
 // SetupWithManager registers every reconciler with mgr.
@@ -28,9 +29,20 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 		func(o client.Object) []string { return []string{o.(*v1.Repository).Spec.Registry} }); err != nil {
 		return err
 	}
-	return (&RegistryReconciler{
+	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1.Repository{}, indexRepositoryPath,
+		func(o client.Object) []string { return []string{repositoryPathKey(o.(*v1.Repository))} }); err != nil {
+		return err
+	}
+	if err := (&RegistryReconciler{
 		Client:   mgr.GetClient(),
 		Recorder: mgr.GetEventRecorder("stevedore-registry"),
+		Options:  opts,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	return (&RepositoryReconciler{
+		Client:   mgr.GetClient(),
+		Recorder: mgr.GetEventRecorder("stevedore-repository"),
 		Options:  opts,
 	}).SetupWithManager(mgr)
 }

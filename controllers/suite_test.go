@@ -27,16 +27,14 @@ var env *testenv.Env
 const testImage = "example.test/stevedore:test"
 
 func TestMain(m *testing.M) {
-	os.Exit(testenv.Main(m, func(e *testenv.Env) {
+	os.Exit(testenv.Main(m, func(e *testenv.Env) (func(), error) {
 		env = e
-		if err := startOperator(e); err != nil {
-			fmt.Fprintln(os.Stderr, err)
-			os.Exit(1)
-		}
+		return startOperator(e)
 	}))
 }
 
-func startOperator(e *testenv.Env) error {
+// startOperator runs the operator's controllers until the returned stop is called.
+func startOperator(e *testenv.Env) (stop func(), err error) {
 	var logs io.Writer = io.Discard
 	if os.Getenv("TEST_OPERATOR_LOGS") != "" {
 		logs = os.Stderr
@@ -44,17 +42,32 @@ func startOperator(e *testenv.Env) error {
 	ctrl.SetLogger(zap.New(zap.WriteTo(logs), zap.UseDevMode(true)))
 	mgr, err := ctrl.NewManager(e.Config, ctrl.Options{Scheme: e.Scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := controllers.SetupWithManager(mgr, controllers.Options{RegistrydImage: testImage, ProbeLocalStorage: true}); err != nil {
-		return err
+	if err := controllers.SetupWithManager(mgr, controllers.Options{RegistrydImage: testImage, LocalStorageReachable: true}); err != nil {
+		return nil, err
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
 	go func() {
-		if err := mgr.Start(context.Background()); err != nil {
+		defer close(done)
+		if err := mgr.Start(ctx); err != nil {
 			fmt.Fprintln(os.Stderr, "manager:", err)
 		}
 	}()
-	return nil
+	return func() { cancel(); <-done }, nil
+}
+
+// bucketDir is a directory for a file:// bucket the operator keeps probing
+// after the test ends, so its removal is best effort.
+func bucketDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "stevedore-bucket-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(dir) })
+	return dir
 }
 
 // newNamespace gives each test a namespace of its own.

@@ -17,7 +17,7 @@ import (
 var env *testenv.Env
 
 func TestMain(m *testing.M) {
-	os.Exit(testenv.Main(m, func(e *testenv.Env) { env = e }))
+	os.Exit(testenv.Main(m, func(e *testenv.Env) (func(), error) { env = e; return nil, nil }))
 }
 
 func newRegistry(name string, mutate func(*v1.Registry)) *v1.Registry {
@@ -77,6 +77,8 @@ func TestValidationMessages(t *testing.T) {
 			"spec.replicas: Invalid value: -1"},
 		{"htpasswd without secret", newRegistry("htp", func(r *v1.Registry) { r.Spec.Auth.Mode = v1.AuthHtpasswd }),
 			"auth.htpasswdSecretRef is required when auth.mode is htpasswd"},
+		{"registry name too long for its Service", newRegistry("r"+strings.Repeat("x", 54), nil),
+			"a Registry name must be a DNS label of at most 54 characters"},
 		{"repository name with upper case", newRepository("upper", "Team/App"),
 			"spec.name must be a valid OCI repository path"},
 		{"repository name with ..", newRepository("dots", "../x"),

@@ -206,6 +206,7 @@ type RegistryStatus struct {
 
 // Registry is an OCI registry run by the operator.
 // +kubebuilder:object:root=true
+// +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 54 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="a Registry name must be a DNS label of at most 54 characters, starting with a letter: its Service is named <name>-registry"
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=reg
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`

@@ -81,7 +81,7 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	if err := controllers.SetupWithManager(mgr, controllers.Options{RegistrydImage: "stevedore:dev"}); err != nil {
+	if err := controllers.SetupWithManager(mgr, controllers.Options{RegistrydImage: "stevedore:dev", LocalStorageReachable: true}); err != nil {
 		return err
 	}
 	go func() {

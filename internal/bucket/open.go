@@ -8,12 +8,14 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/url"
 	"os"
 
 	"gocloud.dev/blob"
 	_ "gocloud.dev/blob/fileblob" // file:// buckets
 	_ "gocloud.dev/blob/memblob"  // mem:// buckets
+	"gocloud.dev/gcerrors"
 )
 
 // Options refine how a bucket is opened.
@@ -89,4 +91,27 @@ func Probe(ctx context.Context, b *blob.Bucket) error {
 		return fmt.Errorf("delete %s: %w", key, err)
 	}
 	return nil
+}
+
+// DeletePrefixes deletes every object under the given prefixes and returns
+// how many it deleted.
+func DeletePrefixes(ctx context.Context, b *blob.Bucket, prefixes []string) (int, error) {
+	n := 0
+	for _, p := range prefixes {
+		it := b.List(&blob.ListOptions{Prefix: p})
+		for {
+			obj, err := it.Next(ctx)
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return n, fmt.Errorf("listing %s: %w", p, err)
+			}
+			if err := b.Delete(ctx, obj.Key); err != nil && gcerrors.Code(err) != gcerrors.NotFound {
+				return n, fmt.Errorf("deleting %s: %w", obj.Key, err)
+			}
+			n++
+		}
+	}
+	return n, nil
 }

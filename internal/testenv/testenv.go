@@ -73,16 +73,27 @@ func (e *Env) AssetsDir() string { return e.env.BinaryAssetsDirectory }
 func (e *Env) Stop() error { return e.env.Stop() }
 
 // Main runs a package's tests against one shared Env, for use in TestMain.
-func Main(m interface{ Run() int }, set func(*Env)) int {
+// setup starts what the package needs on top (an operator, say) and returns
+// how to stop it; that runs before the API server stops.
+func Main(m interface{ Run() int }, setup func(*Env) (teardown func(), err error)) int {
 	env, err := Start()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	set(env)
+	defer func() {
+		if err := env.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stopping envtest:", err)
+		}
+	}()
+	teardown, err := setup(env)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	code := m.Run()
-	if err := env.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "stopping envtest:", err)
+	if teardown != nil {
+		teardown()
 	}
 	return code
 }

@@ -1,0 +1,263 @@
+package controllers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"sort"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/reconcile"
+	"sigs.k8s.io/controller-runtime/pkg/recorder"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/internal/bucket"
+	"github.com/stevedore-dev/stevedore/registryd/storage"
+)
+
+const (
+	// repositoryFinalizer applies deletionPolicy before the object goes.
+	repositoryFinalizer = "stevedore.dev/deletion-policy"
+	// indexRepositoryPath indexes Repositories by "<registry>/<path>".
+	indexRepositoryPath = "spec.registry+spec.name"
+)
+
+func repositoryPathKey(repo *v1.Repository) string { return repo.Spec.Registry + "/" + repo.Spec.Name }
+
+// RepositoryReconciler checks a Repository's Registry and claim on its path,
+// counts its tags and applies its deletionPolicy.
+type RepositoryReconciler struct {
+	client.Client
+	Recorder recorder.EventRecorder
+	Options
+}
+
+type repositoryScope struct {
+	repo   *v1.Repository
+	status v1.RepositoryStatus
+	reg    *v1.Registry // nil when the Registry does not exist
+}
+
+func (r *RepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
+	repo := &v1.Repository{}
+	if err := r.Get(ctx, req.NamespacedName, repo); err != nil {
+		return ctrl.Result{}, client.IgnoreNotFound(err)
+	}
+	if !repo.DeletionTimestamp.IsZero() {
+		return ctrl.Result{}, r.reconcileDelete(ctx, repo)
+	}
+	s := &repositoryScope{repo: repo, status: *repo.Status.DeepCopy()}
+	err := runPhases(ctx, s,
+		r.reconcileFinalizer,
+		r.reconcileRegistryRef,
+		r.reconcileConflict,
+		r.reconcileTagCount,
+	)
+	r.summarize(s, err)
+	if perr := r.patchStatus(ctx, s); perr != nil {
+		err = errors.Join(err, perr)
+	}
+	return ctrl.Result{}, err
+}
+
+// patchStatus writes conditions and counts once. Tags are registryd's: the
+// merge patch leaves them alone because this reconciler never changes them.
+func (r *RepositoryReconciler) patchStatus(ctx context.Context, s *repositoryScope) error {
+	base := s.repo.DeepCopy()
+	s.repo.Status.Conditions = s.status.Conditions
+	s.repo.Status.TagCount = s.status.TagCount
+	s.repo.Status.ObservedGeneration = s.status.ObservedGeneration
+	if err := r.Status().Patch(ctx, s.repo, client.MergeFrom(base)); err != nil {
+		return fmt.Errorf("patching status: %w", client.IgnoreNotFound(err))
+	}
+	return nil
+}
+
+func (r *RepositoryReconciler) reconcileFinalizer(ctx context.Context, s *repositoryScope) error {
+	if controllerutil.ContainsFinalizer(s.repo, repositoryFinalizer) {
+		return nil
+	}
+	base := s.repo.DeepCopy()
+	controllerutil.AddFinalizer(s.repo, repositoryFinalizer)
+	return r.Patch(ctx, s.repo, client.MergeFrom(base))
+}
+
+func (r *RepositoryReconciler) reconcileRegistryRef(ctx context.Context, s *repositoryScope) error {
+	gen := s.repo.Generation
+	reg := &v1.Registry{}
+	err := r.Get(ctx, client.ObjectKey{Namespace: s.repo.Namespace, Name: s.repo.Spec.Registry}, reg)
+	switch {
+	case apierrors.IsNotFound(err):
+		if !isConditionFalse(s.status.Conditions, ConditionRegistryFound) {
+			r.Recorder.Eventf(s.repo, nil, corev1.EventTypeWarning, ReasonRegistryNotFound, "Resolve",
+				"Registry %s does not exist in namespace %s", s.repo.Spec.Registry, s.repo.Namespace)
+		}
+		setCondition(&s.status.Conditions, gen, ConditionRegistryFound, metav1.ConditionFalse, ReasonRegistryNotFound,
+			fmt.Sprintf("Registry %s does not exist in namespace %s", s.repo.Spec.Registry, s.repo.Namespace))
+		return nil
+	case err != nil:
+		return fmt.Errorf("reading Registry %s: %w", s.repo.Spec.Registry, err)
+	}
+	s.reg = reg
+	setCondition(&s.status.Conditions, gen, ConditionRegistryFound, metav1.ConditionTrue, ReasonRegistryFound, "")
+	return nil
+}
+
+// reconcileConflict lets the oldest Repository claiming a (registry, path)
+// keep it; every newer one gets Conflict=True.
+func (r *RepositoryReconciler) reconcileConflict(ctx context.Context, s *repositoryScope) error {
+	var claims v1.RepositoryList
+	if err := r.List(ctx, &claims, client.InNamespace(s.repo.Namespace), client.MatchingFields{indexRepositoryPath: repositoryPathKey(s.repo)}); err != nil {
+		return fmt.Errorf("listing repositories: %w", err)
+	}
+	owner := oldestClaim(claims.Items)
+	gen := s.repo.Generation
+	if owner == nil || owner.Name == s.repo.Name {
+		setCondition(&s.status.Conditions, gen, ConditionConflict, metav1.ConditionFalse, ReasonNameUnique, "")
+		return nil
+	}
+	if !isConditionTrue(s.status.Conditions, ConditionConflict) {
+		r.Recorder.Eventf(s.repo, owner, corev1.EventTypeWarning, ReasonNameConflict, "Claim",
+			"repository %s of Registry %s is already claimed by Repository %s", s.repo.Spec.Name, s.repo.Spec.Registry, owner.Name)
+	}
+	setCondition(&s.status.Conditions, gen, ConditionConflict, metav1.ConditionTrue, ReasonNameConflict,
+		fmt.Sprintf("repository %s of Registry %s is already claimed by the older Repository %s", s.repo.Spec.Name, s.repo.Spec.Registry, owner.Name))
+	return nil
+}
+
+// oldestClaim orders by creation time, then by name so ties are decided the
+// same way by every reconcile.
+func oldestClaim(items []v1.Repository) *v1.Repository {
+	live := make([]v1.Repository, 0, len(items))
+	for _, it := range items {
+		if it.DeletionTimestamp.IsZero() {
+			live = append(live, it)
+		}
+	}
+	if len(live) == 0 {
+		return nil
+	}
+	sort.Slice(live, func(i, j int) bool {
+		ti, tj := live[i].CreationTimestamp, live[j].CreationTimestamp
+		if !ti.Equal(&tj) {
+			return ti.Before(&tj)
+		}
+		return live[i].Name < live[j].Name
+	})
+	return &live[0]
+}
+
+func (r *RepositoryReconciler) reconcileTagCount(_ context.Context, s *repositoryScope) error {
+	s.status.TagCount = int32(len(s.status.Tags))
+	return nil
+}
+
+func (r *RepositoryReconciler) summarize(s *repositoryScope, err error) {
+	gen := s.repo.Generation
+	switch {
+	case err != nil:
+		setCondition(&s.status.Conditions, gen, v1.ConditionReady, metav1.ConditionFalse, ReasonReconcileFailed, err.Error())
+	case s.reg == nil:
+		setCondition(&s.status.Conditions, gen, v1.ConditionReady, metav1.ConditionFalse, ReasonRegistryNotFound,
+			"Registry "+s.repo.Spec.Registry+" does not exist")
+	case isConditionTrue(s.status.Conditions, ConditionConflict):
+		setCondition(&s.status.Conditions, gen, v1.ConditionReady, metav1.ConditionFalse, ReasonNameConflict,
+			"another Repository claims this repository path")
+	default:
+		setCondition(&s.status.Conditions, gen, v1.ConditionReady, metav1.ConditionTrue, ReasonReady, "")
+		s.status.ObservedGeneration = gen
+	}
+}
+
+// reconcileDelete applies deletionPolicy, then lets the object go.
+func (r *RepositoryReconciler) reconcileDelete(ctx context.Context, repo *v1.Repository) error {
+	if !controllerutil.ContainsFinalizer(repo, repositoryFinalizer) {
+		return nil
+	}
+	if repo.Spec.DeletionPolicy == v1.DeletionDelete {
+		if err := r.deleteBucketContent(ctx, repo); err != nil {
+			r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonBucketCleanupFailed, "Delete", "%v", err)
+			return err
+		}
+	}
+	base := repo.DeepCopy()
+	controllerutil.RemoveFinalizer(repo, repositoryFinalizer)
+	return client.IgnoreNotFound(r.Patch(ctx, repo, client.MergeFrom(base)))
+}
+
+// deleteBucketContent removes the repository's links, referrers and tag
+// journal. Blobs are shared across repositories: garbage collection sweeps them.
+func (r *RepositoryReconciler) deleteBucketContent(ctx context.Context, repo *v1.Repository) error {
+	reg := &v1.Registry{}
+	if err := r.Get(ctx, client.ObjectKey{Namespace: repo.Namespace, Name: repo.Spec.Registry}, reg); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonRegistryNotFound, "Delete",
+				"Registry %s is gone: nothing in its bucket can be deleted", repo.Spec.Registry)
+			return nil
+		}
+		return err
+	}
+	if u, err := url.Parse(reg.Spec.Storage.URL); err == nil && u.Scheme == "file" && !r.LocalStorageReachable {
+		r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonBucketCleanupFailed, "Delete",
+			"file:// storage lives in registryd's pod, out of the operator's reach: left for garbage collection")
+		return nil
+	}
+	env, err := storageEnv(ctx, r.Client, reg)
+	if err != nil {
+		return err
+	}
+	b, err := bucket.Open(ctx, reg.Spec.Storage.URL, bucket.Options{Prefix: reg.Spec.Storage.Prefix, Env: env})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	n, err := bucket.DeletePrefixes(ctx, b, storage.RepositoryOwnPrefixes(repo.Spec.Name))
+	if err != nil {
+		return fmt.Errorf("deleting repository %s from the bucket: %w", repo.Spec.Name, err)
+	}
+	r.Recorder.Eventf(repo, nil, corev1.EventTypeNormal, "BucketContentDeleted", "Delete",
+		"deleted %d objects (links, referrers, tag journal) of repository %s; blobs are left to garbage collection", n, repo.Spec.Name)
+	return nil
+}
+
+// SetupWithManager watches Repositories, their Registry, and their rivals for
+// the same path (a deleted owner hands the path to the next one).
+func (r *RepositoryReconciler) SetupWithManager(mgr ctrl.Manager) error {
+	return ctrl.NewControllerManagedBy(mgr).
+		For(&v1.Repository{}).
+		Watches(&v1.Repository{}, handler.EnqueueRequestsFromMapFunc(r.rivals)).
+		Watches(&v1.Registry{}, handler.EnqueueRequestsFromMapFunc(r.repositoriesOf)).
+		Named("repository").
+		Complete(r)
+}
+
+func (r *RepositoryReconciler) rivals(ctx context.Context, obj client.Object) []reconcile.Request {
+	repo, ok := obj.(*v1.Repository)
+	if !ok {
+		return nil
+	}
+	return r.requestsFor(ctx, repo.Namespace, client.MatchingFields{indexRepositoryPath: repositoryPathKey(repo)})
+}
+
+func (r *RepositoryReconciler) repositoriesOf(ctx context.Context, obj client.Object) []reconcile.Request {
+	return r.requestsFor(ctx, obj.GetNamespace(), client.MatchingFields{indexRepositoryRegistry: obj.GetName()})
+}
+
+func (r *RepositoryReconciler) requestsFor(ctx context.Context, ns string, match client.MatchingFields) []reconcile.Request {
+	var list v1.RepositoryList
+	if err := r.List(ctx, &list, client.InNamespace(ns), match); err != nil {
+		return nil
+	}
+	reqs := make([]reconcile.Request, 0, len(list.Items))
+	for _, it := range list.Items {
+		reqs = append(reqs, reconcile.Request{NamespacedName: client.ObjectKeyFromObject(&it)})
+	}
+	return reqs
+}

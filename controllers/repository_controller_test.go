@@ -1,0 +1,202 @@
+package controllers_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	eventsv1 "k8s.io/api/events/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/internal/bucket"
+)
+
+func createRepository(t *testing.T, ns, objName, registry, path string, policy v1.DeletionPolicy) *v1.Repository {
+	t.Helper()
+	repo := &v1.Repository{
+		ObjectMeta: metav1.ObjectMeta{Name: objName, Namespace: ns},
+		Spec:       v1.RepositorySpec{Registry: registry, Name: path, DeletionPolicy: policy},
+	}
+	if err := env.Client.Create(context.Background(), repo); err != nil {
+		t.Fatalf("creating Repository: %v", err)
+	}
+	return repo
+}
+
+func repoCondition(ns, name, typ string) (*metav1.Condition, error) {
+	var repo v1.Repository
+	if err := get(&repo, ns, name); err != nil {
+		return nil, err
+	}
+	c := meta.FindStatusCondition(repo.Status.Conditions, typ)
+	if c == nil {
+		return nil, fmt.Errorf("no %s condition yet", typ)
+	}
+	return c, nil
+}
+
+func wantCondition(ns, name, typ string, status metav1.ConditionStatus, reason, message string) func() error {
+	return func() error {
+		c, err := repoCondition(ns, name, typ)
+		if err != nil {
+			return err
+		}
+		if c.Status != status || c.Reason != reason || !strings.Contains(c.Message, message) {
+			return fmt.Errorf("%s = %s/%s %q, want %s/%s containing %q", typ, c.Status, c.Reason, c.Message, status, reason, message)
+		}
+		return nil
+	}
+}
+
+func wantEvent(ns, object, reason string) func() error {
+	return func() error {
+		var events eventsv1.EventList
+		if err := env.Client.List(context.Background(), &events, client.InNamespace(ns)); err != nil {
+			return err
+		}
+		for _, e := range events.Items {
+			if e.Regarding.Name == object && e.Reason == reason {
+				return nil
+			}
+		}
+		return fmt.Errorf("no %s event for %s among %d events", reason, object, len(events.Items))
+	}
+}
+
+func TestRepositoryMissingRegistry(t *testing.T) {
+	ns := newNamespace(t)
+	createRepository(t, ns, "orphan", "nonexistent", "team/app", v1.DeletionRetain)
+	eventually(t, "RegistryFound=False", wantCondition(ns, "orphan", "RegistryFound", metav1.ConditionFalse, "RegistryNotFound", "nonexistent"))
+	eventually(t, "Ready=False", wantCondition(ns, "orphan", "Ready", metav1.ConditionFalse, "RegistryNotFound", ""))
+	eventually(t, "event", wantEvent(ns, "orphan", "RegistryNotFound"))
+
+	// The Registry appearing later resolves it.
+	createRegistry(t, ns, "nonexistent", nil)
+	eventually(t, "Ready=True", wantCondition(ns, "orphan", "Ready", metav1.ConditionTrue, "Ready", ""))
+}
+
+func TestRepositoryConflict(t *testing.T) {
+	ns := newNamespace(t)
+	createRegistry(t, ns, "main", nil)
+	older := createRepository(t, ns, "first", "main", "team/app", v1.DeletionRetain)
+	time.Sleep(1100 * time.Millisecond) // creation timestamps have one-second resolution
+	createRepository(t, ns, "second", "main", "team/app", v1.DeletionRetain)
+
+	eventually(t, "older keeps the path", wantCondition(ns, "first", "Conflict", metav1.ConditionFalse, "NameUnique", ""))
+	eventually(t, "newer is in conflict", wantCondition(ns, "second", "Conflict", metav1.ConditionTrue, "NameConflict", "first"))
+	eventually(t, "newer not ready", wantCondition(ns, "second", "Ready", metav1.ConditionFalse, "NameConflict", ""))
+	eventually(t, "event", wantEvent(ns, "second", "NameConflict"))
+
+	// Deleting the owner hands the path to the other claim.
+	if err := env.Client.Delete(context.Background(), older); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "path handed over", wantCondition(ns, "second", "Conflict", metav1.ConditionFalse, "NameUnique", ""))
+	eventually(t, "now ready", wantCondition(ns, "second", "Ready", metav1.ConditionTrue, "Ready", ""))
+}
+
+func TestRepositoryTagCount(t *testing.T) {
+	ns := newNamespace(t)
+	createRegistry(t, ns, "main", nil)
+	createRepository(t, ns, "counted", "main", "app", v1.DeletionRetain)
+	eventually(t, "tags written", func() error {
+		var repo v1.Repository
+		if err := get(&repo, ns, "counted"); err != nil {
+			return err
+		}
+		now := metav1.Now()
+		repo.Status.Tags = []v1.TagStatus{
+			{Name: "a", Digest: "sha256:" + strings.Repeat("a", 64), PushedAt: now},
+			{Name: "b", Digest: "sha256:" + strings.Repeat("b", 64), PushedAt: now},
+		}
+		return env.Client.Status().Update(context.Background(), &repo)
+	})
+	eventually(t, "tagCount", func() error {
+		var repo v1.Repository
+		if err := get(&repo, ns, "counted"); err != nil {
+			return err
+		}
+		if repo.Status.TagCount != 2 || len(repo.Status.Tags) != 2 {
+			return fmt.Errorf("tagCount %d, tags %d", repo.Status.TagCount, len(repo.Status.Tags))
+		}
+		return nil
+	})
+}
+
+// TestRepositoryDeletionPolicy deletes Repositories whose bucket holds their
+// links and journal, and a nested repository and shared blobs beside them.
+func TestRepositoryDeletionPolicy(t *testing.T) {
+	ns := newNamespace(t)
+	dir := bucketDir(t)
+	storageURL := "file://" + dir
+	createRegistry(t, ns, "main", func(r *v1.Registry) { r.Spec.Storage.URL = storageURL })
+	ctx := context.Background()
+	b, err := bucket.Open(ctx, storageURL, bucket.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	digest := strings.Repeat("c", 64)
+	keysOf := func(repo string) []string {
+		return []string{
+			"repos/" + repo + "/_layers/sha256/" + digest,
+			"repos/" + repo + "/_manifests/sha256/" + digest,
+			"repos/" + repo + "/_referrers/sha256/" + digest + "/sha256/" + digest,
+			"repos/" + repo + "/_tags/latest",
+		}
+	}
+	shared := []string{"blobs/sha256/" + digest}
+	for _, k := range append(append(append(keysOf("kept"), keysOf("gone")...), keysOf("gone/nested")...), shared...) {
+		if err := b.WriteAll(ctx, k, []byte("x"), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		name, path string
+		policy     v1.DeletionPolicy
+		deleted    []string
+		kept       []string
+	}{
+		{"retain", "kept", v1.DeletionRetain, nil, append(keysOf("kept"), shared...)},
+		{"delete", "gone", v1.DeletionDelete, keysOf("gone"), append(keysOf("gone/nested"), shared...)},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			repo := createRepository(t, ns, tc.name, "main", tc.path, tc.policy)
+			eventually(t, "finalizer", func() error {
+				if err := get(repo, ns, tc.name); err != nil {
+					return err
+				}
+				if len(repo.Finalizers) == 0 {
+					return fmt.Errorf("no finalizer yet")
+				}
+				return nil
+			})
+			if err := env.Client.Delete(ctx, repo); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "object gone", func() error {
+				if err := get(&v1.Repository{}, ns, tc.name); !apierrors.IsNotFound(err) {
+					return fmt.Errorf("still there: %v", err)
+				}
+				return nil
+			})
+			for _, k := range tc.deleted {
+				if ok, _ := b.Exists(ctx, k); ok {
+					t.Errorf("%s survived deletionPolicy %s", k, tc.policy)
+				}
+			}
+			for _, k := range tc.kept {
+				if ok, err := b.Exists(ctx, k); !ok {
+					t.Errorf("%s is gone (err %v) but deletionPolicy %s must keep it", k, err, tc.policy)
+				}
+			}
+		})
+	}
+}

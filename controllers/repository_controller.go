@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"sort"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -117,7 +116,7 @@ func (r *RepositoryReconciler) reconcileConflict(ctx context.Context, s *reposit
 	if err := r.List(ctx, &claims, client.InNamespace(s.repo.Namespace), client.MatchingFields{indexRepositoryPath: repositoryPathKey(s.repo)}); err != nil {
 		return fmt.Errorf("listing repositories: %w", err)
 	}
-	owner := oldestClaim(claims.Items)
+	owner := v1.OldestRepository(claims.Items)
 	gen := s.repo.Generation
 	if owner == nil || owner.Name == s.repo.Name {
 		setCondition(&s.status.Conditions, gen, ConditionConflict, metav1.ConditionFalse, ReasonNameUnique, "")
@@ -130,28 +129,6 @@ func (r *RepositoryReconciler) reconcileConflict(ctx context.Context, s *reposit
 	setCondition(&s.status.Conditions, gen, ConditionConflict, metav1.ConditionTrue, ReasonNameConflict,
 		fmt.Sprintf("repository %s of Registry %s is already claimed by the older Repository %s", s.repo.Spec.Name, s.repo.Spec.Registry, owner.Name))
 	return nil
-}
-
-// oldestClaim orders by creation time, then by name so ties are decided the
-// same way by every reconcile.
-func oldestClaim(items []v1.Repository) *v1.Repository {
-	live := make([]v1.Repository, 0, len(items))
-	for _, it := range items {
-		if it.DeletionTimestamp.IsZero() {
-			live = append(live, it)
-		}
-	}
-	if len(live) == 0 {
-		return nil
-	}
-	sort.Slice(live, func(i, j int) bool {
-		ti, tj := live[i].CreationTimestamp, live[j].CreationTimestamp
-		if !ti.Equal(&tj) {
-			return ti.Before(&tj)
-		}
-		return live[i].Name < live[j].Name
-	})
-	return &live[0]
 }
 
 func (r *RepositoryReconciler) reconcileTagCount(_ context.Context, s *repositoryScope) error {

@@ -52,9 +52,11 @@ type RepositorySpec struct {
 
 // TagStatus is one tag of the repository.
 type TagStatus struct {
-	Name      string      `json:"name"`
-	Digest    string      `json:"digest"`
+	Name   string `json:"name"`
+	Digest string `json:"digest"`
+	// MediaType and Size of the manifest, so a tag is a whole descriptor.
 	MediaType string      `json:"mediaType,omitempty"`
+	Size      int64       `json:"size,omitempty"`
 	PushedAt  metav1.Time `json:"pushedAt"`
 }
 
@@ -79,6 +81,7 @@ type RepositoryStatus struct {
 // +kubebuilder:object:root=true
 // +kubebuilder:subresource:status
 // +kubebuilder:resource:shortName=repo
+// +kubebuilder:selectablefield:JSONPath=`.spec.registry`
 // +kubebuilder:printcolumn:name="Registry",type=string,JSONPath=`.spec.registry`
 // +kubebuilder:printcolumn:name="Name",type=string,JSONPath=`.spec.name`
 // +kubebuilder:printcolumn:name="Tags",type=integer,JSONPath=`.status.tagCount`

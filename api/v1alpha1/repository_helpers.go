@@ -1,0 +1,76 @@
+package v1alpha1
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"slices"
+	"strings"
+)
+
+// RepositoryObjectName is the name of the Repository object that registryd
+// creates for repository path of Registry registry. It is deterministic, so
+// two replicas creating it at once race to the same name and one gets
+// AlreadyExists; readable (registry and path with '/' as '.'); and
+// collision-safe: paths that map to the same readable part ("a_b", "a-b")
+// differ in the hash suffix.
+func RepositoryObjectName(registry, path string) string {
+	sum := sha256.Sum256([]byte(registry + "\x00" + path))
+	suffix := "-" + hex.EncodeToString(sum[:4])
+	readable := registry + "." + strings.NewReplacer("/", ".", "_", "-").Replace(path)
+	const maxName = 253
+	if len(readable) > maxName-len(suffix) {
+		readable = readable[:maxName-len(suffix)]
+	}
+	// A DNS subdomain's labels end in an alphanumeric character.
+	return strings.TrimRight(readable, ".-") + suffix
+}
+
+// OldestRepository is the Repository that owns a (registry, path) claimed by
+// several: the oldest live one, ties broken by name, so the operator and
+// every registryd replica agree.
+func OldestRepository(items []Repository) *Repository {
+	var oldest *Repository
+	for i := range items {
+		it := &items[i]
+		if !it.DeletionTimestamp.IsZero() {
+			continue
+		}
+		if oldest == nil || it.CreationTimestamp.Before(&oldest.CreationTimestamp) ||
+			(it.CreationTimestamp.Equal(&oldest.CreationTimestamp) && it.Name < oldest.Name) {
+			oldest = it
+		}
+	}
+	return oldest
+}
+
+func compareTagName(t TagStatus, name string) int { return strings.Compare(t.Name, name) }
+
+// FindTag returns the tag called name, if the repository has it.
+func (s *RepositoryStatus) FindTag(name string) (TagStatus, bool) {
+	i, ok := slices.BinarySearchFunc(s.Tags, name, compareTagName)
+	if !ok {
+		return TagStatus{}, false
+	}
+	return s.Tags[i], true
+}
+
+// SetTag inserts or replaces a tag, keeping Tags sorted by name, and counts them.
+func (s *RepositoryStatus) SetTag(t TagStatus) {
+	i, ok := slices.BinarySearchFunc(s.Tags, t.Name, compareTagName)
+	if ok {
+		s.Tags[i] = t
+	} else {
+		s.Tags = slices.Insert(s.Tags, i, t)
+	}
+	s.TagCount = int32(len(s.Tags))
+}
+
+// RemoveTag deletes a tag and reports whether it was there.
+func (s *RepositoryStatus) RemoveTag(name string) bool {
+	i, ok := slices.BinarySearchFunc(s.Tags, name, compareTagName)
+	if ok {
+		s.Tags = slices.Delete(s.Tags, i, i+1)
+		s.TagCount = int32(len(s.Tags))
+	}
+	return ok
+}

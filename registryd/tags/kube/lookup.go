@@ -1,0 +1,116 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/util/resourceversion"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+)
+
+// cached returns the Repository that owns path, from the cache or from this
+// replica's own last write when the cache has not caught up with it yet
+// (read-your-writes); nil if none.
+func (s *Store) cached(ctx context.Context, path string) (*v1.Repository, error) {
+	var list v1.RepositoryList
+	if err := s.cache.List(ctx, &list, client.InNamespace(s.opts.Namespace), client.MatchingFields{indexPath: path}); err != nil {
+		return nil, fmt.Errorf("listing cached repositories: %w", err)
+	}
+	repo := v1.OldestRepository(list.Items)
+	if own := s.ownWrite(path, repo); own != nil {
+		return own, nil
+	}
+	if repo != nil {
+		return repo.DeepCopy(), nil
+	}
+	return nil, nil
+}
+
+// ownWriteTTL bounds how long this replica's own write can stand in for a
+// cache that has not seen it (the watch normally catches up in milliseconds).
+const ownWriteTTL = 10 * time.Second
+
+type ownWrite struct {
+	repo *v1.Repository
+	at   time.Time
+}
+
+// remember keeps the object this replica just wrote.
+func (s *Store) remember(path string, repo *v1.Repository) {
+	s.ownMu.Lock()
+	defer s.ownMu.Unlock()
+	if s.own == nil {
+		s.own = map[string]ownWrite{}
+	}
+	s.own[path] = ownWrite{repo: repo.DeepCopy(), at: time.Now()}
+}
+
+// ownWrite returns this replica's last write of path if it is newer than
+// the cached object; it forgets it once the cache has caught up.
+func (s *Store) ownWrite(path string, cached *v1.Repository) *v1.Repository {
+	s.ownMu.Lock()
+	defer s.ownMu.Unlock()
+	w, ok := s.own[path]
+	if !ok {
+		return nil
+	}
+	if time.Since(w.at) > ownWriteTTL || (cached != nil && cached.UID == w.repo.UID && !newer(w.repo, cached)) {
+		delete(s.own, path)
+		return nil
+	}
+	if cached != nil && cached.UID != w.repo.UID {
+		return nil
+	}
+	return w.repo.DeepCopy()
+}
+
+// newer reports whether a's resourceVersion is after b's.
+func newer(a, b *v1.Repository) bool {
+	c, err := resourceversion.CompareResourceVersion(a.ResourceVersion, b.ResourceVersion)
+	return err == nil && c > 0
+}
+
+// live reads the Repository for path from the API server: the one the cache
+// knows of, else the object registryd would have created. nil if none.
+func (s *Store) live(ctx context.Context, path string, known *v1.Repository) (*v1.Repository, error) {
+	s.liveReads.Inc()
+	name := v1.RepositoryObjectName(s.opts.Registry, path)
+	if known != nil {
+		name = known.Name
+	}
+	repo := &v1.Repository{}
+	err := s.client.Get(ctx, client.ObjectKey{Namespace: s.opts.Namespace, Name: name}, repo)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, unavailable(fmt.Errorf("reading Repository %s: %w", name, err))
+	}
+	return repo, nil
+}
+
+// registry is this store's Registry, from the cache; nil if it is gone.
+func (s *Store) registry(ctx context.Context) (*v1.Registry, error) {
+	reg := &v1.Registry{}
+	err := s.cache.Get(ctx, client.ObjectKey{Namespace: s.opts.Namespace, Name: s.opts.Registry}, reg)
+	if apierrors.IsNotFound(err) {
+		return nil, nil
+	}
+	return reg, err
+}
+
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return 0
+	}
+	return m.GetCounter().GetValue()
+}
+
+func keyOf(o client.Object) client.ObjectKey { return client.ObjectKeyFromObject(o) }

@@ -1,0 +1,151 @@
+// Package kube is the kubernetes tag store: tags live in the status of the
+// Repository objects of one Registry. Reads come from an informer cache of
+// that Registry's Repositories (no API call on the pull path); writes update
+// status with optimistic concurrency, after the bucket journal.
+package kube
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/runtime"
+	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
+	"k8s.io/client-go/rest"
+	"sigs.k8s.io/controller-runtime/pkg/cache"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/registryd/tags"
+)
+
+// indexPath indexes the cached Repositories by their OCI path.
+const indexPath = "spec.name"
+
+// Options configure a Store.
+type Options struct {
+	// Namespace and Registry name the Registry whose tags this store keeps.
+	Namespace, Registry string
+	// Journal gets every tag write before the status does (the bucket tag
+	// store), so a lost cluster's tags come back from the bucket.
+	Journal tags.Store
+	// Events records an Event on the Repository for each tag write; optional.
+	Events EventRecorder
+	// Metrics registers the store's counters; optional.
+	Metrics prometheus.Registerer
+	Logger  *slog.Logger
+}
+
+// EventRecorder is the part of client-go's events.EventRecorder the store uses.
+type EventRecorder interface {
+	Eventf(regarding, related runtime.Object, eventtype, reason, action, note string, args ...any)
+}
+
+// Store implements tags.Store on Repository status.
+type Store struct {
+	opts      Options
+	client    client.Client // live reads and all writes
+	cache     cache.Cache   // this Registry's Repositories and the Registry itself
+	liveReads prometheus.Counter
+	conflicts prometheus.Counter
+	committer committer
+
+	ownMu sync.Mutex
+	own   map[string]ownWrite // by path: this replica's last write, until the cache has it
+}
+
+var _ tags.Store = (*Store)(nil)
+
+// Scheme holds the types the store reads and writes.
+func Scheme() (*runtime.Scheme, error) {
+	s := runtime.NewScheme()
+	if err := clientgoscheme.AddToScheme(s); err != nil {
+		return nil, err
+	}
+	return s, v1.AddToScheme(s)
+}
+
+// New builds the store and its cache, and starts the cache; it runs until ctx
+// ends. It returns once the cache has synced.
+func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
+	if opts.Namespace == "" || opts.Registry == "" {
+		return nil, errors.New("kubernetes tag store: namespace and registry are required")
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	scheme, err := Scheme()
+	if err != nil {
+		return nil, err
+	}
+	c, err := cache.New(cfg, cache.Options{
+		Scheme:            scheme,
+		DefaultNamespaces: map[string]cache.Config{opts.Namespace: {}},
+		ByObject: map[client.Object]cache.ByObject{
+			// Only this Registry's Repositories: spec.registry is a selectable field.
+			&v1.Repository{}: {Field: fields.OneTermEqualSelector("spec.registry", opts.Registry)},
+			&v1.Registry{}:   {Field: fields.OneTermEqualSelector("metadata.name", opts.Registry)},
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes tag store cache: %w", err)
+	}
+	if err := c.IndexField(ctx, &v1.Repository{}, indexPath, func(o client.Object) []string {
+		return []string{o.(*v1.Repository).Spec.Name}
+	}); err != nil {
+		return nil, err
+	}
+	// Registering the informers before Start makes WaitForCacheSync cover them.
+	for _, obj := range []client.Object{&v1.Repository{}, &v1.Registry{}} {
+		if _, err := c.GetInformer(ctx, obj); err != nil {
+			return nil, err
+		}
+	}
+	cl, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		return nil, err
+	}
+	s := &Store{opts: opts, client: cl, cache: c,
+		liveReads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stevedore_tagstore_live_reads_total",
+			Help: "Tag reads that missed the informer cache and asked the API server.",
+		}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stevedore_tagstore_write_conflicts_total",
+			Help: "Repository status writes retried after a resourceVersion conflict.",
+		}),
+	}
+	if opts.Metrics != nil {
+		if err := registerAll(opts.Metrics, s.liveReads, s.conflicts); err != nil {
+			return nil, err
+		}
+	}
+	go func() {
+		if err := c.Start(ctx); err != nil {
+			opts.Logger.Error("kubernetes tag store cache stopped", "error", err)
+		}
+	}()
+	syncCtx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if !c.WaitForCacheSync(syncCtx) {
+		return nil, errors.New("kubernetes tag store: cache did not sync within a minute")
+	}
+	return s, nil
+}
+
+func registerAll(r prometheus.Registerer, cs ...prometheus.Collector) error {
+	for _, c := range cs {
+		if err := r.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LiveReads counts reads that missed the cache (for tests and benchmarks).
+func (s *Store) LiveReads() float64 { return counterValue(s.liveReads) }

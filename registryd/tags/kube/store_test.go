@@ -1,0 +1,284 @@
+package kube_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"gocloud.dev/blob/memblob"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/internal/testenv"
+	"github.com/stevedore-dev/stevedore/registryd/errcode"
+	"github.com/stevedore-dev/stevedore/registryd/tags"
+	"github.com/stevedore-dev/stevedore/registryd/tags/kube"
+	"github.com/stevedore-dev/stevedore/registryd/tags/tagstoretest"
+)
+
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	os.Exit(testenv.Main(m, func(e *testenv.Env) (func(), error) { env = e; return nil, nil }))
+}
+
+// newRegistry makes a namespace and a Registry in it.
+func newRegistry(t *testing.T, mutate func(*v1.Registry)) *v1.Registry {
+	t.Helper()
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "t-" + rand.String(8)}}
+	if err := env.Client.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	reg := &v1.Registry{
+		ObjectMeta: metav1.ObjectMeta{Name: "main", Namespace: ns.Name},
+		Spec:       v1.RegistrySpec{Storage: v1.StorageSpec{URL: "mem://"}},
+	}
+	if mutate != nil {
+		mutate(reg)
+	}
+	if err := env.Client.Create(ctx, reg); err != nil {
+		t.Fatal(err)
+	}
+	return reg
+}
+
+// replica starts a store as one registryd replica of reg would.
+func replica(t *testing.T, reg *v1.Registry, journal tags.Store) *kube.Store {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s, err := kube.New(ctx, env.Config, kube.Options{Namespace: reg.Namespace, Registry: reg.Name, Journal: journal})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func journal(t *testing.T) tags.Store {
+	b := memblob.OpenBucket(nil)
+	t.Cleanup(func() { b.Close() })
+	return tags.NewBucket(b)
+}
+
+func desc(s string) ocispec.Descriptor {
+	return ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString(s), Size: int64(len(s))}
+}
+
+// TestStoreBehaviour is the table every tag store passes.
+func TestStoreBehaviour(t *testing.T) {
+	tagstoretest.Run(t, func(t *testing.T) tags.Store {
+		return replica(t, newRegistry(t, nil), journal(t))
+	})
+}
+
+// TestJournalAndStatus checks a push lands in the journal and in the status
+// of an auto-created Repository with a deterministic name.
+func TestJournalAndStatus(t *testing.T) {
+	ctx := context.Background()
+	reg := newRegistry(t, nil)
+	j := journal(t)
+	s := replica(t, reg, j)
+	if err := s.Put(ctx, "team/app", "v1", desc("one")); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := j.Get(ctx, "team/app", "v1"); err != nil || got.Digest != desc("one").Digest {
+		t.Fatalf("journal holds %v, %v", got, err)
+	}
+	var repo v1.Repository
+	if err := env.Client.Get(ctx, keyIn(reg, v1.RepositoryObjectName("main", "team/app")), &repo); err != nil {
+		t.Fatalf("auto-created Repository: %v", err)
+	}
+	if repo.Spec.Name != "team/app" || repo.Status.TagCount != 1 || repo.Status.Tags[0].Digest != desc("one").Digest.String() {
+		t.Fatalf("Repository %+v / %+v", repo.Spec, repo.Status)
+	}
+}
+
+// TestRegistryRules checks immutable tags, the tag limit and auto-creation off.
+func TestRegistryRules(t *testing.T) {
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		mutate  func(*v1.Registry)
+		setup   func(t *testing.T, reg *v1.Registry, s tags.Store)
+		push    string
+		code    errcode.Code
+		message string
+	}{
+		{"immutable tag", nil, func(t *testing.T, reg *v1.Registry, s tags.Store) {
+			createRepository(t, reg, "app", true)
+			mustPut(t, s, "app", "v1", "one")
+		}, "v1", errcode.Denied, "tag v1 of repository app is immutable"},
+		{"tag limit", func(r *v1.Registry) { r.Spec.Limits.MaxTagsPerRepository = 2 }, func(t *testing.T, reg *v1.Registry, s tags.Store) {
+			mustPut(t, s, "app", "a", "one")
+			mustPut(t, s, "app", "b", "two")
+		}, "c", errcode.Denied, "holds 2 tags, the limit of Registry main (spec.limits.maxTagsPerRepository)"},
+		{"auto-creation off", func(r *v1.Registry) { r.Spec.AutoCreateRepositories = ptr.To(false) }, nil,
+			"v1", errcode.NameUnknown, "spec.autoCreateRepositories: false"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := newRegistry(t, tc.mutate)
+			s := replica(t, reg, journal(t))
+			if tc.setup != nil {
+				tc.setup(t, reg, s)
+			}
+			err := s.Put(ctx, "app", tc.push, desc("other"))
+			var e *errcode.Error
+			if !errors.As(err, &e) || e.Code != tc.code || !strings.Contains(fmt.Sprint(e.Detail), tc.message) {
+				t.Fatalf("Put = %v, want %s containing %q", err, tc.code.Name, tc.message)
+			}
+		})
+	}
+	t.Run("immutable tag may be pushed again unchanged", func(t *testing.T) {
+		reg := newRegistry(t, nil)
+		s := replica(t, reg, journal(t))
+		createRepository(t, reg, "app", true)
+		mustPut(t, s, "app", "v1", "one")
+		mustPut(t, s, "app", "v1", "one")
+	})
+}
+
+func createRepository(t *testing.T, reg *v1.Registry, path string, immutable bool) {
+	t.Helper()
+	repo := &v1.Repository{
+		ObjectMeta: metav1.ObjectMeta{Name: v1.RepositoryObjectName(reg.Name, path), Namespace: reg.Namespace},
+		Spec:       v1.RepositorySpec{Registry: reg.Name, Name: path, ImmutableTags: immutable},
+	}
+	if err := env.Client.Create(context.Background(), repo); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func mustPut(t *testing.T, s tags.Store, path, tag, content string) {
+	t.Helper()
+	if err := s.Put(context.Background(), path, tag, desc(content)); err != nil {
+		t.Fatalf("Put %s:%s: %v", path, tag, err)
+	}
+}
+
+// TestReplicasPushConcurrently is three replicas of one Registry taking 300
+// distinct tags from 12 goroutines, and a tag overwritten from all of them.
+func TestReplicasPushConcurrently(t *testing.T) {
+	ctx := context.Background()
+	reg := newRegistry(t, nil)
+	j := journal(t) // one bucket, as the replicas would share
+	replicas := []*kube.Store{replica(t, reg, j), replica(t, reg, j), replica(t, reg, j)}
+
+	const tagsTotal, workers = 300, 12
+	var wg sync.WaitGroup
+	errs := make(chan error, tagsTotal+workers)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := replicas[w%len(replicas)]
+			for i := w; i < tagsTotal; i += workers {
+				if err := s.Put(ctx, "team/app", fmt.Sprintf("t%03d", i), desc(fmt.Sprint(i))); err != nil {
+					errs <- fmt.Errorf("tag t%03d: %w", i, err)
+				}
+			}
+			// Everyone also moves one shared tag.
+			if err := s.Put(ctx, "team/app", "latest", desc(fmt.Sprint("latest-", w))); err != nil {
+				errs <- fmt.Errorf("latest from %d: %w", w, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+
+	var repo v1.Repository
+	if err := env.Client.Get(ctx, keyIn(reg, v1.RepositoryObjectName("main", "team/app")), &repo); err != nil {
+		t.Fatal(err)
+	}
+	if repo.Status.TagCount != tagsTotal+1 || len(repo.Status.Tags) != tagsTotal+1 {
+		t.Fatalf("status holds %d tags (tagCount %d), want %d", len(repo.Status.Tags), repo.Status.TagCount, tagsTotal+1)
+	}
+	for i := range tagsTotal {
+		tag := fmt.Sprintf("t%03d", i)
+		if got, ok := repo.Status.FindTag(tag); !ok || got.Digest != desc(fmt.Sprint(i)).Digest.String() {
+			t.Errorf("tag %s = %+v, %v", tag, got, ok)
+		}
+	}
+	latest, _ := repo.Status.FindTag("latest")
+	written := false
+	for w := range workers {
+		written = written || latest.Digest == desc(fmt.Sprint("latest-", w)).Digest.String()
+	}
+	if !written {
+		t.Fatalf("latest = %s, not one of the written digests", latest.Digest)
+	}
+	// Every replica resolves it the same within a second.
+	deadline := time.Now().Add(time.Second)
+	for i, s := range replicas {
+		for {
+			got, err := s.Get(ctx, "team/app", "latest")
+			if err == nil && got.Digest.String() == latest.Digest {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("replica %d resolves latest to %v (%v), status says %s", i, got.Digest, err, latest.Digest)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// TestReadsComeFromTheCache checks the pull path makes no API call once the
+// cache has the tag, and a miss is answered by one live read.
+func TestReadsComeFromTheCache(t *testing.T) {
+	ctx := context.Background()
+	reg := newRegistry(t, nil)
+	j := journal(t)
+	writer, reader := replica(t, reg, j), replica(t, reg, j)
+	mustPut(t, writer, "app", "v1", "one")
+
+	// Right after another replica's push the reader may not have it cached:
+	// it must still resolve (a live read at most).
+	if _, err := reader.Get(ctx, "app", "v1"); err != nil {
+		t.Fatalf("fresh tag from another replica: %v", err)
+	}
+	// Once cached, reads are free.
+	eventually(t, func() bool {
+		before := reader.LiveReads()
+		_, err := reader.Get(ctx, "app", "v1")
+		return err == nil && reader.LiveReads() == before
+	})
+	before := reader.LiveReads()
+	for range 100 {
+		if _, err := reader.Get(ctx, "app", "v1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := reader.LiveReads() - before; n != 0 {
+		t.Fatalf("100 cached reads made %v API calls", n)
+	}
+}
+
+func eventually(t *testing.T, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if ok() {
+			return
+		}
+	}
+	t.Fatal("condition not met within 10s")
+}
+
+func keyIn(reg *v1.Registry, name string) client.ObjectKey {
+	return client.ObjectKey{Namespace: reg.Namespace, Name: name}
+}

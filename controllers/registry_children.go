@@ -17,7 +17,7 @@ const (
 	labelName              = "app.kubernetes.io/name"
 	labelInstance          = "app.kubernetes.io/instance"
 	labelManagedBy         = "app.kubernetes.io/managed-by"
-	labelRegistry          = "stevedore.dev/registry"
+	labelRegistry          = v1.LabelRegistry
 	labelRegistryNamespace = "stevedore.dev/registry-namespace"
 
 	// Ports inside the pod; the Service maps spec.service.port onto httpPort.

@@ -25,7 +25,9 @@ import (
 // HTTP secret, Deployment, Service, Ingress and PodDisruptionBudget.
 type RegistryReconciler struct {
 	client.Client
-	Recorder recorder.EventRecorder
+	// APIReader reads past the cache, where a just-written object must be seen.
+	APIReader client.Reader
+	Recorder  recorder.EventRecorder
 	Options
 }
 
@@ -61,6 +63,7 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.reconcileAuthDelegator,
 		r.reconcileHTTPSecret,
 		r.reconcileStorage,
+		r.reconcileJournalImport,
 		r.reconcileDeployment,
 		r.reconcileService,
 		r.reconcileIngress,
@@ -71,7 +74,10 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if perr := r.patchStatus(ctx, s); perr != nil {
 		err = errors.Join(err, perr)
 	}
-	return ctrl.Result{RequeueAfter: s.requeueAfter}, err
+	if err != nil {
+		return ctrl.Result{}, err // retried with backoff
+	}
+	return ctrl.Result{RequeueAfter: s.requeueAfter}, nil
 }
 
 // patchStatus writes the status built during the reconcile, once.

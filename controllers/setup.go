@@ -34,9 +34,10 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 		return err
 	}
 	if err := (&RegistryReconciler{
-		Client:   mgr.GetClient(),
-		Recorder: mgr.GetEventRecorder("stevedore-registry"),
-		Options:  opts,
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("stevedore-registry"),
+		Options:   opts,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

@@ -18,3 +18,7 @@ var (
 	// AddToScheme adds the types in this group-version to a scheme.
 	AddToScheme = SchemeBuilder.AddToScheme
 )
+
+// LabelRegistry labels objects made for a Registry (Repositories registryd or
+// the operator create, the operator's cluster-scoped children) with its name.
+const LabelRegistry = "stevedore.dev/registry"

@@ -120,7 +120,7 @@ func (s *Store) createRepository(ctx context.Context, reg *v1.Registry, path str
 		ObjectMeta: metav1.ObjectMeta{
 			Name:      v1.RepositoryObjectName(reg.Name, path),
 			Namespace: reg.Namespace,
-			Labels:    map[string]string{"stevedore.dev/registry": reg.Name},
+			Labels:    map[string]string{v1.LabelRegistry: reg.Name},
 		},
 		Spec: v1.RepositorySpec{Registry: reg.Name, Name: path},
 	}

@@ -1,0 +1,120 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/internal/bucket"
+	"github.com/stevedore-dev/stevedore/registryd/storage"
+	"github.com/stevedore-dev/stevedore/registryd/tags"
+)
+
+func storageLocation(reg *v1.Registry) string {
+	return reg.Spec.Storage.URL + "#" + reg.Spec.Storage.Prefix
+}
+
+// reconcileJournalImport gives a Registry back the repositories its bucket
+// already holds: one Repository object per repository the bucket knows of
+// and has no object yet, with the tags of its journal. It runs once per
+// storage location (status.importedFrom), so a rebuilt cluster comes back
+// whole while a Repository a user deleted stays deleted.
+func (r *RegistryReconciler) reconcileJournalImport(ctx context.Context, s *registryScope) error {
+	loc := storageLocation(s.reg)
+	if s.status.ImportedFrom == loc || !isConditionTrue(s.status.Conditions, v1.ConditionStorageReady) {
+		return nil
+	}
+	if u, err := url.Parse(s.reg.Spec.Storage.URL); err == nil && u.Scheme == "file" && !r.LocalStorageReachable {
+		return nil // a pod's volume: nothing survives the pod, nothing to import
+	}
+	env, err := storageEnv(ctx, r.Client, s.reg)
+	if err != nil {
+		return err
+	}
+	b, err := bucket.Open(ctx, s.reg.Spec.Storage.URL, bucket.Options{Prefix: s.reg.Spec.Storage.Prefix, Env: env})
+	if err != nil {
+		return err
+	}
+	defer b.Close()
+	paths, err := storage.New(b).Repositories(ctx)
+	if err != nil {
+		return fmt.Errorf("listing the bucket's repositories: %w", err)
+	}
+	journal := tags.NewBucket(b)
+	repos, tagCount := 0, 0
+	for _, path := range paths {
+		n, created, err := r.importRepository(ctx, s.reg, journal, path)
+		if err != nil {
+			return err
+		}
+		if created {
+			repos++
+			tagCount += n
+		}
+	}
+	if repos > 0 {
+		r.Recorder.Eventf(s.reg, nil, corev1.EventTypeNormal, "JournalImported", "Import",
+			"restored %d repositories with %d tags from the bucket's tag journal", repos, tagCount)
+	}
+	s.status.ImportedFrom = loc
+	return nil
+}
+
+// importRepository creates the Repository of path with the journal's tags,
+// unless some Repository already claims path.
+func (r *RegistryReconciler) importRepository(ctx context.Context, reg *v1.Registry, journal tags.Store, path string) (int, bool, error) {
+	var claims v1.RepositoryList
+	if err := r.List(ctx, &claims, client.InNamespace(reg.Namespace),
+		client.MatchingFields{indexRepositoryPath: reg.Name + "/" + path}); err != nil {
+		return 0, false, err
+	}
+	if len(claims.Items) > 0 {
+		return 0, false, nil
+	}
+	names, err := journal.List(ctx, path, 0, "")
+	if err != nil {
+		return 0, false, fmt.Errorf("reading the tag journal of %s: %w", path, err)
+	}
+	status := v1.RepositoryStatus{}
+	now := metav1.Now()
+	for _, name := range names {
+		d, err := journal.Get(ctx, path, name)
+		if err != nil {
+			return 0, false, fmt.Errorf("reading journal tag %s:%s: %w", path, name, err)
+		}
+		status.SetTag(v1.TagStatus{Name: name, Digest: d.Digest.String(), MediaType: d.MediaType, Size: d.Size, PushedAt: now})
+	}
+	repo := &v1.Repository{
+		ObjectMeta: metav1.ObjectMeta{
+			Name: v1.RepositoryObjectName(reg.Name, path), Namespace: reg.Namespace,
+			Labels: map[string]string{labelRegistry: reg.Name},
+		},
+		Spec: v1.RepositorySpec{Registry: reg.Name, Name: path},
+	}
+	if err := r.Create(ctx, repo); err != nil {
+		if apierrors.IsAlreadyExists(err) { // registryd got there first
+			return 0, false, nil
+		}
+		return 0, false, fmt.Errorf("creating Repository for %s: %w", path, err)
+	}
+	// The Repository reconciler adds its finalizer meanwhile: retry on conflict.
+	err = retry.RetryOnConflict(retry.DefaultBackoff, func() error {
+		// Live: the cache may not have the object just created.
+		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(repo), repo); err != nil {
+			return err
+		}
+		repo.Status.Tags, repo.Status.TagCount = status.Tags, status.TagCount
+		return r.Status().Update(ctx, repo)
+	})
+	if err != nil {
+		return 0, false, fmt.Errorf("restoring the tags of %s: %w", path, err)
+	}
+	return len(names), true, nil
+}

@@ -97,8 +97,9 @@ func TestRegistryChildren(t *testing.T) {
 			return nil
 		}},
 		{&corev1.Secret{}, name + "-http-secret", func(o client.Object) error {
-			if n := len(o.(*corev1.Secret).Data["secret"]); n != 32 {
-				return fmt.Errorf("secret holds %d bytes, want 32", n)
+			// Two rand.Text values: 52 base32 characters, 256 bits.
+			if n := len(o.(*corev1.Secret).Data["secret"]); n != 52 {
+				return fmt.Errorf("secret holds %d characters, want 52", n)
 			}
 			return nil
 		}},

@@ -86,7 +86,7 @@ func (r *RegistryReconciler) registrydContainer(reg *v1.Registry) *corev1ac.Cont
 		WithName("registryd").
 		WithImage(image).
 		WithCommand(registrydPath).
-		WithArgs(registrydArgs(reg)...).
+		WithArgs(RegistrydArgs(reg)...).
 		WithPorts(
 			corev1ac.ContainerPort().WithName("http").WithContainerPort(httpPort).WithProtocol(corev1.ProtocolTCP),
 			corev1ac.ContainerPort().WithName("debug").WithContainerPort(debugPort).WithProtocol(corev1.ProtocolTCP)).
@@ -106,10 +106,12 @@ func (r *RegistryReconciler) registrydContainer(reg *v1.Registry) *corev1ac.Cont
 	return c
 }
 
-// registrydArgs are registryd's flags for this Registry; a test parses them
-// with registryd's own flag set so the two cannot drift apart.
-func registrydArgs(reg *v1.Registry) []string {
+// RegistrydArgs are registryd's flags for this Registry; registryd's tests
+// parse them with its own flag set so the two cannot drift apart.
+func RegistrydArgs(reg *v1.Registry) []string {
 	args := []string{
+		"--registry=" + reg.Name,
+		"--namespace=" + reg.Namespace,
 		"--addr=:" + strconv.Itoa(httpPort),
 		"--debug-addr=:" + strconv.Itoa(debugPort),
 		"--storage=" + reg.Spec.Storage.URL,

@@ -25,10 +25,8 @@ func (r *RegistryReconciler) reconcileHTTPSecret(ctx context.Context, s *registr
 	if !apierrors.IsNotFound(err) {
 		return fmt.Errorf("reading Secret %s: %w", key.Name, err)
 	}
-	value := make([]byte, 32)
-	if _, err := rand.Read(value); err != nil {
-		return err
-	}
+	// Text, not raw bytes: registryd reads the file as text.
+	value := []byte(rand.Text() + rand.Text())
 	secret := &corev1.Secret{
 		ObjectMeta: metav1.ObjectMeta{Name: key.Name, Namespace: key.Namespace, Labels: childLabels(s.reg)},
 		Type:       corev1.SecretTypeOpaque,

@@ -10,6 +10,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -30,24 +31,38 @@ import (
 	"github.com/stevedore-dev/stevedore/internal/bucket"
 	"github.com/stevedore-dev/stevedore/registryd/server"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
-	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
 
 type config struct {
 	addr, debugAddr, storageURL, storagePrefix, secretFile, logFormat string
 	maxManifestBytes, chunkMinLength                                  int64
+	// kubernetes tag store: the Registry registryd serves.
+	registry, namespace, kubeconfig string
+	// HTTPS on the registry port when both are set.
+	tlsCertFile, tlsKeyFile string
+}
+
+// bindFlags defines registryd's flags on fs; the operator's Deployment args
+// are parsed with it in a test, so the two cannot drift apart.
+func bindFlags(fs *flag.FlagSet, c *config) {
+	fs.StringVar(&c.addr, "addr", "127.0.0.1:5000", "address to serve the registry API on")
+	fs.StringVar(&c.debugAddr, "debug-addr", "", "address for /healthz, /readyz and /metrics (empty: disabled)")
+	fs.StringVar(&c.storageURL, "storage", "file:///var/tmp/stevedore", "gocloud.dev/blob bucket URL (file:///dir, mem://, s3://…)")
+	fs.StringVar(&c.storagePrefix, "storage-prefix", "", "key prefix inside the bucket, so several registries can share one")
+	fs.StringVar(&c.secretFile, "http-secret-file", "", "file holding the secret that signs upload state (default: $STEVEDORE_HTTP_SECRET, else random)")
+	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	fs.Int64Var(&c.maxManifestBytes, "max-manifest-bytes", 4<<20, "largest manifest accepted")
+	fs.Int64Var(&c.chunkMinLength, "chunk-min-length", 0, "OCI-Chunk-Min-Length announced to clients (0: none)")
+	fs.StringVar(&c.registry, "registry", "", "name of the Registry served: tags then live in its Repositories' status (empty: in the bucket)")
+	fs.StringVar(&c.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of the Registry (default: $POD_NAMESPACE)")
+	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig for --registry (default: $KUBECONFIG, else in-cluster)")
+	fs.StringVar(&c.tlsCertFile, "tls-cert-file", "", "serve HTTPS with this certificate (PEM), with --tls-key-file")
+	fs.StringVar(&c.tlsKeyFile, "tls-key-file", "", "private key (PEM) of --tls-cert-file")
 }
 
 func main() {
 	var c config
-	flag.StringVar(&c.addr, "addr", "127.0.0.1:5000", "address to serve the registry API on")
-	flag.StringVar(&c.debugAddr, "debug-addr", "", "address for /healthz, /readyz and /metrics (empty: disabled)")
-	flag.StringVar(&c.storageURL, "storage", "file:///var/tmp/stevedore", "gocloud.dev/blob bucket URL (file:///dir, mem://, s3://…)")
-	flag.StringVar(&c.storagePrefix, "storage-prefix", "", "key prefix inside the bucket, so several registries can share one")
-	flag.StringVar(&c.secretFile, "http-secret-file", "", "file holding the secret that signs upload state (default: $STEVEDORE_HTTP_SECRET, else random)")
-	flag.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
-	flag.Int64Var(&c.maxManifestBytes, "max-manifest-bytes", 4<<20, "largest manifest accepted")
-	flag.Int64Var(&c.chunkMinLength, "chunk-min-length", 0, "OCI-Chunk-Min-Length announced to clients (0: none)")
+	bindFlags(flag.CommandLine, &c)
 	flag.Parse()
 	log := newLogger(c.logFormat)
 	if err := run(log, c); err != nil {
@@ -77,11 +92,26 @@ func run(log *slog.Logger, c config) error {
 	defer b.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	handler := server.New(b, tags.NewBucket(b), &server.Options{
+	tagStore, err := newTagStore(ctx, log, c, b, reg)
+	if err != nil {
+		return err
+	}
+	handler := server.New(b, tagStore, &server.Options{
 		MaxManifestBytes: c.maxManifestBytes, Secret: secret, ChunkMinLength: c.chunkMinLength,
 		Logger: log, Registerer: reg,
 	})
-	servers := []*http.Server{{Addr: c.addr, Handler: handler, ReadHeaderTimeout: 30 * time.Second}}
+	if (c.tlsCertFile == "") != (c.tlsKeyFile == "") {
+		return errors.New("--tls-cert-file and --tls-key-file go together")
+	}
+	api := &http.Server{Addr: c.addr, Handler: handler, ReadHeaderTimeout: 30 * time.Second}
+	if c.tlsCertFile != "" {
+		cert, err := tls.LoadX509KeyPair(c.tlsCertFile, c.tlsKeyFile)
+		if err != nil {
+			return fmt.Errorf("loading the TLS certificate: %w", err)
+		}
+		api.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	servers := []*http.Server{api}
 	if c.debugAddr != "" {
 		servers = append(servers, &http.Server{Addr: c.debugAddr, Handler: debugMux(b, reg), ReadHeaderTimeout: 10 * time.Second})
 	}
@@ -96,7 +126,10 @@ func serve(ctx context.Context, log *slog.Logger, servers []*http.Server) error 
 		if err != nil {
 			return err
 		}
-		log.Info("listening", "addr", ln.Addr().String())
+		log.Info("listening", "addr", ln.Addr().String(), "tls", srv.TLSConfig != nil)
+		if srv.TLSConfig != nil {
+			ln = tls.NewListener(ln, srv.TLSConfig)
+		}
 		go func() { errc <- srv.Serve(ln) }()
 	}
 	var err error

@@ -74,7 +74,7 @@ func (s *server) getCatalog(w http.ResponseWriter, r *http.Request, _ pathParams
 	if err != nil {
 		return err
 	}
-	all, err := s.store.Repositories(r.Context())
+	all, err := s.repositories(r.Context())
 	if err != nil {
 		return storageErr(err, errcode.NameUnknown, nil)
 	}

@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -114,3 +115,20 @@ func counterValue(c prometheus.Counter) float64 {
 }
 
 func keyOf(o client.Object) client.ObjectKey { return client.ObjectKeyFromObject(o) }
+
+// Repositories lists the paths of this Registry's Repositories, sorted, from
+// the cache: the catalog without a bucket walk.
+func (s *Store) Repositories(ctx context.Context) ([]string, error) {
+	var list v1.RepositoryList
+	if err := s.cache.List(ctx, &list, client.InNamespace(s.opts.Namespace)); err != nil {
+		return nil, fmt.Errorf("listing cached repositories: %w", err)
+	}
+	paths := make([]string, 0, len(list.Items))
+	for _, r := range list.Items {
+		if r.DeletionTimestamp.IsZero() {
+			paths = append(paths, r.Spec.Name)
+		}
+	}
+	slices.Sort(paths)
+	return slices.Compact(paths), nil
+}

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"flag"
+	"io"
+	"testing"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/controllers"
+)
+
+// TestOperatorArgsParse checks that every argument the operator puts in
+// registryd's Deployment is a flag registryd knows, with the meaning meant.
+func TestOperatorArgsParse(t *testing.T) {
+	base := v1.Registry{
+		ObjectMeta: metav1.ObjectMeta{Name: "main", Namespace: "team"},
+		Spec:       v1.RegistrySpec{Storage: v1.StorageSpec{URL: "s3://bucket?region=eu-west-1"}},
+	}
+	tests := []struct {
+		name   string
+		mutate func(*v1.Registry)
+		check  func(t *testing.T, c config)
+	}{
+		{"defaults", nil, func(t *testing.T, c config) {
+			if c.registry != "main" || c.namespace != "team" || c.storageURL != "s3://bucket?region=eu-west-1" || c.debugAddr == "" {
+				t.Errorf("config %+v", c)
+			}
+		}},
+		{"prefix and limits", func(r *v1.Registry) {
+			r.Spec.Storage.Prefix = "tenant-a/"
+			r.Spec.Limits.MaxManifestBytes = 1 << 20
+		}, func(t *testing.T, c config) {
+			if c.storagePrefix != "tenant-a/" || c.maxManifestBytes != 1<<20 {
+				t.Errorf("config %+v", c)
+			}
+		}},
+		{"tls", func(r *v1.Registry) { r.Spec.TLS = &v1.TLSSpec{SecretName: "cert"} }, func(t *testing.T, c config) {
+			if c.tlsCertFile == "" || c.tlsKeyFile == "" {
+				t.Errorf("config %+v", c)
+			}
+		}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := base.DeepCopy()
+			if tc.mutate != nil {
+				tc.mutate(reg)
+			}
+			fs := flag.NewFlagSet("registryd", flag.ContinueOnError)
+			fs.SetOutput(io.Discard)
+			var c config
+			bindFlags(fs, &c)
+			args := controllers.RegistrydArgs(reg)
+			if err := fs.Parse(args); err != nil {
+				t.Fatalf("registryd refuses the operator's args %v: %v", args, err)
+			}
+			if fs.NArg() != 0 {
+				t.Fatalf("stray arguments %v", fs.Args())
+			}
+			tc.check(t, c)
+		})
+	}
+}

@@ -115,6 +115,10 @@ func TestBadInput(t *testing.T) {
 			cfg := []byte(`{"other":1}`)
 			return r.do("PUT", "/v2/app/manifests/v1", imageManifest(cfg), "Content-Type", ocispec.MediaTypeImageManifest)
 		}, 400, "MANIFEST_BLOB_UNKNOWN"},
+		{"descriptor size mismatch", func(t *testing.T, r *testRegistry) response {
+			m := strings.Replace(string(imageManifest([]byte("{}"))), `"size":2`, `"size":3`, 1)
+			return r.do("PUT", "/v2/app/manifests/v1", []byte(m), "Content-Type", ocispec.MediaTypeImageManifest)
+		}, 400, "MANIFEST_INVALID"},
 		{"manifest digest mismatch", func(t *testing.T, r *testRegistry) response {
 			cfg := []byte("{}")
 			return r.do("PUT", "/v2/app/manifests/"+other.String(), imageManifest(cfg), "Content-Type", ocispec.MediaTypeImageManifest)

@@ -164,14 +164,31 @@ func manifestTags(r *http.Request, ref reference.Reference) ([]string, error) {
 // referrers arrive before their subject.
 func (s *server) checkReferences(r *http.Request, name string, m *manifest.Manifest) error {
 	for _, b := range m.Blobs {
-		if _, err := s.store.StatBlob(r.Context(), name, b.Digest); err != nil {
+		info, err := s.store.StatBlob(r.Context(), name, b.Digest)
+		if err != nil {
 			return storageErr(err, errcode.ManifestBlobUnknown, b.Digest)
+		}
+		if err := checkSize(b, info.Size); err != nil {
+			return err
 		}
 	}
 	for _, c := range m.Manifests {
-		if _, err := s.store.StatManifest(r.Context(), name, c.Digest); err != nil {
+		desc, err := s.store.StatManifest(r.Context(), name, c.Digest)
+		if err != nil {
 			return storageErr(err, errcode.ManifestBlobUnknown, c.Digest)
 		}
+		if err := checkSize(c, desc.Size); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkSize refuses a descriptor whose size is not the stored content's:
+// clients trust it to bound their reads.
+func checkSize(d ocispec.Descriptor, stored int64) error {
+	if d.Size != stored {
+		return errcode.ManifestInvalid.With(fmt.Sprintf("descriptor %s has size %d, the stored content %d", d.Digest, d.Size, stored))
 	}
 	return nil
 }

@@ -53,22 +53,26 @@ func TestManifestRoundTripByteExact(t *testing.T) {
 	}
 }
 
-func indexOf(children ...digest.Digest) []byte {
-	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex}
+func indexOf(children ...ocispec.Descriptor) []byte {
+	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: children}
 	idx.SchemaVersion = 2
-	for _, c := range children {
-		idx.Manifests = append(idx.Manifests, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: c, Size: 1})
-	}
 	b, _ := json.Marshal(idx)
 	return b
 }
 
 func TestIndexRequiresChildren(t *testing.T) {
 	r := newTestRegistry(t, nil)
-	child := r.pushImage("app", "child", []byte("{}"))
+	child := ocispec.Descriptor{
+		MediaType: ocispec.MediaTypeImageManifest,
+		Digest:    r.pushImage("app", "child", []byte("{}")),
+		Size:      int64(len(imageManifest([]byte("{}")))),
+	}
 	r.expect(r.do("PUT", "/v2/app/manifests/multi", indexOf(child), "Content-Type", ocispec.MediaTypeImageIndex), 201, "")
-	missing := digest.FromString("no such manifest")
+	missing := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("no such manifest"), Size: 16}
 	r.expect(r.do("PUT", "/v2/app/manifests/broken", indexOf(child, missing), "Content-Type", ocispec.MediaTypeImageIndex), 400, "MANIFEST_BLOB_UNKNOWN")
+	wrongSize := child
+	wrongSize.Size++
+	r.expect(r.do("PUT", "/v2/app/manifests/broken", indexOf(wrongSize), "Content-Type", ocispec.MediaTypeImageIndex), 400, "MANIFEST_INVALID")
 	// A child of another repository is not a child of this one.
 	r.expect(r.do("PUT", "/v2/other/manifests/multi", indexOf(child), "Content-Type", ocispec.MediaTypeImageIndex), 400, "MANIFEST_BLOB_UNKNOWN")
 }

@@ -147,9 +147,17 @@ func TestUploadStatusCancelAndStaleToken(t *testing.T) {
 	// and the answer carries a Location to resume from.
 	stale := r.do("PATCH", loc0, []byte("abcdefghij"), "Content-Range", "0-9")
 	r.expect(stale, 416, "RANGE_INVALID")
-	if stale.header.Get("Location") == "" {
-		t.Fatal("416 without a Location")
+	// The 416 and a status request with the stale Location both point at
+	// where the upload really is, as if the lost answer had arrived.
+	if st := r.do("GET", stale.header.Get("Location"), nil); st.header.Get("Range") != "0-9" {
+		t.Fatalf("Range from the 416's Location = %q", st.header.Get("Range"))
 	}
+	if st := r.do("GET", loc0, nil); st.header.Get("Range") != "0-9" {
+		t.Fatalf("Range for a stale Location = %q", st.header.Get("Range"))
+	}
+	resumed := r.do("PATCH", stale.header.Get("Location"), []byte("abcdefghij"), "Content-Range", "10-19")
+	r.expect(resumed, 202, "")
+	loc1 = resumed.header.Get("Location")
 	r.expect(r.do("DELETE", loc1, nil), 204, "")
 	r.expect(r.do("GET", loc1, nil), 404, "BLOB_UPLOAD_UNKNOWN")
 	if left := keys(t, r.bucket, "uploads/"); len(left) != 0 {

@@ -129,7 +129,7 @@ func (s *server) appendChunk(w http.ResponseWriter, r *http.Request, st uploads.
 	}
 	next, err := s.uploads.Append(r.Context(), st, r.Body, size)
 	if errors.Is(err, uploads.ErrOutOfOrder) {
-		s.setUploadHeaders(w, st)
+		s.setUploadHeaders(w, s.uploads.Latest(r.Context(), st))
 	}
 	if err != nil {
 		return st, storageErr(err, errcode.BlobUploadUnknown, st.ID)
@@ -194,7 +194,7 @@ func (s *server) getUpload(w http.ResponseWriter, r *http.Request, p pathParams)
 	if err != nil {
 		return err
 	}
-	s.uploadAccepted(w, st, http.StatusNoContent)
+	s.uploadAccepted(w, s.uploads.Latest(r.Context(), st), http.StatusNoContent)
 	return nil
 }
 

@@ -63,6 +63,10 @@ func UploadPrefix(id string) string { return uploadsPrefix + id + "/" }
 // the upload was finished, cancelled or never started.
 func UploadMarkerKey(id string) string { return UploadPrefix(id) + "startedat" }
 
+// UploadStateKey holds the signed state after the latest part, so a client
+// holding a stale Location (a lost response) can find where the upload is.
+func UploadStateKey(id string) string { return UploadPrefix(id) + "state" }
+
 // UploadPartKey holds part n (0-based) of upload id. Zero padding keeps the
 // parts in listing order.
 func UploadPartKey(id string, n int) string { return fmt.Sprintf("%spart-%08d", UploadPrefix(id), n) }

@@ -168,8 +168,28 @@ func (m *Manager) Append(ctx context.Context, st State, r io.Reader, size int64)
 	}
 	st.Offset += n
 	st.Parts++
-	st.Hash, err = h.(encoding.BinaryMarshaler).MarshalBinary()
-	return st, err
+	if st.Hash, err = h.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
+		return st, err
+	}
+	stateKey := storage.UploadStateKey(st.ID)
+	if err := m.store.Bucket().WriteAll(ctx, stateKey, []byte(m.Token(st)), nil); err != nil {
+		return st, fmt.Errorf("saving upload state: %w", storage.Classify(err, stateKey))
+	}
+	return st, nil
+}
+
+// Latest returns the newest state of the upload: st, or the one saved in
+// the bucket when st is stale (its holder missed the answer to a PATCH).
+func (m *Manager) Latest(ctx context.Context, st State) State {
+	b, err := m.store.Bucket().ReadAll(ctx, storage.UploadStateKey(st.ID))
+	if err != nil {
+		return st
+	}
+	saved, err := m.signer.Decode(string(b))
+	if err != nil || saved.ID != st.ID || saved.Repo != st.Repo || saved.Parts <= st.Parts {
+		return st
+	}
+	return saved
 }
 
 // Cancel removes the upload's marker and parts.

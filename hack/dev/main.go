@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -27,22 +28,30 @@ import (
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/controllers"
 	"github.com/stevedore-dev/stevedore/internal/testenv"
 )
 
 type options struct {
-	addr    string
-	devDir  string
-	samples string
+	addr      string
+	debugAddr string
+	devDir    string
+	samples   string
+	registryd string
+	ready     chan struct{} // closed once everything is up (tests)
 }
 
 func main() {
 	var o options
 	flag.StringVar(&o.addr, "addr", "127.0.0.1:5000", "where registryd listens")
+	flag.StringVar(&o.debugAddr, "debug-addr", "127.0.0.1:5001", "where registryd serves /healthz, /readyz, /metrics")
 	flag.StringVar(&o.devDir, "dir", ".dev", "state directory: kubeconfig, bucket, logs")
 	flag.StringVar(&o.samples, "samples", "config/samples/stevedore_v1alpha1_registry.yaml", "manifests applied after start")
+	flag.StringVar(&o.registryd, "registryd", "bin/registryd", "the registryd binary")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -89,15 +98,19 @@ func run(ctx context.Context, o options) error {
 			log.Error("operator stopped", "err", err)
 		}
 	}()
-	if err := apply(ctx, env.Client, o.samples); err != nil {
+	bucketURL := "file://" + filepath.Join(abs, "bucket")
+	reg, err := apply(ctx, env.Client, o.samples, bucketURL)
+	if err != nil {
 		return fmt.Errorf("applying %s: %w", o.samples, err)
 	}
-
-	registryd, err := startRegistryd(ctx, o.addr, abs)
+	registryd, err := startRegistryd(ctx, env.Client, reg, o, abs, kubeconfig)
 	if err != nil {
 		return err
 	}
-	printWelcome(o.addr, o.devDir)
+	printWelcome(o.addr, o.devDir, reg)
+	if o.ready != nil {
+		close(o.ready)
+	}
 	<-ctx.Done()
 	log.Info("stopping")
 	_ = registryd.Process.Signal(os.Interrupt)
@@ -117,46 +130,80 @@ func writeKubeconfig(env *testenv.Env, path string) error {
 	return os.WriteFile(path, kc, 0o600)
 }
 
-// apply creates every object of a multi-document YAML file.
-func apply(ctx context.Context, c client.Client, path string) error {
+// apply creates every object of a multi-document YAML file and returns the
+// first Registry. A file:// bucket moves into the dev directory, where
+// registryd (run as the current user) can write.
+func apply(ctx context.Context, c client.Client, path, bucketURL string) (client.ObjectKey, error) {
+	var reg client.ObjectKey
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return err
+		return reg, err
 	}
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(data), 4096)
 	for {
 		var u unstructured.Unstructured
 		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
-			return nil
+			break
 		} else if err != nil {
-			return err
+			return reg, err
 		}
 		if len(u.Object) == 0 {
 			continue
 		}
+		if u.GetKind() == "Registry" {
+			if url, _, _ := unstructured.NestedString(u.Object, "spec", "storage", "url"); strings.HasPrefix(url, "file://") {
+				_ = unstructured.SetNestedField(u.Object, bucketURL, "spec", "storage", "url")
+			}
+			if reg.Name == "" {
+				reg = client.ObjectKeyFromObject(&u)
+			}
+		}
 		if err := c.Create(ctx, &u); err != nil {
-			return fmt.Errorf("%s %s: %w", u.GetKind(), u.GetName(), err)
+			return reg, fmt.Errorf("%s %s: %w", u.GetKind(), u.GetName(), err)
 		}
 	}
+	if reg.Name == "" {
+		return reg, fmt.Errorf("%s holds no Registry", path)
+	}
+	return reg, nil
 }
 
-// startRegistryd runs bin/registryd as the sample Registry's Deployment would,
-// with its bucket under the dev directory.
-func startRegistryd(ctx context.Context, addr, dir string) (*exec.Cmd, error) {
-	bucket := filepath.Join(dir, "bucket")
-	if err := os.MkdirAll(bucket, 0o755); err != nil {
+// startRegistryd runs bin/registryd for the Registry with the arguments the
+// operator gives its Deployment, bound to local addresses, with the HTTP
+// secret the operator created and the dev kubeconfig.
+func startRegistryd(ctx context.Context, c client.Client, key client.ObjectKey, o options, dir, kubeconfig string) (*exec.Cmd, error) {
+	addr := o.addr
+	reg := &v1.Registry{}
+	var secret corev1.Secret
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		if err := c.Get(ctx, key, reg); err != nil {
+			return false, nil
+		}
+		err := c.Get(ctx, client.ObjectKey{Namespace: key.Namespace, Name: key.Name + "-registry-http-secret"}, &secret)
+		return err == nil, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("the operator did not create the HTTP secret of Registry %s: %w", key, err)
+	}
+	secretFile := filepath.Join(dir, "http-secret")
+	if err := os.WriteFile(secretFile, secret.Data["secret"], 0o600); err != nil {
 		return nil, err
 	}
+	args := localArgs(controllers.RegistrydArgs(reg), map[string]string{
+		"--addr": addr, "--debug-addr": o.debugAddr,
+		"--http-secret-file": secretFile, "--log-format": "text",
+	})
+	args = append(args, "--kubeconfig="+kubeconfig)
 	logf, err := os.Create(filepath.Join(dir, "registryd.log"))
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command("bin/registryd", "--addr", addr, "--storage", "file://"+bucket)
+	cmd := exec.Command(o.registryd, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting registryd: %w", err)
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		resp, err := http.Get("http://" + addr + "/v2/")
 		if err == nil {
@@ -169,16 +216,34 @@ func startRegistryd(ctx context.Context, addr, dir string) (*exec.Cmd, error) {
 	return nil, fmt.Errorf("registryd did not answer on %s; see %s", addr, logf.Name())
 }
 
-func printWelcome(addr, dir string) {
-	fmt.Printf(`
-Stevedore is up.
-  API server:  kubectl --kubeconfig %[2]s/kubeconfig get registries,repositories
-  registry:    http://%[1]s  (plain HTTP, auth mode none; log in %[2]s/registryd.log)
+// localArgs replaces the value of each flag in override.
+func localArgs(args []string, override map[string]string) []string {
+	out := make([]string, 0, len(args))
+	for _, a := range args {
+		name, _, _ := strings.Cut(a, "=")
+		if v, ok := override[name]; ok {
+			a = name + "=" + v
+		}
+		out = append(out, a)
+	}
+	return out
+}
 
-Push an image:
-  crane push --insecure image.tar %[1]s/demo/hello:v1     # or: crane copy <any image> %[1]s/demo/hello:v1
+func printWelcome(addr, dir string, reg client.ObjectKey) {
+	fmt.Printf(`
+Stevedore is up: Registry %[3]s/%[4]s, tags in its Repositories' status, blobs in %[2]s/bucket.
+  registry:    http://%[1]s  (plain HTTP, auth mode none; log in %[2]s/registryd.log)
+  registryd runs beside the API server, as the Deployment would run it; with
+  no nodes the Deployment has no pods, so the Registry's READY stays False.
+
+Push an image (crane: go install github.com/google/go-containerregistry/cmd/crane@latest):
+  crane append --insecure -f <(tar cf - -C / etc/hostname) -t %[1]s/demo/hello:v1
   crane ls --insecure %[1]s/demo/hello
 
+See the tags the push left in the cluster:
+  kubectl --kubeconfig %[2]s/kubeconfig get registries,repositories
+  kubectl --kubeconfig %[2]s/kubeconfig get repository -o yaml
+
 Ctrl-C stops everything.
-`, addr, dir)
+`, addr, dir, reg.Namespace, reg.Name)
 }

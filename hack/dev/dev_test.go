@@ -1,0 +1,93 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stevedore-dev/stevedore/internal/testenv"
+)
+
+// TestDev runs what `make dev` runs, pushes an image with crane and finds
+// its tag with kubectl in the Repository's status.
+func TestDev(t *testing.T) {
+	crane := clientBinary(t, "crane")
+	root := testenv.RepoRoot()
+	dir := t.TempDir()
+	registryd := filepath.Join(dir, "registryd")
+	if out, err := exec.Command("go", "build", "-o", registryd, filepath.Join(root, "registryd")).CombinedOutput(); err != nil {
+		t.Fatalf("building registryd: %v\n%s", err, out)
+	}
+	o := options{
+		addr: freeAddr(t), debugAddr: freeAddr(t), devDir: filepath.Join(dir, "dev"), registryd: registryd,
+		samples: filepath.Join(root, "config", "samples", "stevedore_v1alpha1_registry.yaml"),
+		ready:   make(chan struct{}),
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, o) }()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-o.ready:
+	case err := <-done:
+		t.Fatalf("dev stopped: %v", err)
+	case <-time.After(2 * time.Minute):
+		t.Fatal("dev did not come up within 2 minutes")
+	}
+
+	layer := filepath.Join(dir, "layer.tar")
+	if out, err := exec.Command("tar", "cf", layer, "-C", root, "README.md").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	ref := o.addr + "/demo/hello:v1"
+	out, err := exec.Command(crane, "append", "--insecure", "-f", layer, "-t", ref).CombinedOutput()
+	if err != nil {
+		t.Fatalf("crane append: %v\n%s", err, out)
+	}
+	digest, err := exec.Command(crane, "digest", "--insecure", ref).Output()
+	if err != nil {
+		t.Fatalf("crane digest: %v", err)
+	}
+
+	kubectl := filepath.Join(os.Getenv("KUBEBUILDER_ASSETS"), "kubectl")
+	got, err := exec.Command(kubectl, "--kubeconfig", filepath.Join(o.devDir, "kubeconfig"),
+		"get", "repositories", "-o", `jsonpath={range .items[*]}{.spec.name}:{.status.tags[*].name}@{.status.tags[*].digest}{"\n"}{end}`).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl: %v\n%s", err, got)
+	}
+	want := "demo/hello:v1@" + strings.TrimSpace(string(digest))
+	if !strings.Contains(string(got), want) {
+		t.Fatalf("kubectl shows %q, want a line %q", got, want)
+	}
+}
+
+// clientBinary finds a test client installed by hack/install-clients.sh.
+func clientBinary(t *testing.T, name string) string {
+	t.Helper()
+	if dir := os.Getenv("STEVEDORE_CLIENTS"); dir != "" {
+		return filepath.Join(dir, name)
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("%s is not installed: make test installs it (hack/install-clients.sh)", name)
+	}
+	t.Skipf("%s not installed; run make test", name)
+	return ""
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}

@@ -155,6 +155,8 @@ func TestUploadStatusCancelAndStaleToken(t *testing.T) {
 	if st := r.do("GET", loc0, nil); st.header.Get("Range") != "0-9" {
 		t.Fatalf("Range for a stale Location = %q", st.header.Get("Range"))
 	}
+	// Committing with the stale Location would store only a prefix.
+	r.expect(r.do("PUT", withQuery(loc0, "digest", digest.FromString("").String()), nil), 416, "RANGE_INVALID")
 	resumed := r.do("PATCH", stale.header.Get("Location"), []byte("abcdefghij"), "Content-Range", "10-19")
 	r.expect(resumed, 202, "")
 	loc1 = resumed.header.Get("Location")

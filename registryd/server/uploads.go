@@ -181,6 +181,9 @@ func (s *server) putUpload(w http.ResponseWriter, r *http.Request, p pathParams)
 		return err
 	}
 	info, err := s.uploads.Commit(r.Context(), st, d)
+	if errors.Is(err, uploads.ErrOutOfOrder) {
+		s.setUploadHeaders(w, s.uploads.Latest(r.Context(), st))
+	}
 	if err != nil {
 		return storageErr(err, errcode.BlobUploadUnknown, d)
 	}

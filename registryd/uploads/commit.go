@@ -15,6 +15,13 @@ import (
 // d uses another algorithm than the upload hashed with). One part is
 // copied server-side to its final key; several are streamed into it.
 func (m *Manager) Commit(ctx context.Context, st State, d digest.Digest) (storage.BlobInfo, error) {
+	// A stale token would commit a prefix of the upload.
+	next := storage.UploadPartKey(st.ID, st.Parts)
+	if ok, err := m.store.Bucket().Exists(ctx, next); err != nil {
+		return storage.BlobInfo{}, storage.Classify(err, next)
+	} else if ok {
+		return storage.BlobInfo{}, fmt.Errorf("%w: upload has more than %d parts", ErrOutOfOrder, st.Parts)
+	}
 	if err := m.verify(ctx, st, d); err != nil {
 		return storage.BlobInfo{}, err
 	}

@@ -10,7 +10,12 @@
 # program with OCI_VERSION=dev support, so it is `go install`ed, not
 # `go test -c`ed. It is cached outside the repository, keyed by version.
 #
-# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem"),
+# Storage "kube" runs registryd in kubernetes mode: hack/dev brings up a real
+# kube-apiserver + etcd, the operator and the sample Registry (file bucket),
+# and registryd keeps tags in Repository status. After the suite, every
+# Repository's status must hold exactly the tags of the bucket's journal.
+#
+# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube"),
 #      CONFORMANCE_SPECS ("1.1 dev"), REGISTRYD (binary), STEVEDORE_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +24,7 @@ version="${CONFORMANCE_VERSION:-v0.0.0-20260831232431-97274622c111}"
 cache="${STEVEDORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stevedore}"
 suite="$cache/tools/oci-conformance-$version"
 registryd="${REGISTRYD:-bin/registryd}"
-storages="${CONFORMANCE_STORAGES:-file mem}"
+storages="${CONFORMANCE_STORAGES:-file mem kube}"
 specs="${CONFORMANCE_SPECS:-1.1 dev}"
 
 if [[ ! -x "$suite" ]]; then
@@ -40,13 +45,52 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_registryd() { # port storage-url log; sets pid
-  STEVEDORE_HTTP_SECRET=conformance "$registryd" --addr "127.0.0.1:$1" --storage "$2" >"$3" 2>&1 &
+  if [[ "$2" == kube ]]; then
+    # Tags in Repository status: the dev harness, as `make dev` runs it.
+    "$devbin" --addr "127.0.0.1:$1" --debug-addr "127.0.0.1:$(free_port)" --dir "$(dirname "$3")/dev" \
+      --registryd "$registryd" >"$3" 2>&1 &
+  else
+    STEVEDORE_HTTP_SECRET=conformance "$registryd" --addr "127.0.0.1:$1" --storage "$2" >"$3" 2>&1 &
+  fi
   pid=$!
-  for _ in $(seq 100); do
+  for _ in $(seq 600); do
     if curl -fsS "http://127.0.0.1:$1/v2/" >/dev/null 2>&1; then return; fi
     sleep 0.1
   done
   echo "registryd did not start; log:" >&2; cat "$3" >&2; exit 1
+}
+
+devbin=""
+if [[ " $storages " == *" kube "* ]]; then
+  KUBEBUILDER_ASSETS="${KUBEBUILDER_ASSETS:-$(hack/envtest-assets.sh)}"
+  export KUBEBUILDER_ASSETS
+  devbin="$work/dev"
+  go build -o "$devbin" ./hack/dev
+fi
+
+# check_status_matches_journal DIR: every Repository's status tags are the
+# bucket journal's tags, digest for digest.
+check_status_matches_journal() {
+  "$KUBEBUILDER_ASSETS/kubectl" --kubeconfig "$1/dev/kubeconfig" get repositories -A -o json >"$1/repositories.json"
+  python3 - "$1/repositories.json" "$1/dev/bucket" <<'PY'
+import json, os, sys
+repos = json.load(open(sys.argv[1]))["items"]
+status = {(r["spec"]["name"], t["name"]): t["digest"] for r in repos for t in r.get("status", {}).get("tags", [])}
+journal = {}
+root = os.path.join(sys.argv[2], "repos")
+for d, _, files in os.walk(root):
+    if os.path.basename(d) != "_tags":
+        continue
+    repo = os.path.relpath(os.path.dirname(d), root)
+    for f in files:
+        if f.endswith(".attrs"):
+            continue
+        journal[(repo, f)] = json.load(open(os.path.join(d, f)))["digest"]
+if status != journal:
+    print("status and journal differ:", sorted(set(status.items()) ^ set(journal.items())))
+    sys.exit(1)
+print(f"kube: {len(repos)} Repository objects; status holds the journal's {len(status)} tags exactly")
+PY
 }
 
 failed=0
@@ -57,6 +101,7 @@ for storage in $storages; do
     case "$storage" in
       file) url="file://$dir/bucket" ;;
       mem) url="mem://" ;;
+      kube) url="kube" ;;
       *) echo "unknown storage $storage" >&2; exit 2 ;;
     esac
     port="$(free_port)"
@@ -68,7 +113,8 @@ for storage in $storages; do
       OCI_API_TAGS_DELETE=true OCI_API_MANIFESTS_DELETE=true OCI_API_BLOBS_DELETE=true \
       OCI_RESULTS_DIR="$dir/results" OCI_LOG=warn \
       "$suite" >"$dir/report.txt" 2>"$dir/stderr.txt") || rc=$?
-    kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
+    if [[ "$storage" == kube ]] && ! check_status_matches_journal "$dir"; then rc=1; fi
+    kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=""
     pass=$(grep -cE '^ +OCI Conformance Test/.*: Pass$' "$dir/report.txt" || true)
     fail=$(grep -cE '^ +OCI Conformance Test/.*: FAIL$' "$dir/report.txt" || true)
     skip=$(grep -cE '^ +OCI Conformance Test/.*: (Skip|Disabled)$' "$dir/report.txt" || true)

@@ -113,8 +113,10 @@ type LimitsSpec struct {
 	// +optional
 	MaxManifestBytes int64 `json:"maxManifestBytes,omitempty"`
 
-	// MaxTagsPerRepository keeps a Repository object well under etcd's object size limit.
-	// +kubebuilder:default=2000
+	// MaxTagsPerRepository keeps a Repository object well under etcd's object
+	// size limit: a tag costs up to 553 bytes as stored (a 128-character name
+	// appears in the tag and in managedFields), so 1500 tags stay under 830 KB.
+	// +kubebuilder:default=1500
 	// +kubebuilder:validation:Minimum=1
 	// +optional
 	MaxTagsPerRepository int32 `json:"maxTagsPerRepository,omitempty"`

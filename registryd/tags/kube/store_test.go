@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -281,4 +282,13 @@ func eventually(t *testing.T, ok func() bool) {
 
 func keyIn(reg *v1.Registry, name string) client.ObjectKey {
 	return client.ObjectKey{Namespace: reg.Namespace, Name: name}
+}
+
+// rawRepository is the Repository's JSON as the API server returns it.
+func rawRepository(ctx context.Context, reg *v1.Registry, name string) ([]byte, error) {
+	cs, err := kubernetes.NewForConfig(env.Config)
+	if err != nil {
+		return nil, err
+	}
+	return cs.RESTClient().Get().AbsPath("/apis/stevedore.dev/v1alpha1/namespaces", reg.Namespace, "repositories", name).DoRaw(ctx)
 }

@@ -233,3 +233,36 @@ func TestMountAndDelete(t *testing.T) {
 	r.expect(r.do("GET", "/v2/src/blobs/"+d.String(), nil), 200, "")
 	r.expect(r.do("DELETE", "/v2/dst/blobs/"+d.String(), nil), 404, "BLOB_UNKNOWN")
 }
+
+// TestConcurrentPushesOfOneBlob: pushers racing on the same digest all
+// succeed (IfNotExist losers are not errors) and the content is intact.
+func TestConcurrentPushesOfOneBlob(t *testing.T) {
+	r := newTestRegistry(t, nil)
+	content := bytes.Repeat([]byte("race "), 20000)
+	d := digest.FromBytes(content)
+	errs := make(chan error, 8)
+	for i := range 8 {
+		go func() {
+			repo := fmt.Sprintf("racer%d", i%2)
+			req, _ := http.NewRequest("POST", r.url+"/v2/"+repo+"/blobs/uploads/?digest="+d.String(), bytes.NewReader(content))
+			resp, err := http.DefaultClient.Do(req)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode != 201 {
+					err = fmt.Errorf("status %d", resp.StatusCode)
+				}
+			}
+			errs <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, repo := range []string{"racer0", "racer1"} {
+		if get := r.do("GET", "/v2/"+repo+"/blobs/"+d.String(), nil); !bytes.Equal(get.body, content) {
+			t.Fatalf("%s: content differs after racing pushes", repo)
+		}
+	}
+}

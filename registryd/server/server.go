@@ -46,19 +46,18 @@ type routeKey struct {
 }
 
 type server struct {
-	store    *storage.Store
-	tags     tags.Store
-	uploads  *uploads.Manager
-	opts     Options
-	log      *slog.Logger
-	metrics  *metrics
-	routes   map[routeKey]route
-	endpoint map[endpoint]bool
+	store   *storage.Store
+	tags    tags.Store
+	uploads *uploads.Manager
+	opts    Options
+	log     *slog.Logger
+	metrics *metrics
+	routes  map[routeKey]route
 }
 
 // New returns the registry handler over bucket, keeping tags in tagStore.
 func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
-	s := &server{store: storage.New(bucket), tags: tagStore, routes: map[routeKey]route{}, endpoint: map[endpoint]bool{}}
+	s := &server{store: storage.New(bucket), tags: tagStore, routes: map[routeKey]route{}}
 	if opts != nil {
 		s.opts = *opts
 	}
@@ -80,7 +79,6 @@ func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
 	s.metrics = newMetrics(s.opts.Registerer)
 	for _, rt := range routeTable() {
 		s.routes[routeKey{rt.endpoint, rt.method}] = rt
-		s.endpoint[rt.endpoint] = true
 	}
 	return s
 }

@@ -51,18 +51,3 @@ func (s *Store) walkRepositories(ctx context.Context, prefix string, out *[]stri
 	}
 	return nil
 }
-
-// ReadUploadParts opens the parts of upload id in order, for streaming
-// them into their final key.
-func (s *Store) ReadUploadPart(ctx context.Context, id string, n int) (io.ReadCloser, error) {
-	r, err := s.bucket.NewReader(ctx, UploadPartKey(id, n), nil)
-	if err != nil {
-		return nil, classify(err, UploadPartKey(id, n))
-	}
-	return r, nil
-}
-
-// DeleteUpload removes every object of upload id.
-func (s *Store) DeleteUpload(ctx context.Context, id string) error {
-	return s.deletePrefix(ctx, UploadPrefix(id))
-}

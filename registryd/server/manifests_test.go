@@ -53,6 +53,19 @@ func TestManifestRoundTripByteExact(t *testing.T) {
 	}
 }
 
+// TestManifestAsBlob: like distribution, a manifest can be fetched through
+// the blob endpoint of its repository (some clients do).
+func TestManifestAsBlob(t *testing.T) {
+	r := newTestRegistry(t, nil)
+	d := r.pushImage("app", "v1", []byte("{}"))
+	get := r.do("GET", "/v2/app/blobs/"+d.String(), nil)
+	r.expect(get, 200, "")
+	if digest.FromBytes(get.body) != d {
+		t.Fatal("blob endpoint returned other bytes than the manifest")
+	}
+	r.expect(r.do("GET", "/v2/other/blobs/"+d.String(), nil), 404, "BLOB_UNKNOWN")
+}
+
 func indexOf(children ...ocispec.Descriptor) []byte {
 	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex, Manifests: children}
 	idx.SchemaVersion = 2

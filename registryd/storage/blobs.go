@@ -16,9 +16,13 @@ type BlobInfo struct {
 	Size   int64
 }
 
-// StatBlob returns the size of blob d if it is linked into repository name.
+// StatBlob returns the size of blob d if it is linked into repository name,
+// as a blob or (as distribution allows) as a manifest.
 func (s *Store) StatBlob(ctx context.Context, name string, d digest.Digest) (BlobInfo, error) {
 	ok, err := s.exists(ctx, layerLinkKey(name, d))
+	if err == nil && !ok {
+		ok, err = s.exists(ctx, manifestLinkKey(name, d))
+	}
 	if err != nil {
 		return BlobInfo{}, err
 	}
@@ -131,9 +135,6 @@ func (s *Store) MountAnonymous(ctx context.Context, name string, d digest.Digest
 // DeleteBlob unlinks blob d from repository name. The content stays for
 // other repositories; garbage collection removes it when unreferenced.
 func (s *Store) DeleteBlob(ctx context.Context, name string, d digest.Digest) error {
-	if _, err := s.StatBlob(ctx, name, d); err != nil {
-		return err
-	}
 	return s.delete(ctx, layerLinkKey(name, d))
 }
 

@@ -2,8 +2,8 @@
 // processes, real clients (crane, oras, regctl, skopeo) from
 // hack/install-clients.sh.
 //
-// REGISTRYD names the binary (default: built from ./registryd into a temp
-// dir); STEVEDORE_CLIENTS the directory holding the clients (default: the
+// REGISTRYD names the binary (absolute, or relative to the repository
+// root; default: built from ./registryd into a temp dir); STEVEDORE_CLIENTS the directory holding the clients (default: the
 // cache dir, then PATH). Under CI=true a missing client fails the test.
 package e2e
 
@@ -28,6 +28,10 @@ func TestMain(m *testing.M) {
 
 func runMain(m *testing.M) int {
 	registrydBin = os.Getenv("REGISTRYD")
+	if registrydBin != "" && !filepath.IsAbs(registrydBin) {
+		// Relative to the repository root (go test runs in this directory).
+		registrydBin, _ = filepath.Abs(filepath.Join("..", "..", registrydBin))
+	}
 	if registrydBin == "" {
 		dir, err := os.MkdirTemp("", "registryd-e2e")
 		if err != nil {

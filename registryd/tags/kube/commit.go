@@ -125,7 +125,9 @@ func (s *Store) tryWrite(ctx context.Context, path string, batch []*change, reg 
 	var repo *v1.Repository
 	var err error
 	if !live {
-		repo, err = s.cached(ctx, path)
+		if repo, err = s.cached(ctx, path); repo != nil {
+			repo = repo.DeepCopy() // shared with the cache; this round edits it
+		}
 	}
 	if live || repo == nil {
 		repo, err = s.live(ctx, path, repo)

@@ -17,20 +17,20 @@ import (
 
 // cached returns the Repository that owns path, from the cache or from this
 // replica's own last write when the cache has not caught up with it yet
-// (read-your-writes); nil if none.
+// (read-your-writes); nil if none. The object is shared with the cache:
+// read it, never change it (forWrite copies).
 func (s *Store) cached(ctx context.Context, path string) (*v1.Repository, error) {
 	var list v1.RepositoryList
-	if err := s.cache.List(ctx, &list, client.InNamespace(s.opts.Namespace), client.MatchingFields{indexPath: path}); err != nil {
+	// No copy: a repository at the tag limit is ~1 MB, and reads are the pull path.
+	if err := s.cache.List(ctx, &list, client.InNamespace(s.opts.Namespace), client.MatchingFields{indexPath: path},
+		client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("listing cached repositories: %w", err)
 	}
 	repo := v1.OldestRepository(list.Items)
 	if own := s.ownWrite(path, repo); own != nil {
 		return own, nil
 	}
-	if repo != nil {
-		return repo.DeepCopy(), nil
-	}
-	return nil, nil
+	return repo, nil
 }
 
 // ownWriteTTL bounds how long this replica's own write can stand in for a
@@ -49,7 +49,7 @@ func (s *Store) remember(path string, repo *v1.Repository) {
 	if s.own == nil {
 		s.own = map[string]ownWrite{}
 	}
-	s.own[path] = ownWrite{repo: repo.DeepCopy(), at: time.Now()}
+	s.own[path] = ownWrite{repo: repo, at: time.Now()} // the caller hands it over
 }
 
 // ownWrite returns this replica's last write of path if it is newer than
@@ -68,7 +68,7 @@ func (s *Store) ownWrite(path string, cached *v1.Repository) *v1.Repository {
 	if cached != nil && cached.UID != w.repo.UID {
 		return nil
 	}
-	return w.repo.DeepCopy()
+	return w.repo
 }
 
 // newer reports whether a's resourceVersion is after b's.
@@ -120,7 +120,7 @@ func keyOf(o client.Object) client.ObjectKey { return client.ObjectKeyFromObject
 // the cache: the catalog without a bucket walk.
 func (s *Store) Repositories(ctx context.Context) ([]string, error) {
 	var list v1.RepositoryList
-	if err := s.cache.List(ctx, &list, client.InNamespace(s.opts.Namespace)); err != nil {
+	if err := s.cache.List(ctx, &list, client.InNamespace(s.opts.Namespace), client.UnsafeDisableDeepCopy); err != nil {
 		return nil, fmt.Errorf("listing cached repositories: %w", err)
 	}
 	paths := make([]string, 0, len(list.Items))

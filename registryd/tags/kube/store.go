@@ -149,3 +149,6 @@ func registerAll(r prometheus.Registerer, cs ...prometheus.Collector) error {
 
 // LiveReads counts reads that missed the cache (for tests and benchmarks).
 func (s *Store) LiveReads() float64 { return counterValue(s.liveReads) }
+
+// Conflicts counts status writes retried after a conflict (for benchmarks).
+func (s *Store) Conflicts() float64 { return counterValue(s.conflicts) }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"gocloud.dev/blob/memblob"
@@ -19,6 +20,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/internal/testenv"
@@ -31,11 +33,12 @@ import (
 var env *testenv.Env
 
 func TestMain(m *testing.M) {
+	ctrllog.SetLogger(logr.Discard())
 	os.Exit(testenv.Main(m, func(e *testenv.Env) (func(), error) { env = e; return nil, nil }))
 }
 
 // newRegistry makes a namespace and a Registry in it.
-func newRegistry(t *testing.T, mutate func(*v1.Registry)) *v1.Registry {
+func newRegistry(t testing.TB, mutate func(*v1.Registry)) *v1.Registry {
 	t.Helper()
 	ctx := context.Background()
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "t-" + rand.String(8)}}
@@ -56,7 +59,7 @@ func newRegistry(t *testing.T, mutate func(*v1.Registry)) *v1.Registry {
 }
 
 // replica starts a store as one registryd replica of reg would.
-func replica(t *testing.T, reg *v1.Registry, journal tags.Store) *kube.Store {
+func replica(t testing.TB, reg *v1.Registry, journal tags.Store) *kube.Store {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -67,7 +70,7 @@ func replica(t *testing.T, reg *v1.Registry, journal tags.Store) *kube.Store {
 	return s
 }
 
-func journal(t *testing.T) tags.Store {
+func journal(t testing.TB) tags.Store {
 	b := memblob.OpenBucket(nil)
 	t.Cleanup(func() { b.Close() })
 	return tags.NewBucket(b)

@@ -1,0 +1,100 @@
+package kube_test
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/registryd/tags"
+	"github.com/stevedore-dev/stevedore/registryd/tags/kube"
+)
+
+// BenchmarkPushTags pushes distinct tags into one repository's status from
+// 12 goroutines spread over three replicas, as concurrent CI jobs would.
+func BenchmarkPushTags(b *testing.B) {
+	reg := newRegistry(b, func(r *v1.Registry) { r.Spec.Limits.MaxTagsPerRepository = 1 << 20 })
+	j := journal(b)
+	replicas := []*kube.Store{replica(b, reg, j), replica(b, reg, j), replica(b, reg, j)}
+	ctx := context.Background()
+	var next atomic.Int64
+	b.ResetTimer()
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s := replicas[w%3]
+			for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
+				if err := s.Put(ctx, "bench/app", fmt.Sprintf("t%07d", i), desc(fmt.Sprint(i))); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tags/s")
+	conflicts := 0.0
+	for _, s := range replicas {
+		conflicts += s.Conflicts()
+	}
+	b.ReportMetric(conflicts/float64(b.N), "conflicts/tag")
+}
+
+// BenchmarkTagsAtLimit reads a repository holding the default tag limit:
+// the first page of its tag list, the whole list, and one tag, all from the
+// informer cache.
+func BenchmarkTagsAtLimit(b *testing.B) {
+	reg := newRegistry(b, nil)
+	s := replica(b, reg, journal(b))
+	ctx := context.Background()
+	fill(b, s, 1500)
+	cases := []struct {
+		name string
+		run  func() error
+	}{
+		{"list-first-100", func() error { _, err := s.List(ctx, "app", 100, ""); return err }},
+		{"list-all-1500", func() error { _, err := s.List(ctx, "app", 0, ""); return err }},
+		{"get-one", func() error { _, err := s.Get(ctx, "app", "t0750"); return err }},
+	}
+	for _, c := range cases {
+		b.Run(c.name, func(b *testing.B) {
+			before := s.LiveReads()
+			for b.Loop() {
+				if err := c.run(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(s.LiveReads()-before, "api-calls")
+		})
+	}
+}
+
+func fill(b *testing.B, s tags.Store, n int) {
+	var wg sync.WaitGroup
+	for w := range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < n; i += 32 {
+				if err := s.Put(context.Background(), "app", fmt.Sprintf("t%04d", i), desc(fmt.Sprint(i))); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	// Reads below must come from the cache: wait until it has the last write.
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if l, _ := s.List(context.Background(), "app", 0, ""); len(l) == n {
+			return
+		}
+	}
+	b.Fatalf("repository never reached %d tags", n)
+}

@@ -40,6 +40,8 @@ type config struct {
 	registry, namespace, kubeconfig string
 	// HTTPS on the registry port when both are set.
 	tlsCertFile, tlsKeyFile string
+	// Blob GETs redirect to signed URLs valid this long (0: off).
+	redirectTTL time.Duration
 }
 
 // bindFlags defines registryd's flags on fs; the operator's Deployment args
@@ -58,6 +60,7 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig for --registry (default: $KUBECONFIG, else in-cluster)")
 	fs.StringVar(&c.tlsCertFile, "tls-cert-file", "", "serve HTTPS with this certificate (PEM), with --tls-key-file")
 	fs.StringVar(&c.tlsKeyFile, "tls-key-file", "", "private key (PEM) of --tls-cert-file")
+	fs.DurationVar(&c.redirectTTL, "redirect-ttl", 0, "answer blob GETs with a redirect to a URL signed for this long, where the storage can sign (0: serve the bytes)")
 }
 
 func main() {
@@ -98,7 +101,7 @@ func run(log *slog.Logger, c config) error {
 	}
 	handler := server.New(b, tagStore, &server.Options{
 		MaxManifestBytes: c.maxManifestBytes, Secret: secret, ChunkMinLength: c.chunkMinLength,
-		Logger: log, Registerer: reg,
+		RedirectTTL: c.redirectTTL, Logger: log, Registerer: reg,
 	})
 	if (c.tlsCertFile == "") != (c.tlsKeyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")

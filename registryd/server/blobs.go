@@ -1,11 +1,14 @@
 package server
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
+
+	"github.com/opencontainers/go-digest"
 
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
@@ -22,6 +25,9 @@ func (s *server) getBlob(w http.ResponseWriter, r *http.Request, p pathParams) e
 	}
 	h := w.Header()
 	h.Set("Docker-Content-Digest", d.String())
+	if r.Method == http.MethodGet && s.redirect(w, r, d) {
+		return nil
+	}
 	h.Set("Accept-Ranges", "bytes")
 	h.Set("Content-Type", "application/octet-stream")
 	h.Set("Etag", `"`+d.String()+`"`)
@@ -51,6 +57,24 @@ func (s *server) getBlob(w http.ResponseWriter, r *http.Request, p pathParams) e
 	// sees a short read against Content-Length.
 	_, _ = io.Copy(w, rd)
 	return nil
+}
+
+// redirect sends the client to a signed URL of blob d when configured and
+// the backend can sign; otherwise the caller serves the bytes.
+func (s *server) redirect(w http.ResponseWriter, r *http.Request, d digest.Digest) bool {
+	if s.opts.RedirectTTL <= 0 {
+		return false
+	}
+	u, err := s.store.SignedURL(r.Context(), d, s.opts.RedirectTTL)
+	if err != nil {
+		if !errors.Is(err, storage.ErrUnsupported) {
+			s.log.WarnContext(r.Context(), "signing a blob URL failed; serving it directly", "digest", d, "error", err)
+		}
+		return false
+	}
+	w.Header().Set("Location", u)
+	w.WriteHeader(http.StatusTemporaryRedirect)
+	return true
 }
 
 // parseRange parses a single "bytes=a-b", "bytes=a-" or "bytes=-n" range

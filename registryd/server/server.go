@@ -29,6 +29,10 @@ type Options struct {
 	ChunkMinLength int64
 	// PageSize caps n for tags, catalog and referrers pages. Default 1000.
 	PageSize int
+	// RedirectTTL, when positive, answers blob GETs with a 307 to a URL
+	// signed for that long, where the backend can sign (S3, GCS, Azure);
+	// other backends keep serving the bytes themselves.
+	RedirectTTL time.Duration
 	// Logger receives one line per request. Default: slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the server's metrics. Nil: not exported.

@@ -5,10 +5,23 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
 )
+
+// SignedURL returns a URL a client can GET blob d from directly, valid for
+// ttl, or ErrUnsupported when the backend cannot sign (mem://, file://
+// without a signer). Callers check the repository link first.
+func (s *Store) SignedURL(ctx context.Context, d digest.Digest, ttl time.Duration) (string, error) {
+	u, err := s.bucket.SignedURL(ctx, BlobKey(d), &blob.SignedURLOptions{Expiry: ttl, Method: "GET"})
+	if gcerrors.Code(err) == gcerrors.Unimplemented {
+		return "", fmt.Errorf("signing %s: %w", d, ErrUnsupported)
+	}
+	return u, classify(err, BlobKey(d))
+}
 
 // BlobInfo describes stored content.
 type BlobInfo struct {

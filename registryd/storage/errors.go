@@ -16,6 +16,8 @@ var (
 	ErrSizeMismatch = errors.New("content does not match size")
 	// ErrExists: a conditional write found the key already written.
 	ErrExists = errors.New("already exists")
+	// ErrUnsupported: the backend lacks an optional capability.
+	ErrUnsupported = errors.New("not supported by this storage backend")
 	// ErrUnavailable: the backend failed in a way worth retrying.
 	ErrUnavailable = errors.New("storage unavailable")
 )

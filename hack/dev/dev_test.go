@@ -64,6 +64,51 @@ func TestDev(t *testing.T) {
 	if !strings.Contains(string(got), want) {
 		t.Fatalf("kubectl shows %q, want a line %q", got, want)
 	}
+
+	// The cluster is lost, the bucket survives: every Repository and the
+	// Registry go, the Registry is applied again, and the operator brings
+	// the repository and its tag back from the bucket's journal.
+	kube := func(args ...string) string {
+		t.Helper()
+		out, err := exec.Command(kubectl, append([]string{"--kubeconfig", filepath.Join(o.devDir, "kubeconfig")}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	kube("delete", "repositories", "--all")
+	kube("delete", "registry", "dev")
+	// With the objects gone, the tag is gone too (registryd reads status).
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		if err := exec.Command(crane, "digest", "--insecure", ref).Run(); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still resolves with no Repository objects", ref)
+		}
+	}
+	// Applied again as from Git: the sample, with the bucket make dev uses.
+	manifest := filepath.Join(dir, "registry.yaml")
+	registryYAML := "apiVersion: stevedore.dev/v1alpha1\nkind: Registry\nmetadata: {name: dev, namespace: default}\n" +
+		"spec: {storage: {url: \"file://" + filepath.Join(o.devDir, "bucket") + "\"}, auth: {mode: none}}\n"
+	if err := os.WriteFile(manifest, []byte(registryYAML), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	kube("apply", "-f", manifest)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := exec.Command(crane, "digest", "--insecure", ref).Output()
+		if err == nil && strings.TrimSpace(string(out)) == strings.TrimSpace(string(digest)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the rebuild, %s does not resolve (%v): repositories %s", ref, err, kube("get", "repositories"))
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if out, err := exec.Command(crane, "pull", "--insecure", ref, filepath.Join(dir, "pulled.tar")).CombinedOutput(); err != nil {
+		t.Fatalf("pull by tag after the rebuild: %v\n%s", err, out)
+	}
 }
 
 // clientBinary finds a test client installed by hack/install-clients.sh.

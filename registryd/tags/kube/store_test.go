@@ -1,9 +1,14 @@
 package kube_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"strings"
 	"sync"
@@ -25,6 +30,7 @@ import (
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/internal/testenv"
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
+	"github.com/stevedore-dev/stevedore/registryd/server"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 	"github.com/stevedore-dev/stevedore/registryd/tags/kube"
 	"github.com/stevedore-dev/stevedore/registryd/tags/tagstoretest"
@@ -172,13 +178,28 @@ func mustPut(t *testing.T, s tags.Store, path, tag, content string) {
 	}
 }
 
-// TestReplicasPushConcurrently is three replicas of one Registry taking 300
-// distinct tags from 12 goroutines, and a tag overwritten from all of them.
+// TestReplicasPushConcurrently runs three registryd servers for one Registry
+// over one bucket; 12 goroutines spread over them push 300 distinct tags to
+// one repository, and all of them move one shared tag.
 func TestReplicasPushConcurrently(t *testing.T) {
 	ctx := context.Background()
 	reg := newRegistry(t, nil)
-	j := journal(t) // one bucket, as the replicas would share
-	replicas := []*kube.Store{replica(t, reg, j), replica(t, reg, j), replica(t, reg, j)}
+	bucket := memblob.OpenBucket(nil)
+	t.Cleanup(func() { bucket.Close() })
+	j := tags.NewBucket(bucket)
+	stores := []*kube.Store{replica(t, reg, j), replica(t, reg, j), replica(t, reg, j)}
+	urls := make([]string, len(stores))
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	for i, s := range stores {
+		srv := httptest.NewServer(server.New(bucket, s, &server.Options{Secret: []byte("shared"), Logger: quiet}))
+		t.Cleanup(srv.Close)
+		urls[i] = srv.URL
+	}
+	config := pushBlob(t, urls[0], "team/app", []byte("{}"))
+	manifest := func(note string) []byte {
+		return []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":2},"layers":[],"annotations":{"note":%q}}`,
+			ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageConfig, config, note))
+	}
 
 	const tagsTotal, workers = 300, 12
 	var wg sync.WaitGroup
@@ -187,15 +208,14 @@ func TestReplicasPushConcurrently(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s := replicas[w%len(replicas)]
+			url := urls[w%len(urls)]
 			for i := w; i < tagsTotal; i += workers {
-				if err := s.Put(ctx, "team/app", fmt.Sprintf("t%03d", i), desc(fmt.Sprint(i))); err != nil {
-					errs <- fmt.Errorf("tag t%03d: %w", i, err)
+				if err := putManifest(url, "team/app", fmt.Sprintf("t%03d", i), manifest(fmt.Sprint(i))); err != nil {
+					errs <- err
 				}
 			}
-			// Everyone also moves one shared tag.
-			if err := s.Put(ctx, "team/app", "latest", desc(fmt.Sprint("latest-", w))); err != nil {
-				errs <- fmt.Errorf("latest from %d: %w", w, err)
+			if err := putManifest(url, "team/app", "latest", manifest(fmt.Sprint("latest-", w))); err != nil {
+				errs <- err
 			}
 		}()
 	}
@@ -214,32 +234,76 @@ func TestReplicasPushConcurrently(t *testing.T) {
 	}
 	for i := range tagsTotal {
 		tag := fmt.Sprintf("t%03d", i)
-		if got, ok := repo.Status.FindTag(tag); !ok || got.Digest != desc(fmt.Sprint(i)).Digest.String() {
+		if got, ok := repo.Status.FindTag(tag); !ok || got.Digest != digest.FromBytes(manifest(fmt.Sprint(i))).String() {
 			t.Errorf("tag %s = %+v, %v", tag, got, ok)
 		}
 	}
 	latest, _ := repo.Status.FindTag("latest")
 	written := false
 	for w := range workers {
-		written = written || latest.Digest == desc(fmt.Sprint("latest-", w)).Digest.String()
+		written = written || latest.Digest == digest.FromBytes(manifest(fmt.Sprint("latest-", w))).String()
 	}
 	if !written {
 		t.Fatalf("latest = %s, not one of the written digests", latest.Digest)
 	}
-	// Every replica resolves it the same within a second.
+	// Every replica serves it the same within a second.
 	deadline := time.Now().Add(time.Second)
-	for i, s := range replicas {
+	for i, url := range urls {
 		for {
-			got, err := s.Get(ctx, "team/app", "latest")
-			if err == nil && got.Digest.String() == latest.Digest {
+			got, err := headManifest(url, "team/app", "latest")
+			if err == nil && got == latest.Digest {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("replica %d resolves latest to %v (%v), status says %s", i, got.Digest, err, latest.Digest)
+				t.Fatalf("replica %d serves latest as %q (%v), status says %s", i, got, err, latest.Digest)
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
+}
+
+// pushBlob uploads content monolithically and returns its digest.
+func pushBlob(t *testing.T, base, repo string, content []byte) digest.Digest {
+	t.Helper()
+	d := digest.FromBytes(content)
+	resp, err := http.Post(base+"/v2/"+repo+"/blobs/uploads/?digest="+d.String(), "application/octet-stream", bytes.NewReader(content))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		t.Fatalf("blob push: %s", resp.Status)
+	}
+	return d
+}
+
+func putManifest(base, repo, tag string, body []byte) error {
+	req, _ := http.NewRequest(http.MethodPut, base+"/v2/"+repo+"/manifests/"+tag, bytes.NewReader(body))
+	req.Header.Set("Content-Type", ocispec.MediaTypeImageManifest)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusCreated {
+		msg, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("PUT %s:%s: %s %s", repo, tag, resp.Status, msg)
+	}
+	return nil
+}
+
+func headManifest(base, repo, tag string) (string, error) {
+	req, _ := http.NewRequest(http.MethodHead, base+"/v2/"+repo+"/manifests/"+tag, nil)
+	req.Header.Set("Accept", ocispec.MediaTypeImageManifest)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("HEAD %s:%s: %s", repo, tag, resp.Status)
+	}
+	return resp.Header.Get("Docker-Content-Digest"), nil
 }
 
 // TestReadsComeFromTheCache checks the pull path makes no API call once the

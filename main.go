@@ -24,11 +24,13 @@ func main() {
 		metricsAddr    string
 		probeAddr      string
 		leaderElect    bool
+		leaderElectNS  string
 		registrydImage string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the metrics endpoint binds to; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the health probe endpoint binds to.")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "Elect a leader so only one operator replica reconciles at a time.")
+	flag.StringVar(&leaderElectNS, "leader-election-namespace", os.Getenv("POD_NAMESPACE"), "Namespace of the leader-election Lease; in a pod, its own namespace.")
 	flag.StringVar(&registrydImage, "registryd-image", defaultImage(), "Image of registryd when a Registry does not name one; defaults to the operator's own.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
@@ -41,11 +43,12 @@ func main() {
 	utilruntime.Must(stevedorev1alpha1.AddToScheme(scheme))
 
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
-		Scheme:                 scheme,
-		Metrics:                metricsserver.Options{BindAddress: metricsAddr},
-		HealthProbeBindAddress: probeAddr,
-		LeaderElection:         leaderElect,
-		LeaderElectionID:       "stevedore-operator.stevedore.dev",
+		Scheme:                  scheme,
+		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
+		HealthProbeBindAddress:  probeAddr,
+		LeaderElection:          leaderElect,
+		LeaderElectionID:        "stevedore-operator.stevedore.dev",
+		LeaderElectionNamespace: leaderElectNS,
 	})
 	if err != nil {
 		log.Error(err, "unable to create manager")

@@ -24,7 +24,7 @@ func (s *Store) cached(ctx context.Context, path string) (*v1.Repository, error)
 	// No copy: a repository at the tag limit is ~1 MB, and reads are the pull path.
 	if err := s.cache.List(ctx, &list, client.InNamespace(s.opts.Namespace), client.MatchingFields{indexPath: path},
 		client.UnsafeDisableDeepCopy); err != nil {
-		return nil, fmt.Errorf("listing cached repositories: %w", err)
+		return nil, unavailable(fmt.Errorf("listing cached repositories: %w", err))
 	}
 	repo := v1.OldestRepository(list.Items)
 	if own := s.ownWrite(path, repo); own != nil {
@@ -121,7 +121,7 @@ func keyOf(o client.Object) client.ObjectKey { return client.ObjectKeyFromObject
 func (s *Store) Repositories(ctx context.Context) ([]string, error) {
 	var list v1.RepositoryList
 	if err := s.cache.List(ctx, &list, client.InNamespace(s.opts.Namespace), client.UnsafeDisableDeepCopy); err != nil {
-		return nil, fmt.Errorf("listing cached repositories: %w", err)
+		return nil, unavailable(fmt.Errorf("listing cached repositories: %w", err))
 	}
 	paths := make([]string, 0, len(list.Items))
 	for _, r := range list.Items {

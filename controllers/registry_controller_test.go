@@ -3,7 +3,6 @@ package controllers_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -20,7 +19,6 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 )
@@ -424,7 +422,10 @@ func TestPrinterColumns(t *testing.T) {
 	if err := env.Client.Create(context.Background(), repo); err != nil {
 		t.Fatal(err)
 	}
-	kubeconfig := writeKubeconfig(t)
+	kubeconfig, err := env.WriteKubeconfig(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		resource string
 		header   []string
@@ -464,21 +465,4 @@ func containsInOrder(got, want []string) bool {
 		}
 	}
 	return i == len(want)
-}
-
-func writeKubeconfig(t *testing.T) string {
-	t.Helper()
-	user, err := env.AddUser(envtest.User{Name: "tester", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kc, err := user.KubeConfig()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := os.WriteFile(path, kc, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
 }

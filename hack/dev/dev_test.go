@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -11,12 +10,13 @@ import (
 	"time"
 
 	"github.com/stevedore-dev/stevedore/internal/testenv"
+	"github.com/stevedore-dev/stevedore/internal/testutil"
 )
 
 // TestDev runs what `make dev` runs, pushes an image with crane and finds
 // its tag with kubectl in the Repository's status.
 func TestDev(t *testing.T) {
-	crane := clientBinary(t, "crane")
+	crane := testutil.Client(t, "crane")
 	root := testenv.RepoRoot()
 	dir := t.TempDir()
 	registryd := filepath.Join(dir, "registryd")
@@ -24,7 +24,7 @@ func TestDev(t *testing.T) {
 		t.Fatalf("building registryd: %v\n%s", err, out)
 	}
 	o := options{
-		addr: freeAddr(t), debugAddr: freeAddr(t), devDir: filepath.Join(dir, "dev"), registryd: registryd,
+		addr: testutil.FreeAddr(t), debugAddr: testutil.FreeAddr(t), devDir: filepath.Join(dir, "dev"), registryd: registryd,
 		samples: filepath.Join(root, "config", "samples", "stevedore_v1alpha1_registry.yaml"),
 		ready:   make(chan struct{}),
 	}
@@ -109,30 +109,4 @@ func TestDev(t *testing.T) {
 	if out, err := exec.Command(crane, "pull", "--insecure", ref, filepath.Join(dir, "pulled.tar")).CombinedOutput(); err != nil {
 		t.Fatalf("pull by tag after the rebuild: %v\n%s", err, out)
 	}
-}
-
-// clientBinary finds a test client installed by hack/install-clients.sh.
-func clientBinary(t *testing.T, name string) string {
-	t.Helper()
-	if dir := os.Getenv("STEVEDORE_CLIENTS"); dir != "" {
-		return filepath.Join(dir, name)
-	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	if os.Getenv("CI") != "" {
-		t.Fatalf("%s is not installed: make test installs it (hack/install-clients.sh)", name)
-	}
-	t.Skipf("%s not installed; run make test", name)
-	return ""
-}
-
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }

@@ -24,7 +24,6 @@ import (
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
-	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	"github.com/go-logr/logr"
@@ -77,8 +76,8 @@ func run(ctx context.Context, o options) error {
 		return err
 	}
 	defer func() { _ = env.Stop() }()
-	kubeconfig := filepath.Join(abs, "kubeconfig")
-	if err := writeKubeconfig(env, kubeconfig); err != nil {
+	kubeconfig, err := env.WriteKubeconfig(abs)
+	if err != nil {
 		return err
 	}
 	log.Info("API server up", "kubeconfig", kubeconfig)
@@ -116,18 +115,6 @@ func run(ctx context.Context, o options) error {
 	_ = registryd.Process.Signal(os.Interrupt)
 	_ = registryd.Wait()
 	return nil
-}
-
-func writeKubeconfig(env *testenv.Env, path string) error {
-	user, err := env.AddUser(envtest.User{Name: "dev", Groups: []string{"system:masters"}}, nil)
-	if err != nil {
-		return fmt.Errorf("adding the dev user: %w", err)
-	}
-	kc, err := user.KubeConfig()
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, kc, 0o600)
 }
 
 // apply creates every object of a multi-document YAML file and returns the

@@ -66,6 +66,21 @@ func (e *Env) AddUser(u envtest.User, cfg *rest.Config) (*envtest.AuthenticatedU
 	return e.env.AddUser(u, cfg)
 }
 
+// WriteKubeconfig writes dir/kubeconfig for a user in system:masters, for
+// kubectl and processes run against the env, and returns its path.
+func (e *Env) WriteKubeconfig(dir string) (string, error) {
+	user, err := e.AddUser(envtest.User{Name: "admin", Groups: []string{"system:masters"}}, nil)
+	if err != nil {
+		return "", fmt.Errorf("adding a user: %w", err)
+	}
+	kc, err := user.KubeConfig()
+	if err != nil {
+		return "", err
+	}
+	path := filepath.Join(dir, "kubeconfig")
+	return path, os.WriteFile(path, kc, 0o600)
+}
+
 // AssetsDir holds kube-apiserver, etcd and kubectl.
 func (e *Env) AssetsDir() string { return e.env.BinaryAssetsDirectory }
 

@@ -13,6 +13,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/stevedore-dev/stevedore/internal/testutil"
 )
 
 // writeLayerTar writes a small tarball for crane append.
@@ -36,7 +37,7 @@ func lines(s string) []string { return strings.Fields(s) }
 
 // TestCrane: push an image, copy, tag, list, delete.
 func TestCrane(t *testing.T) {
-	crane := client(t, "crane")
+	crane := testutil.Client(t, "crane")
 	reg := startRegistryd(t, "file://"+t.TempDir())
 	home := t.TempDir()
 	layer := filepath.Join(home, "layer.tar")
@@ -70,7 +71,7 @@ func TestCrane(t *testing.T) {
 
 // TestOras: push an artifact, attach a referrer, discover it, pull back.
 func TestOras(t *testing.T) {
-	oras := client(t, "oras")
+	oras := testutil.Client(t, "oras")
 	reg := startRegistryd(t, "mem://")
 	home := t.TempDir()
 	work := filepath.Join(home, "work")
@@ -105,8 +106,8 @@ func TestOras(t *testing.T) {
 
 // TestRegctl: image copy, manifest get, tag ls.
 func TestRegctl(t *testing.T) {
-	regctl := client(t, "regctl")
-	crane := client(t, "crane")
+	regctl := testutil.Client(t, "regctl")
+	crane := testutil.Client(t, "crane")
 	reg := startRegistryd(t, "file://"+t.TempDir())
 	home := t.TempDir()
 	layer := filepath.Join(home, "layer.tar")
@@ -173,7 +174,7 @@ func writeLayout(t *testing.T, dir string) ocispec.Descriptor {
 // TestSkopeo copies an OCI layout into the registry and back out. skopeo
 // re-serializes the manifest, so the layer is what must survive unchanged.
 func TestSkopeo(t *testing.T) {
-	skopeo := client(t, "skopeo")
+	skopeo := testutil.Client(t, "skopeo")
 	reg := startRegistryd(t, "file://"+t.TempDir())
 	home := t.TempDir()
 	in, out := filepath.Join(home, "in"), filepath.Join(home, "out")

@@ -10,7 +10,7 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
+	"github.com/stevedore-dev/stevedore/internal/testutil"
 	"net/http"
 	"os"
 	"os/exec"
@@ -58,21 +58,11 @@ type registry struct {
 
 func (r *registry) url() string { return "http://" + r.host }
 
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
 // startRegistryd runs the binary on a free port over storage and stops it
 // when the test ends.
 func startRegistryd(t *testing.T, storage string) *registry {
 	t.Helper()
-	r := &registry{host: freePort(t), log: filepath.Join(t.TempDir(), "registryd.log")}
+	r := &registry{host: testutil.FreeAddr(t), log: filepath.Join(t.TempDir(), "registryd.log")}
 	logf, err := os.Create(r.log)
 	if err != nil {
 		t.Fatal(err)
@@ -118,40 +108,6 @@ func tail(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
-}
-
-// client returns the path of a registry client, skipping (or, under CI,
-// failing) when it is not installed.
-func client(t *testing.T, name string) string {
-	t.Helper()
-	dirs := []string{os.Getenv("STEVEDORE_CLIENTS")}
-	if cache := os.Getenv("STEVEDORE_CACHE"); cache != "" {
-		dirs = append(dirs, filepath.Join(cache, "clients"))
-	}
-	if home, err := os.UserCacheDir(); err == nil {
-		dirs = append(dirs, filepath.Join(home, "stevedore", "clients"))
-	}
-	for _, d := range dirs {
-		if d == "" {
-			continue
-		}
-		if p := filepath.Join(d, name); isExecutable(p) {
-			return p
-		}
-	}
-	if p, err := exec.LookPath(name); err == nil {
-		return p
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("%s not installed (run hack/install-clients.sh)", name)
-	}
-	t.Skipf("%s not installed (run hack/install-clients.sh)", name)
-	return ""
-}
-
-func isExecutable(p string) bool {
-	st, err := os.Stat(p)
-	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
 }
 
 // run executes a client with HOME in a temp dir (clients keep config

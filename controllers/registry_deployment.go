@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/url"
 	"strconv"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -127,7 +128,37 @@ func RegistrydArgs(reg *v1.Registry) []string {
 	if reg.Spec.TLS != nil {
 		args = append(args, "--tls-cert-file="+tlsDir+"/tls.crt", "--tls-key-file="+tlsDir+"/tls.key")
 	}
+	if ttl := redirectTTL(reg); ttl > 0 {
+		args = append(args, "--redirect-ttl="+ttl.String())
+	}
 	return args
+}
+
+// defaultRedirectTTL is how long a signed blob URL stays valid.
+const defaultRedirectTTL = 20 * time.Minute
+
+// redirectTTL is 0 when blob GETs are served by registryd itself. Redirects
+// are on by default where the backend signs URLs (cloud buckets) and off for
+// file:// and mem://.
+func redirectTTL(reg *v1.Registry) time.Duration {
+	rd := reg.Spec.Redirect
+	enabled := false
+	if u, err := url.Parse(reg.Spec.Storage.URL); err == nil {
+		switch u.Scheme {
+		case "s3", "gs", "azblob":
+			enabled = true
+		}
+	}
+	if rd != nil && rd.Enabled != nil {
+		enabled = *rd.Enabled
+	}
+	if !enabled {
+		return 0
+	}
+	if rd != nil && rd.TTL != nil && rd.TTL.Duration > 0 {
+		return rd.TTL.Duration
+	}
+	return defaultRedirectTTL
 }
 
 func httpProbe(path string, period int32) *corev1ac.ProbeApplyConfiguration {

@@ -4,8 +4,10 @@ import (
 	"flag"
 	"io"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/controllers"
@@ -34,6 +36,21 @@ func TestOperatorArgsParse(t *testing.T) {
 		}, func(t *testing.T, c config) {
 			if c.storagePrefix != "tenant-a/" || c.maxManifestBytes != 1<<20 {
 				t.Errorf("config %+v", c)
+			}
+		}},
+		{"redirect on by default for s3", nil, func(t *testing.T, c config) {
+			if c.redirectTTL != 20*time.Minute {
+				t.Errorf("redirect TTL %v, want 20m", c.redirectTTL)
+			}
+		}},
+		{"redirect off by choice", func(r *v1.Registry) { r.Spec.Redirect = &v1.RedirectSpec{Enabled: ptr.To(false)} }, func(t *testing.T, c config) {
+			if c.redirectTTL != 0 {
+				t.Errorf("redirect TTL %v, want off", c.redirectTTL)
+			}
+		}},
+		{"redirect off by default for file", func(r *v1.Registry) { r.Spec.Storage.URL = "file:///data" }, func(t *testing.T, c config) {
+			if c.redirectTTL != 0 {
+				t.Errorf("redirect TTL %v, want off", c.redirectTTL)
 			}
 		}},
 		{"tls", func(r *v1.Registry) { r.Spec.TLS = &v1.TLSSpec{SecretName: "cert"} }, func(t *testing.T, c config) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -29,6 +30,10 @@ type RegistryReconciler struct {
 	APIReader client.Reader
 	Recorder  recorder.EventRecorder
 	Options
+
+	// imported maps a Registry's UID to the storage location whose journal
+	// this process has imported (reconcileJournalImport).
+	imported sync.Map
 }
 
 // registryScope carries what one reconcile learns from phase to phase.

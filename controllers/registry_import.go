@@ -22,13 +22,14 @@ func storageLocation(reg *v1.Registry) string {
 }
 
 // reconcileJournalImport gives a Registry back the repositories its bucket
-// already holds: one Repository object per repository the bucket knows of
-// and has no object yet, with the tags of its journal. It runs once per
-// storage location (status.importedFrom), so a rebuilt cluster comes back
-// whole while a Repository a user deleted stays deleted.
+// holds: one Repository object, with the tags of its journal, for every
+// repository the bucket knows of that no object claims and nobody deleted on
+// purpose (a Retain deletion leaves a tombstone). It runs once per Registry
+// and storage location in each operator process: after a restart, a new
+// bucket, or a cluster rebuilt over a surviving bucket.
 func (r *RegistryReconciler) reconcileJournalImport(ctx context.Context, s *registryScope) error {
 	loc := storageLocation(s.reg)
-	if s.status.ImportedFrom == loc || !isConditionTrue(s.status.Conditions, v1.ConditionStorageReady) {
+	if done, ok := r.imported.Load(s.reg.UID); (ok && done == loc) || !isConditionTrue(s.status.Conditions, v1.ConditionStorageReady) {
 		return nil
 	}
 	if u, err := url.Parse(s.reg.Spec.Storage.URL); err == nil && u.Scheme == "file" && !r.LocalStorageReachable {
@@ -50,6 +51,12 @@ func (r *RegistryReconciler) reconcileJournalImport(ctx context.Context, s *regi
 	journal := tags.NewBucket(b)
 	repos, tagCount := 0, 0
 	for _, path := range paths {
+		if deleted, err := journal.IsDeleted(ctx, path); err != nil || deleted {
+			if err != nil {
+				return err
+			}
+			continue
+		}
 		n, created, err := r.importRepository(ctx, s.reg, journal, path)
 		if err != nil {
 			return err
@@ -63,7 +70,7 @@ func (r *RegistryReconciler) reconcileJournalImport(ctx context.Context, s *regi
 		r.Recorder.Eventf(s.reg, nil, corev1.EventTypeNormal, "JournalImported", "Import",
 			"restored %d repositories with %d tags from the bucket's tag journal", repos, tagCount)
 	}
-	s.status.ImportedFrom = loc
+	r.imported.Store(s.reg.UID, loc)
 	return nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/url"
 
+	"gocloud.dev/blob"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -19,6 +20,7 @@ import (
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/internal/bucket"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
+	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
 
 const (
@@ -163,38 +165,36 @@ func (r *RepositoryReconciler) reconcileDelete(ctx context.Context, repo *v1.Rep
 			r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonBucketCleanupFailed, "Delete", "%v", err)
 			return err
 		}
+	} else if err := r.markDeleted(ctx, repo); err != nil {
+		// Best effort: without the mark, a later journal import may bring
+		// the repository back; that must not keep the object from going.
+		r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonBucketCleanupFailed, "Delete",
+			"could not mark the retained repository deleted in the bucket: %v", err)
 	}
 	base := repo.DeepCopy()
 	controllerutil.RemoveFinalizer(repo, repositoryFinalizer)
 	return client.IgnoreNotFound(r.Patch(ctx, repo, client.MergeFrom(base)))
 }
 
+// markDeleted leaves a tombstone by the retained content, so the journal
+// import does not bring back a repository a person deleted.
+func (r *RepositoryReconciler) markDeleted(ctx context.Context, repo *v1.Repository) error {
+	b, done, err := r.openRegistryBucket(ctx, repo)
+	if err != nil || b == nil {
+		return err
+	}
+	defer done()
+	return tags.NewBucket(b).MarkDeleted(ctx, repo.Spec.Name)
+}
+
 // deleteBucketContent removes the repository's links, referrers and tag
 // journal. Blobs are shared across repositories: garbage collection sweeps them.
 func (r *RepositoryReconciler) deleteBucketContent(ctx context.Context, repo *v1.Repository) error {
-	reg := &v1.Registry{}
-	if err := r.Get(ctx, client.ObjectKey{Namespace: repo.Namespace, Name: repo.Spec.Registry}, reg); err != nil {
-		if apierrors.IsNotFound(err) {
-			r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonRegistryNotFound, "Delete",
-				"Registry %s is gone: nothing in its bucket can be deleted", repo.Spec.Registry)
-			return nil
-		}
+	b, done, err := r.openRegistryBucket(ctx, repo)
+	if err != nil || b == nil {
 		return err
 	}
-	if u, err := url.Parse(reg.Spec.Storage.URL); err == nil && u.Scheme == "file" && !r.LocalStorageReachable {
-		r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonBucketCleanupFailed, "Delete",
-			"file:// storage lives in registryd's pod, out of the operator's reach: left for garbage collection")
-		return nil
-	}
-	env, err := storageEnv(ctx, r.Client, reg)
-	if err != nil {
-		return err
-	}
-	b, err := bucket.Open(ctx, reg.Spec.Storage.URL, bucket.Options{Prefix: reg.Spec.Storage.Prefix, Env: env})
-	if err != nil {
-		return err
-	}
-	defer b.Close()
+	defer done()
 	n, err := bucket.DeletePrefixes(ctx, b, storage.RepositoryOwnPrefixes(repo.Spec.Name))
 	if err != nil {
 		return fmt.Errorf("deleting repository %s from the bucket: %w", repo.Spec.Name, err)
@@ -202,6 +202,35 @@ func (r *RepositoryReconciler) deleteBucketContent(ctx context.Context, repo *v1
 	r.Recorder.Eventf(repo, nil, corev1.EventTypeNormal, "BucketContentDeleted", "Delete",
 		"deleted %d objects (links, referrers, tag journal) of repository %s; blobs are left to garbage collection", n, repo.Spec.Name)
 	return nil
+}
+
+// openRegistryBucket opens the bucket of the Repository's Registry; nil when
+// the operator cannot reach it (Registry gone, file:// in a pod), which it
+// reports as an Event.
+func (r *RepositoryReconciler) openRegistryBucket(ctx context.Context, repo *v1.Repository) (*blob.Bucket, func(), error) {
+	reg := &v1.Registry{}
+	if err := r.Get(ctx, client.ObjectKey{Namespace: repo.Namespace, Name: repo.Spec.Registry}, reg); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonRegistryNotFound, "Delete",
+				"Registry %s is gone: its bucket cannot be changed", repo.Spec.Registry)
+			return nil, nil, nil
+		}
+		return nil, nil, err
+	}
+	if u, err := url.Parse(reg.Spec.Storage.URL); err == nil && u.Scheme == "file" && !r.LocalStorageReachable {
+		r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonBucketCleanupFailed, "Delete",
+			"file:// storage lives in registryd's pod, out of the operator's reach")
+		return nil, nil, nil
+	}
+	env, err := storageEnv(ctx, r.Client, reg)
+	if err != nil {
+		return nil, nil, err
+	}
+	b, err := bucket.Open(ctx, reg.Spec.Storage.URL, bucket.Options{Prefix: reg.Spec.Storage.Prefix, Env: env})
+	if err != nil {
+		return nil, nil, err
+	}
+	return b, func() { _ = b.Close() }, nil
 }
 
 // SetupWithManager watches Repositories, their Registry, and their rivals for

@@ -11,8 +11,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
@@ -29,8 +31,26 @@ const testImage = "example.test/stevedore:test"
 func TestMain(m *testing.M) {
 	os.Exit(testenv.Main(m, func(e *testenv.Env) (func(), error) {
 		env = e
-		return startOperator(e)
+		stop, err := startOperator(e)
+		operator.stop = stop
+		return func() { operator.stop() }, err
 	}))
+}
+
+// operator is the running operator of the package's tests; tests stop and
+// start it as a pod restart would.
+var operator struct{ stop func() }
+
+// stopOperator stops it until startOperatorAgain.
+func stopOperator() { operator.stop(); operator.stop = func() {} }
+
+func startOperatorAgain(t *testing.T) {
+	t.Helper()
+	stop, err := startOperator(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	operator.stop = stop
 }
 
 // startOperator runs the operator's controllers until the returned stop is called.
@@ -40,7 +60,11 @@ func startOperator(e *testenv.Env) (stop func(), err error) {
 		logs = os.Stderr
 	}
 	ctrl.SetLogger(zap.New(zap.WriteTo(logs), zap.UseDevMode(true)))
-	mgr, err := ctrl.NewManager(e.Config, ctrl.Options{Scheme: e.Scheme, Metrics: metricsserver.Options{BindAddress: "0"}})
+	mgr, err := ctrl.NewManager(e.Config, ctrl.Options{
+		Scheme: e.Scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		// Tests restart the operator within one process.
+		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
+	})
 	if err != nil {
 		return nil, err
 	}

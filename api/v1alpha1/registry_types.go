@@ -204,11 +204,6 @@ type RegistryStatus struct {
 	// Repositories counts the Repository objects of this registry.
 	// +optional
 	Repositories int32 `json:"repositories,omitempty"`
-	// ImportedFrom is the storage location (URL and prefix) whose tag journal
-	// the operator has imported into Repository objects. A Registry that is
-	// new, or points at another bucket, gets its bucket's repositories back.
-	// +optional
-	ImportedFrom string `json:"importedFrom,omitempty"`
 }
 
 // Registry is an OCI registry run by the operator.

@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -28,17 +29,7 @@ func TestDev(t *testing.T) {
 		samples: filepath.Join(root, "config", "samples", "stevedore_v1alpha1_registry.yaml"),
 		ready:   make(chan struct{}),
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, o) }()
-	t.Cleanup(func() { cancel(); <-done })
-	select {
-	case <-o.ready:
-	case err := <-done:
-		t.Fatalf("dev stopped: %v", err)
-	case <-time.After(2 * time.Minute):
-		t.Fatal("dev did not come up within 2 minutes")
-	}
+	stop := start(t, o)
 
 	layer := filepath.Join(dir, "layer.tar")
 	if out, err := exec.Command("tar", "cf", layer, "-C", root, "README.md").CombinedOutput(); err != nil {
@@ -65,36 +56,12 @@ func TestDev(t *testing.T) {
 		t.Fatalf("kubectl shows %q, want a line %q", got, want)
 	}
 
-	// The cluster is lost, the bucket survives: every Repository and the
-	// Registry go, the Registry is applied again, and the operator brings
-	// the repository and its tag back from the bucket's journal.
-	kube := func(args ...string) string {
-		t.Helper()
-		out, err := exec.Command(kubectl, append([]string{"--kubeconfig", filepath.Join(o.devDir, "kubeconfig")}, args...)...).CombinedOutput()
-		if err != nil {
-			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
-		}
-		return string(out)
-	}
-	kube("delete", "repositories", "--all")
-	kube("delete", "registry", "dev")
-	// With the objects gone, the tag is gone too (registryd reads status).
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if err := exec.Command(crane, "digest", "--insecure", ref).Run(); err != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s still resolves with no Repository objects", ref)
-		}
-	}
-	// Applied again as from Git: the sample, with the bucket make dev uses.
-	manifest := filepath.Join(dir, "registry.yaml")
-	registryYAML := "apiVersion: stevedore.dev/v1alpha1\nkind: Registry\nmetadata: {name: dev, namespace: default}\n" +
-		"spec: {storage: {url: \"file://" + filepath.Join(o.devDir, "bucket") + "\"}, auth: {mode: none}}\n"
-	if err := os.WriteFile(manifest, []byte(registryYAML), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	kube("apply", "-f", manifest)
+	// The cluster is lost, the bucket survives: stop everything (the API
+	// server's etcd lives in a temp dir), start again over the same dev dir.
+	// The operator brings the repository and its tag back from the journal.
+	stop()
+	o.ready = make(chan struct{})
+	stop = start(t, o)
 	deadline := time.Now().Add(time.Minute)
 	for {
 		out, err := exec.Command(crane, "digest", "--insecure", ref).Output()
@@ -102,11 +69,38 @@ func TestDev(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("after the rebuild, %s does not resolve (%v): repositories %s", ref, err, kube("get", "repositories"))
+			t.Fatalf("on the new cluster, %s does not resolve (%v)", ref, err)
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
 	if out, err := exec.Command(crane, "pull", "--insecure", ref, filepath.Join(dir, "pulled.tar")).CombinedOutput(); err != nil {
-		t.Fatalf("pull by tag after the rebuild: %v\n%s", err, out)
+		t.Fatalf("pull by tag on the new cluster: %v\n%s", err, out)
 	}
+	got, err = exec.Command(kubectl, "--kubeconfig", filepath.Join(o.devDir, "kubeconfig"),
+		"get", "repositories", "-o", `jsonpath={range .items[*]}{.spec.name}:{.status.tags[*].name}@{.status.tags[*].digest}{"\n"}{end}`).CombinedOutput()
+	if err != nil || !strings.Contains(string(got), want) {
+		t.Fatalf("the new cluster's repositories: %q (%v), want %q", got, err, want)
+	}
+	stop()
+}
+
+// start runs what make dev runs until the returned stop is called.
+func start(t *testing.T, o options) (stop func()) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, o) }()
+	select {
+	case <-o.ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("dev stopped: %v", err)
+	case <-time.After(2 * time.Minute):
+		cancel()
+		t.Fatal("dev did not come up within 2 minutes")
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	t.Cleanup(stop)
+	return stop
 }

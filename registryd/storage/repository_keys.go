@@ -6,5 +6,10 @@ package storage
 // deletes these, never RepoPrefix.
 func RepositoryOwnPrefixes(name string) []string {
 	p := RepoPrefix(name)
-	return []string{p + "_layers/", p + "_manifests/", p + "_referrers/", p + "_tags/"}
+	return []string{p + "_layers/", p + "_manifests/", p + "_referrers/", p + "_tags/", TombstoneKey(name)}
 }
+
+// TombstoneKey marks a repository whose Repository object a person deleted
+// while its content was retained: the operator's journal import leaves it
+// out, and a push that creates the repository again removes the mark.
+func TombstoneKey(name string) string { return RepoPrefix(name) + "_deleted" }

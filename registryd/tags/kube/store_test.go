@@ -115,6 +115,23 @@ func TestJournalAndStatus(t *testing.T) {
 	}
 }
 
+// TestPushClearsTombstone: a repository deleted on purpose and pushed to
+// again is importable again.
+func TestPushClearsTombstone(t *testing.T) {
+	ctx := context.Background()
+	b := memblob.OpenBucket(nil)
+	t.Cleanup(func() { b.Close() })
+	j := tags.NewBucket(b)
+	if err := j.MarkDeleted(ctx, "app"); err != nil {
+		t.Fatal(err)
+	}
+	s := replica(t, newRegistry(t, nil), j)
+	mustPut(t, s, "app", "v1", "one")
+	if deleted, err := j.IsDeleted(ctx, "app"); err != nil || deleted {
+		t.Fatalf("tombstone still there after the push re-created the repository (%v)", err)
+	}
+}
+
 // TestRegistryRules checks immutable tags, the tag limit and auto-creation off.
 func TestRegistryRules(t *testing.T) {
 	ctx := context.Background()

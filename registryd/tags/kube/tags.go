@@ -134,6 +134,12 @@ func (s *Store) createRepository(ctx context.Context, reg *v1.Registry, path str
 	if err != nil {
 		return nil, unavailable(fmt.Errorf("creating Repository %s: %w", repo.Name, err))
 	}
+	if ts, ok := s.opts.Journal.(tags.Tombstones); ok {
+		// Pushed to again after a deliberate deletion: importable once more.
+		if err := ts.ClearDeleted(ctx, path); err != nil {
+			s.opts.Logger.Warn("clearing the deleted mark", "repository", path, "error", err)
+		}
+	}
 	s.event(repo, "RepositoryCreated", "Push", "created on first push to %s", path)
 	return repo, nil
 }

@@ -26,6 +26,12 @@ build: ## Build the operator (bin/manager) and the daemon (bin/registryd).
 	$(GOBUILD) -o $(LOCALBIN)/manager .
 	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
 
+IMG ?= ghcr.io/stevedore-dev/stevedore:$(VERSION)
+
+.PHONY: docker-build
+docker-build: ## Build the image (needs a Docker engine).
+	docker build --build-arg VERSION=$(VERSION) -t $(IMG) .
+
 .PHONY: fmt
 fmt: ## go fmt every package.
 	go fmt ./...
@@ -38,7 +44,7 @@ vet: ## go vet every package.
 
 .PHONY: manifests
 manifests: controller-gen ## CRDs and RBAC from the kubebuilder markers.
-	$(CONTROLLER_GEN) rbac:roleName=stevedore-manager crd paths="./api/...;./controllers/..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/...;./controllers/..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
 
 .PHONY: generate
 generate: controller-gen ## DeepCopy methods from the kubebuilder markers.

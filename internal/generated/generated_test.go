@@ -15,7 +15,7 @@ import (
 // The same generator arguments as the Makefile's manifests and generate targets.
 const (
 	paths   = "paths=./api/...;./controllers/..."
-	rbacArg = "rbac:roleName=stevedore-manager"
+	rbacArg = "rbac:roleName=manager-role"
 )
 
 func controllerGen(t *testing.T) string {
@@ -40,12 +40,14 @@ func run(t *testing.T, args ...string) []byte {
 	return out
 }
 
-// compareDirs fails for every file that differs between the two directories.
-func compareDirs(t *testing.T, want, got string) {
+// compareDirs fails for every file controller-gen makes (in got) that
+// differs from its checked-in copy in want; with exact, also for files in
+// want that controller-gen no longer makes (a CRD whose type is gone).
+func compareDirs(t *testing.T, want, got string, exact bool) {
 	t.Helper()
 	wantFiles, _ := filepath.Glob(filepath.Join(want, "*.yaml"))
 	gotFiles, _ := filepath.Glob(filepath.Join(got, "*.yaml"))
-	if len(wantFiles) != len(gotFiles) {
+	if exact && len(wantFiles) != len(gotFiles) {
 		t.Errorf("%s holds %d files, controller-gen makes %d: run `make manifests`", want, len(wantFiles), len(gotFiles))
 	}
 	for _, g := range gotFiles {
@@ -65,8 +67,9 @@ func TestGeneratedFilesAreFresh(t *testing.T) {
 		run(t, rbacArg, "crd", paths,
 			"output:crd:artifacts:config="+filepath.Join(tmp, "crd"),
 			"output:rbac:artifacts:config="+filepath.Join(tmp, "rbac"))
-		compareDirs(t, filepath.Join(root, "config", "crd", "bases"), filepath.Join(tmp, "crd"))
-		compareDirs(t, filepath.Join(root, "config", "rbac"), filepath.Join(tmp, "rbac"))
+		compareDirs(t, filepath.Join(root, "config", "crd", "bases"), filepath.Join(tmp, "crd"), true)
+		// config/rbac also holds hand-written bindings and the kustomization.
+		compareDirs(t, filepath.Join(root, "config", "rbac"), filepath.Join(tmp, "rbac"), false)
 	})
 	t.Run("deepcopy", func(t *testing.T) {
 		fresh := run(t, "object:headerFile=hack/boilerplate.go.txt", "paths=./api/...", "output:object:stdout")

@@ -118,6 +118,10 @@ func RegistrydArgs(reg *v1.Registry) []string {
 		"--storage=" + reg.Spec.Storage.URL,
 		"--http-secret-file=" + httpSecretDir + "/" + httpSecretKey,
 		"--log-format=json",
+		"--auth=" + string(authMode(reg)),
+	}
+	if reg.Spec.Auth.AnonymousPull {
+		args = append(args, "--anonymous-pull")
 	}
 	if reg.Spec.Storage.Prefix != "" {
 		args = append(args, "--storage-prefix="+reg.Spec.Storage.Prefix)
@@ -132,6 +136,15 @@ func RegistrydArgs(reg *v1.Registry) []string {
 		args = append(args, "--redirect-ttl="+ttl.String())
 	}
 	return args
+}
+
+// authMode is the Registry's auth mode; an object written before defaulting
+// gets the CRD's default, kubernetes, never none.
+func authMode(reg *v1.Registry) v1.AuthMode {
+	if reg.Spec.Auth.Mode == "" {
+		return v1.AuthKubernetes
+	}
+	return reg.Spec.Auth.Mode
 }
 
 // defaultRedirectTTL is how long a signed blob URL stays valid.

@@ -29,6 +29,7 @@ import (
 	"gocloud.dev/blob"
 
 	"github.com/stevedore-dev/stevedore/internal/bucket"
+	"github.com/stevedore-dev/stevedore/registryd/auth"
 	"github.com/stevedore-dev/stevedore/registryd/server"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
 )
@@ -42,6 +43,9 @@ type config struct {
 	tlsCertFile, tlsKeyFile string
 	// Blob GETs redirect to signed URLs valid this long (0: off).
 	redirectTTL time.Duration
+	// Access rules: the Registry's auth mode.
+	authMode      string
+	anonymousPull bool
 }
 
 // bindFlags defines registryd's flags on fs; the operator's Deployment args
@@ -60,6 +64,8 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig for --registry (default: $KUBECONFIG, else in-cluster)")
 	fs.StringVar(&c.tlsCertFile, "tls-cert-file", "", "serve HTTPS with this certificate (PEM), with --tls-key-file")
 	fs.StringVar(&c.tlsKeyFile, "tls-key-file", "", "private key (PEM) of --tls-cert-file")
+	fs.StringVar(&c.authMode, "auth", "none", "auth mode: none (everyone may push: development only), htpasswd or kubernetes")
+	fs.BoolVar(&c.anonymousPull, "anonymous-pull", false, "serve pulls (GET, HEAD) without credentials in any auth mode")
 	fs.DurationVar(&c.redirectTTL, "redirect-ttl", 0, "answer blob GETs with a redirect to a URL signed for this long, where the storage can sign (0: serve the bytes)")
 }
 
@@ -99,10 +105,17 @@ func run(log *slog.Logger, c config) error {
 	if err != nil {
 		return err
 	}
-	handler := server.New(b, tagStore, &server.Options{
+	mode, err := auth.ParseMode(c.authMode)
+	if err != nil {
+		return err
+	}
+	if mode == auth.None {
+		log.Warn("auth mode none: anyone who can reach this registry can push and delete; development only")
+	}
+	handler := auth.Middleware(server.New(b, tagStore, &server.Options{
 		MaxManifestBytes: c.maxManifestBytes, Secret: secret, ChunkMinLength: c.chunkMinLength,
 		RedirectTTL: c.redirectTTL, Logger: log, Registerer: reg,
-	})
+	}), auth.Options{Mode: mode, AnonymousPull: c.anonymousPull, Realm: "stevedore"})
 	if (c.tlsCertFile == "") != (c.tlsKeyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")
 	}

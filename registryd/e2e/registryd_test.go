@@ -60,14 +60,14 @@ func (r *registry) url() string { return "http://" + r.host }
 
 // startRegistryd runs the binary on a free port over storage and stops it
 // when the test ends.
-func startRegistryd(t *testing.T, storage string) *registry {
+func startRegistryd(t *testing.T, storage string, flags ...string) *registry {
 	t.Helper()
 	r := &registry{host: testutil.FreeAddr(t), log: filepath.Join(t.TempDir(), "registryd.log")}
 	logf, err := os.Create(r.log)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(registrydBin, "--addr", r.host, "--storage", storage)
+	cmd := exec.Command(registrydBin, append([]string{"--addr", r.host, "--storage", storage}, flags...)...)
 	cmd.Env = append(os.Environ(), "STEVEDORE_HTTP_SECRET=e2e shared secret")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -93,7 +93,8 @@ func startRegistryd(t *testing.T, storage string) *registry {
 		resp, err := http.Get(r.url() + "/v2/")
 		if err == nil {
 			resp.Body.Close()
-			if resp.StatusCode == 200 {
+			// 401: up, and asking for credentials (auth modes other than none).
+			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
 				return r
 			}
 		}

@@ -11,6 +11,8 @@ TOOLBIN := $(CACHE)/tools
 # Pinned tool versions; installed once into $(TOOLBIN), linked into ./bin.
 CONTROLLER_TOOLS_VERSION ?= v0.23.0
 CONTROLLER_GEN := $(LOCALBIN)/controller-gen
+HELM_VERSION ?= v3.22.0
+HELM := $(TOOLBIN)/helm-$(HELM_VERSION)
 
 VERSION ?= 0.1.0
 LDFLAGS := -s -w -X github.com/stevedore-dev/stevedore/internal/version.Version=$(VERSION)
@@ -45,6 +47,16 @@ vet: ## go vet every package.
 .PHONY: manifests
 manifests: controller-gen ## CRDs and RBAC from the kubebuilder markers.
 	$(CONTROLLER_GEN) rbac:roleName=manager-role crd paths="./api/...;./controllers/..." output:crd:artifacts:config=config/crd/bases output:rbac:artifacts:config=config/rbac
+	@$(MAKE) --no-print-directory chart-crds chart-rbac
+
+.PHONY: chart-crds
+chart-crds: ## Copy the generated CRDs into the chart (charts/stevedore/crds).
+	rm -f charts/stevedore/crds/*.yaml
+	cp config/crd/bases/*.yaml charts/stevedore/crds/
+
+.PHONY: chart-rbac
+chart-rbac: ## Copy the generated ClusterRole into the chart, whose template takes its rules.
+	cp config/rbac/role.yaml charts/stevedore/files/role.yaml
 
 .PHONY: generate
 generate: controller-gen ## DeepCopy methods from the kubebuilder markers.
@@ -61,6 +73,7 @@ test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, co
 	@phase() { echo "== $$1: $$(( SECONDS - t0 ))s"; t0=$$SECONDS; }; t0=$$SECONDS; start=$$SECONDS; \
 	export KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" CONTROLLER_GEN="$(CONTROLLER_GEN)"; phase "envtest assets"; \
 	export STEVEDORE_CLIENTS="$$(hack/install-clients.sh)"; phase "clients (crane, oras, regctl, skopeo)"; \
+	$(MAKE) --no-print-directory helm; export HELM="$(HELM)"; phase "helm"; \
 	go vet ./...; phase "go vet"; \
 	go test -count=1 ./...; phase "go test (unit, envtest, e2e with real clients)"; \
 	$(MAKE) --no-print-directory fuzz; phase "fuzz"; \
@@ -103,6 +116,11 @@ $(CONTROLLER_GEN): $(TOOLBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION)
 	@mkdir -p $(LOCALBIN) && ln -sf $< $@
 $(TOOLBIN)/controller-gen-$(CONTROLLER_TOOLS_VERSION):
 	hack/go-install-tool.sh $@ sigs.k8s.io/controller-tools/cmd/controller-gen $(CONTROLLER_TOOLS_VERSION)
+
+.PHONY: helm
+helm: $(HELM) ## Install helm (cached) for the chart's tests.
+$(HELM):
+	hack/go-install-tool.sh $@ helm.sh/helm/v3/cmd/helm $(HELM_VERSION)
 
 .PHONY: help
 help: ## Show targets.

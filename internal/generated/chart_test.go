@@ -1,0 +1,437 @@
+package generated
+
+import (
+	"bufio"
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"slices"
+	"strings"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
+	"sigs.k8s.io/yaml"
+
+	"github.com/stevedore-dev/stevedore/internal/testenv"
+)
+
+const (
+	chartNamespace = "stevedore-system"
+	chartRelease   = "stevedore"
+	// kubeVersion is hack/envtest-assets.sh's K8S_VERSION.
+	kubeVersion = "v1.37.2"
+)
+
+// helm is the helm binary from HELM (set by `make test`). Without it the
+// chart tests skip on a developer machine and fail in CI.
+func helm(t *testing.T) string {
+	t.Helper()
+	bin := os.Getenv("HELM")
+	if bin == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("HELM is not set: run `make test` (it installs helm)")
+		}
+		t.Skip("HELM is not set: run `make test`, or HELM=$(make -s helm; echo ~/.cache/stevedore/tools/helm-v3.22.0)")
+	}
+	return bin
+}
+
+// runHelm runs helm on the chart and returns its stdout and stderr; it
+// fails the test unless the exit status is what wantOK says.
+func runHelm(t *testing.T, wantOK bool, args ...string) (string, string) {
+	t.Helper()
+	cmd := exec.Command(helm(t), args...)
+	cmd.Dir = testenv.RepoRoot()
+	// helm keeps caches and config under HOME; keep the test's apart.
+	home := t.TempDir()
+	cmd.Env = append(os.Environ(), "HELM_CACHE_HOME="+home, "HELM_CONFIG_HOME="+home, "HELM_DATA_HOME="+home)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if wantOK && err != nil {
+		t.Fatalf("helm %v: %v\n%s\n%s", args, err, stdout.String(), stderr.String())
+	}
+	if !wantOK && err == nil {
+		t.Fatalf("helm %v succeeded, want a failure:\n%s", args, stdout.String())
+	}
+	return stdout.String(), stderr.String()
+}
+
+// renderChart is `helm template` of the chart as `helm install stevedore
+// charts/stevedore -n stevedore-system` would install it, CRDs included.
+func renderChart(t *testing.T, set ...string) string {
+	t.Helper()
+	// A go-installed helm believes in Kubernetes v1.20 unless told; this is
+	// the envtest API server's version.
+	args := []string{"template", chartRelease, "charts/stevedore", "--namespace", chartNamespace, "--include-crds", "--kube-version", kubeVersion}
+	for _, s := range set {
+		args = append(args, "--set", s)
+	}
+	out, _ := runHelm(t, true, args...)
+	return out
+}
+
+// splitDocs cuts a multi-document YAML stream into its non-empty documents.
+func splitDocs(stream string) []string {
+	var docs []string
+	for _, d := range regexp.MustCompile(`(?m)^---\s*$`).Split(stream, -1) {
+		if strings.TrimSpace(stripComments(d)) != "" {
+			docs = append(docs, d)
+		}
+	}
+	return docs
+}
+
+func stripComments(doc string) string {
+	var b strings.Builder
+	sc := bufio.NewScanner(strings.NewReader(doc))
+	for sc.Scan() {
+		if !strings.HasPrefix(strings.TrimSpace(sc.Text()), "#") {
+			b.WriteString(sc.Text() + "\n")
+		}
+	}
+	return b.String()
+}
+
+type object struct {
+	APIVersion string `json:"apiVersion"`
+	Kind       string `json:"kind"`
+	Metadata   struct {
+		Name      string            `json:"name"`
+		Namespace string            `json:"namespace"`
+		Labels    map[string]string `json:"labels"`
+	} `json:"metadata"`
+}
+
+// byKind parses the rendered documents and indexes them by kind (one each,
+// the chart renders no kind twice).
+func byKind(t *testing.T, docs []string) map[string]string {
+	t.Helper()
+	m := map[string]string{}
+	for _, d := range docs {
+		var o object
+		if err := yaml.Unmarshal([]byte(d), &o); err != nil {
+			t.Fatalf("rendered YAML does not parse: %v\n%s", err, d)
+		}
+		if o.Kind == "" || o.Metadata.Name == "" {
+			t.Fatalf("rendered document without kind or name:\n%s", d)
+		}
+		key := o.Kind
+		if _, dup := m[key]; dup {
+			key = o.Kind + "/" + o.Metadata.Name
+		}
+		m[key] = d
+	}
+	return m
+}
+
+func mustParse(t *testing.T, doc string, into any) {
+	t.Helper()
+	if err := yaml.UnmarshalStrict([]byte(doc), into); err != nil {
+		t.Fatalf("parsing %T: %v\n%s", into, err, doc)
+	}
+}
+
+func readFile(t *testing.T, parts ...string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(append([]string{testenv.RepoRoot()}, parts...)...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestChartFilesAreGenerated fails when the chart's CRDs or RBAC rules or
+// its versions drift from what the project generates and builds.
+func TestChartFilesAreGenerated(t *testing.T) {
+	root := testenv.RepoRoot()
+	t.Run("crds are config/crd/bases", func(t *testing.T) {
+		compareDirs(t, filepath.Join(root, "charts", "stevedore", "crds"), filepath.Join(root, "config", "crd", "bases"), true)
+	})
+	t.Run("versions follow the Makefile", func(t *testing.T) {
+		m := regexp.MustCompile(`(?m)^VERSION \?= (\S+)$`).FindSubmatch(readFile(t, "Makefile"))
+		if m == nil {
+			t.Fatal("no VERSION in the Makefile")
+		}
+		var chart struct {
+			Version    string `json:"version"`
+			AppVersion string `json:"appVersion"`
+		}
+		if err := yaml.Unmarshal(readFile(t, "charts", "stevedore", "Chart.yaml"), &chart); err != nil {
+			t.Fatal(err)
+		}
+		if chart.Version != string(m[1]) || chart.AppVersion != string(m[1]) {
+			t.Errorf("Chart.yaml version %q appVersion %q, Makefile VERSION %s", chart.Version, chart.AppVersion, m[1])
+		}
+	})
+	t.Run("rendered ClusterRole has the generated rules", func(t *testing.T) {
+		var generated, rendered rbacv1.ClusterRole
+		mustParse(t, string(readFile(t, "config", "rbac", "role.yaml")), &generated)
+		mustParse(t, byKind(t, splitDocs(renderChart(t)))["ClusterRole"], &rendered)
+		if len(generated.Rules) == 0 || !reflect.DeepEqual(generated.Rules, rendered.Rules) {
+			t.Errorf("the chart's ClusterRole rules differ from config/rbac/role.yaml: run `make manifests`\nchart: %+v\ngenerated: %+v", rendered.Rules, generated.Rules)
+		}
+	})
+}
+
+// TestChartLint runs `helm lint --strict` with the default values and with
+// every optional part on, and checks values.schema.json refuses bad values.
+func TestChartLint(t *testing.T) {
+	for name, set := range map[string][]string{
+		"defaults":                nil,
+		"registry and monitoring": {"registry.enabled=true", "registry.auth.mode=none", "metrics.serviceMonitor.enabled=true"},
+		"registry on s3 with ingress": {"registry.enabled=true", "registry.storage.url=s3://images?region=eu-west-1",
+			"registry.storage.secretName=s3-credentials", "registry.ingress.enabled=true", "registry.ingress.host=registry.example.com",
+			"registry.service.type=NodePort"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			args := []string{"lint", "--strict", "charts/stevedore"}
+			for _, s := range set {
+				args = append(args, "--set", s)
+			}
+			out, _ := runHelm(t, true, args...)
+			if !strings.Contains(out, "1 chart(s) linted, 0 chart(s) failed") {
+				t.Errorf("helm lint printed:\n%s", out)
+			}
+			t.Logf("%s", strings.TrimSpace(out))
+		})
+	}
+	for name, c := range map[string]struct{ set, want string }{
+		"auth mode":       {"registry.auth.mode=open", "/registry/auth/mode"},
+		"storage scheme":  {"registry.storage.url=http://bucket", "/registry/storage/url"},
+		"registry name":   {"registry.name=My_Registry", "/registry/name"},
+		"replicas type":   {"operator.replicas=two", "/operator/replicas"},
+		"unknown value":   {"registry.storageClass=fast", "storageClass"},
+		"htpasswd secret": {"registry.auth.mode=htpasswd", "htpasswdSecretName"},
+	} {
+		t.Run("schema refuses "+name, func(t *testing.T) {
+			out, stderr := runHelm(t, false, "template", "x", "charts/stevedore", "--kube-version", kubeVersion, "--set", c.set)
+			if !strings.Contains(out+stderr, "values don't meet the specifications of the schema") || !strings.Contains(out+stderr, c.want) {
+				t.Errorf("helm template --set %s failed without naming %q:\n%s%s", c.set, c.want, out, stderr)
+			}
+		})
+	}
+}
+
+// TestChartRestrictedPodSecurity checks the rendered operator Deployment
+// against the restricted Pod Security profile, and that it runs the operator
+// as config/manager does (flags, env, security context).
+func TestChartRestrictedPodSecurity(t *testing.T) {
+	var d appsv1.Deployment
+	mustParse(t, byKind(t, splitDocs(renderChart(t, "image.tag=1.2.3")))["Deployment"], &d)
+	pod := d.Spec.Template.Spec
+	if psc := pod.SecurityContext; psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot ||
+		psc.SeccompProfile == nil || psc.SeccompProfile.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("pod securityContext %+v: want runAsNonRoot and seccomp RuntimeDefault", psc)
+	}
+	if len(pod.Containers) != 1 || len(pod.InitContainers) != 0 {
+		t.Fatalf("want one container, got %d (+%d init)", len(pod.Containers), len(pod.InitContainers))
+	}
+	c := pod.Containers[0]
+	sc := c.SecurityContext
+	switch {
+	case sc == nil:
+		t.Fatal("container without securityContext")
+	case sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation:
+		t.Error("allowPrivilegeEscalation is not false")
+	case sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem:
+		t.Error("readOnlyRootFilesystem is not true")
+	case sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) != 0:
+		t.Errorf("capabilities %+v: want drop [ALL], add none", sc.Capabilities)
+	case sc.Privileged != nil && *sc.Privileged, sc.RunAsUser != nil && *sc.RunAsUser == 0:
+		t.Error("container is privileged or runs as root")
+	}
+	if pod.HostNetwork || pod.HostPID || pod.HostIPC || len(pod.Volumes) != 0 {
+		t.Errorf("pod uses host namespaces or volumes: %+v", pod)
+	}
+
+	const image = "ghcr.io/stevedore-dev/stevedore:1.2.3"
+	if c.Image != image {
+		t.Errorf("image %q, want %q", c.Image, image)
+	}
+	env := map[string]corev1.EnvVar{}
+	for _, e := range c.Env {
+		env[e.Name] = e
+	}
+	if env["STEVEDORE_IMAGE"].Value != image {
+		t.Errorf("STEVEDORE_IMAGE %q, want the chart's image %q (registryd's default)", env["STEVEDORE_IMAGE"].Value, image)
+	}
+	if f := env["POD_NAMESPACE"].ValueFrom; f == nil || f.FieldRef == nil || f.FieldRef.FieldPath != "metadata.namespace" {
+		t.Errorf("POD_NAMESPACE is not the pod's namespace from the downward API: %+v", env["POD_NAMESPACE"])
+	}
+	if pod.ServiceAccountName != chartRelease+"-operator" {
+		t.Errorf("serviceAccountName %q", pod.ServiceAccountName)
+	}
+
+	// The kustomize base runs the same process the same way.
+	var base appsv1.Deployment
+	for _, doc := range splitDocs(string(readFile(t, "config", "manager", "manager.yaml"))) {
+		if strings.Contains(doc, "kind: Deployment") {
+			mustParse(t, doc, &base)
+		}
+	}
+	if len(base.Spec.Template.Spec.Containers) != 1 {
+		t.Fatal("config/manager/manager.yaml holds no operator Deployment")
+	}
+	bc := base.Spec.Template.Spec.Containers[0]
+	for _, arg := range bc.Args {
+		if !slices.Contains(c.Args, arg) {
+			t.Errorf("the chart's operator lacks %s, which config/manager passes", arg)
+		}
+	}
+	if !slices.Equal(c.Command, bc.Command) || !reflect.DeepEqual(c.SecurityContext, bc.SecurityContext) ||
+		!reflect.DeepEqual(pod.SecurityContext, base.Spec.Template.Spec.SecurityContext) || !reflect.DeepEqual(c.Ports, bc.Ports) {
+		t.Error("the chart's operator container differs from config/manager's in command, ports or security context")
+	}
+	for _, e := range bc.Env {
+		if _, ok := env[e.Name]; !ok {
+			t.Errorf("the chart's operator lacks env %s", e.Name)
+		}
+	}
+}
+
+// TestChartServiceMonitor checks the optional ServiceMonitor scrapes the
+// metrics Service the chart renders (the envtest API server has no
+// monitoring.coreos.com CRDs, so it is checked on the rendered objects).
+func TestChartServiceMonitor(t *testing.T) {
+	if _, ok := byKind(t, splitDocs(renderChart(t)))["ServiceMonitor"]; ok {
+		t.Error("a ServiceMonitor is rendered by default; it needs the Prometheus Operator's CRDs")
+	}
+	objs := byKind(t, splitDocs(renderChart(t, "metrics.serviceMonitor.enabled=true")))
+	var sm struct {
+		APIVersion string `json:"apiVersion"`
+		Spec       struct {
+			Selector struct {
+				MatchLabels map[string]string `json:"matchLabels"`
+			} `json:"selector"`
+			NamespaceSelector struct {
+				MatchNames []string `json:"matchNames"`
+			} `json:"namespaceSelector"`
+			Endpoints []struct {
+				Port string `json:"port"`
+				Path string `json:"path"`
+			} `json:"endpoints"`
+		} `json:"spec"`
+	}
+	if err := yaml.Unmarshal([]byte(objs["ServiceMonitor"]), &sm); err != nil || sm.APIVersion != "monitoring.coreos.com/v1" {
+		t.Fatalf("ServiceMonitor %v:\n%s", err, objs["ServiceMonitor"])
+	}
+	var svc corev1.Service
+	mustParse(t, objs["Service"], &svc)
+	for k, v := range sm.Spec.Selector.MatchLabels {
+		if svc.Labels[k] != v {
+			t.Errorf("ServiceMonitor selects %s=%s, the metrics Service has %q", k, v, svc.Labels[k])
+		}
+	}
+	if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "metrics" || sm.Spec.Endpoints[0].Path != "/metrics" ||
+		len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "metrics" || !slices.Equal(sm.Spec.NamespaceSelector.MatchNames, []string{chartNamespace}) {
+		t.Errorf("ServiceMonitor endpoints %+v do not scrape Service ports %+v", sm.Spec.Endpoints, svc.Spec.Ports)
+	}
+	var d appsv1.Deployment
+	mustParse(t, objs["Deployment"], &d)
+	for k, v := range svc.Spec.Selector {
+		if d.Spec.Template.Labels[k] != v {
+			t.Errorf("metrics Service selects %s=%s, the operator pod has %q", k, v, d.Spec.Template.Labels[k])
+		}
+	}
+}
+
+// TestChartApplies applies `helm template` of the chart, with a first
+// Registry, to a real API server with the real kubectl and checks every
+// object is accepted — in a namespace that enforces the restricted Pod
+// Security profile, with the admission plugin's warnings turned on.
+func TestChartApplies(t *testing.T) {
+	rendered := renderChart(t, "registry.enabled=true", "registry.auth.mode=none")
+	docs := splitDocs(rendered)
+	objs := byKind(t, docs)
+	for _, kind := range []string{"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service", "Registry"} {
+		if _, ok := objs[kind]; !ok {
+			t.Errorf("the chart renders no %s", kind)
+		}
+	}
+
+	env, err := testenv.Start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = env.Stop() }()
+	kubeconfig, err := env.WriteKubeconfig(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubectl := filepath.Join(env.AssetsDir(), "kubectl")
+	run := func(stdin string, wantOK bool, args ...string) string {
+		t.Helper()
+		cmd := exec.Command(kubectl, append([]string{"--kubeconfig", kubeconfig}, args...)...)
+		cmd.Stdin = strings.NewReader(stdin)
+		out, err := cmd.CombinedOutput()
+		if (err == nil) != wantOK {
+			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+	run("", true, "create", "namespace", chartNamespace)
+	run("", true, "label", "namespace", chartNamespace,
+		"pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/warn=restricted")
+
+	// The Pod Security admission plugin is live: a Deployment without the
+	// chart's security context draws its warning.
+	var bare appsv1.Deployment
+	mustParse(t, objs["Deployment"], &bare)
+	bare.Spec.Template.Spec.SecurityContext = nil
+	bare.Spec.Template.Spec.Containers[0].SecurityContext = nil
+	bareYAML, err := yaml.Marshal(&bare)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out := run(string(bareYAML), true, "apply", "--dry-run=server", "-f", "-"); !strings.Contains(out, "would violate PodSecurity") {
+		t.Fatalf("a Deployment without a security context drew no Pod Security warning:\n%s", out)
+	}
+
+	// Applied for real, CRDs first as helm installs them, then the rest.
+	out := run(rendered, true, "apply", "--server-side", "-f", "-")
+	if strings.Contains(out, "PodSecurity") || strings.Contains(strings.ToLower(out), "warning") {
+		t.Errorf("applying the chart drew warnings:\n%s", out)
+	}
+	applied := strings.Count(out, " serverside-applied")
+	if applied != len(docs) {
+		t.Errorf("%d of %d rendered objects applied:\n%s", applied, len(docs), out)
+	}
+	t.Logf("%d objects accepted by the API server:\n%s", applied, strings.TrimSpace(out))
+
+	// The objects landed where the chart says, and the operator's
+	// ServiceAccount holds what its reconcilers need.
+	run("", true, "-n", chartNamespace, "get", "deployment/stevedore-operator", "service/stevedore-operator-metrics",
+		"serviceaccount/stevedore-operator", "registry/registry")
+	sa := "--as=system:serviceaccount:" + chartNamespace + ":stevedore-operator"
+	// can-i prints warnings for cluster-scoped resources first; the answer is the last line.
+	answer := func(out string) string {
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		return strings.TrimSpace(lines[len(lines)-1])
+	}
+	for _, can := range [][]string{
+		{"create", "deployments.apps", "-n", "team-a"},
+		{"patch", "registries.stevedore.dev", "--subresource=status", "-n", "team-a"},
+		{"create", "leases.coordination.k8s.io", "-n", chartNamespace},
+		{"create", "clusterrolebindings.rbac.authorization.k8s.io"},
+		{"bind", "clusterroles.rbac.authorization.k8s.io/system:auth-delegator"},
+	} {
+		if out := run("", true, append([]string{"auth", "can-i", sa}, can...)...); answer(out) != "yes" {
+			t.Errorf("the operator's ServiceAccount cannot %v: %s", can, out)
+		}
+	}
+	for _, cannot := range [][]string{
+		{"get", "nodes"},
+		{"create", "pods", "-n", "team-a"},
+		{"bind", "clusterroles.rbac.authorization.k8s.io/cluster-admin"},
+	} {
+		if out := run("", false, append([]string{"auth", "can-i", sa}, cannot...)...); answer(out) != "no" {
+			t.Errorf("the operator's ServiceAccount may %v: %s", cannot, out)
+		}
+	}
+}

@@ -434,4 +434,20 @@ func TestChartApplies(t *testing.T) {
 			t.Errorf("the operator's ServiceAccount may %v: %s", cannot, out)
 		}
 	}
+
+	// And the documented path itself: helm install (a second release, in
+	// its own namespace, beside the objects above), its NOTES, uninstall.
+	out, _ = runHelm(t, true, "install", "second", "charts/stevedore", "--kubeconfig", kubeconfig,
+		"-n", "second-system", "--create-namespace", "--set", "registry.enabled=true", "--set", "registry.auth.mode=none")
+	for _, want := range []string{"STATUS: deployed", "kubectl -n second-system wait --for=condition=Ready registry/registry", "port-forward svc/registry-registry"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("helm install printed no %q:\n%s", want, out)
+		}
+	}
+	run("", true, "-n", "second-system", "get", "deployment/second-stevedore-operator", "registry/registry",
+		"clusterrole/second-stevedore-manager-role")
+	runHelm(t, true, "uninstall", "second", "--kubeconfig", kubeconfig, "-n", "second-system", "--wait")
+	if out := run("", false, "get", "clusterrole/second-stevedore-manager-role"); !strings.Contains(out, "NotFound") {
+		t.Errorf("helm uninstall left the ClusterRole: %s", out)
+	}
 }

@@ -29,6 +29,17 @@ func TestOperatorArgsParse(t *testing.T) {
 			if c.registry != "main" || c.namespace != "team" || c.storageURL != "s3://bucket?region=eu-west-1" || c.debugAddr == "" {
 				t.Errorf("config %+v", c)
 			}
+			// Never open by default: an unset mode is kubernetes.
+			if c.authMode != "kubernetes" || c.anonymousPull {
+				t.Errorf("auth %q anonymous pull %v", c.authMode, c.anonymousPull)
+			}
+		}},
+		{"auth none with anonymous pull", func(r *v1.Registry) {
+			r.Spec.Auth = v1.AuthSpec{Mode: v1.AuthNone, AnonymousPull: true}
+		}, func(t *testing.T, c config) {
+			if c.authMode != "none" || !c.anonymousPull {
+				t.Errorf("auth %q anonymous pull %v", c.authMode, c.anonymousPull)
+			}
 		}},
 		{"prefix and limits", func(r *v1.Registry) {
 			r.Spec.Storage.Prefix = "tenant-a/"

@@ -29,6 +29,7 @@ import (
 	"gocloud.dev/blob"
 
 	"github.com/stevedore-dev/stevedore/internal/bucket"
+	"github.com/stevedore-dev/stevedore/internal/version"
 	"github.com/stevedore-dev/stevedore/registryd/auth"
 	"github.com/stevedore-dev/stevedore/registryd/server"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
@@ -74,6 +75,7 @@ func main() {
 	bindFlags(flag.CommandLine, &c)
 	flag.Parse()
 	log := newLogger(c.logFormat)
+	log.Info("registryd starting", "version", version.Version)
 	if err := run(log, c); err != nil {
 		log.Error("registryd failed", "error", err)
 		os.Exit(1)

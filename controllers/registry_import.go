@@ -101,7 +101,8 @@ func (r *RegistryReconciler) importRepository(ctx context.Context, reg *v1.Regis
 	repo := &v1.Repository{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: v1.RepositoryObjectName(reg.Name, path), Namespace: reg.Namespace,
-			Labels: map[string]string{labelRegistry: reg.Name},
+			Labels:     map[string]string{labelRegistry: reg.Name},
+			Finalizers: []string{v1.RepositoryFinalizer},
 		},
 		Spec: v1.RepositorySpec{Registry: reg.Name, Name: path},
 	}

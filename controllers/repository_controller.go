@@ -24,8 +24,6 @@ import (
 )
 
 const (
-	// repositoryFinalizer applies deletionPolicy before the object goes.
-	repositoryFinalizer = "stevedore.dev/deletion-policy"
 	// indexRepositoryPath indexes Repositories by "<registry>/<path>".
 	indexRepositoryPath = "spec.registry+spec.name"
 )
@@ -82,11 +80,11 @@ func (r *RepositoryReconciler) patchStatus(ctx context.Context, s *repositorySco
 }
 
 func (r *RepositoryReconciler) reconcileFinalizer(ctx context.Context, s *repositoryScope) error {
-	if controllerutil.ContainsFinalizer(s.repo, repositoryFinalizer) {
+	if controllerutil.ContainsFinalizer(s.repo, v1.RepositoryFinalizer) {
 		return nil
 	}
 	base := s.repo.DeepCopy()
-	controllerutil.AddFinalizer(s.repo, repositoryFinalizer)
+	controllerutil.AddFinalizer(s.repo, v1.RepositoryFinalizer)
 	return r.Patch(ctx, s.repo, client.MergeFrom(base))
 }
 
@@ -157,7 +155,7 @@ func (r *RepositoryReconciler) summarize(s *repositoryScope, err error) {
 
 // reconcileDelete applies deletionPolicy, then lets the object go.
 func (r *RepositoryReconciler) reconcileDelete(ctx context.Context, repo *v1.Repository) error {
-	if !controllerutil.ContainsFinalizer(repo, repositoryFinalizer) {
+	if !controllerutil.ContainsFinalizer(repo, v1.RepositoryFinalizer) {
 		return nil
 	}
 	if repo.Spec.DeletionPolicy == v1.DeletionDelete {
@@ -172,7 +170,7 @@ func (r *RepositoryReconciler) reconcileDelete(ctx context.Context, repo *v1.Rep
 			"could not mark the retained repository deleted in the bucket: %v", err)
 	}
 	base := repo.DeepCopy()
-	controllerutil.RemoveFinalizer(repo, repositoryFinalizer)
+	controllerutil.RemoveFinalizer(repo, v1.RepositoryFinalizer)
 	return client.IgnoreNotFound(r.Patch(ctx, repo, client.MergeFrom(base)))
 }
 

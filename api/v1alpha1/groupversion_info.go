@@ -22,3 +22,9 @@ var (
 // LabelRegistry labels objects made for a Registry (Repositories registryd or
 // the operator create, the operator's cluster-scoped children) with its name.
 const LabelRegistry = "stevedore.dev/registry"
+
+// RepositoryFinalizer lets the operator apply a Repository's deletionPolicy
+// before the object goes. Whoever creates a Repository (registryd on push,
+// the operator's journal import) sets it at creation, so even a deletion
+// that follows at once goes through the policy.
+const RepositoryFinalizer = "stevedore.dev/deletion-policy"

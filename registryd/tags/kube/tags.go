@@ -121,6 +121,9 @@ func (s *Store) createRepository(ctx context.Context, reg *v1.Registry, path str
 			Name:      v1.RepositoryObjectName(reg.Name, path),
 			Namespace: reg.Namespace,
 			Labels:    map[string]string{v1.LabelRegistry: reg.Name},
+			// Set now, not by the operator later: a deletion right after
+			// creation must still go through the deletion policy.
+			Finalizers: []string{v1.RepositoryFinalizer},
 		},
 		Spec: v1.RepositorySpec{Registry: reg.Name, Name: path},
 	}

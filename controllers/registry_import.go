@@ -3,7 +3,6 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"net/url"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -12,7 +11,6 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
-	"github.com/stevedore-dev/stevedore/internal/bucket"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
@@ -32,14 +30,10 @@ func (r *RegistryReconciler) reconcileJournalImport(ctx context.Context, s *regi
 	if done, ok := r.imported.Load(s.reg.UID); (ok && done == loc) || !isConditionTrue(s.status.Conditions, v1.ConditionStorageReady) {
 		return nil
 	}
-	if u, err := url.Parse(s.reg.Spec.Storage.URL); err == nil && u.Scheme == "file" && !r.LocalStorageReachable {
+	if r.storageOutOfReach(s.reg) {
 		return nil // a pod's volume: nothing survives the pod, nothing to import
 	}
-	env, err := storageEnv(ctx, r.Client, s.reg)
-	if err != nil {
-		return err
-	}
-	b, err := bucket.Open(ctx, s.reg.Spec.Storage.URL, bucket.Options{Prefix: s.reg.Spec.Storage.Prefix, Env: env})
+	b, err := openStorage(ctx, r.Client, s.reg)
 	if err != nil {
 		return err
 	}

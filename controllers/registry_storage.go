@@ -3,9 +3,9 @@ package controllers
 import (
 	"context"
 	"fmt"
-	"net/url"
 	"time"
 
+	"gocloud.dev/blob"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -37,7 +37,7 @@ func ProbeBucket(ctx context.Context, storage v1.StorageSpec, env map[string]str
 // reconcileStorage sets StorageReady from a probe of the bucket.
 func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registryScope) error {
 	gen := s.reg.Generation
-	if u, err := url.Parse(s.reg.Spec.Storage.URL); err == nil && u.Scheme == "file" && !r.LocalStorageReachable {
+	if r.storageOutOfReach(s.reg) {
 		// A file:// bucket is a volume inside registryd's pod, out of the
 		// operator's reach; registryd's readiness probe covers it.
 		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionTrue, ReasonStorageInPod,
@@ -69,6 +69,22 @@ func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registrySc
 		"wrote, read and deleted a probe object")
 	s.requeue(probeEveryWhenOK)
 	return nil
+}
+
+// storageOutOfReach: a file:// bucket is a volume inside registryd's pod,
+// which the operator can neither probe nor change, unless it shares the
+// filesystem (make dev, tests).
+func (o Options) storageOutOfReach(reg *v1.Registry) bool {
+	return fileStorageDir(reg) != "" && !o.LocalStorageReachable
+}
+
+// openStorage opens a Registry's bucket with the credentials of its secretRef.
+func openStorage(ctx context.Context, c client.Reader, reg *v1.Registry) (*blob.Bucket, error) {
+	env, err := storageEnv(ctx, c, reg)
+	if err != nil {
+		return nil, err
+	}
+	return bucket.Open(ctx, reg.Spec.Storage.URL, bucket.Options{Prefix: reg.Spec.Storage.Prefix, Env: env})
 }
 
 // storageEnv reads the Secret named by storage.secretRef as environment variables.

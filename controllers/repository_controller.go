@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/url"
 
 	"gocloud.dev/blob"
 	corev1 "k8s.io/api/core/v1"
@@ -177,22 +176,22 @@ func (r *RepositoryReconciler) reconcileDelete(ctx context.Context, repo *v1.Rep
 // markDeleted leaves a tombstone by the retained content, so the journal
 // import does not bring back a repository a person deleted.
 func (r *RepositoryReconciler) markDeleted(ctx context.Context, repo *v1.Repository) error {
-	b, done, err := r.openRegistryBucket(ctx, repo)
+	b, err := r.openRegistryBucket(ctx, repo)
 	if err != nil || b == nil {
 		return err
 	}
-	defer done()
+	defer b.Close()
 	return tags.NewBucket(b).MarkDeleted(ctx, repo.Spec.Name)
 }
 
 // deleteBucketContent removes the repository's links, referrers and tag
 // journal. Blobs are shared across repositories: garbage collection sweeps them.
 func (r *RepositoryReconciler) deleteBucketContent(ctx context.Context, repo *v1.Repository) error {
-	b, done, err := r.openRegistryBucket(ctx, repo)
+	b, err := r.openRegistryBucket(ctx, repo)
 	if err != nil || b == nil {
 		return err
 	}
-	defer done()
+	defer b.Close()
 	n, err := bucket.DeletePrefixes(ctx, b, storage.RepositoryOwnPrefixes(repo.Spec.Name))
 	if err != nil {
 		return fmt.Errorf("deleting repository %s from the bucket: %w", repo.Spec.Name, err)
@@ -205,30 +204,22 @@ func (r *RepositoryReconciler) deleteBucketContent(ctx context.Context, repo *v1
 // openRegistryBucket opens the bucket of the Repository's Registry; nil when
 // the operator cannot reach it (Registry gone, file:// in a pod), which it
 // reports as an Event.
-func (r *RepositoryReconciler) openRegistryBucket(ctx context.Context, repo *v1.Repository) (*blob.Bucket, func(), error) {
+func (r *RepositoryReconciler) openRegistryBucket(ctx context.Context, repo *v1.Repository) (*blob.Bucket, error) {
 	reg := &v1.Registry{}
 	if err := r.Get(ctx, client.ObjectKey{Namespace: repo.Namespace, Name: repo.Spec.Registry}, reg); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonRegistryNotFound, "Delete",
 				"Registry %s is gone: its bucket cannot be changed", repo.Spec.Registry)
-			return nil, nil, nil
+			return nil, nil
 		}
-		return nil, nil, err
+		return nil, err
 	}
-	if u, err := url.Parse(reg.Spec.Storage.URL); err == nil && u.Scheme == "file" && !r.LocalStorageReachable {
+	if r.storageOutOfReach(reg) {
 		r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonBucketCleanupFailed, "Delete",
 			"file:// storage lives in registryd's pod, out of the operator's reach")
-		return nil, nil, nil
+		return nil, nil
 	}
-	env, err := storageEnv(ctx, r.Client, reg)
-	if err != nil {
-		return nil, nil, err
-	}
-	b, err := bucket.Open(ctx, reg.Spec.Storage.URL, bucket.Options{Prefix: reg.Spec.Storage.Prefix, Env: env})
-	if err != nil {
-		return nil, nil, err
-	}
-	return b, func() { _ = b.Close() }, nil
+	return openStorage(ctx, r.Client, reg)
 }
 
 // SetupWithManager watches Repositories, their Registry, and their rivals for

@@ -24,7 +24,9 @@ type Options struct {
 	Prefix string
 	// Env holds credentials as the drivers' environment variables
 	// (AWS_*, AZURE_STORAGE_*, …) for callers that are not the pod itself,
-	// such as the operator's probe. Empty means the process environment.
+	// such as the operator's probe. No driver reads it yet: until the cloud
+	// drivers are wired to it (issue 6), a cloud bucket is opened with the
+	// process's own environment. file:// and mem:// need no credentials.
 	Env map[string]string
 }
 

@@ -355,26 +355,7 @@ func TestChartApplies(t *testing.T) {
 		}
 	}
 
-	env, err := testenv.Start()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = env.Stop() }()
-	kubeconfig, err := env.WriteKubeconfig(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubectl := filepath.Join(env.AssetsDir(), "kubectl")
-	run := func(stdin string, wantOK bool, args ...string) string {
-		t.Helper()
-		cmd := exec.Command(kubectl, append([]string{"--kubeconfig", kubeconfig}, args...)...)
-		cmd.Stdin = strings.NewReader(stdin)
-		out, err := cmd.CombinedOutput()
-		if (err == nil) != wantOK {
-			t.Fatalf("kubectl %v: %v\n%s", args, err, out)
-		}
-		return string(out)
-	}
+	kubeconfig, run := startAPIServer(t)
 	run("", true, "create", "namespace", chartNamespace)
 	run("", true, "label", "namespace", chartNamespace,
 		"pod-security.kubernetes.io/enforce=restricted", "pod-security.kubernetes.io/warn=restricted")

@@ -27,6 +27,8 @@ type change struct {
 	done   chan error
 	// err is apply's verdict in the attempt that was written.
 	err error
+	// repo is the Repository as written (for the caller's Event).
+	repo *v1.Repository
 }
 
 // committer queues the changes of one replica per repository, so a replica
@@ -54,8 +56,7 @@ func (s *Store) commit(ctx context.Context, path string, c *change) (*v1.Reposit
 	}
 	select {
 	case err := <-c.done:
-		repo, _ := s.cached(ctx, path)
-		return repo, err
+		return c.repo, err
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
@@ -76,9 +77,10 @@ func (s *Store) drain(path string) {
 		q.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
-		err := s.write(ctx, path, batch)
+		repo, err := s.write(ctx, path, batch)
 		cancel()
 		for _, c := range batch {
+			c.repo = repo
 			if err != nil {
 				c.done <- err
 			} else {
@@ -92,27 +94,27 @@ func (s *Store) drain(path string) {
 // On a conflict it re-reads live and re-applies, until the commit deadline:
 // a short, jittered, capped backoff keeps a replica that lost a few rounds
 // from starving behind one that keeps winning.
-func (s *Store) write(ctx context.Context, path string, batch []*change) error {
+func (s *Store) write(ctx context.Context, path string, batch []*change) (*v1.Repository, error) {
 	reg, err := s.registry(ctx)
 	if err != nil {
-		return unavailable(err)
+		return nil, unavailable(err)
 	}
 	if reg == nil {
-		return notFoundRegistry(s.opts)
+		return nil, notFoundRegistry(s.opts)
 	}
 	delay := time.Millisecond
 	for attempt := 0; ; attempt++ {
-		err := s.tryWrite(ctx, path, batch, reg, attempt > 0)
+		repo, err := s.tryWrite(ctx, path, batch, reg, attempt > 0)
 		if !apierrors.IsConflict(err) {
 			if err != nil && !isStoreError(err) {
-				return unavailable(fmt.Errorf("updating Repository status: %w", err))
+				return nil, unavailable(fmt.Errorf("updating Repository status: %w", err))
 			}
-			return err
+			return repo, err
 		}
 		s.conflicts.Inc()
 		select {
 		case <-ctx.Done():
-			return unavailable(fmt.Errorf("updating Repository status: still conflicting after %d attempts: %w", attempt+1, err))
+			return nil, unavailable(fmt.Errorf("updating Repository status: still conflicting after %d attempts: %w", attempt+1, err))
 		case <-time.After(delay/2 + rand.N(delay)):
 		}
 		delay = min(2*delay, 64*time.Millisecond)
@@ -121,7 +123,7 @@ func (s *Store) write(ctx context.Context, path string, batch []*change) error {
 
 // tryWrite is one read-apply-update round; live forces a read from the API
 // server (after a conflict the cache is known to be stale).
-func (s *Store) tryWrite(ctx context.Context, path string, batch []*change, reg *v1.Registry, live bool) error {
+func (s *Store) tryWrite(ctx context.Context, path string, batch []*change, reg *v1.Registry, live bool) (*v1.Repository, error) {
 	var repo *v1.Repository
 	var err error
 	if !live {
@@ -133,17 +135,17 @@ func (s *Store) tryWrite(ctx context.Context, path string, batch []*change, reg 
 		repo, err = s.live(ctx, path, repo)
 	}
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if repo == nil {
 		if !wantsCreate(batch) {
 			for _, c := range batch {
 				c.err = tags.ErrNotFound
 			}
-			return nil
+			return nil, nil
 		}
 		if repo, err = s.createRepository(ctx, reg, path); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	changed := false
@@ -153,13 +155,13 @@ func (s *Store) tryWrite(ctx context.Context, path string, batch []*change, reg 
 		changed = changed || did
 	}
 	if !changed {
-		return nil
+		return repo, nil
 	}
 	if err := s.client.Status().Update(ctx, repo); err != nil {
-		return err
+		return nil, err
 	}
 	s.remember(path, repo)
-	return nil
+	return repo, nil
 }
 
 func wantsCreate(batch []*change) bool {

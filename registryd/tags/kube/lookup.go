@@ -114,8 +114,6 @@ func counterValue(c prometheus.Counter) float64 {
 	return m.GetCounter().GetValue()
 }
 
-func keyOf(o client.Object) client.ObjectKey { return client.ObjectKeyFromObject(o) }
-
 // Repositories lists the paths of this Registry's Repositories, sorted, from
 // the cache: the catalog without a bucket walk.
 func (s *Store) Repositories(ctx context.Context) ([]string, error) {

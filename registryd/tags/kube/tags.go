@@ -11,6 +11,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
@@ -129,7 +130,7 @@ func (s *Store) createRepository(ctx context.Context, reg *v1.Registry, path str
 	}
 	err := s.client.Create(ctx, repo)
 	if apierrors.IsAlreadyExists(err) {
-		if err := s.client.Get(ctx, keyOf(repo), repo); err != nil {
+		if err := s.client.Get(ctx, client.ObjectKeyFromObject(repo), repo); err != nil {
 			return nil, unavailable(err)
 		}
 		return repo, nil

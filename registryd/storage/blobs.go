@@ -86,27 +86,22 @@ func (s *Store) WriteContent(ctx context.Context, d digest.Digest, size int64, r
 		// upload it again.
 		return verifyOnly(d, size, io.TeeReader(r, verifier), verifier)
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w, err := s.bucket.NewWriter(wctx, key, &blob.WriterOptions{IfNotExist: true, ContentType: "application/octet-stream"})
-	if err != nil {
-		return 0, classify(err, key)
-	}
-	n, err := io.Copy(w, io.TeeReader(r, verifier))
-	switch {
-	case err != nil:
-		err = fmt.Errorf("streaming %s: %w", d, err)
-	case size >= 0 && n != size:
-		err = fmt.Errorf("%s: got %d bytes, want %d: %w", d, n, size, ErrSizeMismatch)
-	case !verifier.Verified():
-		err = fmt.Errorf("%s: %w", d, ErrDigestMismatch)
-	}
-	if err != nil {
-		cancel() // abort: the driver discards what it has buffered
-		_ = w.Close()
-		return n, err
-	}
-	if err := classify(w.Close(), key); err != nil && !errors.Is(err, ErrExists) {
+	// The check runs when the client's bytes end, before the driver may
+	// commit: a mismatch cancels the write, so nothing partial or wrong
+	// is ever visible under blobs/.
+	n, err := Stream(ctx, s.bucket, key, io.TeeReader(r, verifier), &blob.WriterOptions{IfNotExist: true}, func(n int64) error {
+		switch {
+		case size >= 0 && n != size:
+			return fmt.Errorf("%s: got %d bytes, want %d: %w", d, n, size, ErrSizeMismatch)
+		case !verifier.Verified():
+			return fmt.Errorf("%s: %w", d, ErrDigestMismatch)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrExists) {
+		if !errors.Is(err, ErrSizeMismatch) && !errors.Is(err, ErrDigestMismatch) && !errors.Is(err, ErrUnavailable) {
+			err = fmt.Errorf("streaming %s: %w", d, err)
+		}
 		return n, err
 	}
 	return n, nil

@@ -47,7 +47,7 @@ func (s *Store) readAll(ctx context.Context, key string, limit int64) ([]byte, e
 }
 
 func (s *Store) writeSmall(ctx context.Context, key string, content []byte, contentType string) error {
-	return classify(s.bucket.WriteAll(ctx, key, content, &blob.WriterOptions{ContentType: contentType}), key)
+	return WriteSmall(ctx, s.bucket, key, content, &blob.WriterOptions{ContentType: contentType})
 }
 
 func (s *Store) delete(ctx context.Context, key string) error {

@@ -15,7 +15,12 @@
 # and registryd keeps tags in Repository status. After the suite, every
 # Repository's status must hold exactly the tags of the bucket's journal.
 #
-# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube"),
+# Storages "s3", "azure" and "gcs" run registryd on versitygw, Azurite and
+# fake-gcs-server, which hack/storage-servers.sh installs (cached) and
+# starts on 127.0.0.1 once for the whole run; each run gets its own
+# --storage-prefix in the shared bucket.
+#
+# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube s3 azure gcs"),
 #      CONFORMANCE_SPECS ("1.1 dev"), REGISTRYD (binary), STEVEDORE_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +29,7 @@ version="${CONFORMANCE_VERSION:-v0.0.0-20260831232431-97274622c111}"
 cache="${STEVEDORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stevedore}"
 suite="$cache/tools/oci-conformance-$version"
 registryd="${REGISTRYD:-bin/registryd}"
-storages="${CONFORMANCE_STORAGES:-file mem kube}"
+storages="${CONFORMANCE_STORAGES:-file mem kube s3 azure gcs}"
 specs="${CONFORMANCE_SPECS:-1.1 dev}"
 
 if [[ ! -x "$suite" ]]; then
@@ -36,21 +41,25 @@ fi
 
 work="$(mktemp -d)"
 pid=""
+servers=""
 cleanup() {
   if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  if [[ -n "$servers" ]]; then hack/storage-servers.sh stop "$servers"; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-start_registryd() { # port storage-url log; sets pid
+start_registryd() { # port storage-url log [prefix [KEY=VALUE…]]; sets pid
   if [[ "$2" == kube ]]; then
     # Tags in Repository status: the dev harness, as `make dev` runs it.
     "$devbin" --addr "127.0.0.1:$1" --debug-addr "127.0.0.1:$(free_port)" --dir "$(dirname "$3")/dev" \
       --registryd "$registryd" >"$3" 2>&1 &
   else
-    STEVEDORE_HTTP_SECRET=conformance "$registryd" --addr "127.0.0.1:$1" --storage "$2" >"$3" 2>&1 &
+    # shellcheck disable=SC2086 # $5: the backend's KEY=VALUE credentials
+    env STEVEDORE_HTTP_SECRET=conformance ${5:-} "$registryd" --addr "127.0.0.1:$1" --storage "$2" \
+      --storage-prefix "${4:-}" >"$3" 2>&1 &
   fi
   pid=$!
   for _ in $(seq 600); do
@@ -93,19 +102,30 @@ print(f"kube: {len(repos)} Repository objects; status holds the journal's {len(s
 PY
 }
 
+if [[ " $storages " =~ \ (s3|azure|gcs)\  ]]; then
+  servers="$work/servers"
+  hack/storage-servers.sh start "$servers"
+  # shellcheck disable=SC1091
+  source "$servers/env"
+fi
+
 failed=0
 summary=()
 for storage in $storages; do
   for spec in $specs; do
     dir="$work/$storage-$spec"; mkdir -p "$dir"
+    prefix="" creds=""
     case "$storage" in
       file) url="file://$dir/bucket" ;;
       mem) url="mem://" ;;
       kube) url="kube" ;;
+      s3 | azure | gcs)
+        u="STORAGE_URL_${storage^^}" e="STORAGE_ENV_${storage^^}"
+        url="${!u}" creds="${!e}" prefix="conformance-$spec/" ;;
       *) echo "unknown storage $storage" >&2; exit 2 ;;
     esac
     port="$(free_port)"
-    start_registryd "$port" "$url" "$dir/registryd.log"
+    start_registryd "$port" "$url" "$dir/registryd.log" "$prefix" "$creds"
     rc=0
     (cd "$dir" && env OCI_REGISTRY="127.0.0.1:$port" OCI_TLS=disabled OCI_VERSION="$spec" \
       OCI_REPO1=conformance/repo1 OCI_REPO2=conformance/repo2 \
@@ -125,6 +145,7 @@ for storage in $storages; do
       failed=1
       grep -E 'FAIL' "$dir/report.txt" | head -40 || true
       grep -E 'failed test' "$dir/stderr.txt" | head -20 || true
+      echo "registryd log (tail):"; tail -20 "$dir/registryd.log" || true
     fi
   done
 done

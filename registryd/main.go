@@ -116,7 +116,7 @@ func run(log *slog.Logger, c config) error {
 	}
 	handler := auth.Middleware(server.New(b, tagStore, &server.Options{
 		MaxManifestBytes: c.maxManifestBytes, Secret: secret, ChunkMinLength: c.chunkMinLength,
-		RedirectTTL: c.redirectTTL, Logger: log, Registerer: reg,
+		RedirectTTL: c.redirectTTL, BeforeSign: bucket.BeforeSign(c.storageURL, nil), Logger: log, Registerer: reg,
 	}), auth.Options{Mode: mode, AnonymousPull: c.anonymousPull, Realm: "stevedore"})
 	if (c.tlsCertFile == "") != (c.tlsKeyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")

@@ -16,7 +16,7 @@ import (
 // ttl, or ErrUnsupported when the backend cannot sign (mem://, file://
 // without a signer). Callers check the repository link first.
 func (s *Store) SignedURL(ctx context.Context, d digest.Digest, ttl time.Duration) (string, error) {
-	u, err := s.bucket.SignedURL(ctx, BlobKey(d), &blob.SignedURLOptions{Expiry: ttl, Method: "GET"})
+	u, err := s.bucket.SignedURL(ctx, BlobKey(d), &blob.SignedURLOptions{Expiry: ttl, Method: "GET", BeforeSign: s.beforeSign})
 	if gcerrors.Code(err) == gcerrors.Unimplemented {
 		return "", fmt.Errorf("signing %s: %w", d, ErrUnsupported)
 	}

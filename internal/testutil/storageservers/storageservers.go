@@ -303,6 +303,10 @@ func tail(s string, n int) string {
 	return s
 }
 
+// BucketDir is where versitygw keeps the bucket's objects as files (S3
+// only), for tests that look at what an outage left behind.
+func (s *Server) BucketDir() string { return filepath.Join(s.dir, "data", Bucket) }
+
 // Port is the server's port, for logs.
 func (s *Server) Port() int {
 	_, p, _ := net.SplitHostPort(s.Addr)

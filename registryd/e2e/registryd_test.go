@@ -60,14 +60,14 @@ func (r *registry) url() string { return "http://" + r.host }
 
 // startRegistryd runs the binary on a free port over storage and stops it
 // when the test ends.
-func startRegistryd(t *testing.T, storage string, flags ...string) *registry {
+func startRegistryd(t testing.TB, storage string, flags ...string) *registry {
 	t.Helper()
 	return startRegistrydEnv(t, storage, nil, flags...)
 }
 
 // startRegistrydEnv is startRegistryd with env (KEY=VALUE: a backend's
 // credentials) added to the process environment.
-func startRegistrydEnv(t *testing.T, storage string, env []string, flags ...string) *registry {
+func startRegistrydEnv(t testing.TB, storage string, env []string, flags ...string) *registry {
 	t.Helper()
 	r := &registry{host: testutil.FreeAddr(t), log: filepath.Join(t.TempDir(), "registryd.log")}
 	logf, err := os.Create(r.log)

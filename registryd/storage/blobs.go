@@ -107,13 +107,30 @@ func (s *Store) WriteContent(ctx context.Context, d digest.Digest, size int64, r
 	return n, nil
 }
 
-// CopyContent makes blobs/d a copy of the object at srcKey (server-side
-// where the backend can), unless d is already stored.
-func (s *Store) CopyContent(ctx context.Context, d digest.Digest, srcKey string) error {
+// MaxServerSideCopy is the largest object CopyContent copies server-side:
+// S3's CopyObject refuses sources over 5 GiB (beyond that it takes a
+// multipart UploadPartCopy, which gocloud does not issue). Azure and GCS
+// copy more, but one rule for every backend keeps behaviour the same.
+// A variable so tests can lower it.
+var MaxServerSideCopy int64 = 5 << 30
+
+// CopyContent makes blobs/d a copy of the size-byte object at srcKey,
+// unless d is already stored: server-side up to MaxServerSideCopy, streamed
+// through registryd (and verified again on the way) beyond.
+func (s *Store) CopyContent(ctx context.Context, d digest.Digest, srcKey string, size int64) error {
 	if ok, err := s.exists(ctx, BlobKey(d)); err != nil || ok {
 		return err
 	}
-	return classify(s.bucket.Copy(ctx, BlobKey(d), srcKey, nil), srcKey)
+	if size <= MaxServerSideCopy {
+		return classify(s.bucket.Copy(ctx, BlobKey(d), srcKey, nil), srcKey)
+	}
+	r, err := s.bucket.NewReader(ctx, srcKey, nil)
+	if err != nil {
+		return classify(err, srcKey)
+	}
+	defer r.Close()
+	_, err = s.WriteContent(ctx, d, size, r)
+	return err
 }
 
 // LinkBlob records that blob d belongs to repository name.

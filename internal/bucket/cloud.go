@@ -9,18 +9,21 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"cloud.google.com/go/storage"
-	"github.com/Azure/azure-sdk-for-go/sdk/azcore/policy"
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/Azure/azure-sdk-for-go/sdk/azidentity"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob"
 	"github.com/Azure/azure-sdk-for-go/sdk/storage/azblob/container"
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	gcaws "gocloud.dev/aws"
@@ -39,6 +42,21 @@ import (
 // with the credentials of that Registry's secretRef. The URL query
 // parameters stay gocloud's (the parsers below are gocloud's own), so a
 // storage.url means the same thing in the operator and in registryd.
+
+// ResponseHeaderTimeout bounds how long a cloud request waits for the
+// backend to start answering once the request is sent. Without it a hung
+// backend (accepting connections, answering nothing) holds every client
+// request open forever; with it the request fails, registryd answers 503
+// with Retry-After, and the client retries. Bodies are not bounded: a
+// large blob may take as long as it takes. A variable so tests can lower it.
+var ResponseHeaderTimeout = time.Minute
+
+// transport is the HTTP transport of every cloud client.
+func transport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.ResponseHeaderTimeout = ResponseHeaderTimeout
+	return t
+}
 
 // env answers the driver environment variables: from Options.Env when the
 // caller passed one (a Registry's secretRef: then it is the whole
@@ -87,6 +105,9 @@ func openS3(ctx context.Context, u *url.URL, o Options) (*blob.Bucket, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.HTTPClient = awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
+		t.ResponseHeaderTimeout = ResponseHeaderTimeout
+	})
 	if id := o.getenv("AWS_ACCESS_KEY_ID"); id != "" {
 		cfg.Credentials = aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider(
 			id, o.getenv("AWS_SECRET_ACCESS_KEY"), o.getenv("AWS_SESSION_TOKEN")))
@@ -118,7 +139,7 @@ func openAzure(ctx context.Context, u *url.URL, o Options) (*blob.Bucket, error)
 			Protocol: o.getenv("AZURE_STORAGE_PROTOCOL"), IsCDN: isCDN, IsLocalEmulator: isEmu,
 		},
 		MakeClient: func(svcURL azureblob.ServiceURL, name azureblob.ContainerName) (*container.Client, error) {
-			opts := &container.ClientOptions{ClientOptions: policy.ClientOptions{}}
+			opts := &container.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: &http.Client{Transport: transport()}}}
 			containerURL, err := url.JoinPath(string(svcURL), string(name))
 			if err != nil {
 				return nil, err
@@ -165,12 +186,15 @@ func openAzure(ctx context.Context, u *url.URL, o Options) (*blob.Bucket, error)
 func openGCS(ctx context.Context, u *url.URL, o Options) (*blob.Bucket, error) {
 	if host := o.getenv("STORAGE_EMULATOR_HOST"); host != "" {
 		host = strings.TrimPrefix(strings.TrimPrefix(host, "http://"), "https://")
+		// The last WithHTTPClient wins over the http.DefaultClient gcsblob
+		// picks when the process has STORAGE_EMULATOR_HOST.
 		opener := &gcsblob.URLOpener{
-			Client: gcp.NewAnonymousHTTPClient(gcp.DefaultTransport()),
+			Client: gcp.NewAnonymousHTTPClient(transport()),
 			Options: gcsblob.Options{
 				GoogleAccessID: "stevedore@emulator",
 				SignBytes:      emulatorSign,
-				ClientOptions:  []option.ClientOption{option.WithEndpoint("http://" + host + "/storage/v1/"), option.WithoutAuthentication()},
+				ClientOptions: []option.ClientOption{option.WithEndpoint("http://" + host + "/storage/v1/"),
+					option.WithoutAuthentication(), option.WithHTTPClient(&http.Client{Transport: transport()})},
 			},
 		}
 		return opener.OpenBucketURL(ctx, u)
@@ -198,7 +222,7 @@ func openGCS(ctx context.Context, u *url.URL, o Options) (*blob.Bucket, error) {
 		PrivateKey  string `json:"private_key"`
 	}
 	_ = json.Unmarshal(key, &sa)
-	client, err := gcp.NewHTTPClient(gcp.DefaultTransport(), creds.TokenSource)
+	client, err := gcp.NewHTTPClient(transport(), creds.TokenSource)
 	if err != nil {
 		return nil, err
 	}

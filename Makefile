@@ -110,6 +110,11 @@ conformance: ## The OCI conformance suite (1.1 and dev) against a standalone reg
 clients: ## Install crane, oras, regctl and skopeo for the registryd e2e tests (cached); print their directory.
 	@hack/install-clients.sh
 
+.PHONY: test-minio
+test-minio: ## The OCI conformance suite on MinIO (slow to build the first time, so not in make test).
+	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
+	CONFORMANCE_STORAGES=minio REGISTRYD=$(LOCALBIN)/registryd hack/conformance.sh
+
 .PHONY: storage-servers
 storage-servers: ## Install versitygw, Azurite and fake-gcs-server for the storage tests (cached); print their directory.
 	@hack/storage-servers.sh install

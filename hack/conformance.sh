@@ -16,9 +16,9 @@
 # Repository's status must hold exactly the tags of the bucket's journal.
 #
 # Storages "s3", "azure" and "gcs" run registryd on versitygw, Azurite and
-# fake-gcs-server, which hack/storage-servers.sh installs (cached) and
-# starts on 127.0.0.1 once for the whole run; each run gets its own
-# --storage-prefix in the shared bucket.
+# fake-gcs-server ("minio", not a default, on MinIO), which
+# hack/storage-servers.sh installs (cached) and starts on 127.0.0.1 once for
+# the whole run; each run gets its own --storage-prefix in the shared bucket.
 #
 # Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube s3 azure gcs"),
 #      CONFORMANCE_SPECS ("1.1 dev"), REGISTRYD (binary), STEVEDORE_CACHE.
@@ -102,9 +102,13 @@ print(f"kube: {len(repos)} Repository objects; status holds the journal's {len(s
 PY
 }
 
-if [[ " $storages " =~ \ (s3|azure|gcs)\  ]]; then
+server_kinds=()
+for storage in $storages; do
+  case "$storage" in s3 | azure | gcs | minio) server_kinds+=("$storage") ;; esac
+done
+if [[ ${#server_kinds[@]} -gt 0 ]]; then
   servers="$work/servers"
-  hack/storage-servers.sh start "$servers"
+  hack/storage-servers.sh start "$servers" "${server_kinds[@]}"
   # shellcheck disable=SC1091
   source "$servers/env"
 fi
@@ -119,7 +123,7 @@ for storage in $storages; do
       file) url="file://$dir/bucket" ;;
       mem) url="mem://" ;;
       kube) url="kube" ;;
-      s3 | azure | gcs)
+      s3 | azure | gcs | minio)
         u="STORAGE_URL_${storage^^}" e="STORAGE_ENV_${storage^^}"
         url="${!u}" creds="${!e}" prefix="conformance-$spec/" ;;
       *) echo "unknown storage $storage" >&2; exit 2 ;;

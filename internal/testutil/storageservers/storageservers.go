@@ -36,9 +36,12 @@ const (
 	S3    Kind = "s3"
 	Azure Kind = "azure"
 	GCS   Kind = "gcs"
+	// MinIO is a second S3 server, slow to build, so only `make
+	// test-minio` installs it; it is not in Kinds.
+	MinIO Kind = "minio"
 )
 
-// Kinds is every backend, in the order scripts print them.
+// Kinds is every backend make test runs, in the order scripts print them.
 var Kinds = []Kind{S3, Azure, GCS}
 
 // Bucket is the bucket (container) each server is started with.
@@ -95,6 +98,8 @@ func binary(k Kind) string {
 		return "versitygw"
 	case Azure:
 		return "azurite-blob"
+	case MinIO:
+		return "minio"
 	default:
 		return "fake-gcs-server"
 	}
@@ -117,7 +122,7 @@ func New(binDir string, k Kind, dir string) (*Server, error) {
 	_ = ln.Close()
 	s := &Server{Kind: k, Addr: addr, bin: filepath.Join(binDir, binary(k)), dir: dir}
 	switch k {
-	case S3:
+	case S3, MinIO:
 		s.URL = "s3://" + Bucket + "?endpoint=http://" + addr + "&use_path_style=true"
 		s.Env = map[string]string{"AWS_ACCESS_KEY_ID": S3AccessKey, "AWS_SECRET_ACCESS_KEY": S3SecretKey, "AWS_REGION": "us-east-1"}
 	case Azure:
@@ -140,6 +145,8 @@ func (s *Server) args() []string {
 	switch s.Kind {
 	case S3:
 		return []string{"--port", s.Addr, "--access", S3AccessKey, "--secret", S3SecretKey, "posix", data}
+	case MinIO:
+		return []string{"server", "--address", s.Addr, "--quiet", data}
 	case Azure:
 		return []string{"--blobHost", host, "--blobPort", port, "--location", data,
 			"--skipApiVersionCheck", "--loose", "--disableProductStyleUrl", "--silent", "--disableTelemetry"}
@@ -166,6 +173,11 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	cmd := exec.Command(s.bin, s.args()...)
 	cmd.Dir = s.dir
+	dieWithParent(cmd)
+	if s.Kind == MinIO {
+		cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+S3AccessKey, "MINIO_ROOT_PASSWORD="+S3SecretKey,
+			"MINIO_BROWSER=off", "MINIO_UPDATE=off")
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		_ = logf.Close()
@@ -215,7 +227,7 @@ func (s *Server) Stop() {
 // as the readiness check.
 func (s *Server) ensureBucket(ctx context.Context) error {
 	switch s.Kind {
-	case S3:
+	case S3, MinIO:
 		c := s3.New(s3.Options{
 			Region: "us-east-1", BaseEndpoint: aws.String("http://" + s.Addr), UsePathStyle: true,
 			Credentials: credentials.NewStaticCredentialsProvider(S3AccessKey, S3SecretKey, ""),

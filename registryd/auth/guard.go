@@ -68,6 +68,7 @@ type Guard struct {
 	opts     Options
 	tokens   *tokenSigner
 	failures *prometheus.CounterVec
+	issued   prometheus.Counter
 	log      *slog.Logger
 }
 
@@ -102,9 +103,14 @@ func New(o Options) (*Guard, error) {
 		Name: "registryd_auth_failures_total",
 		Help: "Requests refused for wrong credentials (invalid_credentials) or missing permission (denied).",
 	}, []string{"reason"})
+	g.issued = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "registryd_auth_tokens_issued_total", Help: "Tokens issued by /token.",
+	})
 	if o.Registerer != nil {
-		if err := o.Registerer.Register(g.failures); err != nil {
-			return nil, err
+		for _, c := range []prometheus.Collector{g.failures, g.issued} {
+			if err := o.Registerer.Register(c); err != nil {
+				return nil, err
+			}
 		}
 	}
 	return g, nil
@@ -246,7 +252,8 @@ func credentials(r *http.Request) (Credentials, bool) {
 			return Credentials{Username: "", Password: ""}, true // present but unreadable: bad, not anonymous
 		}
 		user, pass, _ := strings.Cut(string(raw), ":")
-		return Credentials{Username: user, Password: pass}, true
+		// Some clients (skopeo --no-creds) send an empty pair: no credentials.
+		return Credentials{Username: user, Password: pass}, user != "" || pass != ""
 	case "bearer":
 		return Credentials{Password: value, Bearer: true}, true
 	}

@@ -224,6 +224,7 @@ func (g *Guard) writeToken(w http.ResponseWriter, r *http.Request, subject strin
 	if r.Method == http.MethodGet {
 		resp.Token = token
 	}
+	g.issued.Inc()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
 	return json.NewEncoder(w).Encode(resp)

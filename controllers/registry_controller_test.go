@@ -61,6 +61,14 @@ func controlledBy(obj metav1.Object, name string) error {
 	return nil
 }
 
+func deploymentArgs(ns, name string) []string {
+	var d appsv1.Deployment
+	if err := get(&d, ns, name); err != nil {
+		return nil
+	}
+	return registrydContainer(&d).Args
+}
+
 func registrydContainer(d *appsv1.Deployment) corev1.Container {
 	return d.Spec.Template.Spec.Containers[0]
 }
@@ -209,6 +217,40 @@ func TestRegistryChildrenFollowSpec(t *testing.T) {
 		{"back to one replica drops the PDB", func(r *v1.Registry) { r.Spec.Replicas = ptr.To[int32](1) }, func() error {
 			if err := get(&policyv1.PodDisruptionBudget{}, ns, name); !apierrors.IsNotFound(err) {
 				return fmt.Errorf("PDB still there (%v)", err)
+			}
+			return nil
+		}},
+		{"token audiences and bearer challenge reach the args", func(r *v1.Registry) {
+			r.Spec.Auth.TokenAudiences = []string{"registry", "ci"}
+			r.Spec.Auth.Challenge = "bearer"
+		}, func() error {
+			args := deploymentArgs(ns, name)
+			if !slices.Contains(args, "--token-audiences=registry,ci") || !slices.Contains(args, "--auth-challenge=bearer") {
+				return fmt.Errorf("args %v", args)
+			}
+			return nil
+		}},
+		{"htpasswd mounts its Secret as a directory", func(r *v1.Registry) {
+			r.Spec.Auth.Mode = v1.AuthHtpasswd
+			r.Spec.Auth.HtpasswdSecretRef = &corev1.LocalObjectReference{Name: "users"}
+		}, func() error {
+			var d appsv1.Deployment
+			if err := get(&d, ns, name); err != nil {
+				return err
+			}
+			c := registrydContainer(&d)
+			i := slices.IndexFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == "htpasswd" })
+			j := slices.IndexFunc(d.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == "htpasswd" })
+			switch {
+			case i < 0 || j < 0:
+				return fmt.Errorf("no htpasswd volume or mount")
+			case c.VolumeMounts[i].SubPath != "":
+				return fmt.Errorf("mounted with subPath %q: a rotated Secret would never reach the pod", c.VolumeMounts[i].SubPath)
+			case d.Spec.Template.Spec.Volumes[j].Secret == nil || d.Spec.Template.Spec.Volumes[j].Secret.SecretName != "users":
+				return fmt.Errorf("volume %+v", d.Spec.Template.Spec.Volumes[j])
+			case !slices.Contains(c.Args, "--htpasswd-file="+c.VolumeMounts[i].MountPath+"/htpasswd"),
+				!slices.Contains(c.Args, "--auth=htpasswd"), slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--token-audiences") }):
+				return fmt.Errorf("args %v", c.Args)
 			}
 			return nil
 		}},

@@ -348,3 +348,30 @@ func TestNoneLetsEverythingIn(t *testing.T) {
 		t.Errorf("htpasswd without a backend: %v", err)
 	}
 }
+
+// TestMountAsksForTheSourceScope: a token for pushing the target but silent
+// on the mount's source is sent back for one covering both, so the mount is
+// not quietly turned into a full upload.
+func TestMountAsksForTheSourceScope(t *testing.T) {
+	g, _ := newHtpasswdGuard(t, Options{Challenge: ChallengeBearer})
+	_, tok := getToken(t, g, "alice", "alice-pw", "repository:team/app:pull,push")
+	mount := func(token string) *http.Request {
+		r := httptest.NewRequest(http.MethodPost, "http://reg.example/v2/team/app/blobs/uploads/?mount=sha256:abc&from=base/img", nil)
+		r.Header.Set("Authorization", "Bearer "+token)
+		return r
+	}
+	err := g.Authorize(context.Background(), mount(tok), Access{"team/app", Push})
+	want := `scope="repository:team/app:pull,push repository:base/img:pull",error="insufficient_scope"`
+	if h := errcode.As(err).Header.Get("WWW-Authenticate"); status(err) != 401 || !strings.HasSuffix(h, want) {
+		t.Fatalf("status %d, challenge %q, want one ending %s", status(err), h, want)
+	}
+	_, both := getToken(t, g, "alice", "alice-pw", "repository:team/app:pull,push", "repository:base/img:pull")
+	if err := g.Authorize(context.Background(), mount(both), Access{"team/app", Push}); err != nil {
+		t.Fatalf("with both scopes: %v", err)
+	}
+	// A reader's token that was refused the target is 403, not a loop.
+	_, denied := getToken(t, g, "reader", "reader-pw", "repository:team/app:pull,push", "repository:base/img:pull")
+	if got := status(g.Authorize(context.Background(), mount(denied), Access{"team/app", Push})); got != 403 {
+		t.Fatalf("reader: status %d, want 403", got)
+	}
+}

@@ -126,7 +126,7 @@ func (g *Guard) Authorize(ctx context.Context, r *http.Request, a Access) error 
 		if g.anonymousMay(a) {
 			return nil
 		}
-		return g.challenge(r, a, "")
+		return g.challenge(r, "", a)
 	}
 	if creds.Bearer && g.tokens.ours(creds.Password) {
 		return g.authorizeToken(r, creds.Password, a)
@@ -160,17 +160,34 @@ func (g *Guard) authorizeToken(r *http.Request, token string, a Access) error {
 	claims, err := g.tokens.verify(token)
 	if err != nil {
 		g.failures.WithLabelValues(failureInvalid).Inc()
-		return g.challenge(r, a, "invalid_token")
+		return g.challenge(r, "invalid_token", a)
 	}
 	switch {
 	case claims.grants(a), g.anonymousMay(a):
+		// A cross-repository mount also reads the source; a token that
+		// says nothing of it is sent back for one that does, or the mount
+		// would quietly become a full upload.
+		if src, ok := mountSource(r, a); ok && !claims.grants(src) && !claims.denies(src) && !g.anonymousMay(src) {
+			return g.challenge(r, "insufficient_scope", a, src)
+		}
 		return nil
 	case claims.denies(a):
 		g.failures.WithLabelValues(failureDenied).Inc()
 		return errcode.Denied.With(a.String())
 	}
 	// A token for other scopes: the client fetches one for this scope.
-	return g.challenge(r, a, "insufficient_scope")
+	return g.challenge(r, "insufficient_scope", a)
+}
+
+// mountSource is the repository a blob mount (POST …/uploads/?mount=&from=)
+// reads from.
+func mountSource(r *http.Request, a Access) (Access, bool) {
+	q := r.URL.Query()
+	from := q.Get("from")
+	if a.Action != Push || r.Method != http.MethodPost || !q.Has("mount") || from == "" || from == a.Repository {
+		return Access{}, false
+	}
+	return Access{Repository: from, Action: Pull}, true
 }
 
 func (g *Guard) authenticate(ctx context.Context, c Credentials) (*Identity, error) {
@@ -186,7 +203,7 @@ func (g *Guard) authenticate(ctx context.Context, c Credentials) (*Identity, err
 // refuse turns an authentication error into 401 (bad credentials) or 503.
 func (g *Guard) refuse(r *http.Request, a Access, err error) error {
 	if errors.Is(err, ErrBadCredentials) {
-		return g.challenge(r, a, "invalid_token")
+		return g.challenge(r, "invalid_token", a)
 	}
 	return unavailable(err)
 }
@@ -195,24 +212,30 @@ func unavailable(err error) error {
 	return &errcode.Error{Code: errcode.Unavailable, RetryAfter: 1, Err: err}
 }
 
-// challenge is the 401 asking for credentials. It never says whether a user
-// exists or which part of the credentials was wrong.
-func (g *Guard) challenge(r *http.Request, a Access, bearerError string) error {
+// challenge is the 401 asking for credentials for the accesses. It never
+// says whether a user exists or which part of the credentials was wrong.
+func (g *Guard) challenge(r *http.Request, bearerError string, as ...Access) error {
 	h := http.Header{}
-	h.Set("WWW-Authenticate", g.challengeHeader(r, a, bearerError))
-	return &errcode.Error{Code: errcode.Unauthorized, Detail: a.String(), Header: h}
+	h.Set("WWW-Authenticate", g.challengeHeader(r, bearerError, as))
+	return &errcode.Error{Code: errcode.Unauthorized, Detail: as[0].String(), Header: h}
 }
 
-func (g *Guard) challengeHeader(r *http.Request, a Access, bearerError string) string {
+func (g *Guard) challengeHeader(r *http.Request, bearerError string, as []Access) string {
 	if g.opts.Challenge != ChallengeBearer {
 		return fmt.Sprintf("Basic realm=%q", g.opts.Service)
 	}
 	v := fmt.Sprintf("Bearer realm=%q,service=%q", g.tokenRealm(r), g.opts.Service)
-	if s := a.Scope(); s != "" {
-		v += fmt.Sprintf(",scope=%q", s)
+	var scopes []string
+	for _, a := range as {
+		if s := a.Scope(); s != "" {
+			scopes = append(scopes, s)
+		}
 	}
-	if bearerError != "" && a.Action != Authenticated {
-		v += fmt.Sprintf(",error=%q", bearerError)
+	if len(scopes) > 0 {
+		v += fmt.Sprintf(",scope=%q", strings.Join(scopes, " "))
+		if bearerError != "" {
+			v += fmt.Sprintf(",error=%q", bearerError)
+		}
 	}
 	return v
 }

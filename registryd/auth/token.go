@@ -180,7 +180,7 @@ func (g *Guard) serveToken(w http.ResponseWriter, r *http.Request) error {
 		return unavailable(err)
 	}
 	if id == nil && len(granted) == 0 {
-		return g.challenge(r, Access{}, "")
+		return g.challenge(r, "", Access{})
 	}
 	subject := ""
 	if id != nil {

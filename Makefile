@@ -101,7 +101,7 @@ dev: build envtest ## A local API server, the operator, a sample Registry and it
 	hack/dev.sh
 
 .PHONY: conformance
-conformance: ## The OCI conformance suite (1.1 and dev) against a standalone registryd, on a file bucket and mem://.
+conformance: ## The OCI conformance suite (1.1 and dev) against registryd: file bucket, mem://, kubernetes tag store, htpasswd auth (basic and bearer).
 	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
 	REGISTRYD=$(LOCALBIN)/registryd hack/conformance.sh
 

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/controllers"
 )
 
 func createRegistry(t *testing.T, ns, name string, mutate func(*v1.Registry)) *v1.Registry {
@@ -507,4 +508,48 @@ func containsInOrder(got, want []string) bool {
 		}
 	}
 	return i == len(want)
+}
+
+// TestHtpasswdSecretChecked: in htpasswd mode the Registry says whether its
+// Secret of users is there and usable, and is not Ready without it.
+func TestHtpasswdSecretChecked(t *testing.T) {
+	ns := newNamespace(t)
+	bcryptLine := "alice:$2y$05$O7GyIH3cA1vH0o3i0kP3b.0Jm0z9dJ9zGx0zj2pP2bqf1G5m3b5mK\n"
+	secrets := map[string]string{"users-ok": bcryptLine, "users-md5": "bob:$apr1$abc$def\n"}
+	for name, data := range secrets {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: map[string][]byte{"htpasswd": []byte(data)}}
+		if err := env.Client.Create(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		registry, secret, reason string
+		status                   metav1.ConditionStatus
+	}{
+		{"found", "users-ok", controllers.ReasonHtpasswdSecretFound, metav1.ConditionTrue},
+		{"missing", "no-such-secret", controllers.ReasonHtpasswdSecretMissing, metav1.ConditionFalse},
+		{"invalid", "users-md5", controllers.ReasonHtpasswdSecretInvalid, metav1.ConditionFalse},
+	}
+	for _, tc := range tests {
+		t.Run(tc.registry, func(t *testing.T) {
+			createRegistry(t, ns, tc.registry, func(r *v1.Registry) {
+				r.Spec.Auth = v1.AuthSpec{Mode: v1.AuthHtpasswd, HtpasswdSecretRef: &corev1.LocalObjectReference{Name: tc.secret}}
+			})
+			eventually(t, "AuthReady", func() error {
+				var reg v1.Registry
+				if err := get(&reg, ns, tc.registry); err != nil {
+					return err
+				}
+				c := meta.FindStatusCondition(reg.Status.Conditions, controllers.ConditionAuthReady)
+				if c == nil || c.Status != tc.status || c.Reason != tc.reason {
+					return fmt.Errorf("AuthReady %+v, want %s %s", c, tc.status, tc.reason)
+				}
+				ready := meta.FindStatusCondition(reg.Status.Conditions, v1.ConditionReady)
+				if tc.status == metav1.ConditionFalse && (ready == nil || !strings.Contains(ready.Message, "AuthReady is False")) {
+					return fmt.Errorf("Ready %+v does not name AuthReady", ready)
+				}
+				return nil
+			})
+		})
+	}
 }

@@ -1,7 +1,10 @@
 package e2e
 
 import (
+	"archive/tar"
+	"compress/gzip"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -36,12 +39,17 @@ type authClient struct {
 
 // try runs a client and returns its combined output and error.
 func try(home, dir, bin string, args ...string) (string, error) {
+	return tryEnv(nil, home, dir, bin, args...)
+}
+
+// tryEnv is try with extra environment variables.
+func tryEnv(env []string, home, dir, bin string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"),
-		"DOCKER_CONFIG="+filepath.Join(home, ".docker"), "XDG_RUNTIME_DIR="+filepath.Join(home, "run"))
+	cmd.Env = append(append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"),
+		"DOCKER_CONFIG="+filepath.Join(home, ".docker"), "XDG_RUNTIME_DIR="+filepath.Join(home, "run")), env...)
 	out, err := cmd.CombinedOutput()
 	return string(out), err
 }
@@ -63,7 +71,7 @@ func authClients(t *testing.T) []authClient {
 		_ = os.MkdirAll(filepath.Join(h, "run"), 0o700)
 		return h
 	}
-	return []authClient{
+	clients := []authClient{
 		{
 			name: "crane", // docker's config.json, written by crane auth login
 			push: func(t *testing.T, host, ref string, id identity) (string, error) {
@@ -125,6 +133,89 @@ func authClients(t *testing.T) []authClient {
 			},
 		},
 	}
+	if helm := helmBin(t); helm != "" {
+		clients = append(clients, helmClient(helm))
+	}
+	return clients
+}
+
+// helmBin is HELM (set by make test), required under CI.
+func helmBin(t *testing.T) string {
+	if h := os.Getenv("HELM"); h != "" {
+		return h
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatal("HELM is not set: make test installs helm")
+	}
+	t.Log("HELM not set: helm is left out of the auth tests")
+	return ""
+}
+
+// helmClient pushes and pulls a chart named after the reference's last
+// path element (helm names the repository after the chart), after
+// `helm registry login`.
+func helmClient(helm string) authClient {
+	split := func(ref string) (host, dir, chart string) {
+		repo, _, _ := strings.Cut(ref, ":v")
+		i, j := strings.Index(repo, "/"), strings.LastIndex(repo, "/")
+		return repo[:i], repo[i+1 : j], repo[j+1:]
+	}
+	session := func(t *testing.T, host string, id identity) (string, []string, error) {
+		h := t.TempDir()
+		env := []string{"HELM_CACHE_HOME=" + h, "HELM_CONFIG_HOME=" + h, "HELM_DATA_HOME=" + h}
+		if id.user == "" {
+			return h, env, nil
+		}
+		out, err := tryEnv(env, h, "", helm, "registry", "login", host, "--insecure", "-u", id.user, "-p", id.pass)
+		return h, env, errors.Join(err, errorIf(err != nil, out))
+	}
+	return authClient{
+		name: "helm",
+		push: func(t *testing.T, _, ref string, id identity) (string, error) {
+			host, dir, chart := split(ref)
+			h, env, err := session(t, host, id)
+			if err != nil {
+				return err.Error(), err
+			}
+			tgz := writeChart(t, h, chart)
+			return tryEnv(env, h, "", helm, "push", tgz, "oci://"+host+"/"+dir, "--plain-http")
+		},
+		pull: func(t *testing.T, _, ref string, id identity) (string, error) {
+			host, dir, chart := split(ref)
+			h, env, err := session(t, host, id)
+			if err != nil {
+				return err.Error(), err
+			}
+			return tryEnv(env, h, h, helm, "pull", "oci://"+host+"/"+dir+"/"+chart, "--version", "0.1.0", "--plain-http")
+		},
+	}
+}
+
+func errorIf(cond bool, msg string) error {
+	if cond {
+		return errors.New(msg)
+	}
+	return nil
+}
+
+// writeChart packages a minimal chart NAME-0.1.0.tgz into dir.
+func writeChart(t *testing.T, dir, name string) string {
+	t.Helper()
+	path := filepath.Join(dir, name+"-0.1.0.tgz")
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	zw := gzip.NewWriter(f)
+	tw := tar.NewWriter(zw)
+	body := []byte("apiVersion: v2\nname: " + name + "\nversion: 0.1.0\n")
+	_ = tw.WriteHeader(&tar.Header{Name: name + "/Chart.yaml", Mode: 0o644, Size: int64(len(body))})
+	_, _ = tw.Write(body)
+	if err := errors.Join(tw.Close(), zw.Close()); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 func orasCreds(id identity) []string {
@@ -204,7 +295,8 @@ func expect(t *testing.T, what string, out string, err error, want *regexp.Regex
 	}
 }
 
-// TestHtpasswdClients: with each real client and each challenge, the right
+// TestHtpasswdClients: with each real client (crane, oras, regctl, skopeo,
+// helm) and each challenge, the right
 // password pushes and pulls, a wrong one gets 401, a read-only user pulls
 // but gets 403 on push, and an anonymous client gets neither. No password
 // reaches registryd's log.

@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/stevedore-dev/stevedore/registryd/auth"
 )
@@ -47,11 +46,7 @@ func newGuard(log *slog.Logger, c config, secret []byte, reg prometheus.Register
 }
 
 func newKubernetesBackend(c config) (auth.Backend, error) {
-	cfg, err := kubeConfig(c.kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	_, cs, err := kubeClient(c.kubeconfig)
 	if err != nil {
 		return nil, err
 	}

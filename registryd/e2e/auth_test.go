@@ -308,23 +308,16 @@ func TestHtpasswdClients(t *testing.T) {
 			reg, _ := startHtpasswdRegistry(t, "--auth-challenge", challenge, "--debug-addr", debug)
 			for _, c := range clients {
 				t.Run(c.name, func(t *testing.T) {
-					ref := reg.host + "/" + c.name + "/app:v1"
-					out, err := c.push(t, reg.host, ref, alice)
-					expect(t, "push as alice", out, err, nil)
-					out, err = c.pull(t, reg.host, ref, alice)
-					expect(t, "pull as alice", out, err, nil)
-					out, err = c.push(t, reg.host, reg.host+"/"+c.name+"/wrong:v1", wrongPass)
-					expect(t, "push with a wrong password", out, err, says401)
-					out, err = c.pull(t, reg.host, ref, wrongPass)
-					expect(t, "pull with a wrong password", out, err, says401)
-					out, err = c.pull(t, reg.host, ref, reader)
-					expect(t, "pull as the read-only user", out, err, nil)
-					out, err = c.push(t, reg.host, reg.host+"/"+c.name+"/byreader:v1", reader)
-					expect(t, "push as the read-only user", out, err, says403)
-					out, err = c.pull(t, reg.host, ref, anonymous)
-					expect(t, "anonymous pull", out, err, says401)
-					out, err = c.push(t, reg.host, reg.host+"/"+c.name+"/anon:v1", anonymous)
-					expect(t, "anonymous push", out, err, says401)
+					runSteps(t, c, reg.host, []step{
+						{"push as alice", true, "app", alice, nil},
+						{"pull as alice", false, "app", alice, nil},
+						{"push with a wrong password", true, "wrong", wrongPass, says401},
+						{"pull with a wrong password", false, "app", wrongPass, says401},
+						{"pull as the read-only user", false, "app", reader, nil},
+						{"push as the read-only user", true, "byreader", reader, says403},
+						{"anonymous pull", false, "app", anonymous, says401},
+						{"anonymous push", true, "anon", anonymous, says401},
+					})
 				})
 			}
 			logb, _ := os.ReadFile(reg.log)
@@ -357,14 +350,34 @@ func TestAnonymousPull(t *testing.T) {
 	reg, _ := startHtpasswdRegistry(t, "--anonymous-pull")
 	for _, c := range clients {
 		t.Run(c.name, func(t *testing.T) {
-			ref := reg.host + "/anon/" + c.name + ":v1"
-			out, err := c.push(t, reg.host, ref, alice)
-			expect(t, "push as alice", out, err, nil)
-			out, err = c.pull(t, reg.host, ref, anonymous)
-			expect(t, "anonymous pull", out, err, nil)
-			out, err = c.push(t, reg.host, reg.host+"/anon/"+c.name+"-2:v1", anonymous)
-			expect(t, "anonymous push", out, err, says401)
+			runSteps(t, c, reg.host, []step{
+				{"push as alice", true, "app", alice, nil},
+				{"anonymous pull", false, "app", anonymous, nil},
+				{"anonymous push", true, "anon", anonymous, says401},
+			})
 		})
+	}
+}
+
+// step is one client operation on HOST/CLIENT/REPO:v1 and what it must do:
+// succeed (want nil) or fail saying want.
+type step struct {
+	what string
+	push bool
+	repo string
+	id   identity
+	want *regexp.Regexp
+}
+
+func runSteps(t *testing.T, c authClient, host string, steps []step) {
+	t.Helper()
+	for _, st := range steps {
+		op := c.pull
+		if st.push {
+			op = c.push
+		}
+		out, err := op(t, host, host+"/"+c.name+"/"+st.repo+":v1", st.id)
+		expect(t, st.what, out, err, st.want)
 	}
 }
 

@@ -36,9 +36,9 @@ type KubernetesOptions struct {
 // token; actions are verbs on repositories.stevedore.dev, so ServiceAccounts,
 // users and groups with RBAC are the registry's identities and permissions.
 type kubernetesBackend struct {
-	opts      KubernetesOptions
+	opts       KubernetesOptions
 	identities *ttlCache[*Identity] // nil: the token was refused
-	decisions *ttlCache[bool]
+	decisions  *ttlCache[bool]
 }
 
 // NewKubernetes returns the kubernetes backend.
@@ -53,9 +53,9 @@ func NewKubernetes(o KubernetesOptions) (Backend, error) {
 		o.CacheSize = 4096
 	}
 	return &kubernetesBackend{
-		opts:      o,
+		opts:       o,
 		identities: newTTLCache[*Identity](o.CacheTTL, o.CacheSize),
-		decisions: newTTLCache[bool](o.CacheTTL, o.CacheSize),
+		decisions:  newTTLCache[bool](o.CacheTTL, o.CacheSize),
 	}, nil
 }
 

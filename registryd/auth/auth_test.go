@@ -20,7 +20,7 @@ import (
 )
 
 // writeHtpasswd writes user:bcrypt lines (cheap cost: tests only).
-func writeHtpasswd(t *testing.T, path string, users map[string]string) {
+func writeHtpasswd(t testing.TB, path string, users map[string]string) {
 	t.Helper()
 	var b strings.Builder
 	for u, p := range users {
@@ -41,7 +41,7 @@ func writeHtpasswd(t *testing.T, path string, users map[string]string) {
 	}
 }
 
-func newHtpasswdGuard(t *testing.T, o Options) (*Guard, string) {
+func newHtpasswdGuard(t testing.TB, o Options) (*Guard, string) {
 	t.Helper()
 	dir := t.TempDir()
 	file := filepath.Join(dir, "htpasswd")

@@ -67,10 +67,6 @@ func NewHtpasswd(o HtpasswdOptions) (Backend, error) {
 	if err := h.load(); err != nil {
 		return nil, err
 	}
-	var err error
-	if h.dummy, err = bcrypt.GenerateFromPassword([]byte(rand.Text()), bcrypt.DefaultCost); err != nil {
-		return nil, err
-	}
 	return h, nil
 }
 
@@ -98,8 +94,29 @@ func (h *htpasswd) load() error {
 	}
 	h.users, h.readOnly, h.sum = users, parseUserList(ro), sum
 	h.verified.clear()
+	if err := h.makeDummy(); err != nil {
+		return err
+	}
 	h.log.Info("htpasswd loaded", "users", len(users), "read_only", len(h.readOnly))
 	return nil
+}
+
+// makeDummy hashes a random password at the users' bcrypt cost, so an
+// unknown user costs what a known one does.
+func (h *htpasswd) makeDummy() error {
+	cost := bcrypt.DefaultCost
+	for _, hash := range h.users {
+		if c, err := bcrypt.Cost(hash); err == nil {
+			cost = c
+		}
+		break
+	}
+	if c, err := bcrypt.Cost(h.dummy); err == nil && c == cost {
+		return nil
+	}
+	d, err := bcrypt.GenerateFromPassword([]byte(rand.Text()), cost)
+	h.dummy = d
+	return err
 }
 
 // current returns the entries, re-reading the files when due. A failed

@@ -15,12 +15,16 @@
 # and registryd keeps tags in Repository status. After the suite, every
 # Repository's status must hold exactly the tags of the bucket's journal.
 #
+# Storages "htpasswd" and "htpasswd-bearer" run registryd on a file bucket
+# in htpasswd auth mode (Basic challenge, or the Docker token flow through
+# /token), and the suite logs in with OCI_USERNAME/OCI_PASSWORD.
+#
 # Storages "s3", "azure" and "gcs" run registryd on versitygw, Azurite and
 # fake-gcs-server ("minio", not a default, on MinIO), which
 # hack/storage-servers.sh installs (cached) and starts on 127.0.0.1 once for
 # the whole run; each run gets its own --storage-prefix in the shared bucket.
 #
-# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube s3 azure gcs"),
+# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube htpasswd htpasswd-bearer s3 azure gcs"),
 #      CONFORMANCE_SPECS ("1.1 dev"), REGISTRYD (binary), STEVEDORE_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,7 +33,7 @@ version="${CONFORMANCE_VERSION:-v0.0.0-20260831232431-97274622c111}"
 cache="${STEVEDORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stevedore}"
 suite="$cache/tools/oci-conformance-$version"
 registryd="${REGISTRYD:-bin/registryd}"
-storages="${CONFORMANCE_STORAGES:-file mem kube s3 azure gcs}"
+storages="${CONFORMANCE_STORAGES:-file mem kube htpasswd htpasswd-bearer s3 azure gcs}"
 specs="${CONFORMANCE_SPECS:-1.1 dev}"
 
 if [[ ! -x "$suite" ]]; then
@@ -51,19 +55,18 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-start_registryd() { # port storage-url log [prefix [KEY=VALUE…]]; sets pid
+start_registryd() { # port storage-url log [flags…]; sets pid; $regenv: KEY=VALUE for registryd
   if [[ "$2" == kube ]]; then
     # Tags in Repository status: the dev harness, as `make dev` runs it.
     "$devbin" --addr "127.0.0.1:$1" --debug-addr "127.0.0.1:$(free_port)" --dir "$(dirname "$3")/dev" \
       --registryd "$registryd" >"$3" 2>&1 &
   else
-    # shellcheck disable=SC2086 # $5: the backend's KEY=VALUE credentials
-    env STEVEDORE_HTTP_SECRET=conformance ${5:-} "$registryd" --addr "127.0.0.1:$1" --storage "$2" \
-      --storage-prefix "${4:-}" >"$3" 2>&1 &
+    env STEVEDORE_HTTP_SECRET=conformance "${regenv[@]}" "$registryd" --addr "127.0.0.1:$1" --storage "$2" "${@:4}" >"$3" 2>&1 &
   fi
   pid=$!
   for _ in $(seq 600); do
-    if curl -fsS "http://127.0.0.1:$1/v2/" >/dev/null 2>&1; then return; fi
+    code=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/v2/" 2>/dev/null || true)
+    if [[ "$code" == 200 || "$code" == 401 ]]; then return; fi
     sleep 0.1
   done
   echo "registryd did not start; log:" >&2; cat "$3" >&2; exit 1
@@ -102,6 +105,13 @@ print(f"kube: {len(repos)} Repository objects; status holds the journal's {len(s
 PY
 }
 
+# One user for the htpasswd runs; the password never leaves this run.
+oci_user=conformance
+oci_pass="$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"
+if [[ " $storages " == *" htpasswd"* ]]; then
+  go run ./hack/htpasswd "$oci_user" <<<"$oci_pass" >"$work/htpasswd"
+fi
+
 server_kinds=()
 for storage in $storages; do
   case "$storage" in s3 | azure | gcs | minio) server_kinds+=("$storage") ;; esac
@@ -118,20 +128,27 @@ summary=()
 for storage in $storages; do
   for spec in $specs; do
     dir="$work/$storage-$spec"; mkdir -p "$dir"
-    prefix="" creds=""
+    flags=(); creds=(); regenv=()
     case "$storage" in
       file) url="file://$dir/bucket" ;;
       mem) url="mem://" ;;
       kube) url="kube" ;;
+      htpasswd|htpasswd-bearer)
+        url="file://$dir/bucket"
+        challenge=basic; [[ "$storage" == htpasswd-bearer ]] && challenge=bearer
+        flags=(--auth htpasswd --htpasswd-file "$work/htpasswd" --auth-challenge "$challenge")
+        creds=(OCI_USERNAME="$oci_user" OCI_PASSWORD="$oci_pass") ;;
       s3 | azure | gcs | minio)
         u="STORAGE_URL_${storage^^}" e="STORAGE_ENV_${storage^^}"
-        url="${!u}" creds="${!e}" prefix="conformance-$spec/" ;;
+        url="${!u}"
+        read -r -a regenv <<<"${!e}" # the backend's credentials: no spaces in them
+        flags=(--storage-prefix "conformance-$spec/") ;;
       *) echo "unknown storage $storage" >&2; exit 2 ;;
     esac
     port="$(free_port)"
-    start_registryd "$port" "$url" "$dir/registryd.log" "$prefix" "$creds"
+    start_registryd "$port" "$url" "$dir/registryd.log" "${flags[@]}"
     rc=0
-    (cd "$dir" && env OCI_REGISTRY="127.0.0.1:$port" OCI_TLS=disabled OCI_VERSION="$spec" \
+    (cd "$dir" && env "${creds[@]}" OCI_REGISTRY="127.0.0.1:$port" OCI_TLS=disabled OCI_VERSION="$spec" \
       OCI_REPO1=conformance/repo1 OCI_REPO2=conformance/repo2 \
       OCI_API_PULL=true OCI_API_PUSH=true OCI_API_TAGS_LIST=true OCI_API_REFERRER=true \
       OCI_API_TAGS_DELETE=true OCI_API_MANIFESTS_DELETE=true OCI_API_BLOBS_DELETE=true \

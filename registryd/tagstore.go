@@ -23,11 +23,7 @@ func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket
 		log.Info("tags live in the bucket (standalone mode)")
 		return journal, nil
 	}
-	cfg, err := kubeConfig(c.kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	cfg, cs, err := kubeClient(c.kubeconfig)
 	if err != nil {
 		return nil, err
 	}
@@ -48,6 +44,16 @@ func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket
 	}
 	log.Info("tags live in Repository status", "registry", c.registry, "namespace", c.namespace)
 	return store, nil
+}
+
+// kubeClient is the API server of --kubeconfig (see kubeConfig).
+func kubeClient(path string) (*rest.Config, *kubernetes.Clientset, error) {
+	cfg, err := kubeConfig(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	cs, err := kubernetes.NewForConfig(cfg)
+	return cfg, cs, err
 }
 
 // kubeConfig is --kubeconfig when given, else $KUBECONFIG, else the pod's

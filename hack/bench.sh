@@ -11,3 +11,5 @@ echo "== machine: $(nproc) cores, $(grep MemTotal /proc/meminfo | awk '{print $2
 echo "== kubernetes tag store (real kube-apiserver + etcd)"
 go test -count=1 -run '^$' -bench . -benchtime "${BENCH_TAGS:-600x}" ./registryd/tags/kube | grep -E '^(Benchmark|ok|FAIL)'
 echo "== side by side with distribution and zot: not yet built (issue 9)"
+# Storage backends (issue 6): its own script, so this one can change freely.
+hack/bench-storage.sh

@@ -13,10 +13,20 @@ import (
 // any number of Stores (in any number of processes) may share a bucket.
 type Store struct {
 	bucket *blob.Bucket
+	// beforeSign adjusts signed URLs for the backend (the GCS emulator's
+	// host); nil for most.
+	beforeSign func(asFunc func(any) bool) error
 }
 
 // New returns a Store over bucket. The caller keeps ownership of bucket.
 func New(bucket *blob.Bucket) *Store { return &Store{bucket: bucket} }
+
+// WithBeforeSign sets the hook SignedURL passes to the driver
+// (internal/bucket.BeforeSign) and returns s.
+func (s *Store) WithBeforeSign(f func(asFunc func(any) bool) error) *Store {
+	s.beforeSign = f
+	return s
+}
 
 // Bucket is the underlying bucket, for the upload and tag packages that
 // share the layout.
@@ -47,7 +57,7 @@ func (s *Store) readAll(ctx context.Context, key string, limit int64) ([]byte, e
 }
 
 func (s *Store) writeSmall(ctx context.Context, key string, content []byte, contentType string) error {
-	return classify(s.bucket.WriteAll(ctx, key, content, &blob.WriterOptions{ContentType: contentType}), key)
+	return WriteSmall(ctx, s.bucket, key, content, &blob.WriterOptions{ContentType: contentType})
 }
 
 func (s *Store) delete(ctx context.Context, key string) error {

@@ -13,6 +13,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
@@ -134,6 +135,9 @@ func (r *RegistryReconciler) reconcileDelete(ctx context.Context, reg *v1.Regist
 
 // SetupWithManager watches Registries, every child they own, the
 // cluster-scoped auth-delegator binding and the Repositories they count.
+// registryWorkers is how many Registries are reconciled in parallel.
+const registryWorkers = 4
+
 func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
 		For(&v1.Registry{}).
@@ -147,6 +151,9 @@ func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&policyv1.PodDisruptionBudget{}).
 		Watches(&rbacv1.ClusterRoleBinding{}, handler.EnqueueRequestsFromMapFunc(registryFromLabels)).
 		Watches(&v1.Repository{}, handler.EnqueueRequestsFromMapFunc(registryOfRepository)).
+		// Several at once: one Registry whose storage hangs until the probe
+		// timeout must not hold up every other Registry.
+		WithOptions(controller.Options{MaxConcurrentReconciles: registryWorkers}).
 		Named("registry").
 		Complete(r)
 }

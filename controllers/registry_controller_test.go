@@ -40,6 +40,9 @@ func createRegistry(t *testing.T, ns, name string, mutate func(*v1.Registry)) *v
 	if err := env.Client.Create(context.Background(), reg); err != nil {
 		t.Fatalf("creating Registry: %v", err)
 	}
+	// Gone with its test, so a restarted operator does not probe the
+	// storage of every earlier test (some of it stopped with its test).
+	t.Cleanup(func() { _ = env.Client.Delete(context.Background(), reg.DeepCopy()) })
 	return reg
 }
 

@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -47,6 +48,8 @@ type config struct {
 	// Access rules: the Registry's auth mode.
 	authMode      string
 	anonymousPull bool
+	// Serve net/http/pprof on --debug-addr.
+	pprof bool
 }
 
 // bindFlags defines registryd's flags on fs; the operator's Deployment args
@@ -67,6 +70,7 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.tlsKeyFile, "tls-key-file", "", "private key (PEM) of --tls-cert-file")
 	fs.StringVar(&c.authMode, "auth", "none", "auth mode: none (everyone may push: development only), htpasswd or kubernetes")
 	fs.BoolVar(&c.anonymousPull, "anonymous-pull", false, "serve pulls (GET, HEAD) without credentials in any auth mode")
+	fs.BoolVar(&c.pprof, "pprof", false, "also serve /debug/pprof/ on --debug-addr (profiles reveal request data: keep that port private)")
 	fs.DurationVar(&c.redirectTTL, "redirect-ttl", 0, "answer blob GETs with a redirect to a URL signed for this long, where the storage can sign (0: serve the bytes)")
 }
 
@@ -131,7 +135,7 @@ func run(log *slog.Logger, c config) error {
 	}
 	servers := []*http.Server{api}
 	if c.debugAddr != "" {
-		servers = append(servers, &http.Server{Addr: c.debugAddr, Handler: debugMux(b, reg), ReadHeaderTimeout: 10 * time.Second})
+		servers = append(servers, &http.Server{Addr: c.debugAddr, Handler: debugMux(b, reg, c.pprof), ReadHeaderTimeout: 10 * time.Second})
 	}
 	return serve(ctx, log, servers)
 }
@@ -166,7 +170,7 @@ func serve(ctx context.Context, log *slog.Logger, servers []*http.Server) error 
 	return err
 }
 
-func debugMux(b *blob.Bucket, reg *prometheus.Registry) http.Handler {
+func debugMux(b *blob.Bucket, reg *prometheus.Registry, withPprof bool) http.Handler {
 	store := storage.New(b)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -180,6 +184,13 @@ func debugMux(b *blob.Bucket, reg *prometheus.Registry) http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 

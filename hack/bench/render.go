@@ -1,0 +1,58 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// renderReport is docs/benchmarks.md: the tables, the machine, how the two
+// servers were set up, and how to reproduce.
+func renderReport(o options, machine string, started time.Time, tables []*table, kube string) string {
+	var b strings.Builder
+	b.WriteString("# Benchmarks: registryd side by side with distribution\n\n")
+	b.WriteString("Written by `make bench` (hack/bench.sh, hack/bench/); do not edit by hand.\n\n")
+	fmt.Fprintf(&b, "- Run: %s, %s wall time for the side-by-side part.\n", started.UTC().Format("2006-01-02 15:04 UTC"), time.Since(started).Round(time.Second))
+	fmt.Fprintf(&b, "- Machine: %s.\n", machine)
+	fmt.Fprintf(&b, "- Rounds: %d (workloads 1, 2, 4), %d (workload 3); each cell is the median [min–max] over the rounds. "+
+		"Rounds alternate which server goes first (A,B then B,A).\n\n", o.rounds, o.wrkRounds)
+	for _, t := range tables {
+		b.WriteString(t.markdown())
+	}
+	b.WriteString(kube)
+	b.WriteString(setupNotes)
+	fmt.Fprintf(&b, "## Reproduce\n\n```sh\n%s\n```\n\n", o.reproduce)
+	b.WriteString("Knobs (environment): `BENCH_ROUNDS` (3), `BENCH_WRK_ROUNDS` (2), `BENCH_WRK_SECONDS` (10), " +
+		"`BENCH_WRK_CONNECTIONS` (32), `BENCH_LAYERS` (4), `BENCH_LAYER_MIB` (256), `BENCH_SMALL_IMAGES` (200), " +
+		"`BENCH_PUSHERS` (8), `BENCH_CHUNKED_MIB` (256), `BENCH_CHUNK_MIB` (5), `BENCH_TAGS` (kube benchmark -benchtime), " +
+		"`BENCH_SKIP_CRANE`, `BENCH_KEEP` (keep the servers' directories and logs).\n")
+	return b.String()
+}
+
+const setupNotes = `## How the two are set up
+
+- **Same machine, same loopback, same disk.** Each server is started fresh for
+  each workload of each round, on its own new directory under one scratch
+  directory, with ` + "`TMPDIR`" + ` inside it; the directory is removed afterwards.
+- **registryd**: ` + "`registryd --storage file://DIR --auth none`" + `, the gocloud
+  fileblob driver. fileblob writes each object to a temp file, then renames it
+  into place; it does **not** fsync. It computes an MD5 of every object it
+  writes, for its attributes sidecar.
+- **distribution v3.1.2**: filesystem driver on DIR, in-memory blob descriptor
+  cache (as its shipped config), access log off so that both log one line per
+  request. Its filesystem driver **fsyncs** every file it commits (upload data
+  and small files, and the directory after a small file's rename), then renames.
+  So distribution pays for durability that registryd on fileblob does not ask
+  for; the machine's fsync and no-fsync disk rates are in the limits table to
+  read the difference against.
+- **Clients**: go-containerregistry's remote package in the harness process
+  (four concurrent blob uploads, its default), ` + "`crane`" + ` as a process (push of
+  an OCI layout; pull as a tarball into /dev/null), wrk (Debian) for manifest
+  requests with ` + "`-t2`" + ` and an OCI manifest Accept header; any non-2xx answer fails
+  the run. The layers are uncompressed random bytes, read from the page cache.
+- Peak RSS is VmHWM from /proc/PID/status: after the push, and after push + pull.
+- Kubernetes mode is measured by the tag-store Go benchmarks against a real
+  kube-apiserver and etcd (envtest); the API-server request count on the read
+  path is the store's count of live reads, asserted to be 0.
+
+`

@@ -91,3 +91,17 @@ func TestOperatorArgsParse(t *testing.T) {
 		})
 	}
 }
+
+func TestFileDefaults(t *testing.T) {
+	for in, want := range map[string]string{
+		"file:///var/lib/stevedore":           "file:///var/lib/stevedore?metadata=skip",
+		"file:///var/lib/stevedore?metadata=": "file:///var/lib/stevedore?metadata=",
+		"file:///d?create_dir=1":              "file:///d?create_dir=1&metadata=skip",
+		"s3://bucket?region=eu-west-1":        "s3://bucket?region=eu-west-1",
+		"mem://":                              "mem://",
+	} {
+		if got := fileDefaults(in); got != want {
+			t.Errorf("fileDefaults(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -100,7 +101,7 @@ func run(log *slog.Logger, c config) error {
 	if err != nil {
 		return err
 	}
-	b, err := bucket.Open(ctx, c.storageURL, bucket.Options{Prefix: c.storagePrefix})
+	b, err := bucket.Open(ctx, fileDefaults(c.storageURL), bucket.Options{Prefix: c.storagePrefix})
 	if err != nil {
 		return err
 	}
@@ -138,6 +139,23 @@ func run(log *slog.Logger, c config) error {
 		servers = append(servers, &http.Server{Addr: c.debugAddr, Handler: debugMux(b, reg, c.pprof), ReadHeaderTimeout: 10 * time.Second})
 	}
 	return serve(ctx, log, servers)
+}
+
+// fileDefaults turns off fileblob's attribute sidecars on a file:// URL
+// that does not choose: fileblob would otherwise hash every byte written
+// with MD5 and write a JSON file beside each object, and read that JSON
+// back on every open, for attributes registryd never reads (content
+// types live in manifest links). Sidecars already on disk stay harmless:
+// listings skip them and deletes remove them.
+func fileDefaults(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Scheme != "file" || u.Query().Has("metadata") {
+		return rawURL
+	}
+	q := u.Query()
+	q.Set("metadata", "skip")
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 // serve runs every server until ctx ends or one fails, then shuts all down.

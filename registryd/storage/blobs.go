@@ -64,7 +64,27 @@ func (s *Store) OpenBlob(ctx context.Context, d digest.Digest, offset, length in
 	if err != nil {
 		return nil, classify(err, BlobKey(d))
 	}
+	var raw io.Reader
+	if r.As(&raw) {
+		return rawReader{Reader: r, raw: raw}, nil
+	}
 	return r, nil
+}
+
+// rawReader hands the driver's own reader to a writer that can read from
+// it directly. For fileblob that is the *os.File (or a LimitedReader of
+// it), which net/http sends with sendfile(2) instead of copying every byte
+// through user space; *blob.Reader's own WriteTo hides the file.
+type rawReader struct {
+	*blob.Reader
+	raw io.Reader
+}
+
+func (r rawReader) WriteTo(w io.Writer) (int64, error) {
+	if rf, ok := w.(io.ReaderFrom); ok {
+		return rf.ReadFrom(r.raw)
+	}
+	return r.Reader.WriteTo(w)
 }
 
 // PutBlob streams r into blob d and links it into repository name. The

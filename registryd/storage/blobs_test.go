@@ -3,6 +3,9 @@ package storage
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"testing"
@@ -73,5 +76,60 @@ func TestCopyContentLinksOnFileBuckets(t *testing.T) {
 	}
 	if got, err := mb.ReadAll(ctx, BlobKey(d)); err != nil || !bytes.Equal(got, content) {
 		t.Fatalf("memblob copy: %q, %v", got, err)
+	}
+}
+
+// TestOpenBlobRange: the reader handed to net/http (the file itself, for
+// sendfile) serves exactly the range asked for.
+func TestOpenBlobRange(t *testing.T) {
+	ctx := context.Background()
+	content := []byte("0123456789")
+	d := digest.FromBytes(content)
+	b, err := fileblob.OpenBucket(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.WriteAll(ctx, BlobKey(d), content, nil); err != nil {
+		t.Fatal(err)
+	}
+	s := New(b)
+	for _, c := range []struct {
+		offset, length int64
+		want           string
+	}{{0, -1, "0123456789"}, {2, 3, "234"}, {7, -1, "789"}} {
+		// Through a recorder (no ReadFrom) and a real connection
+		// (ReadFrom: sendfile).
+		rd, err := s.OpenBlob(ctx, d, c.offset, c.length)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := httptest.NewRecorder()
+		if _, err := io.Copy(rec, rd); err != nil {
+			t.Fatal(err)
+		}
+		rd.Close()
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			rd, err := s.OpenBlob(r.Context(), d, c.offset, c.length)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			defer rd.Close()
+			_, _ = io.Copy(w, rd)
+		}))
+		resp, err := http.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		srv.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Body.String() != c.want || string(got) != c.want {
+			t.Errorf("range %d+%d: %q through a recorder, %q over HTTP, want %q", c.offset, c.length, rec.Body.String(), got, c.want)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package storage
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -131,5 +132,41 @@ func TestOpenBlobRange(t *testing.T) {
 		if rec.Body.String() != c.want || string(got) != c.want {
 			t.Errorf("range %d+%d: %q through a recorder, %q over HTTP, want %q", c.offset, c.length, rec.Body.String(), got, c.want)
 		}
+	}
+}
+
+// TestManifestCacheFollowsTheBucket: cached manifest reads still see a
+// deleted link, and a link rewritten with another media type.
+func TestManifestCacheFollowsTheBucket(t *testing.T) {
+	ctx := context.Background()
+	b, err := fileblob.OpenBucket(t.TempDir(), &fileblob.Options{Metadata: fileblob.MetadataDontWrite})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	content := []byte(`{"schemaVersion":2}`)
+	d := digest.FromBytes(content)
+	const oci, docker = "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"
+	s, other := New(b), New(b) // two replicas
+	if err := s.PutManifest(ctx, "app", d, oci, content); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the second read is served from the caches
+		desc, got, err := s.GetManifest(ctx, "app", d)
+		if err != nil || desc.MediaType != oci || !bytes.Equal(got, content) {
+			t.Fatalf("GetManifest: %v, %q, %v", desc, got, err)
+		}
+	}
+	if err := other.DeleteManifest(ctx, "app", d); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.GetManifest(ctx, "app", d); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("GetManifest after another replica deleted it: %v, want ErrNotFound", err)
+	}
+	if err := other.PutManifest(ctx, "app", d, docker, content); err != nil {
+		t.Fatal(err)
+	}
+	if desc, err := s.StatManifest(ctx, "app", d); err != nil || desc.MediaType != docker {
+		t.Fatalf("StatManifest after another replica re-pushed it: %v, %v; want %s", desc, err, docker)
 	}
 }

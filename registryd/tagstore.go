@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net/http"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"gocloud.dev/blob"
@@ -27,6 +28,9 @@ func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket
 	if err != nil {
 		return nil, err
 	}
+	if err := countRequests(cfg, reg); err != nil {
+		return nil, err
+	}
 	cs, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return nil, err
@@ -49,6 +53,31 @@ func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket
 	log.Info("tags live in Repository status", "registry", c.registry, "namespace", c.namespace)
 	return store, nil
 }
+
+// countRequests counts every request registryd makes to the API server, by
+// method, as stevedore_kube_api_requests_total: the pull path must make
+// none (tags are served from the informer cache), and make bench asserts it
+// from this counter.
+func countRequests(cfg *rest.Config, reg prometheus.Registerer) error {
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stevedore_kube_api_requests_total",
+		Help: "Requests registryd sent to the Kubernetes API server (a watch counts once, when it starts).",
+	}, []string{"method"})
+	if err := reg.Register(requests); err != nil {
+		return err
+	}
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+			requests.WithLabelValues(r.Method).Inc()
+			return rt.RoundTrip(r)
+		})
+	})
+	return nil
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // kubeConfig is --kubeconfig when given, else $KUBECONFIG, else the pod's
 // in-cluster configuration.

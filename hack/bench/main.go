@@ -46,6 +46,8 @@ type options struct {
 	chunkedBytes int // BENCH_CHUNKED_MIB
 	chunkBytes   int // BENCH_CHUNK_MIB
 	skipCrane    bool
+	kubeTags     int      // BENCH_KUBE_TAGS: tags pushed over HTTP in kubernetes mode (0: skip)
+	prof         profiler // BENCH_PPROF_DIR
 }
 
 func envInt(name string, def int) int {
@@ -79,6 +81,11 @@ func main() {
 	o.chunkedBytes = envInt("BENCH_CHUNKED_MIB", 256) << 20
 	o.chunkBytes = envInt("BENCH_CHUNK_MIB", 5) << 20
 	o.skipCrane = os.Getenv("BENCH_SKIP_CRANE") != ""
+	o.kubeTags = envInt("BENCH_KUBE_TAGS", 100)
+	if os.Getenv("BENCH_KUBE_TAGS") == "0" {
+		o.kubeTags = 0
+	}
+	o.prof = profiler{dir: os.Getenv("BENCH_PPROF_DIR")}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -181,6 +188,7 @@ func run(ctx context.Context, o options) error {
 		for _, k := range order {
 			logf("round %d/%d, %s: workload 1 (Go client)", round+1, o.rounds, k)
 			if err := withServer(ctx, o, k, func(s *server) error {
+				defer o.prof.during(ctx, s, fmt.Sprintf("push-go-%d", round), 2*time.Second)()
 				push, pull, err := pushPullGoMeasured(ctx, s, big, bigTotal, rssPush)
 				if err != nil {
 					return err
@@ -229,8 +237,10 @@ func run(ctx context.Context, o options) error {
 					if !c.byTag {
 						ref = dgst.String()
 					}
+					wait := o.prof.during(ctx, s, fmt.Sprintf("%s-%s-%d", c.method, strings.ReplaceAll(c.f.name[len(c.method)+1:], " ", "-"), round), o.wrkDuration-time.Second)
 					rate, err := manifestLoad(ctx, loadOptions{Wrk: o.wrk, Ab: o.ab, Connections: o.wrkConns, Duration: o.wrkDuration,
 						Method: c.method}, s.URL()+"/v2/small/app/manifests/"+ref)
+					wait()
 					if err != nil {
 						return fmt.Errorf("%s: %w", k, err)
 					}
@@ -253,16 +263,27 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 
-	kubeT := "### 6. Kubernetes mode\n\nNot run (-kube-benchtime empty).\n\n"
-	if o.kubeBenchtime != "" {
-		logf("workload 6: kubernetes tag store against a real kube-apiserver")
-		out, err := runKubeBench(ctx, o.repoRoot, o.kubeBenchtime)
+	var kubeHTTPRes *kubeHTTPResult
+	if o.kubeTags > 0 {
+		logf("workload 6: registryd in kubernetes mode (hack/dev: real kube-apiserver + etcd), over HTTP")
+		res, err := kubeHTTP(ctx, kubeHTTPOptions{RepoRoot: o.repoRoot, Registryd: o.bins.Registryd, WorkDir: o.workDir,
+			Tags: o.kubeTags, Pushers: o.pushers,
+			Load: loadOptions{Wrk: o.wrk, Connections: o.wrkConns, Duration: o.wrkDuration}}, smalls[0])
 		if err != nil {
 			return err
 		}
-		if kubeT, err = kubeSection(out); err != nil {
+		kubeHTTPRes = &res
+	}
+	var kubeBench string
+	if o.kubeBenchtime != "" {
+		logf("workload 6: kubernetes tag-store Go benchmarks against a real kube-apiserver")
+		if kubeBench, err = runKubeBench(ctx, o.repoRoot, o.kubeBenchtime); err != nil {
 			return err
 		}
+	}
+	kubeT, err := kubeSection(kubeBench, kubeHTTPRes, median(wrkCases[0].f.values[distribution]), o.pushers)
+	if err != nil {
+		return err
 	}
 	report := renderReport(o, machine, started, []*table{limits, bigT, smallT, wrkT, chunkT}, kubeT)
 	fmt.Print(report)

@@ -25,7 +25,8 @@ func renderReport(o options, machine string, started time.Time, tables []*table,
 	b.WriteString("Knobs (environment): `BENCH_ROUNDS` (3), `BENCH_WRK_ROUNDS` (2), `BENCH_WRK_SECONDS` (10), " +
 		"`BENCH_WRK_CONNECTIONS` (32), `BENCH_LAYERS` (4), `BENCH_LAYER_MIB` (256), `BENCH_SMALL_IMAGES` (200), " +
 		"`BENCH_PUSHERS` (8), `BENCH_CHUNKED_MIB` (256), `BENCH_CHUNK_MIB` (5), `BENCH_TAGS` (kube benchmark -benchtime), " +
-		"`BENCH_SKIP_CRANE`, `BENCH_KEEP` (keep the servers' directories and logs).\n")
+		"`BENCH_KUBE_TAGS` (100; 0 skips kubernetes mode over HTTP), `BENCH_SKIP_CRANE`, `BENCH_KEEP` (keep the servers' directories and logs), " +
+		"`BENCH_PPROF_DIR` (CPU profiles of registryd during the Go push and the manifest loads).\n")
 	return b.String()
 }
 
@@ -46,13 +47,18 @@ const setupNotes = `## How the two are set up
   for; the machine's fsync and no-fsync disk rates are in the limits table to
   read the difference against.
 - **Clients**: go-containerregistry's remote package in the harness process
-  (four concurrent blob uploads, its default), ` + "`crane`" + ` as a process (push of
-  an OCI layout; pull as a tarball into /dev/null), wrk (Debian) for manifest
-  requests with ` + "`-t2`" + ` and an OCI manifest Accept header; any non-2xx answer fails
-  the run. The layers are uncompressed random bytes, read from the page cache.
+  (four concurrent blob uploads, its default; pulls verify every digest),
+  ` + "`crane`" + ` as a process (push of an OCI layout; pull as a tarball into
+  /dev/null), wrk (Debian) for manifest GETs with ` + "`-t2`" + `, and ab (Debian's
+  apache2-utils) for HEADs, which wrk cannot do (it waits for the body a HEAD
+  answer announces); both with keep-alive and an OCI manifest Accept header.
+  Any non-2xx answer fails the run. The layers are uncompressed random bytes,
+  read from the page cache. Clients and servers share the same cores.
 - Peak RSS is VmHWM from /proc/PID/status: after the push, and after push + pull.
-- Kubernetes mode is measured by the tag-store Go benchmarks against a real
-  kube-apiserver and etcd (envtest); the API-server request count on the read
-  path is the store's count of live reads, asserted to be 0.
+- Kubernetes mode: registryd started by hack/dev (what ` + "`make dev`" + ` runs) against
+  a real kube-apiserver and etcd, measured over HTTP; registryd's own count of
+  the requests it sends to the API server (` + "`stevedore_kube_api_requests_total`" + `)
+  must not move during the GET load. Then the tag-store Go benchmarks, whose
+  read path count (the store's live reads) is asserted to be 0.
 
 `

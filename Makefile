@@ -110,7 +110,7 @@ clients: ## Install crane, oras, regctl and skopeo for the registryd e2e tests (
 	@hack/install-clients.sh
 
 .PHONY: bench
-bench: build ## Side-by-side benchmarks with distribution.
+bench: build ## Side by side with distribution (installs it, crane, wrk, ab; ~10 min); writes docs/benchmarks.md. Not part of test.
 	hack/bench.sh
 
 ##@ Tools

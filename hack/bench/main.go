@@ -254,6 +254,7 @@ func run(ctx context.Context, o options) error {
 		for _, k := range order {
 			logf("round %d/%d, %s: workload 4", round+1, o.rounds, k)
 			if err := withServer(ctx, o, k, func(s *server) error {
+				defer o.prof.during(ctx, s, fmt.Sprintf("chunked-%d", round), time.Second)()
 				rate, err := chunkedUpload(ctx, s, chunked, o.chunkBytes)
 				chunkRate.record(k, rate)
 				return err

@@ -54,6 +54,15 @@ const setupNotes = `## How the two are set up
   answer announces); both with keep-alive and an OCI manifest Accept header.
   Any non-2xx answer fails the run. The layers are uncompressed random bytes,
   read from the page cache. Clients and servers share the same cores.
+- **Reading the numbers.** A push is bound by CPU on both servers: each must
+  hash every byte (sha256) and copy it from the socket into the page cache,
+  on the same cores as the client sending it; compare the push rates with the
+  sha256 and page-cache limits above rather than with each other alone. A pull
+  with the Go client is bound by the client, which verifies every digest as it
+  reads; registryd sends blobs with sendfile(2) and spends almost no CPU on
+  them. Manifest GETs by tag read the tag object on every request in standalone
+  mode (bucket tag store: it may be rewritten by any replica, so it is never
+  cached); in kubernetes mode the tag comes from the informer cache.
 - Peak RSS is VmHWM from /proc/PID/status: after the push, and after push + pull.
 - Kubernetes mode: registryd started by hack/dev (what ` + "`make dev`" + ` runs) against
   a real kube-apiserver and etcd, measured over HTTP; registryd's own count of

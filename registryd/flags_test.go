@@ -105,3 +105,19 @@ func TestFileDefaults(t *testing.T) {
 		}
 	}
 }
+
+func TestAPIResource(t *testing.T) {
+	for path, want := range map[string]string{
+		"/apis/stevedore.dev/v1alpha1/namespaces/team/repositories/x/status": "repositories",
+		"/apis/stevedore.dev/v1alpha1/namespaces/team/repositories":          "repositories",
+		"/apis/events.k8s.io/v1/namespaces/team/events":                      "events",
+		"/api/v1/namespaces/team":                                            "namespaces",
+		"/apis/authentication.k8s.io/v1/tokenreviews":                        "tokenreviews",
+		"/api/v1/nodes": "nodes",
+		"/version":      "other",
+	} {
+		if got := apiResource(path); got != want {
+			t.Errorf("apiResource(%q) = %q, want %q", path, got, want)
+		}
+	}
+}

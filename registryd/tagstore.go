@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"gocloud.dev/blob"
@@ -55,24 +56,43 @@ func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket
 }
 
 // countRequests counts every request registryd makes to the API server, by
-// method, as stevedore_kube_api_requests_total: the pull path must make
-// none (tags are served from the informer cache), and make bench asserts it
-// from this counter.
+// method and resource, as stevedore_kube_api_requests_total: the pull path
+// must make none (tags are served from the informer cache), and make bench
+// asserts it from this counter. The resource label tells those apart from
+// the Events of earlier pushes, which client-go sends in the background.
 func countRequests(cfg *rest.Config, reg prometheus.Registerer) error {
 	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "stevedore_kube_api_requests_total",
 		Help: "Requests registryd sent to the Kubernetes API server (a watch counts once, when it starts).",
-	}, []string{"method"})
+	}, []string{"method", "resource"})
 	if err := reg.Register(requests); err != nil {
 		return err
 	}
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
 		return roundTripperFunc(func(r *http.Request) (*http.Response, error) {
-			requests.WithLabelValues(r.Method).Inc()
+			requests.WithLabelValues(r.Method, apiResource(r.URL.Path)).Inc()
 			return rt.RoundTrip(r)
 		})
 	})
 	return nil
+}
+
+// apiResource is the resource an API path names: repositories in
+// /apis/stevedore.dev/v1alpha1/namespaces/ns/repositories/x/status.
+func apiResource(path string) string {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	for i, p := range parts {
+		if p == "namespaces" && i+2 < len(parts) {
+			return parts[i+2]
+		}
+	}
+	switch {
+	case len(parts) >= 3 && parts[0] == "api":
+		return parts[2]
+	case len(parts) >= 4 && parts[0] == "apis":
+		return parts[3]
+	}
+	return "other"
 }
 
 type roundTripperFunc func(*http.Request) (*http.Response, error)

@@ -64,7 +64,7 @@ func kubeSection(benchOut string, h *kubeHTTPResult, distGetByTag float64, pushe
 		if distGetByTag > 0 {
 			ratio = fmt.Sprintf(" (%.2f× distribution's GET by tag in workload 3)", h.getByTag/distGetByTag)
 		}
-		fmt.Fprintf(&b, "| GET manifest by tag, tags from the informer cache | %.0f req/s%s | %.0f (asserted 0: registryd's stevedore_kube_api_requests_total) |\n\n", h.getByTag, ratio, h.apiRequests)
+		fmt.Fprintf(&b, "| GET manifest by tag, tags from the informer cache | %.0f req/s%s | %.0f (asserted 0: registryd's stevedore_kube_api_requests_total; besides, %.0f Events of the earlier tag pushes went out meanwhile) |\n\n", h.getByTag, ratio, h.apiRequests, h.events)
 	}
 	if benchOut == "" {
 		return b.String(), nil

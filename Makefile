@@ -93,6 +93,7 @@ fuzz: ## A few seconds of each go test -fuzz target.
 	go test -run='^$$' -fuzz='^FuzzParsePath$$' -fuzztime=$(FUZZ_EXECS) ./registryd/server
 	go test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZ_EXECS) ./registryd/manifest
 	go test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZ_EXECS) ./registryd/uploads
+	go test -run='^$$' -fuzz='^FuzzAuthorization$$' -fuzztime=$(FUZZ_EXECS) ./registryd/auth
 
 ##@ Run
 
@@ -101,7 +102,7 @@ dev: build envtest ## A local API server, the operator, a sample Registry and it
 	hack/dev.sh
 
 .PHONY: conformance
-conformance: ## The OCI conformance suite (1.1 and dev) against a standalone registryd, on a file bucket and mem://.
+conformance: ## The OCI conformance suite (1.1 and dev) against registryd: file bucket, mem://, kubernetes tag store, htpasswd auth (basic and bearer).
 	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
 	REGISTRYD=$(LOCALBIN)/registryd hack/conformance.sh
 

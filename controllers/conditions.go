@@ -25,6 +25,10 @@ const (
 	ReasonNotReady        = "NotReady"
 	ReasonAuthDisabled    = "AuthDisabled"
 
+	ReasonHtpasswdSecretFound   = "HtpasswdSecretFound"
+	ReasonHtpasswdSecretMissing = "HtpasswdSecretMissing"
+	ReasonHtpasswdSecretInvalid = "HtpasswdSecretInvalid"
+
 	ReasonRegistryFound       = "RegistryFound"
 	ReasonRegistryNotFound    = "RegistryNotFound"
 	ReasonNameConflict        = "NameConflict"
@@ -39,6 +43,9 @@ const (
 	// ConditionAuthDisabled is set on a Registry whose auth mode is none, so
 	// nobody runs an open registry by accident.
 	ConditionAuthDisabled = "AuthDisabled"
+	// ConditionAuthReady is set in htpasswd mode: the Secret of users exists
+	// and holds bcrypt entries.
+	ConditionAuthReady = "AuthReady"
 )
 
 // setCondition records a condition with the object's current generation.

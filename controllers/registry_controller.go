@@ -66,6 +66,7 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.reconcileServiceAccount,
 		r.reconcileRBAC,
 		r.reconcileAuthDelegator,
+		r.reconcileAuthSecret,
 		r.reconcileHTTPSecret,
 		r.reconcileStorage,
 		r.reconcileJournalImport,

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/controllers"
 )
 
 func createRegistry(t *testing.T, ns, name string, mutate func(*v1.Registry)) *v1.Registry {
@@ -59,6 +60,14 @@ func controlledBy(obj metav1.Object, name string) error {
 		return fmt.Errorf("%s has controller reference %v, want Registry %s", obj.GetName(), ref, name)
 	}
 	return nil
+}
+
+func deploymentArgs(ns, name string) []string {
+	var d appsv1.Deployment
+	if err := get(&d, ns, name); err != nil {
+		return nil
+	}
+	return registrydContainer(&d).Args
 }
 
 func registrydContainer(d *appsv1.Deployment) corev1.Container {
@@ -209,6 +218,40 @@ func TestRegistryChildrenFollowSpec(t *testing.T) {
 		{"back to one replica drops the PDB", func(r *v1.Registry) { r.Spec.Replicas = ptr.To[int32](1) }, func() error {
 			if err := get(&policyv1.PodDisruptionBudget{}, ns, name); !apierrors.IsNotFound(err) {
 				return fmt.Errorf("PDB still there (%v)", err)
+			}
+			return nil
+		}},
+		{"token audiences and bearer challenge reach the args", func(r *v1.Registry) {
+			r.Spec.Auth.TokenAudiences = []string{"registry", "ci"}
+			r.Spec.Auth.Challenge = "bearer"
+		}, func() error {
+			args := deploymentArgs(ns, name)
+			if !slices.Contains(args, "--token-audiences=registry,ci") || !slices.Contains(args, "--auth-challenge=bearer") {
+				return fmt.Errorf("args %v", args)
+			}
+			return nil
+		}},
+		{"htpasswd mounts its Secret as a directory", func(r *v1.Registry) {
+			r.Spec.Auth.Mode = v1.AuthHtpasswd
+			r.Spec.Auth.HtpasswdSecretRef = &corev1.LocalObjectReference{Name: "users"}
+		}, func() error {
+			var d appsv1.Deployment
+			if err := get(&d, ns, name); err != nil {
+				return err
+			}
+			c := registrydContainer(&d)
+			i := slices.IndexFunc(c.VolumeMounts, func(m corev1.VolumeMount) bool { return m.Name == "htpasswd" })
+			j := slices.IndexFunc(d.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == "htpasswd" })
+			switch {
+			case i < 0 || j < 0:
+				return fmt.Errorf("no htpasswd volume or mount")
+			case c.VolumeMounts[i].SubPath != "":
+				return fmt.Errorf("mounted with subPath %q: a rotated Secret would never reach the pod", c.VolumeMounts[i].SubPath)
+			case d.Spec.Template.Spec.Volumes[j].Secret == nil || d.Spec.Template.Spec.Volumes[j].Secret.SecretName != "users":
+				return fmt.Errorf("volume %+v", d.Spec.Template.Spec.Volumes[j])
+			case !slices.Contains(c.Args, "--htpasswd-file="+c.VolumeMounts[i].MountPath+"/htpasswd"),
+				!slices.Contains(c.Args, "--auth=htpasswd"), slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--token-audiences") }):
+				return fmt.Errorf("args %v", c.Args)
 			}
 			return nil
 		}},
@@ -465,4 +508,48 @@ func containsInOrder(got, want []string) bool {
 		}
 	}
 	return i == len(want)
+}
+
+// TestHtpasswdSecretChecked: in htpasswd mode the Registry says whether its
+// Secret of users is there and usable, and is not Ready without it.
+func TestHtpasswdSecretChecked(t *testing.T) {
+	ns := newNamespace(t)
+	bcryptLine := "alice:$2y$05$O7GyIH3cA1vH0o3i0kP3b.0Jm0z9dJ9zGx0zj2pP2bqf1G5m3b5mK\n"
+	secrets := map[string]string{"users-ok": bcryptLine, "users-md5": "bob:$apr1$abc$def\n"}
+	for name, data := range secrets {
+		s := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Data: map[string][]byte{"htpasswd": []byte(data)}}
+		if err := env.Client.Create(context.Background(), s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := []struct {
+		registry, secret, reason string
+		status                   metav1.ConditionStatus
+	}{
+		{"found", "users-ok", controllers.ReasonHtpasswdSecretFound, metav1.ConditionTrue},
+		{"missing", "no-such-secret", controllers.ReasonHtpasswdSecretMissing, metav1.ConditionFalse},
+		{"invalid", "users-md5", controllers.ReasonHtpasswdSecretInvalid, metav1.ConditionFalse},
+	}
+	for _, tc := range tests {
+		t.Run(tc.registry, func(t *testing.T) {
+			createRegistry(t, ns, tc.registry, func(r *v1.Registry) {
+				r.Spec.Auth = v1.AuthSpec{Mode: v1.AuthHtpasswd, HtpasswdSecretRef: &corev1.LocalObjectReference{Name: tc.secret}}
+			})
+			eventually(t, "AuthReady", func() error {
+				var reg v1.Registry
+				if err := get(&reg, ns, tc.registry); err != nil {
+					return err
+				}
+				c := meta.FindStatusCondition(reg.Status.Conditions, controllers.ConditionAuthReady)
+				if c == nil || c.Status != tc.status || c.Reason != tc.reason {
+					return fmt.Errorf("AuthReady %+v, want %s %s", c, tc.status, tc.reason)
+				}
+				ready := meta.FindStatusCondition(reg.Status.Conditions, v1.ConditionReady)
+				if tc.status == metav1.ConditionFalse && (ready == nil || !strings.Contains(ready.Message, "AuthReady is False")) {
+					return fmt.Errorf("Ready %+v does not name AuthReady", ready)
+				}
+				return nil
+			})
+		})
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -20,7 +21,11 @@ import (
 const (
 	httpSecretDir = "/etc/stevedore/http-secret"
 	tlsDir        = "/etc/stevedore/tls"
+	htpasswdDir   = "/etc/stevedore/htpasswd"
 	registrydPath = "/registryd"
+	// Keys of the htpasswd Secret.
+	htpasswdKey         = "htpasswd"
+	htpasswdReadOnlyKey = "readonly"
 )
 
 func (r *RegistryReconciler) reconcileDeployment(ctx context.Context, s *registryScope) error {
@@ -123,6 +128,7 @@ func RegistrydArgs(reg *v1.Registry) []string {
 	if reg.Spec.Auth.AnonymousPull {
 		args = append(args, "--anonymous-pull")
 	}
+	args = append(args, authArgs(reg)...)
 	if reg.Spec.Storage.Prefix != "" {
 		args = append(args, "--storage-prefix="+reg.Spec.Storage.Prefix)
 	}
@@ -191,6 +197,9 @@ func volumes(reg *v1.Registry) []*corev1ac.VolumeApplyConfiguration {
 	if dir := fileStorageDir(reg); dir != "" {
 		vs = append(vs, corev1ac.Volume().WithName("storage").WithEmptyDir(corev1ac.EmptyDirVolumeSource()))
 	}
+	if ref := htpasswdSecret(reg); ref != "" {
+		vs = append(vs, corev1ac.Volume().WithName("htpasswd").WithSecret(corev1ac.SecretVolumeSource().WithSecretName(ref)))
+	}
 	return vs
 }
 
@@ -205,7 +214,36 @@ func volumeMounts(reg *v1.Registry) []*corev1ac.VolumeMountApplyConfiguration {
 	if dir := fileStorageDir(reg); dir != "" {
 		ms = append(ms, corev1ac.VolumeMount().WithName("storage").WithMountPath(dir))
 	}
+	if htpasswdSecret(reg) != "" {
+		// The whole directory, never subPath: the kubelet then swaps in a
+		// rotated Secret, and registryd re-reads it without a restart.
+		ms = append(ms, corev1ac.VolumeMount().WithName("htpasswd").WithMountPath(htpasswdDir).WithReadOnly(true))
+	}
 	return ms
+}
+
+// htpasswdSecret is the Secret of htpasswd entries, in htpasswd mode.
+func htpasswdSecret(reg *v1.Registry) string {
+	if authMode(reg) != v1.AuthHtpasswd || reg.Spec.Auth.HtpasswdSecretRef == nil {
+		return ""
+	}
+	return reg.Spec.Auth.HtpasswdSecretRef.Name
+}
+
+// authArgs are registryd's flags for the Registry's auth settings.
+func authArgs(reg *v1.Registry) []string {
+	var args []string
+	if c := reg.Spec.Auth.Challenge; c != "" {
+		args = append(args, "--auth-challenge="+c)
+	}
+	if htpasswdSecret(reg) != "" {
+		args = append(args, "--htpasswd-file="+htpasswdDir+"/"+htpasswdKey,
+			"--htpasswd-readonly-file="+htpasswdDir+"/"+htpasswdReadOnlyKey)
+	}
+	if a := reg.Spec.Auth.TokenAudiences; authMode(reg) == v1.AuthKubernetes && len(a) > 0 {
+		args = append(args, "--token-audiences="+strings.Join(a, ","))
+	}
+	return args
 }
 
 // fileStorageDir is the directory of a file:// bucket, which needs a

@@ -54,7 +54,8 @@ func (r *RegistryReconciler) summarize(s *registryScope, reconcileErr error) {
 
 	ready := isConditionTrue(*conds, v1.ConditionStorageReady) &&
 		isConditionTrue(*conds, v1.ConditionAvailable) &&
-		!isConditionTrue(*conds, v1.ConditionDegraded)
+		!isConditionTrue(*conds, v1.ConditionDegraded) &&
+		!isConditionFalse(*conds, ConditionAuthReady)
 	reason, msg := ReasonReady, "registryd is available and its storage answers"
 	if !ready {
 		reason, msg = ReasonNotReady, notReadyMessage(*conds)
@@ -126,6 +127,9 @@ func notReadyMessage(conds []metav1.Condition) string {
 	}
 	if isConditionTrue(conds, v1.ConditionDegraded) {
 		msg += "Degraded is True; "
+	}
+	if c := meta.FindStatusCondition(conds, ConditionAuthReady); c != nil && c.Status == metav1.ConditionFalse {
+		msg += "AuthReady is False (" + c.Message + "); "
 	}
 	if len(msg) > 2 {
 		msg = msg[:len(msg)-2]

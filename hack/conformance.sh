@@ -15,7 +15,11 @@
 # and registryd keeps tags in Repository status. After the suite, every
 # Repository's status must hold exactly the tags of the bucket's journal.
 #
-# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube"),
+# Storages "htpasswd" and "htpasswd-bearer" run registryd on a file bucket
+# in htpasswd auth mode (Basic challenge, or the Docker token flow through
+# /token), and the suite logs in with OCI_USERNAME/OCI_PASSWORD.
+#
+# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube htpasswd htpasswd-bearer"),
 #      CONFORMANCE_SPECS ("1.1 dev"), REGISTRYD (binary), STEVEDORE_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +28,7 @@ version="${CONFORMANCE_VERSION:-v0.0.0-20260831232431-97274622c111}"
 cache="${STEVEDORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stevedore}"
 suite="$cache/tools/oci-conformance-$version"
 registryd="${REGISTRYD:-bin/registryd}"
-storages="${CONFORMANCE_STORAGES:-file mem kube}"
+storages="${CONFORMANCE_STORAGES:-file mem kube htpasswd htpasswd-bearer}"
 specs="${CONFORMANCE_SPECS:-1.1 dev}"
 
 if [[ ! -x "$suite" ]]; then
@@ -44,17 +48,18 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-start_registryd() { # port storage-url log; sets pid
+start_registryd() { # port storage-url log [flags…]; sets pid
   if [[ "$2" == kube ]]; then
     # Tags in Repository status: the dev harness, as `make dev` runs it.
     "$devbin" --addr "127.0.0.1:$1" --debug-addr "127.0.0.1:$(free_port)" --dir "$(dirname "$3")/dev" \
       --registryd "$registryd" >"$3" 2>&1 &
   else
-    STEVEDORE_HTTP_SECRET=conformance "$registryd" --addr "127.0.0.1:$1" --storage "$2" >"$3" 2>&1 &
+    STEVEDORE_HTTP_SECRET=conformance "$registryd" --addr "127.0.0.1:$1" --storage "$2" "${@:4}" >"$3" 2>&1 &
   fi
   pid=$!
   for _ in $(seq 600); do
-    if curl -fsS "http://127.0.0.1:$1/v2/" >/dev/null 2>&1; then return; fi
+    code=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/v2/" 2>/dev/null || true)
+    if [[ "$code" == 200 || "$code" == 401 ]]; then return; fi
     sleep 0.1
   done
   echo "registryd did not start; log:" >&2; cat "$3" >&2; exit 1
@@ -93,21 +98,34 @@ print(f"kube: {len(repos)} Repository objects; status holds the journal's {len(s
 PY
 }
 
+# One user for the htpasswd runs; the password never leaves this run.
+oci_user=conformance
+oci_pass="$(head -c 18 /dev/urandom | base64 | tr -d '/+=')"
+if [[ " $storages " == *" htpasswd"* ]]; then
+  go run ./hack/htpasswd "$oci_user" <<<"$oci_pass" >"$work/htpasswd"
+fi
+
 failed=0
 summary=()
 for storage in $storages; do
   for spec in $specs; do
     dir="$work/$storage-$spec"; mkdir -p "$dir"
+    flags=(); creds=()
     case "$storage" in
       file) url="file://$dir/bucket" ;;
       mem) url="mem://" ;;
       kube) url="kube" ;;
+      htpasswd|htpasswd-bearer)
+        url="file://$dir/bucket"
+        challenge=basic; [[ "$storage" == htpasswd-bearer ]] && challenge=bearer
+        flags=(--auth htpasswd --htpasswd-file "$work/htpasswd" --auth-challenge "$challenge")
+        creds=(OCI_USERNAME="$oci_user" OCI_PASSWORD="$oci_pass") ;;
       *) echo "unknown storage $storage" >&2; exit 2 ;;
     esac
     port="$(free_port)"
-    start_registryd "$port" "$url" "$dir/registryd.log"
+    start_registryd "$port" "$url" "$dir/registryd.log" "${flags[@]}"
     rc=0
-    (cd "$dir" && env OCI_REGISTRY="127.0.0.1:$port" OCI_TLS=disabled OCI_VERSION="$spec" \
+    (cd "$dir" && env "${creds[@]}" OCI_REGISTRY="127.0.0.1:$port" OCI_TLS=disabled OCI_VERSION="$spec" \
       OCI_REPO1=conformance/repo1 OCI_REPO2=conformance/repo2 \
       OCI_API_PULL=true OCI_API_PUSH=true OCI_API_TAGS_LIST=true OCI_API_REFERRER=true \
       OCI_API_TAGS_DELETE=true OCI_API_MANIFESTS_DELETE=true OCI_API_BLOBS_DELETE=true \

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
@@ -39,6 +40,20 @@ func TestOperatorArgsParse(t *testing.T) {
 		}, func(t *testing.T, c config) {
 			if c.authMode != "none" || !c.anonymousPull {
 				t.Errorf("auth %q anonymous pull %v", c.authMode, c.anonymousPull)
+			}
+		}},
+		{"htpasswd with the bearer challenge", func(r *v1.Registry) {
+			r.Spec.Auth = v1.AuthSpec{Mode: v1.AuthHtpasswd, HtpasswdSecretRef: &corev1.LocalObjectReference{Name: "users"}, Challenge: "bearer"}
+		}, func(t *testing.T, c config) {
+			if c.authMode != "htpasswd" || c.htpasswdFile == "" || c.htpasswdReadOnlyFile == "" || c.authChallenge != "bearer" {
+				t.Errorf("config %+v", c)
+			}
+		}},
+		{"kubernetes token audiences", func(r *v1.Registry) {
+			r.Spec.Auth = v1.AuthSpec{Mode: v1.AuthKubernetes, TokenAudiences: []string{"a", "b"}}
+		}, func(t *testing.T, c config) {
+			if c.tokenAudiences != "a,b" || c.authChallenge != "basic" {
+				t.Errorf("config %+v", c)
 			}
 		}},
 		{"prefix and limits", func(r *v1.Registry) {

@@ -32,7 +32,6 @@ import (
 
 	"github.com/stevedore-dev/stevedore/internal/bucket"
 	"github.com/stevedore-dev/stevedore/internal/version"
-	"github.com/stevedore-dev/stevedore/registryd/auth"
 	"github.com/stevedore-dev/stevedore/registryd/server"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
 )
@@ -47,8 +46,11 @@ type config struct {
 	// Blob GETs redirect to signed URLs valid this long (0: off).
 	redirectTTL time.Duration
 	// Access rules: the Registry's auth mode.
-	authMode      string
-	anonymousPull bool
+	authMode, authChallenge, tokenRealm string
+	anonymousPull                       bool
+	htpasswdFile, htpasswdReadOnlyFile  string
+	tokenAudiences                      string
+	authCacheTTL                        time.Duration
 	// Serve net/http/pprof on --debug-addr.
 	pprof bool
 }
@@ -72,6 +74,12 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.authMode, "auth", "none", "auth mode: none (everyone may push: development only), htpasswd or kubernetes")
 	fs.BoolVar(&c.anonymousPull, "anonymous-pull", false, "serve pulls (GET, HEAD) without credentials in any auth mode")
 	fs.BoolVar(&c.pprof, "pprof", false, "also serve /debug/pprof/ on --debug-addr (profiles reveal request data: keep that port private)")
+	fs.StringVar(&c.authChallenge, "auth-challenge", "basic", "401 challenge: basic (user and password on each request) or bearer (Docker token flow via /token)")
+	fs.StringVar(&c.tokenRealm, "token-realm", "", "URL of /token in bearer challenges (default: /token on the host the client used)")
+	fs.StringVar(&c.htpasswdFile, "htpasswd-file", "", "auth htpasswd: file of user:bcrypt-hash lines, re-read when it changes")
+	fs.StringVar(&c.htpasswdReadOnlyFile, "htpasswd-readonly-file", "", "auth htpasswd: file of users (one per line) who may only pull")
+	fs.StringVar(&c.tokenAudiences, "token-audiences", "", "auth kubernetes: comma-separated audiences tokens must be for (default: the API server's)")
+	fs.DurationVar(&c.authCacheTTL, "auth-cache-ttl", 10*time.Second, "auth kubernetes: how long TokenReview and SubjectAccessReview answers are reused")
 	fs.DurationVar(&c.redirectTTL, "redirect-ttl", 0, "answer blob GETs with a redirect to a URL signed for this long, where the storage can sign (0: serve the bytes)")
 }
 
@@ -107,22 +115,19 @@ func run(log *slog.Logger, c config) error {
 	}
 	defer b.Close()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), apiRequests)
 	tagStore, err := newTagStore(ctx, log, c, b, reg)
 	if err != nil {
 		return err
 	}
-	mode, err := auth.ParseMode(c.authMode)
+	guard, err := newGuard(log, c, secret, reg)
 	if err != nil {
 		return err
 	}
-	if mode == auth.None {
-		log.Warn("auth mode none: anyone who can reach this registry can push and delete; development only")
-	}
-	handler := auth.Middleware(server.New(b, tagStore, &server.Options{
+	handler := withTokenEndpoint(server.New(b, tagStore, &server.Options{
 		MaxManifestBytes: c.maxManifestBytes, Secret: secret, ChunkMinLength: c.chunkMinLength,
-		RedirectTTL: c.redirectTTL, Logger: log, Registerer: reg,
-	}), auth.Options{Mode: mode, AnonymousPull: c.anonymousPull, Realm: "stevedore"})
+		RedirectTTL: c.redirectTTL, Logger: log, Registerer: reg, Authorizer: guard,
+	}), guard.TokenHandler())
 	if (c.tlsCertFile == "") != (c.tlsKeyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")
 	}

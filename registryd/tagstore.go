@@ -25,14 +25,7 @@ func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket
 		log.Info("tags live in the bucket (standalone mode)")
 		return journal, nil
 	}
-	cfg, err := kubeConfig(c.kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	if err := countRequests(cfg, reg); err != nil {
-		return nil, err
-	}
-	cs, err := kubernetes.NewForConfig(cfg)
+	cfg, cs, err := kubeClient(c.kubeconfig)
 	if err != nil {
 		return nil, err
 	}
@@ -55,26 +48,32 @@ func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket
 	return store, nil
 }
 
-// countRequests counts every request registryd makes to the API server, by
-// method and resource, as stevedore_kube_api_requests_total: the pull path
-// must make none (tags are served from the informer cache), and make bench
-// asserts it from this counter. The resource label tells those apart from
-// the Events of earlier pushes, which client-go sends in the background.
-func countRequests(cfg *rest.Config, reg prometheus.Registerer) error {
-	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "stevedore_kube_api_requests_total",
-		Help: "Requests registryd sent to the Kubernetes API server (a watch counts once, when it starts).",
-	}, []string{"method", "resource"})
-	if err := reg.Register(requests); err != nil {
-		return err
+// apiRequests counts every request registryd makes to the API server (tag
+// store and auth alike), by method and resource: the pull path must make
+// none (tags are served from the informer cache, auth answers are cached),
+// and make bench asserts it from this counter. The resource label tells
+// those apart from the Events of earlier pushes, which client-go sends in
+// the background. run registers it.
+var apiRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "stevedore_kube_api_requests_total",
+	Help: "Requests registryd sent to the Kubernetes API server (a watch counts once, when it starts).",
+}, []string{"method", "resource"})
+
+// kubeClient is the API server of --kubeconfig (see kubeConfig), with every
+// request counted in apiRequests.
+func kubeClient(path string) (*rest.Config, *kubernetes.Clientset, error) {
+	cfg, err := kubeConfig(path)
+	if err != nil {
+		return nil, nil, err
 	}
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
 		return roundTripperFunc(func(r *http.Request) (*http.Response, error) {
-			requests.WithLabelValues(r.Method, apiResource(r.URL.Path)).Inc()
+			apiRequests.WithLabelValues(r.Method, apiResource(r.URL.Path)).Inc()
 			return rt.RoundTrip(r)
 		})
 	})
-	return nil
+	cs, err := kubernetes.NewForConfig(cfg)
+	return cfg, cs, err
 }
 
 // apiResource is the resource an API path names: repositories in

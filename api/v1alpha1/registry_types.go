@@ -86,13 +86,30 @@ type AuthSpec struct {
 	// +optional
 	Mode AuthMode `json:"mode,omitempty"`
 
-	// HtpasswdSecretRef names a Secret with an "htpasswd" key of bcrypt entries.
+	// HtpasswdSecretRef names a Secret with an "htpasswd" key of bcrypt
+	// entries (htpasswd -B) and, optionally, a "readonly" key listing users
+	// (one per line) who may only pull. Changes reach running pods without a
+	// restart.
 	// +optional
 	HtpasswdSecretRef *corev1.LocalObjectReference `json:"htpasswdSecretRef,omitempty"`
 
 	// AnonymousPull opens pulls (and only pulls) to unauthenticated clients.
 	// +optional
 	AnonymousPull bool `json:"anonymousPull,omitempty"`
+
+	// Challenge is how registryd asks for credentials: basic (user and
+	// password on every request, followed by every client) or bearer (the
+	// Docker token flow through /token, for clients that insist on it).
+	// +kubebuilder:validation:Enum=basic;bearer
+	// +kubebuilder:default=basic
+	// +optional
+	Challenge string `json:"challenge,omitempty"`
+
+	// TokenAudiences, in kubernetes mode, are the audiences a token must be
+	// issued for (TokenReview). Empty: the API server's own audiences, so
+	// any ServiceAccount token from `kubectl create token` works.
+	// +optional
+	TokenAudiences []string `json:"tokenAudiences,omitempty"`
 }
 
 // RedirectSpec serves blob GETs as 307 redirects to signed backend URLs.

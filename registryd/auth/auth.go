@@ -1,17 +1,20 @@
-// Package auth guards registryd's API by the Registry's auth mode.
+// Package auth decides who may do what on registryd, by the Registry's auth
+// mode: none (everyone, development only), htpasswd (bcrypt entries from a
+// file, reloaded when it changes) or kubernetes (tokens checked with
+// TokenReview, actions with SubjectAccessReview). Every mode also accepts the
+// short-lived tokens its /token endpoint issues (the Docker token flow).
 //
-// Mode none lets everyone in. Credential checks for htpasswd and kubernetes
-// (issue 8) are not built yet, so in those modes registryd fails closed:
-// nobody can authenticate, every request is answered 401 UNAUTHORIZED with a
-// Basic challenge, except pulls when anonymous pull is on. A Registry left
-// at the default mode is therefore never open to anonymous push.
+// The server asks a Guard about each request with the Access its route
+// names; the Guard answers nil, 401 UNAUTHORIZED with a challenge (no or bad
+// credentials), 403 DENIED (known identity, action not allowed) or 503 (the
+// API server could not be asked).
 package auth
 
 import (
+	"context"
+	"errors"
 	"fmt"
-	"net/http"
-
-	"github.com/stevedore-dev/stevedore/registryd/errcode"
+	"strings"
 )
 
 // Mode is a Registry's auth mode.
@@ -32,35 +35,107 @@ func ParseMode(s string) (Mode, error) {
 	return "", fmt.Errorf("auth mode %q: want none, htpasswd or kubernetes", s)
 }
 
-// Options configure Middleware.
-type Options struct {
-	Mode Mode
-	// AnonymousPull lets unauthenticated GET and HEAD requests through.
-	AnonymousPull bool
-	// Realm names the registry in the challenge.
-	Realm string
+// Action is what a request does to a repository. They are the verbs of the
+// repositories resource in kubernetes mode.
+type Action string
+
+const (
+	// Authenticated asks only for a valid identity (GET /v2/).
+	Authenticated Action = ""
+	Pull          Action = "pull"
+	Push          Action = "push"
+	Delete        Action = "delete"
+	// List is the catalog: every repository's name.
+	List Action = "list"
+)
+
+// Access is one action on one repository ("" for Authenticated and List).
+type Access struct {
+	Repository string
+	Action     Action
 }
 
-// Middleware wraps the registry API with the mode's access rules.
-func Middleware(next http.Handler, o Options) http.Handler {
-	if o.Mode == None {
-		return next
+func (a Access) String() string {
+	if a.Repository == "" {
+		return string(a.Action)
 	}
-	challenge := fmt.Sprintf("Basic realm=%q", o.Realm)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if o.AnonymousPull && (r.Method == http.MethodGet || r.Method == http.MethodHead) {
-			next.ServeHTTP(w, r)
-			return
+	return string(a.Action) + " " + a.Repository
+}
+
+// Identity is an authenticated client.
+type Identity struct {
+	// Name is the htpasswd user or the Kubernetes user name.
+	Name   string
+	UID    string
+	Groups []string
+	Extra  map[string][]string
+	// ReadOnly htpasswd users may pull and list only.
+	ReadOnly bool
+}
+
+// Credentials are what a request presented: Basic user and password, or a
+// Bearer token (in Password, with Bearer set).
+type Credentials struct {
+	Username, Password string
+	Bearer             bool
+}
+
+// Backend is one mode's authority over identities and permissions.
+type Backend interface {
+	// Authenticate returns the identity behind c, ErrBadCredentials when c
+	// proves nothing, or an error wrapping ErrUnavailable.
+	Authenticate(ctx context.Context, c Credentials) (*Identity, error)
+	// Allowed reports whether id may perform a.
+	Allowed(ctx context.Context, id *Identity, a Access) (bool, error)
+}
+
+var (
+	// ErrBadCredentials: the credentials are wrong, unknown or expired.
+	ErrBadCredentials = errors.New("bad credentials")
+	// ErrUnavailable: the authority could not answer; retry later.
+	ErrUnavailable = errors.New("auth backend unavailable")
+)
+
+// Scope is the Docker token scope string for a, as put in challenges and
+// token requests: repository:NAME:ACTIONS or registry:catalog:*.
+func (a Access) Scope() string {
+	switch a.Action {
+	case Authenticated:
+		return ""
+	case List:
+		return "registry:catalog:*"
+	case Push:
+		// Clients push after checking what exists, so they want both.
+		return "repository:" + a.Repository + ":pull,push"
+	}
+	return "repository:" + a.Repository + ":" + string(a.Action)
+}
+
+// parseScope reads one token-request scope into the accesses it asks for.
+func parseScope(s string) ([]Access, error) {
+	typ, rest, ok := strings.Cut(s, ":")
+	if !ok {
+		return nil, fmt.Errorf("scope %q: want type:name:actions", s)
+	}
+	i := strings.LastIndex(rest, ":")
+	if i < 0 {
+		return nil, fmt.Errorf("scope %q: want type:name:actions", s)
+	}
+	name, actions := rest[:i], rest[i+1:]
+	if typ == "registry" && name == "catalog" {
+		return []Access{{Action: List}}, nil
+	}
+	if typ != "repository" {
+		return nil, nil // unknown resource types grant nothing
+	}
+	var out []Access
+	for _, act := range strings.Split(actions, ",") {
+		switch Action(act) {
+		case Pull, Push, Delete:
+			out = append(out, Access{Repository: name, Action: Action(act)})
+		case "*":
+			out = append(out, Access{name, Pull}, Access{name, Push}, Access{name, Delete})
 		}
-		w.Header().Set("WWW-Authenticate", challenge)
-		errcode.Write(w, r, errcode.Unauthorized.With(fmt.Sprintf(
-			"auth mode %s: credential checks are not available in this version, so only %s", o.Mode, allowed(o))))
-	})
-}
-
-func allowed(o Options) string {
-	if o.AnonymousPull {
-		return "anonymous pulls are served"
 	}
-	return "nothing is served; use auth mode none for an open development registry"
+	return out, nil
 }

@@ -47,6 +47,7 @@ func runMain(m *testing.M) int {
 			return 1
 		}
 	}
+	defer stopKube()
 	return m.Run()
 }
 

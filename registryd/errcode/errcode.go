@@ -51,7 +51,9 @@ type Error struct {
 	Detail any
 	// RetryAfter, when non-zero, is sent as the Retry-After header (seconds).
 	RetryAfter int
-	Err        error
+	// Header is added to the response, e.g. an auth challenge.
+	Header http.Header
+	Err    error
 }
 
 func (e *Error) Error() string {
@@ -116,6 +118,9 @@ func Write(w http.ResponseWriter, r *http.Request, err error) *Error {
 	h.Set("Content-Length", strconv.Itoa(len(body)))
 	if e.RetryAfter > 0 {
 		h.Set("Retry-After", strconv.Itoa(e.RetryAfter))
+	}
+	for k, v := range e.Header {
+		h[k] = v
 	}
 	w.WriteHeader(e.Code.Status)
 	if r.Method != http.MethodHead {

@@ -133,6 +133,11 @@ func (s *server) putManifest(w http.ResponseWriter, r *http.Request, p pathParam
 			w.Header().Add("OCI-Tag", tag)
 		}
 	}
+	if c, ok := s.tags.(tags.RepositoryCreator); ok && len(tagList) == 0 {
+		if err := c.EnsureRepository(r.Context(), p.name); err != nil {
+			return storageErr(err, errcode.NameUnknown, p.name)
+		}
+	}
 	h := w.Header()
 	if m.Subject != nil {
 		h.Set("OCI-Subject", m.Subject.Digest.String())

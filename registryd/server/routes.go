@@ -3,6 +3,8 @@ package server
 import (
 	"net/http"
 	"strings"
+
+	"github.com/stevedore-dev/stevedore/registryd/auth"
 )
 
 // endpoint is the shape of a path; the route table pairs it with methods.
@@ -28,36 +30,38 @@ type pathParams struct {
 
 type handlerFunc func(s *server, w http.ResponseWriter, r *http.Request, p pathParams) error
 
-// route is one row of the route table. name labels metrics and logs.
+// route is one row of the route table. name labels metrics and logs;
+// action is what the Authorizer is asked before the handler runs.
 type route struct {
 	endpoint endpoint
 	method   string
 	name     string
+	action   auth.Action
 	handle   handlerFunc
 }
 
 // routeTable lists every endpoint registryd serves (spec ids in comments).
 func routeTable() []route {
 	return []route{
-		{epBase, http.MethodGet, "base", (*server).getBase},  // end-1
-		{epBase, http.MethodHead, "base", (*server).getBase}, // end-1
-		{epCatalog, http.MethodGet, "catalog", (*server).getCatalog},
-		{epManifest, http.MethodGet, "manifest", (*server).getManifest},       // end-3
-		{epManifest, http.MethodHead, "manifest", (*server).getManifest},      // end-3
-		{epManifest, http.MethodPut, "manifest", (*server).putManifest},       // end-7a, end-7b
-		{epManifest, http.MethodDelete, "manifest", (*server).deleteManifest}, // end-9
-		{epBlob, http.MethodGet, "blob", (*server).getBlob},                   // end-2
-		{epBlob, http.MethodHead, "blob", (*server).getBlob},                  // end-2
-		{epBlob, http.MethodDelete, "blob", (*server).deleteBlob},             // end-10
-		{epUploadStart, http.MethodPost, "upload", (*server).startUpload},     // end-4a, end-4b, end-4c, end-11
-		{epUpload, http.MethodPatch, "upload", (*server).patchUpload},         // end-5
-		{epUpload, http.MethodPut, "upload", (*server).putUpload},             // end-6
-		{epUpload, http.MethodGet, "upload", (*server).getUpload},             // end-13
-		{epUpload, http.MethodDelete, "upload", (*server).deleteUpload},       // end-14
-		{epTags, http.MethodGet, "tags", (*server).getTags},                   // end-8a, end-8b
-		{epTags, http.MethodHead, "tags", (*server).getTags},
-		{epReferrers, http.MethodGet, "referrers", (*server).getReferrers}, // end-12a, end-12b
-		{epReferrers, http.MethodHead, "referrers", (*server).getReferrers},
+		{epBase, http.MethodGet, "base", auth.Authenticated, (*server).getBase},  // end-1
+		{epBase, http.MethodHead, "base", auth.Authenticated, (*server).getBase}, // end-1
+		{epCatalog, http.MethodGet, "catalog", auth.List, (*server).getCatalog},
+		{epManifest, http.MethodGet, "manifest", auth.Pull, (*server).getManifest},         // end-3
+		{epManifest, http.MethodHead, "manifest", auth.Pull, (*server).getManifest},        // end-3
+		{epManifest, http.MethodPut, "manifest", auth.Push, (*server).putManifest},         // end-7a, end-7b
+		{epManifest, http.MethodDelete, "manifest", auth.Delete, (*server).deleteManifest}, // end-9
+		{epBlob, http.MethodGet, "blob", auth.Pull, (*server).getBlob},                     // end-2
+		{epBlob, http.MethodHead, "blob", auth.Pull, (*server).getBlob},                    // end-2
+		{epBlob, http.MethodDelete, "blob", auth.Delete, (*server).deleteBlob},             // end-10
+		{epUploadStart, http.MethodPost, "upload", auth.Push, (*server).startUpload},       // end-4a, end-4b, end-4c, end-11
+		{epUpload, http.MethodPatch, "upload", auth.Push, (*server).patchUpload},           // end-5
+		{epUpload, http.MethodPut, "upload", auth.Push, (*server).putUpload},               // end-6
+		{epUpload, http.MethodGet, "upload", auth.Push, (*server).getUpload},               // end-13
+		{epUpload, http.MethodDelete, "upload", auth.Push, (*server).deleteUpload},         // end-14
+		{epTags, http.MethodGet, "tags", auth.Pull, (*server).getTags},                     // end-8a, end-8b
+		{epTags, http.MethodHead, "tags", auth.Pull, (*server).getTags},
+		{epReferrers, http.MethodGet, "referrers", auth.Pull, (*server).getReferrers}, // end-12a, end-12b
+		{epReferrers, http.MethodHead, "referrers", auth.Pull, (*server).getReferrers},
 	}
 }
 

@@ -3,6 +3,7 @@
 package server
 
 import (
+	"context"
 	"crypto/rand"
 	"log/slog"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"gocloud.dev/blob"
 
+	"github.com/stevedore-dev/stevedore/registryd/auth"
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
 	"github.com/stevedore-dev/stevedore/registryd/reference"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
@@ -37,6 +39,16 @@ type Options struct {
 	Logger *slog.Logger
 	// Registerer receives the server's metrics. Nil: not exported.
 	Registerer prometheus.Registerer
+	// Authorizer is asked about every request, with the access its route
+	// names, before the handler runs. Nil: everything is allowed.
+	Authorizer Authorizer
+}
+
+// Authorizer decides whether a request may perform an access; it returns
+// nil or the spec error to send (401 with a challenge, 403, 503).
+// *auth.Guard is one.
+type Authorizer interface {
+	Authorize(ctx context.Context, r *http.Request, a auth.Access) error
 }
 
 const (
@@ -122,7 +134,17 @@ func (s *server) dispatch(w http.ResponseWriter, r *http.Request) (string, error
 		}
 	}
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")
+	if err := s.authorize(r, auth.Access{Repository: p.name, Action: rt.action}); err != nil {
+		return rt.name, err
+	}
 	return rt.name, rt.handle(s, w, r, p)
+}
+
+func (s *server) authorize(r *http.Request, a auth.Access) error {
+	if s.opts.Authorizer == nil {
+		return nil
+	}
+	return s.opts.Authorizer.Authorize(r.Context(), r, a)
 }
 
 func (s *server) getBase(w http.ResponseWriter, r *http.Request, _ pathParams) error {

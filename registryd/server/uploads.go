@@ -11,6 +11,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 
+	"github.com/stevedore-dev/stevedore/registryd/auth"
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
 	"github.com/stevedore-dev/stevedore/registryd/reference"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
@@ -60,8 +61,9 @@ func (s *server) startUpload(w http.ResponseWriter, r *http.Request, p pathParam
 
 // tryMount links blob mount from repository from (end-11). It reports
 // done=false when the caller should fall back to an upload session: the
-// blob is not in from, or from is absent (anonymous mounts are declined
-// so a repository never learns what other repositories hold).
+// blob is not in from, from is absent (anonymous mounts are declined so a
+// repository never learns what other repositories hold), or the client may
+// not pull from.
 func (s *server) tryMount(w http.ResponseWriter, r *http.Request, name, mount, from string) (bool, error) {
 	d, err := parseDigest(mount)
 	if err != nil {
@@ -72,6 +74,9 @@ func (s *server) tryMount(w http.ResponseWriter, r *http.Request, name, mount, f
 	}
 	if err := reference.ValidateName(from); err != nil {
 		return false, errcode.NameInvalid.Wrap(err, from)
+	}
+	if s.authorize(r, auth.Access{Repository: from, Action: auth.Pull}) != nil {
+		return false, nil
 	}
 	info, err := s.store.MountBlob(r.Context(), name, from, d)
 	if errors.Is(err, storage.ErrNotFound) {

@@ -8,3 +8,10 @@ import "context"
 type Catalog interface {
 	Repositories(ctx context.Context) ([]string, error)
 }
+
+// RepositoryCreator is an optional capability of a Store that keeps an
+// object per repository: a push by digest (no tag) creates it as a tag push
+// does, so the repository is in the catalog and under its deletion policy.
+type RepositoryCreator interface {
+	EnsureRepository(ctx context.Context, repo string) error
+}

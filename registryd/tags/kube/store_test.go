@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -375,4 +376,53 @@ func rawRepository(ctx context.Context, reg *v1.Registry, name string) ([]byte, 
 		return nil, err
 	}
 	return cs.RESTClient().Get().AbsPath("/apis/stevedore.dev/v1alpha1/namespaces", reg.Namespace, "repositories", name).DoRaw(ctx)
+}
+
+// TestPushByDigestCreatesRepository: a manifest pushed by digest alone
+// creates its Repository as a tag push does, so the repository is in the
+// catalog; with auto-creation off the push is refused.
+func TestPushByDigestCreatesRepository(t *testing.T) {
+	tests := []struct {
+		name   string
+		mutate func(*v1.Registry)
+		want   int
+	}{
+		{"auto-creation on", nil, http.StatusCreated},
+		{"auto-creation off", func(r *v1.Registry) { r.Spec.AutoCreateRepositories = ptr.To(false) }, http.StatusNotFound},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := newRegistry(t, tc.mutate)
+			bucket := memblob.OpenBucket(nil)
+			t.Cleanup(func() { bucket.Close() })
+			store := replica(t, reg, tags.NewBucket(bucket))
+			srv := httptest.NewServer(server.New(bucket, store, &server.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
+			t.Cleanup(srv.Close)
+			config := pushBlob(t, srv.URL, "team/untagged", []byte("{}"))
+			body := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":2},"layers":[]}`,
+				ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageConfig, config))
+			req, _ := http.NewRequest(http.MethodPut, srv.URL+"/v2/team/untagged/manifests/"+digest.FromBytes(body).String(), bytes.NewReader(body))
+			req.Header.Set("Content-Type", ocispec.MediaTypeImageManifest)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != tc.want {
+				t.Fatalf("push by digest: %s, want %d", resp.Status, tc.want)
+			}
+			var repo v1.Repository
+			err = env.Client.Get(context.Background(), keyIn(reg, v1.RepositoryObjectName(reg.Name, "team/untagged")), &repo)
+			if created := err == nil; created != (tc.want == http.StatusCreated) {
+				t.Fatalf("Repository created: %v (%v)", created, err)
+			}
+			if tc.want != http.StatusCreated {
+				return
+			}
+			eventually(t, func() bool {
+				names, err := store.Repositories(context.Background())
+				return err == nil && slices.Contains(names, "team/untagged")
+			})
+		})
+	}
 }

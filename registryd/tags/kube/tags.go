@@ -92,6 +92,15 @@ func (s *Store) Put(ctx context.Context, path, tag string, desc ocispec.Descript
 	return err
 }
 
+// EnsureRepository creates the Repository of path unless it exists (a push
+// by digest); through the group commit, so it costs nothing when cached.
+func (s *Store) EnsureRepository(ctx context.Context, path string) error {
+	_, err := s.commit(ctx, path, &change{create: true, apply: func(context.Context, *v1.Repository, *v1.Registry) (bool, error) {
+		return false, nil
+	}})
+	return err
+}
+
 // Delete removes a tag from the status, then from the journal.
 func (s *Store) Delete(ctx context.Context, path, tag string) error {
 	repo, err := s.commit(ctx, path, &change{apply: func(_ context.Context, repo *v1.Repository, _ *v1.Registry) (bool, error) {

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"errors"
+	"log/slog"
+	"net/http"
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/stevedore-dev/stevedore/registryd/auth"
+)
+
+// newGuard builds the access rules of --auth and its flags.
+func newGuard(log *slog.Logger, c config, secret []byte, reg prometheus.Registerer) (*auth.Guard, error) {
+	mode, err := auth.ParseMode(c.authMode)
+	if err != nil {
+		return nil, err
+	}
+	challenge, err := auth.ParseChallenge(c.authChallenge)
+	if err != nil {
+		return nil, err
+	}
+	var backend auth.Backend
+	switch mode {
+	case auth.None:
+		log.Warn("AUTH DISABLED (--auth none): anyone who can reach this registry can push and delete; development only")
+	case auth.Htpasswd:
+		if c.htpasswdFile == "" {
+			return nil, errors.New("--auth htpasswd needs --htpasswd-file")
+		}
+		backend, err = auth.NewHtpasswd(auth.HtpasswdOptions{File: c.htpasswdFile, ReadOnlyFile: c.htpasswdReadOnlyFile, Logger: log})
+	case auth.Kubernetes:
+		backend, err = newKubernetesBackend(c)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if c.anonymousPull && mode != auth.None {
+		log.Info("anonymous pull is on: anyone who can reach this registry can pull")
+	}
+	return auth.New(auth.Options{
+		Mode: mode, Backend: backend, AnonymousPull: c.anonymousPull, Challenge: challenge,
+		TokenRealm: c.tokenRealm, Secret: secret, Registerer: reg, Logger: log,
+	})
+}
+
+func newKubernetesBackend(c config) (auth.Backend, error) {
+	_, cs, err := kubeClient(c.kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	var audiences []string
+	for _, a := range strings.Split(c.tokenAudiences, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			audiences = append(audiences, a)
+		}
+	}
+	return auth.NewKubernetes(auth.KubernetesOptions{
+		Client: cs, Namespace: c.namespace, Registry: c.registry, Audiences: audiences, CacheTTL: c.authCacheTTL,
+	})
+}
+
+// withTokenEndpoint serves /token (the Docker token flow) beside the
+// registry API. Not a ServeMux: it would clean and redirect paths such as
+// /v2/../x that the API must refuse with NAME_INVALID.
+func withTokenEndpoint(api, token http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/token" {
+			token.ServeHTTP(w, r)
+			return
+		}
+		api.ServeHTTP(w, r)
+	})
+}

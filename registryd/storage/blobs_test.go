@@ -170,3 +170,44 @@ func TestManifestCacheFollowsTheBucket(t *testing.T) {
 		t.Fatalf("StatManifest after another replica re-pushed it: %v, %v; want %s", desc, err, docker)
 	}
 }
+
+// TestSmallReader: once it has learned a file bucket's directory it reads
+// files directly, with the bucket's answers for missing objects,
+// "directories" and sidecar names.
+func TestSmallReader(t *testing.T) {
+	ctx := context.Background()
+	b, err := fileblob.OpenBucket(t.TempDir(), nil) // with sidecars, as older buckets
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	r := NewSmallReader(b)
+	if _, err := r.ReadAll(ctx, "repos/app/_tags/v1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing before learning: %v", err)
+	}
+	if err := b.WriteAll(ctx, "repos/app/_tags/v1", []byte("one"), nil); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if got, err := r.ReadAll(ctx, "repos/app/_tags/v1"); err != nil || string(got) != "one" {
+			t.Fatalf("ReadAll: %q, %v", got, err)
+		}
+	}
+	if r.learnedRoot() == "" {
+		t.Fatal("the bucket's directory was not learned")
+	}
+	if err := b.WriteAll(ctx, "repos/app/_tags/v1", []byte("two"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.ReadAll(ctx, "repos/app/_tags/v1"); err != nil || string(got) != "two" {
+		t.Fatalf("after a rewrite: %q, %v", got, err)
+	}
+	for _, key := range []string{"repos/app/_tags/v2", "repos/app/_tags", "repos/app/_tags/v1.attrs"} {
+		if _, err := r.ReadAll(ctx, key); !errors.Is(err, ErrNotFound) && err == nil {
+			t.Errorf("%s: read %v, want an error", key, err)
+		}
+	}
+	if _, err := r.ReadAll(ctx, "repos/app/_tags/v2"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing after learning: %v", err)
+	}
+}

@@ -73,6 +73,7 @@ test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, co
 	@phase() { echo "== $$1: $$(( SECONDS - t0 ))s"; t0=$$SECONDS; }; t0=$$SECONDS; start=$$SECONDS; \
 	export KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" CONTROLLER_GEN="$(CONTROLLER_GEN)"; phase "envtest assets"; \
 	export STEVEDORE_CLIENTS="$$(hack/install-clients.sh)"; phase "clients (crane, oras, regctl, skopeo)"; \
+	export STEVEDORE_STORAGE_SERVERS="$$(hack/storage-servers.sh install)"; phase "storage servers (versitygw, Azurite, fake-gcs-server)"; \
 	$(MAKE) --no-print-directory helm; export HELM="$(HELM)"; phase "helm"; \
 	go vet ./...; phase "go vet"; \
 	go test -count=1 ./...; phase "go test (unit, envtest, e2e with real clients)"; \
@@ -102,7 +103,7 @@ dev: build envtest ## A local API server, the operator, a sample Registry and it
 	hack/dev.sh
 
 .PHONY: conformance
-conformance: ## The OCI conformance suite (1.1 and dev) against registryd: file bucket, mem://, kubernetes tag store, htpasswd auth (basic and bearer).
+conformance: ## The OCI conformance suite (1.1 and dev) against registryd: file bucket, mem://, kubernetes tag store, htpasswd auth (basic and bearer), s3, azure, gcs.
 	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
 	REGISTRYD=$(LOCALBIN)/registryd hack/conformance.sh
 
@@ -110,9 +111,22 @@ conformance: ## The OCI conformance suite (1.1 and dev) against registryd: file 
 clients: ## Install crane, oras, regctl and skopeo for the registryd e2e tests (cached); print their directory.
 	@hack/install-clients.sh
 
+.PHONY: test-minio
+test-minio: ## The OCI conformance suite on MinIO (slow to build the first time, so not in make test).
+	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
+	CONFORMANCE_STORAGES=minio REGISTRYD=$(LOCALBIN)/registryd hack/conformance.sh
+
+.PHONY: storage-servers
+storage-servers: ## Install versitygw, Azurite and fake-gcs-server for the storage tests (cached); print their directory.
+	@hack/storage-servers.sh install
+
 .PHONY: bench
 bench: build ## Side by side with distribution (installs it, crane, wrk, ab; ~10 min); writes docs/benchmarks.md. Not part of test.
 	hack/bench.sh
+
+.PHONY: bench-storage
+bench-storage: build ## Push/pull MB/s of registryd on each storage backend next to the file backend.
+	hack/bench-storage.sh
 
 ##@ Tools
 

@@ -22,6 +22,7 @@ import (
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/controllers"
+	"github.com/stevedore-dev/stevedore/internal/testutil/storageservers"
 )
 
 func createRegistry(t *testing.T, ns, name string, mutate func(*v1.Registry)) *v1.Registry {
@@ -363,6 +364,42 @@ func TestStorageReady(t *testing.T) {
 			})
 		})
 	}
+	// An S3 bucket (versitygw) probed with the keys of the Registry's
+	// secretRef, never the operator's own environment.
+	t.Run("s3 with secretRef", func(t *testing.T) {
+		srv := storageservers.Start(t, storageservers.S3)
+		for _, tc := range []struct {
+			name, secret, reason, message string
+		}{
+			{"s3-good-keys", srv.Env["AWS_SECRET_ACCESS_KEY"], "ProbeSucceeded", "wrote, read and deleted"},
+			{"s3-wrong-keys", "wrong", "ProbeFailed", "SignatureDoesNotMatch"},
+		} {
+			data := map[string]string{}
+			for k, v := range srv.Env {
+				data[k] = v
+			}
+			data["AWS_SECRET_ACCESS_KEY"] = tc.secret
+			sec := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: tc.name, Namespace: ns}, StringData: data}
+			if err := env.Client.Create(context.Background(), sec); err != nil {
+				t.Fatal(err)
+			}
+			createRegistry(t, ns, tc.name, func(r *v1.Registry) {
+				r.Spec.Storage.URL = srv.URL
+				r.Spec.Storage.SecretRef = &corev1.LocalObjectReference{Name: tc.name}
+			})
+			eventually(t, "StorageReady", func() error {
+				var reg v1.Registry
+				if err := get(&reg, ns, tc.name); err != nil {
+					return err
+				}
+				c := meta.FindStatusCondition(reg.Status.Conditions, v1.ConditionStorageReady)
+				if c == nil || c.Reason != tc.reason || !strings.Contains(c.Message, tc.message) {
+					return fmt.Errorf("%s: StorageReady = %+v, want %s with %q", tc.name, c, tc.reason, tc.message)
+				}
+				return nil
+			})
+		}
+	})
 	t.Run("missing credentials secret", func(t *testing.T) {
 		createRegistry(t, ns, "nocreds", func(r *v1.Registry) {
 			r.Spec.Storage.SecretRef = &corev1.LocalObjectReference{Name: "absent"}

@@ -40,4 +40,6 @@ work="$(mktemp -d "$PWD/.bench/run-XXXXXX")"
 trap 'rm -rf "$tmp" "$work"' EXIT
 "$tmp/bench" -registryd bin/registryd -distribution "$distribution" -crane "$crane" -wrk "$(command -v wrk)" -ab "$(command -v ab)" \
   -work-dir "$work" -kube-benchtime "${BENCH_TAGS:-600x}" -out docs/benchmarks.md -reproduce "make bench"
+# Storage backends (issue 6): its own script, so this one can change freely.
+hack/bench-storage.sh
 echo "== make bench finished in $(( SECONDS - start ))s"

@@ -19,7 +19,12 @@
 # in htpasswd auth mode (Basic challenge, or the Docker token flow through
 # /token), and the suite logs in with OCI_USERNAME/OCI_PASSWORD.
 #
-# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube htpasswd htpasswd-bearer"),
+# Storages "s3", "azure" and "gcs" run registryd on versitygw, Azurite and
+# fake-gcs-server ("minio", not a default, on MinIO), which
+# hack/storage-servers.sh installs (cached) and starts on 127.0.0.1 once for
+# the whole run; each run gets its own --storage-prefix in the shared bucket.
+#
+# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube htpasswd htpasswd-bearer s3 azure gcs"),
 #      CONFORMANCE_SPECS ("1.1 dev"), REGISTRYD (binary), STEVEDORE_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +33,7 @@ version="${CONFORMANCE_VERSION:-v0.0.0-20260831232431-97274622c111}"
 cache="${STEVEDORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stevedore}"
 suite="$cache/tools/oci-conformance-$version"
 registryd="${REGISTRYD:-bin/registryd}"
-storages="${CONFORMANCE_STORAGES:-file mem kube htpasswd htpasswd-bearer}"
+storages="${CONFORMANCE_STORAGES:-file mem kube htpasswd htpasswd-bearer s3 azure gcs}"
 specs="${CONFORMANCE_SPECS:-1.1 dev}"
 
 if [[ ! -x "$suite" ]]; then
@@ -40,21 +45,23 @@ fi
 
 work="$(mktemp -d)"
 pid=""
+servers=""
 cleanup() {
   if [[ -n "$pid" ]]; then kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; fi
+  if [[ -n "$servers" ]]; then hack/storage-servers.sh stop "$servers"; fi
   rm -rf "$work"
 }
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-start_registryd() { # port storage-url log [flags…]; sets pid
+start_registryd() { # port storage-url log [flags…]; sets pid; $regenv: KEY=VALUE for registryd
   if [[ "$2" == kube ]]; then
     # Tags in Repository status: the dev harness, as `make dev` runs it.
     "$devbin" --addr "127.0.0.1:$1" --debug-addr "127.0.0.1:$(free_port)" --dir "$(dirname "$3")/dev" \
       --registryd "$registryd" >"$3" 2>&1 &
   else
-    STEVEDORE_HTTP_SECRET=conformance "$registryd" --addr "127.0.0.1:$1" --storage "$2" "${@:4}" >"$3" 2>&1 &
+    env STEVEDORE_HTTP_SECRET=conformance "${regenv[@]}" "$registryd" --addr "127.0.0.1:$1" --storage "$2" "${@:4}" >"$3" 2>&1 &
   fi
   pid=$!
   for _ in $(seq 600); do
@@ -105,12 +112,23 @@ if [[ " $storages " == *" htpasswd"* ]]; then
   go run ./hack/htpasswd "$oci_user" <<<"$oci_pass" >"$work/htpasswd"
 fi
 
+server_kinds=()
+for storage in $storages; do
+  case "$storage" in s3 | azure | gcs | minio) server_kinds+=("$storage") ;; esac
+done
+if [[ ${#server_kinds[@]} -gt 0 ]]; then
+  servers="$work/servers"
+  hack/storage-servers.sh start "$servers" "${server_kinds[@]}"
+  # shellcheck disable=SC1091
+  source "$servers/env"
+fi
+
 failed=0
 summary=()
 for storage in $storages; do
   for spec in $specs; do
     dir="$work/$storage-$spec"; mkdir -p "$dir"
-    flags=(); creds=()
+    flags=(); creds=(); regenv=()
     case "$storage" in
       file) url="file://$dir/bucket" ;;
       mem) url="mem://" ;;
@@ -120,6 +138,11 @@ for storage in $storages; do
         challenge=basic; [[ "$storage" == htpasswd-bearer ]] && challenge=bearer
         flags=(--auth htpasswd --htpasswd-file "$work/htpasswd" --auth-challenge "$challenge")
         creds=(OCI_USERNAME="$oci_user" OCI_PASSWORD="$oci_pass") ;;
+      s3 | azure | gcs | minio)
+        u="STORAGE_URL_${storage^^}" e="STORAGE_ENV_${storage^^}"
+        url="${!u}"
+        read -r -a regenv <<<"${!e}" # the backend's credentials: no spaces in them
+        flags=(--storage-prefix "conformance-$spec/") ;;
       *) echo "unknown storage $storage" >&2; exit 2 ;;
     esac
     port="$(free_port)"
@@ -143,6 +166,7 @@ for storage in $storages; do
       failed=1
       grep -E 'FAIL' "$dir/report.txt" | head -40 || true
       grep -E 'failed test' "$dir/stderr.txt" | head -20 || true
+      echo "registryd log (tail):"; tail -20 "$dir/registryd.log" || true
     fi
   done
 done

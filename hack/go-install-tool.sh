@@ -8,6 +8,6 @@ dest="$1" pkg="$2" version="$3"
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 echo "installing $pkg@$version" >&2
-GOBIN="$tmp" GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS= go install "$pkg@$version"
+GOBIN="$tmp" GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS= go install -trimpath -ldflags="-s -w" "$pkg@$version"
 mkdir -p "$(dirname "$dest")"
 mv "$tmp/$(basename "$pkg")" "$dest"

@@ -126,7 +126,7 @@ func run(log *slog.Logger, c config) error {
 	}
 	handler := withTokenEndpoint(server.New(b, tagStore, &server.Options{
 		MaxManifestBytes: c.maxManifestBytes, Secret: secret, ChunkMinLength: c.chunkMinLength,
-		RedirectTTL: c.redirectTTL, Logger: log, Registerer: reg, Authorizer: guard,
+		RedirectTTL: c.redirectTTL, BeforeSign: bucket.BeforeSign(c.storageURL, nil), Logger: log, Registerer: reg, Authorizer: guard,
 	}), guard.TokenHandler())
 	if (c.tlsCertFile == "") != (c.tlsKeyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")

@@ -3,6 +3,7 @@
 package bucket
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -23,10 +24,11 @@ type Options struct {
 	// Prefix scopes every key, so several registries can share a bucket.
 	Prefix string
 	// Env holds credentials as the drivers' environment variables
-	// (AWS_*, AZURE_STORAGE_*, …) for callers that are not the pod itself,
-	// such as the operator's probe. No driver reads it yet: until the cloud
-	// drivers are wired to it (issue 6), a cloud bucket is opened with the
-	// process's own environment. file:// and mem:// need no credentials.
+	// (AWS_*, AZURE_STORAGE_*, GOOGLE_APPLICATION_CREDENTIALS,
+	// STORAGE_EMULATOR_HOST) for callers that are not the pod itself, such
+	// as the operator's probe. When non-empty it is the whole environment
+	// the cloud drivers see; when empty they read the process's own.
+	// file:// and mem:// need no credentials.
 	Env map[string]string
 }
 
@@ -42,7 +44,17 @@ func Open(ctx context.Context, rawURL string, opts Options) (*blob.Bucket, error
 			return nil, fmt.Errorf("storage URL %s: %w", redact(u), err)
 		}
 	}
-	b, err := blob.OpenBucket(ctx, rawURL)
+	var b *blob.Bucket
+	switch u.Scheme {
+	case "s3":
+		b, err = openS3(ctx, u, opts)
+	case "azblob":
+		b, err = openAzure(ctx, u, opts)
+	case "gs":
+		b, err = openGCS(ctx, u, opts)
+	default:
+		b, err = blob.OpenBucket(ctx, rawURL)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("opening storage %s: %w", redact(u), err)
 	}
@@ -79,7 +91,9 @@ func Probe(ctx context.Context, b *blob.Bucket) error {
 	_, _ = rand.Read(id)
 	key := probeDir + hex.EncodeToString(id)
 	want := []byte("stevedore storage probe " + key)
-	if err := b.WriteAll(ctx, key, want, nil); err != nil {
+	// Upload, not WriteAll: azureblob's Write path panics when the upload
+	// fails (gocloud v0.47.0), and failing is what a probe is for.
+	if err := b.Upload(ctx, key, bytes.NewReader(want), &blob.WriterOptions{ContentType: "text/plain"}); err != nil {
 		return fmt.Errorf("write %s: %w", key, err)
 	}
 	got, err := b.ReadAll(ctx, key)

@@ -24,12 +24,21 @@ func TestKustomizeBasesApply(t *testing.T) {
 	// Applied for real: the API server must accept every object, and the
 	// samples need the CRDs to exist for their dry run.
 	run(rendered, true, "apply", "--server-side", "-f", "-")
-	samples, err := os.ReadFile(filepath.Join(root, "config", "samples", "stevedore_v1alpha1_registry.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := run(string(samples), true, "apply", "--dry-run=server", "-f", "-")
-	if !strings.Contains(out, "registry.stevedore.dev/dev") {
-		t.Errorf("sample dry run printed %q", out)
+	// One sample per storage backend, each a Registry (with its
+	// credentials Secret) the API server must accept.
+	for file, want := range map[string]string{
+		"stevedore_v1alpha1_registry.yaml":        "registry.stevedore.dev/dev",
+		"stevedore_v1alpha1_registry_s3.yaml":     "registry.stevedore.dev/s3",
+		"stevedore_v1alpha1_registry_azblob.yaml": "registry.stevedore.dev/azblob",
+		"stevedore_v1alpha1_registry_gs.yaml":     "registry.stevedore.dev/gs",
+	} {
+		samples, err := os.ReadFile(filepath.Join(root, "config", "samples", file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := run(string(samples), true, "apply", "--dry-run=server", "-f", "-")
+		if !strings.Contains(out, want) {
+			t.Errorf("%s: dry run printed %q", file, out)
+		}
 	}
 }

@@ -61,7 +61,14 @@ func (r *registry) url() string { return "http://" + r.host }
 
 // startRegistryd runs the binary on a free port over storage and stops it
 // when the test ends.
-func startRegistryd(t *testing.T, storage string, flags ...string) *registry {
+func startRegistryd(t testing.TB, storage string, flags ...string) *registry {
+	t.Helper()
+	return startRegistrydEnv(t, storage, nil, flags...)
+}
+
+// startRegistrydEnv is startRegistryd with env (KEY=VALUE: a backend's
+// credentials) added to the process environment.
+func startRegistrydEnv(t testing.TB, storage string, env []string, flags ...string) *registry {
 	t.Helper()
 	r := &registry{host: testutil.FreeAddr(t), log: filepath.Join(t.TempDir(), "registryd.log")}
 	logf, err := os.Create(r.log)
@@ -69,7 +76,7 @@ func startRegistryd(t *testing.T, storage string, flags ...string) *registry {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(registrydBin, append([]string{"--addr", r.host, "--storage", storage}, flags...)...)
-	cmd.Env = append(os.Environ(), "STEVEDORE_HTTP_SECRET=e2e shared secret")
+	cmd.Env = append(append(os.Environ(), "STEVEDORE_HTTP_SECRET=e2e shared secret"), env...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

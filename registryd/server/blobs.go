@@ -43,7 +43,9 @@ func (s *server) getBlob(w http.ResponseWriter, r *http.Request, p pathParams) e
 		h.Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", offset, offset+length-1, info.Size))
 	}
 	h.Set("Content-Length", strconv.FormatInt(length, 10))
-	if r.Method == http.MethodHead {
+	if r.Method == http.MethodHead || length == 0 {
+		// An empty blob needs no read: S3 answers a zero-length range
+		// with 416.
 		w.WriteHeader(status)
 		return nil
 	}
@@ -67,7 +69,11 @@ func (s *server) redirect(w http.ResponseWriter, r *http.Request, d digest.Diges
 	}
 	u, err := s.store.SignedURL(r.Context(), d, s.opts.RedirectTTL)
 	if err != nil {
-		if !errors.Is(err, storage.ErrUnsupported) {
+		if errors.Is(err, storage.ErrUnsupported) {
+			s.cannotSign.Do(func() {
+				s.log.WarnContext(r.Context(), "redirects are on but this storage cannot sign URLs: registryd serves blob bytes itself", "error", err)
+			})
+		} else {
 			s.log.WarnContext(r.Context(), "signing a blob URL failed; serving it directly", "digest", d, "error", err)
 		}
 		return false

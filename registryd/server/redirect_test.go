@@ -1,9 +1,14 @@
 package server
 
 import (
+	"bytes"
+	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -46,4 +51,31 @@ func TestBlobRedirect(t *testing.T) {
 			tt.r.expect(tt.r.do("GET", "/v2/other/blobs/"+d.String(), nil), 404, "BLOB_UNKNOWN")
 		})
 	}
+}
+
+// TestRedirectUnsupportedLoggedOnce: with redirects on over a backend that
+// cannot sign, every blob GET is served by registryd and the reason is
+// logged once, not once per request.
+func TestRedirectUnsupportedLoggedOnce(t *testing.T) {
+	var logs bytes.Buffer
+	r := newTestRegistry(t, &Options{RedirectTTL: time.Minute, Logger: slog.New(slog.NewTextHandler(&syncWriter{w: &logs}, nil))})
+	for i := range 3 {
+		d := r.pushBlob("app", []byte(fmt.Sprintf("blob %d", i)))
+		r.expect(r.do("GET", "/v2/app/blobs/"+d.String(), nil), 200, "")
+	}
+	if n := strings.Count(logs.String(), "cannot sign URLs"); n != 1 {
+		t.Fatalf("logged %d times that the storage cannot sign, want once:\n%s", n, logs.String())
+	}
+}
+
+// syncWriter serializes writes from concurrent handlers.
+type syncWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (s *syncWriter) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.w.Write(p)
 }

@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"log/slog"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -35,6 +36,9 @@ type Options struct {
 	// signed for that long, where the backend can sign (S3, GCS, Azure);
 	// other backends keep serving the bytes themselves.
 	RedirectTTL time.Duration
+	// BeforeSign adjusts the signed URLs of RedirectTTL for the backend
+	// (internal/bucket.BeforeSign); nil for most.
+	BeforeSign func(asFunc func(any) bool) error
 	// Logger receives one line per request. Default: slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the server's metrics. Nil: not exported.
@@ -68,7 +72,10 @@ type server struct {
 	opts    Options
 	log     *slog.Logger
 	metrics *metrics
-	routes  map[routeKey]route
+	// cannotSign logs once that a backend without signing serves every
+	// blob through registryd: one line, not one per GET.
+	cannotSign sync.Once
+	routes     map[routeKey]route
 }
 
 // New returns the registry handler over bucket, keeping tags in tagStore.
@@ -91,6 +98,7 @@ func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
+	s.store.WithBeforeSign(s.opts.BeforeSign)
 	s.uploads = uploads.NewManager(s.store, s.opts.Secret)
 	s.metrics = newMetrics(s.opts.Registerer)
 	for _, rt := range routeTable() {

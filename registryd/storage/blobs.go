@@ -20,7 +20,7 @@ import (
 // ttl, or ErrUnsupported when the backend cannot sign (mem://, file://
 // without a signer). Callers check the repository link first.
 func (s *Store) SignedURL(ctx context.Context, d digest.Digest, ttl time.Duration) (string, error) {
-	u, err := s.bucket.SignedURL(ctx, BlobKey(d), &blob.SignedURLOptions{Expiry: ttl, Method: "GET"})
+	u, err := s.bucket.SignedURL(ctx, BlobKey(d), &blob.SignedURLOptions{Expiry: ttl, Method: "GET", BeforeSign: s.beforeSign})
 	if gcerrors.Code(err) == gcerrors.Unimplemented {
 		return "", fmt.Errorf("signing %s: %w", d, ErrUnsupported)
 	}
@@ -110,43 +110,55 @@ func (s *Store) WriteContent(ctx context.Context, d digest.Digest, size int64, r
 		// upload it again.
 		return verifyOnly(d, size, io.TeeReader(r, verifier), verifier)
 	}
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w, err := s.bucket.NewWriter(wctx, key, &blob.WriterOptions{IfNotExist: true, ContentType: "application/octet-stream"})
-	if err != nil {
-		return 0, classify(err, key)
-	}
-	n, err := io.Copy(w, io.TeeReader(r, verifier))
-	switch {
-	case err != nil:
-		err = fmt.Errorf("streaming %s: %w", d, err)
-	case size >= 0 && n != size:
-		err = fmt.Errorf("%s: got %d bytes, want %d: %w", d, n, size, ErrSizeMismatch)
-	case !verifier.Verified():
-		err = fmt.Errorf("%s: %w", d, ErrDigestMismatch)
-	}
-	if err != nil {
-		cancel() // abort: the driver discards what it has buffered
-		_ = w.Close()
-		return n, err
-	}
-	if err := classify(w.Close(), key); err != nil && !errors.Is(err, ErrExists) {
+	// The check runs when the client's bytes end, before the driver may
+	// commit: a mismatch cancels the write, so nothing partial or wrong
+	// is ever visible under blobs/.
+	n, err := Stream(ctx, s.bucket, key, io.TeeReader(r, verifier), &blob.WriterOptions{IfNotExist: true}, func(n int64) error {
+		switch {
+		case size >= 0 && n != size:
+			return fmt.Errorf("%s: got %d bytes, want %d: %w", d, n, size, ErrSizeMismatch)
+		case !verifier.Verified():
+			return fmt.Errorf("%s: %w", d, ErrDigestMismatch)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, ErrExists) {
+		if !errors.Is(err, ErrSizeMismatch) && !errors.Is(err, ErrDigestMismatch) && !errors.Is(err, ErrUnavailable) {
+			err = fmt.Errorf("streaming %s: %w", d, err)
+		}
 		return n, err
 	}
 	return n, nil
 }
 
-// CopyContent makes blobs/d a copy of the object at srcKey (server-side
-// where the backend can, a hard link on a local directory), unless d is
-// already stored.
-func (s *Store) CopyContent(ctx context.Context, d digest.Digest, srcKey string) error {
+// MaxServerSideCopy is the largest object CopyContent copies server-side:
+// S3's CopyObject refuses sources over 5 GiB (beyond that it takes a
+// multipart UploadPartCopy, which gocloud does not issue). Azure and GCS
+// copy more, but one rule for every backend keeps behaviour the same.
+// A variable so tests can lower it.
+var MaxServerSideCopy int64 = 5 << 30
+
+// CopyContent makes blobs/d a copy of the size-byte object at srcKey,
+// unless d is already stored: a hard link on a local directory, else
+// server-side up to MaxServerSideCopy, streamed through registryd (and
+// verified again on the way) beyond.
+func (s *Store) CopyContent(ctx context.Context, d digest.Digest, srcKey string, size int64) error {
 	if ok, err := s.exists(ctx, BlobKey(d)); err != nil || ok {
 		return err
 	}
 	if s.linkLocal(ctx, BlobKey(d), srcKey) {
 		return nil
 	}
-	return classify(s.bucket.Copy(ctx, BlobKey(d), srcKey, nil), srcKey)
+	if size <= MaxServerSideCopy {
+		return classify(s.bucket.Copy(ctx, BlobKey(d), srcKey, nil), srcKey)
+	}
+	r, err := s.bucket.NewReader(ctx, srcKey, nil)
+	if err != nil {
+		return classify(err, srcKey)
+	}
+	defer r.Close()
+	_, err = s.WriteContent(ctx, d, size, r)
+	return err
 }
 
 // linkLocal hard-links dstKey to srcKey when the bucket is a local

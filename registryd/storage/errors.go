@@ -3,8 +3,11 @@ package storage
 import (
 	"errors"
 	"fmt"
+	"net/http"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"gocloud.dev/gcerrors"
+	"google.golang.org/api/googleapi"
 )
 
 // Errors of this package; match with errors.Is.
@@ -39,8 +42,39 @@ func classify(err error, key string) error {
 		return fmt.Errorf("%s: %w", key, ErrExists)
 	case gcerrors.Canceled:
 		return fmt.Errorf("%s: %w", key, err)
-	case gcerrors.ResourceExhausted, gcerrors.DeadlineExceeded, gcerrors.Internal, gcerrors.Unknown:
+	case gcerrors.ResourceExhausted, gcerrors.DeadlineExceeded:
 		return fmt.Errorf("%s: %w: %w", key, ErrUnavailable, err)
+	case gcerrors.Internal, gcerrors.Unknown:
+		// The drivers call most service errors Unknown; the HTTP status
+		// tells a transient failure from a permanent one.
+		if transient(err) {
+			return fmt.Errorf("%s: %w: %w", key, ErrUnavailable, err)
+		}
 	}
 	return fmt.Errorf("%s: %w", key, err)
+}
+
+// transient reports whether a backend error is worth retrying: no HTTP
+// answer at all (refused, reset, timed out), a 5xx, 408 or 429 (throttling:
+// S3's 503 SlowDown, Azure's 503 ServerBusy, GCS's 429).
+func transient(err error) bool {
+	status := 0
+	var aws interface{ HTTPStatusCode() int }
+	var az *azcore.ResponseError
+	var gcs *googleapi.Error
+	switch {
+	case errors.As(err, &aws):
+		status = aws.HTTPStatusCode()
+	case errors.As(err, &az):
+		status = az.StatusCode
+	case errors.As(err, &gcs):
+		status = gcs.Code
+	}
+	switch {
+	case status == 0:
+		return true
+	case status >= 500, status == http.StatusRequestTimeout, status == http.StatusTooManyRequests:
+		return true
+	}
+	return false
 }

@@ -16,11 +16,21 @@ type Store struct {
 	bucket    *blob.Bucket
 	manifests *lru[[]byte]       // content by digest
 	links     *lru[manifestLink] // manifest links by key, checked against the bucket
+	// beforeSign adjusts signed URLs for the backend (the GCS emulator's
+	// host); nil for most.
+	beforeSign func(asFunc func(any) bool) error
 }
 
 // New returns a Store over bucket. The caller keeps ownership of bucket.
 func New(bucket *blob.Bucket) *Store {
 	return &Store{bucket: bucket, manifests: newLRU[[]byte](manifestCacheBytes), links: newLRU[manifestLink](linkCacheEntries)}
+}
+
+// WithBeforeSign sets the hook SignedURL passes to the driver
+// (internal/bucket.BeforeSign) and returns s.
+func (s *Store) WithBeforeSign(f func(asFunc func(any) bool) error) *Store {
+	s.beforeSign = f
+	return s
 }
 
 // Bucket is the underlying bucket, for the upload and tag packages that
@@ -52,7 +62,7 @@ func (s *Store) readAll(ctx context.Context, key string, limit int64) ([]byte, e
 }
 
 func (s *Store) writeSmall(ctx context.Context, key string, content []byte, contentType string) error {
-	return classify(s.bucket.WriteAll(ctx, key, content, &blob.WriterOptions{ContentType: contentType}), key)
+	return WriteSmall(ctx, s.bucket, key, content, &blob.WriterOptions{ContentType: contentType})
 }
 
 func (s *Store) delete(ctx context.Context, key string) error {

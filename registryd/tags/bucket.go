@@ -48,8 +48,8 @@ func (s *Bucket) Put(ctx context.Context, repo, tag string, desc ocispec.Descrip
 	if err != nil {
 		return err
 	}
-	if err := s.bucket.WriteAll(ctx, storage.TagKey(repo, tag), b, &blob.WriterOptions{ContentType: "application/json"}); err != nil {
-		return fmt.Errorf("writing tag %s:%s: %w", repo, tag, storage.Classify(err, storage.TagKey(repo, tag)))
+	if err := storage.WriteSmall(ctx, s.bucket, storage.TagKey(repo, tag), b, &blob.WriterOptions{ContentType: "application/json"}); err != nil {
+		return fmt.Errorf("writing tag %s:%s: %w", repo, tag, err)
 	}
 	return nil
 }

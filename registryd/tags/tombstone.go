@@ -21,8 +21,8 @@ type Tombstones interface {
 var _ Tombstones = (*Bucket)(nil)
 
 func (s *Bucket) MarkDeleted(ctx context.Context, repo string) error {
-	if err := s.bucket.WriteAll(ctx, storage.TombstoneKey(repo), []byte("deleted\n"), nil); err != nil {
-		return fmt.Errorf("marking %s deleted: %w", repo, storage.Classify(err, storage.TombstoneKey(repo)))
+	if err := storage.WriteSmall(ctx, s.bucket, storage.TombstoneKey(repo), []byte("deleted\n"), nil); err != nil {
+		return fmt.Errorf("marking %s deleted: %w", repo, err)
 	}
 	return nil
 }

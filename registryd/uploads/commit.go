@@ -30,7 +30,7 @@ func (m *Manager) Commit(ctx context.Context, st State, d digest.Digest) (storag
 	case 0:
 		_, err = m.store.WriteContent(ctx, d, 0, eofReader{})
 	case 1:
-		err = m.store.CopyContent(ctx, d, storage.UploadPartKey(st.ID, 0))
+		err = m.store.CopyContent(ctx, d, storage.UploadPartKey(st.ID, 0), st.Offset)
 	default:
 		_, err = m.store.WriteContent(ctx, d, st.Offset, m.partsReader(ctx, st))
 	}

@@ -1,6 +1,7 @@
 package uploads
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -17,7 +18,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"gocloud.dev/blob"
-	"gocloud.dev/gcerrors"
 
 	"github.com/stevedore-dev/stevedore/registryd/storage"
 )
@@ -77,9 +77,9 @@ func (m *Manager) Start(ctx context.Context, repo string, alg digest.Algorithm) 
 	now := time.Now()
 	st := State{ID: hex.EncodeToString(b[:]), Repo: repo, Alg: string(alg), Started: now.UnixNano()}
 	key := storage.UploadMarkerKey(st.ID)
-	err := m.store.Bucket().WriteAll(ctx, key, []byte(now.UTC().Format(time.RFC3339Nano)), nil)
+	err := storage.WriteSmall(ctx, m.store.Bucket(), key, []byte(now.UTC().Format(time.RFC3339Nano)), nil)
 	if err != nil {
-		return State{}, fmt.Errorf("starting upload: %w", storage.Classify(err, key))
+		return State{}, fmt.Errorf("starting upload: %w", err)
 	}
 	return st, nil
 }
@@ -145,26 +145,29 @@ func (m *Manager) Append(ctx context.Context, st State, r io.Reader, size int64)
 		return st, err
 	}
 	key := storage.UploadPartKey(st.ID, st.Parts)
-	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w, err := m.store.Bucket().NewWriter(wctx, key, &blob.WriterOptions{IfNotExist: true})
-	if err != nil {
-		return st, fmt.Errorf("writing %s: %w", key, storage.Classify(err, key))
-	}
-	n, err := io.Copy(w, io.TeeReader(r, h))
-	if err == nil && size >= 0 && n != size {
-		err = fmt.Errorf("got %d bytes, want %d: %w", n, size, ErrSizeMismatch)
-	}
-	if err != nil || n == 0 {
-		cancel() // abort: a short or failed chunk leaves no part behind
-		_ = w.Close()
+	// An empty chunk writes no part: look for a first byte before
+	// starting a write that would otherwise store an empty object.
+	br := bufio.NewReaderSize(r, 1)
+	if _, err := br.Peek(1); err == io.EOF {
+		if size > 0 {
+			return st, fmt.Errorf("got 0 bytes, want %d: %w", size, ErrSizeMismatch)
+		}
+		return st, nil
+	} else if err != nil {
 		return st, err
 	}
-	if err := w.Close(); err != nil {
-		if gcerrors.Code(err) == gcerrors.FailedPrecondition {
-			return st, fmt.Errorf("%w: part %d already written", ErrOutOfOrder, st.Parts)
+	// A short or failed chunk cancels the write: no part is left behind.
+	n, err := storage.Stream(ctx, m.store.Bucket(), key, io.TeeReader(br, h), &blob.WriterOptions{IfNotExist: true}, func(n int64) error {
+		if size >= 0 && n != size {
+			return fmt.Errorf("got %d bytes, want %d: %w", n, size, ErrSizeMismatch)
 		}
-		return st, fmt.Errorf("writing %s: %w", key, storage.Classify(err, key))
+		return nil
+	})
+	if errors.Is(err, storage.ErrExists) {
+		return st, fmt.Errorf("%w: part %d already written", ErrOutOfOrder, st.Parts)
+	}
+	if err != nil {
+		return st, fmt.Errorf("writing %s: %w", key, err)
 	}
 	st.Offset += n
 	st.Parts++
@@ -172,8 +175,8 @@ func (m *Manager) Append(ctx context.Context, st State, r io.Reader, size int64)
 		return st, err
 	}
 	stateKey := storage.UploadStateKey(st.ID)
-	if err := m.store.Bucket().WriteAll(ctx, stateKey, []byte(m.Token(st)), nil); err != nil {
-		return st, fmt.Errorf("saving upload state: %w", storage.Classify(err, stateKey))
+	if err := storage.WriteSmall(ctx, m.store.Bucket(), stateKey, []byte(m.Token(st)), nil); err != nil {
+		return st, fmt.Errorf("saving upload state: %w", err)
 	}
 	return st, nil
 }

@@ -121,7 +121,7 @@ storage-servers: ## Install versitygw, Azurite and fake-gcs-server for the stora
 	@hack/storage-servers.sh install
 
 .PHONY: bench
-bench: build ## Side-by-side benchmarks with distribution.
+bench: build ## Side by side with distribution (installs it, crane, wrk, ab), then bench-storage; writes docs/benchmarks.md; ~6-8 min. Not part of test.
 	hack/bench.sh
 
 .PHONY: bench-storage

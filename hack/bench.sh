@@ -1,15 +1,45 @@
 #!/usr/bin/env bash
-# make bench: benchmarks. Today: the kubernetes tag store against a real
-# kube-apiserver (tags pushed per second into Repository status across three
-# replicas, tag reads at the tag limit). The side-by-side run with
-# distribution (issue 9) is not built yet, and this script says so.
+# make bench: registryd side by side with distribution (hack/bench/, a Go
+# harness with its own go.mod so its client libraries stay out of the
+# product's), then the kubernetes tag-store benchmarks against a real
+# kube-apiserver. Installs what it needs (distribution and crane with go
+# install, wrk and ab from Debian), all cached, and writes docs/benchmarks.md.
+# Not part of make test. Round counts and sizes: see BENCH_* in
+# docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+start=$SECONDS
+
+DISTRIBUTION_VERSION="${DISTRIBUTION_VERSION:-v3.1.2}"
+CRANE_VERSION="${CRANE_VERSION:-v0.22.1}"
+cache="${STEVEDORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stevedore}"
+distribution="$cache/tools/registry-$DISTRIBUTION_VERSION"
+crane="$cache/tools/crane-$CRANE_VERSION"
+hack/go-install-tool.sh "$distribution" github.com/distribution/distribution/v3/cmd/registry "$DISTRIBUTION_VERSION"
+hack/go-install-tool.sh "$crane" github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
+# wrk loads manifest GETs; ab (apache2-utils) the HEADs, which wrk cannot.
+apt_install() { # command package
+  command -v "$1" >/dev/null 2>&1 && return
+  echo "installing $2 (apt)" >&2
+  if [[ "$(id -u)" != 0 ]]; then SUDO=sudo; else SUDO=; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get install -y -q "$2" >&2 || { $SUDO apt-get update -q >&2 && $SUDO apt-get install -y -q "$2" >&2; }
+}
+apt_install wrk wrk
+apt_install ab apache2-utils
 KUBEBUILDER_ASSETS="${KUBEBUILDER_ASSETS:-$(hack/envtest-assets.sh)}"
 export KUBEBUILDER_ASSETS
-echo "== machine: $(nproc) cores, $(grep MemTotal /proc/meminfo | awk '{print $2/1024/1024 " GiB"}'), $(go version | cut -d' ' -f3-)"
-echo "== kubernetes tag store (real kube-apiserver + etcd)"
-go test -count=1 -run '^$' -bench . -benchtime "${BENCH_TAGS:-600x}" ./registryd/tags/kube | grep -E '^(Benchmark|ok|FAIL)'
-echo "== side by side with distribution and zot: not yet built (issue 9)"
+
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+(cd hack/bench && CGO_ENABLED=0 go build -o "$tmp/bench" .)
+# The scratch directory holds both servers' storage: keep it on the disk
+# the servers would use (the repository's), not a tmpfs.
+mkdir -p .bench
+work="$(mktemp -d "$PWD/.bench/run-XXXXXX")"
+trap 'rm -rf "$tmp" "$work"' EXIT
+"$tmp/bench" -registryd bin/registryd -distribution "$distribution" -crane "$crane" -wrk "$(command -v wrk)" -ab "$(command -v ab)" \
+  -work-dir "$work" -kube-benchtime "${BENCH_TAGS:-600x}" -out docs/benchmarks.md -reproduce "make bench"
 # Storage backends (issue 6): its own script, so this one can change freely.
 hack/bench-storage.sh
+echo "== make bench finished in $(( SECONDS - start ))s"

@@ -106,3 +106,33 @@ func TestOperatorArgsParse(t *testing.T) {
 		})
 	}
 }
+
+func TestFileDefaults(t *testing.T) {
+	for in, want := range map[string]string{
+		"file:///var/lib/stevedore":           "file:///var/lib/stevedore?metadata=skip",
+		"file:///var/lib/stevedore?metadata=": "file:///var/lib/stevedore?metadata=",
+		"file:///d?create_dir=1":              "file:///d?create_dir=1&metadata=skip",
+		"s3://bucket?region=eu-west-1":        "s3://bucket?region=eu-west-1",
+		"mem://":                              "mem://",
+	} {
+		if got := fileDefaults(in); got != want {
+			t.Errorf("fileDefaults(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestAPIResource(t *testing.T) {
+	for path, want := range map[string]string{
+		"/apis/stevedore.dev/v1alpha1/namespaces/team/repositories/x/status": "repositories",
+		"/apis/stevedore.dev/v1alpha1/namespaces/team/repositories":          "repositories",
+		"/apis/events.k8s.io/v1/namespaces/team/events":                      "events",
+		"/api/v1/namespaces/team":                                            "namespaces",
+		"/apis/authentication.k8s.io/v1/tokenreviews":                        "tokenreviews",
+		"/api/v1/nodes": "nodes",
+		"/version":      "other",
+	} {
+		if got := apiResource(path); got != want {
+			t.Errorf("apiResource(%q) = %q, want %q", path, got, want)
+		}
+	}
+}

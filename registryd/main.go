@@ -17,6 +17,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
+	"net/url"
 	"os"
 	"os/signal"
 	"strings"
@@ -49,6 +51,8 @@ type config struct {
 	htpasswdFile, htpasswdReadOnlyFile  string
 	tokenAudiences                      string
 	authCacheTTL                        time.Duration
+	// Serve net/http/pprof on --debug-addr.
+	pprof bool
 }
 
 // bindFlags defines registryd's flags on fs; the operator's Deployment args
@@ -69,6 +73,7 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.tlsKeyFile, "tls-key-file", "", "private key (PEM) of --tls-cert-file")
 	fs.StringVar(&c.authMode, "auth", "none", "auth mode: none (everyone may push: development only), htpasswd or kubernetes")
 	fs.BoolVar(&c.anonymousPull, "anonymous-pull", false, "serve pulls (GET, HEAD) without credentials in any auth mode")
+	fs.BoolVar(&c.pprof, "pprof", false, "also serve /debug/pprof/ on --debug-addr (profiles reveal request data: keep that port private)")
 	fs.StringVar(&c.authChallenge, "auth-challenge", "basic", "401 challenge: basic (user and password on each request) or bearer (Docker token flow via /token)")
 	fs.StringVar(&c.tokenRealm, "token-realm", "", "URL of /token in bearer challenges (default: /token on the host the client used)")
 	fs.StringVar(&c.htpasswdFile, "htpasswd-file", "", "auth htpasswd: file of user:bcrypt-hash lines, re-read when it changes")
@@ -104,13 +109,13 @@ func run(log *slog.Logger, c config) error {
 	if err != nil {
 		return err
 	}
-	b, err := bucket.Open(ctx, c.storageURL, bucket.Options{Prefix: c.storagePrefix})
+	b, err := bucket.Open(ctx, fileDefaults(c.storageURL), bucket.Options{Prefix: c.storagePrefix})
 	if err != nil {
 		return err
 	}
 	defer b.Close()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), apiRequests)
 	tagStore, err := newTagStore(ctx, log, c, b, reg)
 	if err != nil {
 		return err
@@ -136,9 +141,26 @@ func run(log *slog.Logger, c config) error {
 	}
 	servers := []*http.Server{api}
 	if c.debugAddr != "" {
-		servers = append(servers, &http.Server{Addr: c.debugAddr, Handler: debugMux(b, reg), ReadHeaderTimeout: 10 * time.Second})
+		servers = append(servers, &http.Server{Addr: c.debugAddr, Handler: debugMux(b, reg, c.pprof), ReadHeaderTimeout: 10 * time.Second})
 	}
 	return serve(ctx, log, servers)
+}
+
+// fileDefaults turns off fileblob's attribute sidecars on a file:// URL
+// that does not choose: fileblob would otherwise hash every byte written
+// with MD5 and write a JSON file beside each object, and read that JSON
+// back on every open, for attributes registryd never reads (content
+// types live in manifest links). Sidecars already on disk stay harmless:
+// listings skip them and deletes remove them.
+func fileDefaults(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil || u.Scheme != "file" || u.Query().Has("metadata") {
+		return rawURL
+	}
+	q := u.Query()
+	q.Set("metadata", "skip")
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 // serve runs every server until ctx ends or one fails, then shuts all down.
@@ -171,7 +193,7 @@ func serve(ctx context.Context, log *slog.Logger, servers []*http.Server) error 
 	return err
 }
 
-func debugMux(b *blob.Bucket, reg *prometheus.Registry) http.Handler {
+func debugMux(b *blob.Bucket, reg *prometheus.Registry, withPprof bool) http.Handler {
 	store := storage.New(b)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
@@ -185,6 +207,13 @@ func debugMux(b *blob.Bucket, reg *prometheus.Registry) http.Handler {
 		_, _ = w.Write([]byte("ok\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	if withPprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"log/slog"
+	"net/http"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"gocloud.dev/blob"
@@ -46,15 +48,55 @@ func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket
 	return store, nil
 }
 
-// kubeClient is the API server of --kubeconfig (see kubeConfig).
+// apiRequests counts every request registryd makes to the API server (tag
+// store and auth alike), by method and resource: the pull path must make
+// none (tags are served from the informer cache, auth answers are cached),
+// and make bench asserts it from this counter. The resource label tells
+// those apart from the Events of earlier pushes, which client-go sends in
+// the background. run registers it.
+var apiRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Name: "stevedore_kube_api_requests_total",
+	Help: "Requests registryd sent to the Kubernetes API server (a watch counts once, when it starts).",
+}, []string{"method", "resource"})
+
+// kubeClient is the API server of --kubeconfig (see kubeConfig), with every
+// request counted in apiRequests.
 func kubeClient(path string) (*rest.Config, *kubernetes.Clientset, error) {
 	cfg, err := kubeConfig(path)
 	if err != nil {
 		return nil, nil, err
 	}
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripperFunc(func(r *http.Request) (*http.Response, error) {
+			apiRequests.WithLabelValues(r.Method, apiResource(r.URL.Path)).Inc()
+			return rt.RoundTrip(r)
+		})
+	})
 	cs, err := kubernetes.NewForConfig(cfg)
 	return cfg, cs, err
 }
+
+// apiResource is the resource an API path names: repositories in
+// /apis/stevedore.dev/v1alpha1/namespaces/ns/repositories/x/status.
+func apiResource(path string) string {
+	parts := strings.Split(strings.Trim(path, "/"), "/")
+	for i, p := range parts {
+		if p == "namespaces" && i+2 < len(parts) {
+			return parts[i+2]
+		}
+	}
+	switch {
+	case len(parts) >= 3 && parts[0] == "api":
+		return parts[2]
+	case len(parts) >= 4 && parts[0] == "apis":
+		return parts[3]
+	}
+	return "other"
+}
+
+type roundTripperFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // kubeConfig is --kubeconfig when given, else $KUBECONFIG, else the pod's
 // in-cluster configuration.

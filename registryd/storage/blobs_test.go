@@ -4,11 +4,213 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/opencontainers/go-digest"
+	"gocloud.dev/blob"
+	"gocloud.dev/blob/fileblob"
 	"gocloud.dev/blob/memblob"
 )
+
+// TestCopyContentLinksOnFileBuckets: a finished single-part upload on a
+// local directory becomes its blob by a hard link (no second write of
+// every byte), with or without a key prefix; other drivers copy.
+func TestCopyContentLinksOnFileBuckets(t *testing.T) {
+	ctx := context.Background()
+	content := []byte("layer bytes")
+	d := digest.FromBytes(content)
+	part := UploadPartKey("0123456789abcdef0123456789abcdef", 0)
+	for _, prefix := range []string{"", "team/registry/"} {
+		dir := t.TempDir()
+		fb, err := fileblob.OpenBucket(dir, &fileblob.Options{Metadata: fileblob.MetadataDontWrite})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := fb
+		if prefix != "" {
+			b = blob.PrefixedBucket(fb, prefix)
+		}
+		s := New(b)
+		if err := b.WriteAll(ctx, part, content, nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.CopyContent(ctx, d, part, int64(len(content))); err != nil {
+			t.Fatalf("prefix %q: %v", prefix, err)
+		}
+		src, err := os.Stat(filepath.Join(dir, prefix, part))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst, err := os.Stat(filepath.Join(dir, prefix, BlobKey(d)))
+		if err != nil {
+			t.Fatalf("prefix %q: blob not at its key: %v", prefix, err)
+		}
+		if !os.SameFile(src, dst) {
+			t.Errorf("prefix %q: blob is a copy, want a hard link of the part", prefix)
+		}
+		// A second commit of the same content leaves the blob alone.
+		if err := s.CopyContent(ctx, d, part, int64(len(content))); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Delete(ctx, part); err != nil {
+			t.Fatal(err)
+		}
+		got, err := b.ReadAll(ctx, BlobKey(d))
+		if err != nil || !bytes.Equal(got, content) {
+			t.Fatalf("prefix %q: blob after the part is gone: %q, %v", prefix, got, err)
+		}
+		b.Close()
+	}
+
+	mb := memblob.OpenBucket(nil)
+	defer mb.Close()
+	if err := mb.WriteAll(ctx, part, content, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := New(mb).CopyContent(ctx, d, part, int64(len(content))); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := mb.ReadAll(ctx, BlobKey(d)); err != nil || !bytes.Equal(got, content) {
+		t.Fatalf("memblob copy: %q, %v", got, err)
+	}
+}
+
+// TestOpenBlobRange: the reader handed to net/http (the file itself, for
+// sendfile) serves exactly the range asked for.
+func TestOpenBlobRange(t *testing.T) {
+	ctx := context.Background()
+	content := []byte("0123456789")
+	d := digest.FromBytes(content)
+	b, err := fileblob.OpenBucket(t.TempDir(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.WriteAll(ctx, BlobKey(d), content, nil); err != nil {
+		t.Fatal(err)
+	}
+	s := New(b)
+	for _, c := range []struct {
+		offset, length int64
+		want           string
+	}{{0, -1, "0123456789"}, {2, 3, "234"}, {7, -1, "789"}} {
+		// Through a recorder (no ReadFrom) and a real connection
+		// (ReadFrom: sendfile).
+		rd, err := s.OpenBlob(ctx, d, c.offset, c.length)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec := httptest.NewRecorder()
+		if _, err := io.Copy(rec, rd); err != nil {
+			t.Fatal(err)
+		}
+		rd.Close()
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			rd, err := s.OpenBlob(r.Context(), d, c.offset, c.length)
+			if err != nil {
+				http.Error(w, err.Error(), http.StatusInternalServerError)
+				return
+			}
+			defer rd.Close()
+			_, _ = io.Copy(w, rd)
+		}))
+		resp, err := http.Get(srv.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		srv.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rec.Body.String() != c.want || string(got) != c.want {
+			t.Errorf("range %d+%d: %q through a recorder, %q over HTTP, want %q", c.offset, c.length, rec.Body.String(), got, c.want)
+		}
+	}
+}
+
+// TestManifestCacheFollowsTheBucket: cached manifest reads still see a
+// deleted link, and a link rewritten with another media type.
+func TestManifestCacheFollowsTheBucket(t *testing.T) {
+	ctx := context.Background()
+	b, err := fileblob.OpenBucket(t.TempDir(), &fileblob.Options{Metadata: fileblob.MetadataDontWrite})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	content := []byte(`{"schemaVersion":2}`)
+	d := digest.FromBytes(content)
+	const oci, docker = "application/vnd.oci.image.manifest.v1+json", "application/vnd.docker.distribution.manifest.v2+json"
+	s, other := New(b), New(b) // two replicas
+	if err := s.PutManifest(ctx, "app", d, oci, content); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 { // the second read is served from the caches
+		desc, got, err := s.GetManifest(ctx, "app", d)
+		if err != nil || desc.MediaType != oci || !bytes.Equal(got, content) {
+			t.Fatalf("GetManifest: %v, %q, %v", desc, got, err)
+		}
+	}
+	if err := other.DeleteManifest(ctx, "app", d); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.GetManifest(ctx, "app", d); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("GetManifest after another replica deleted it: %v, want ErrNotFound", err)
+	}
+	if err := other.PutManifest(ctx, "app", d, docker, content); err != nil {
+		t.Fatal(err)
+	}
+	if desc, err := s.StatManifest(ctx, "app", d); err != nil || desc.MediaType != docker {
+		t.Fatalf("StatManifest after another replica re-pushed it: %v, %v; want %s", desc, err, docker)
+	}
+}
+
+// TestSmallReader: once it has learned a file bucket's directory it reads
+// files directly, with the bucket's answers for missing objects,
+// "directories" and sidecar names.
+func TestSmallReader(t *testing.T) {
+	ctx := context.Background()
+	b, err := fileblob.OpenBucket(t.TempDir(), nil) // with sidecars, as older buckets
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	r := NewSmallReader(b)
+	if _, err := r.ReadAll(ctx, "repos/app/_tags/v1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("missing before learning: %v", err)
+	}
+	if err := b.WriteAll(ctx, "repos/app/_tags/v1", []byte("one"), nil); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		if got, err := r.ReadAll(ctx, "repos/app/_tags/v1"); err != nil || string(got) != "one" {
+			t.Fatalf("ReadAll: %q, %v", got, err)
+		}
+	}
+	if r.learnedRoot() == "" {
+		t.Fatal("the bucket's directory was not learned")
+	}
+	if err := b.WriteAll(ctx, "repos/app/_tags/v1", []byte("two"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := r.ReadAll(ctx, "repos/app/_tags/v1"); err != nil || string(got) != "two" {
+		t.Fatalf("after a rewrite: %q, %v", got, err)
+	}
+	for _, key := range []string{"repos/app/_tags/v2", "repos/app/_tags", "repos/app/_tags/v1.attrs"} {
+		if _, err := r.ReadAll(ctx, key); !errors.Is(err, ErrNotFound) && err == nil {
+			t.Errorf("%s: read %v, want an error", key, err)
+		}
+	}
+	if _, err := r.ReadAll(ctx, "repos/app/_tags/v2"); !errors.Is(err, ErrNotFound) {
+		t.Errorf("missing after learning: %v", err)
+	}
+}
 
 // TestCopyContent: a one-part upload becomes its blob by a server-side
 // copy up to MaxServerSideCopy (S3's single-copy limit) and by streaming

@@ -31,23 +31,41 @@ func (s *Store) PutManifest(ctx context.Context, name string, d digest.Digest, m
 }
 
 // StatManifest returns the descriptor of manifest d in repository name.
+// The link's attributes are read every time (that is what says the
+// manifest is still there); its content only when they changed.
 func (s *Store) StatManifest(ctx context.Context, name string, d digest.Digest) (ocispec.Descriptor, error) {
-	b, err := s.readAll(ctx, manifestLinkKey(name, d), 4096)
+	key := manifestLinkKey(name, d)
+	attrs, err := s.bucket.Attributes(ctx, key)
 	if err != nil {
-		return ocispec.Descriptor{}, err
+		return ocispec.Descriptor{}, classify(err, key)
 	}
-	var link manifestLink
-	if err := json.Unmarshal(b, &link); err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("corrupt manifest link %s: %w", manifestLinkKey(name, d), err)
+	st := stamp{modTime: attrs.ModTime, size: attrs.Size}
+	link, ok := s.links.get(key, st)
+	if !ok {
+		b, err := s.readAll(ctx, key, 4096)
+		if err != nil {
+			return ocispec.Descriptor{}, err
+		}
+		if err := json.Unmarshal(b, &link); err != nil {
+			return ocispec.Descriptor{}, fmt.Errorf("corrupt manifest link %s: %w", key, err)
+		}
+		// Stamped with the attributes read before the content: if the
+		// link changed in between, the next call sees newer attributes
+		// and reads it again.
+		s.links.put(key, link, st, 1)
 	}
 	return ocispec.Descriptor{MediaType: link.MediaType, Digest: d, Size: link.Size}, nil
 }
 
 // GetManifest returns the descriptor and the exact bytes of manifest d.
+// Callers must not modify the bytes: they may be shared with the cache.
 func (s *Store) GetManifest(ctx context.Context, name string, d digest.Digest) (ocispec.Descriptor, []byte, error) {
 	desc, err := s.StatManifest(ctx, name, d)
 	if err != nil {
 		return desc, nil, err
+	}
+	if content, ok := s.manifests.get(d.String(), stamp{}); ok && int64(len(content)) == desc.Size {
+		return desc, content, nil
 	}
 	content, err := s.readAll(ctx, BlobKey(d), desc.Size+1)
 	if err != nil {
@@ -56,6 +74,7 @@ func (s *Store) GetManifest(ctx context.Context, name string, d digest.Digest) (
 	if int64(len(content)) != desc.Size {
 		return desc, nil, fmt.Errorf("manifest %s: stored size differs from link: %w", d, ErrSizeMismatch)
 	}
+	s.manifests.put(d.String(), content, stamp{}, int64(len(content)))
 	return desc, content, nil
 }
 

@@ -9,17 +9,22 @@ import (
 	"gocloud.dev/blob"
 )
 
-// Store is the registry's view of one bucket. It holds no other state, so
-// any number of Stores (in any number of processes) may share a bucket.
+// Store is the registry's view of one bucket. It holds no other state
+// than caches that never go stale (manifest_cache.go), so any number of
+// Stores (in any number of processes) may share a bucket.
 type Store struct {
-	bucket *blob.Bucket
+	bucket    *blob.Bucket
+	manifests *lru[[]byte]       // content by digest
+	links     *lru[manifestLink] // manifest links by key, checked against the bucket
 	// beforeSign adjusts signed URLs for the backend (the GCS emulator's
 	// host); nil for most.
 	beforeSign func(asFunc func(any) bool) error
 }
 
 // New returns a Store over bucket. The caller keeps ownership of bucket.
-func New(bucket *blob.Bucket) *Store { return &Store{bucket: bucket} }
+func New(bucket *blob.Bucket) *Store {
+	return &Store{bucket: bucket, manifests: newLRU[[]byte](manifestCacheBytes), links: newLRU[manifestLink](linkCacheEntries)}
+}
 
 // WithBeforeSign sets the hook SignedURL passes to the driver
 // (internal/bucket.BeforeSign) and returns s.

@@ -20,20 +20,21 @@ import (
 // mode, the journal written before the Repository status.
 type Bucket struct {
 	bucket *blob.Bucket
+	reader *storage.SmallReader // tag reads: straight from the file on file://
 }
 
 // NewBucket returns the bucket tag store over b.
-func NewBucket(b *blob.Bucket) *Bucket { return &Bucket{bucket: b} }
+func NewBucket(b *blob.Bucket) *Bucket { return &Bucket{bucket: b, reader: storage.NewSmallReader(b)} }
 
 var _ Store = (*Bucket)(nil)
 
 func (s *Bucket) Get(ctx context.Context, repo, tag string) (ocispec.Descriptor, error) {
-	b, err := s.bucket.ReadAll(ctx, storage.TagKey(repo, tag))
-	if gcerrors.Code(err) == gcerrors.NotFound {
+	b, err := s.reader.ReadAll(ctx, storage.TagKey(repo, tag))
+	if errors.Is(err, storage.ErrNotFound) {
 		return ocispec.Descriptor{}, fmt.Errorf("%s:%s: %w", repo, tag, ErrNotFound)
 	}
 	if err != nil {
-		return ocispec.Descriptor{}, fmt.Errorf("reading tag %s:%s: %w", repo, tag, storage.Classify(err, storage.TagKey(repo, tag)))
+		return ocispec.Descriptor{}, fmt.Errorf("reading tag %s:%s: %w", repo, tag, err)
 	}
 	var desc ocispec.Descriptor
 	if err := json.Unmarshal(b, &desc); err != nil {

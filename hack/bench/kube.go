@@ -1,0 +1,96 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// kubeBench is one line of `go test -bench` output.
+type kubeBench struct {
+	name    string
+	metrics map[string]float64 // unit -> value ("ns/op", "tags/s", "api-calls", …)
+}
+
+func parseBenchLines(out string) []kubeBench {
+	var res []kubeBench
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		b := kubeBench{name: f[0], metrics: map[string]float64{}}
+		// f[1] is the iteration count; then value/unit pairs.
+		for i := 2; i+1 < len(f); i += 2 {
+			if v, err := strconv.ParseFloat(f[i], 64); err == nil {
+				b.metrics[f[i+1]] = v
+			}
+		}
+		res = append(res, b)
+	}
+	return res
+}
+
+// runKubeBench runs the kubernetes tag-store Go benchmarks of the
+// repository at root against the real API server in $KUBEBUILDER_ASSETS.
+func runKubeBench(ctx context.Context, root, benchtime string) (string, error) {
+	cmd := exec.CommandContext(ctx, "go", "test", "-count=1", "-run", "^$", "-bench", ".", "-benchtime", benchtime, "./registryd/tags/kube")
+	cmd.Dir = root
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return "", fmt.Errorf("kubernetes tag-store benchmarks: %w:\n%s", err, lastLines(string(out), 30))
+	}
+	return string(out), nil
+}
+
+// kubeSection renders workload 6: registryd in kubernetes mode over HTTP
+// (when run), and the tag-store benchmarks' output (when run), asserting
+// that reads served by the informer cache made no API call.
+func kubeSection(benchOut string, h *kubeHTTPResult, distGetByTag float64, pushers int) (string, error) {
+	var b strings.Builder
+	b.WriteString("### 6. Kubernetes mode (real kube-apiserver + etcd)\n\n")
+	if h == nil && benchOut == "" {
+		b.WriteString("Not run.\n\n")
+		return b.String(), nil
+	}
+	if h != nil {
+		b.WriteString("registryd as `make dev` runs it (hack/dev: the operator, the sample Registry, registryd with the operator's arguments), over HTTP:\n\n")
+		b.WriteString("| Figure | registryd | API-server requests during the load |\n|---|---:|---:|\n")
+		fmt.Fprintf(&b, "| tag pushes into Repository status (manifest PUT by tag, %d pushers, one repository) | %.1f tags/s | — |\n", pushers, h.tagsPerSecond)
+		ratio := ""
+		if distGetByTag > 0 {
+			ratio = fmt.Sprintf(" (%.2f× distribution's GET by tag in workload 3)", h.getByTag/distGetByTag)
+		}
+		fmt.Fprintf(&b, "| GET manifest by tag, tags from the informer cache | %.0f req/s%s | %.0f (asserted 0: registryd's stevedore_kube_api_requests_total; besides, %.0f Events of the earlier tag pushes went out meanwhile) |\n\n", h.getByTag, ratio, h.apiRequests, h.events)
+	}
+	if benchOut == "" {
+		return b.String(), nil
+	}
+	benches := parseBenchLines(benchOut)
+	if len(benches) == 0 {
+		return "", fmt.Errorf("no benchmark lines in:\n%s", benchOut)
+	}
+	b.WriteString("The tag store alone (registryd/tags/kube Go benchmarks; PushTags: 3 replicas, 12 writers, one repository):\n\n")
+	b.WriteString("| Benchmark | Figure | API-server requests on the read path |\n|---|---:|---:|\n")
+	for _, k := range benches {
+		figure := ""
+		if v, ok := k.metrics["tags/s"]; ok {
+			figure = fmt.Sprintf("%.1f tags/s into Repository status (%.2f conflicts/tag)", v, k.metrics["conflicts/tag"])
+		} else if ns, ok := k.metrics["ns/op"]; ok {
+			figure = fmt.Sprintf("%s per read (%.0f reads/s)", time.Duration(ns).Round(10*time.Nanosecond), 1e9/ns)
+		}
+		calls := "—"
+		if v, ok := k.metrics["api-calls"]; ok {
+			if v != 0 {
+				return "", fmt.Errorf("%s made %v API-server requests; reads must come from the informer cache", k.name, v)
+			}
+			calls = "0 (asserted)"
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s |\n", strings.TrimPrefix(k.name, "Benchmark"), figure, calls)
+	}
+	b.WriteString("\n")
+	return b.String(), nil
+}

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"time"
+)
+
+// The machine's own limits, measured in the same run so that every figure
+// can be read as a fraction of what the hardware allows.
+
+// sha256Limit is one core hashing an in-memory buffer: the ceiling for a
+// push, which the server must hash end to end.
+func sha256Limit(total int64) (float64, error) {
+	buf := make([]byte, 4<<20)
+	randomBytes(7, buf)
+	h := sha256.New()
+	start := time.Now()
+	for n := int64(0); n < total; n += int64(len(buf)) {
+		h.Write(buf)
+	}
+	return mbps(total, time.Since(start)), nil
+}
+
+// diskWriteLimit writes total bytes into a file in dir in 1 MiB writes and
+// waits for fsync: what the disk takes when asked to persist (as
+// distribution's filesystem driver asks; fileblob does not).
+func diskWriteLimit(dir string, total int64, sync bool) (float64, error) {
+	f, err := os.CreateTemp(dir, "disk-limit-")
+	if err != nil {
+		return 0, err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	randomBytes(8, buf)
+	start := time.Now()
+	for n := int64(0); n < total; n += int64(len(buf)) {
+		if _, err := f.Write(buf); err != nil {
+			return 0, err
+		}
+	}
+	if sync {
+		if err := f.Sync(); err != nil {
+			return 0, err
+		}
+	}
+	return mbps(total, time.Since(start)), nil
+}
+
+// loopbackLimit sends total bytes over one loopback TCP connection to a
+// reader that discards them.
+func loopbackLimit(ctx context.Context, total int64) (float64, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	done := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		_, err = io.Copy(io.Discard, c)
+		done <- err
+	}()
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", ln.Addr().String())
+	if err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 1<<20)
+	start := time.Now()
+	for n := int64(0); n < total; n += int64(len(buf)) {
+		if _, err := c.Write(buf); err != nil {
+			c.Close()
+			return 0, err
+		}
+	}
+	c.Close()
+	if err := <-done; err != nil {
+		return 0, err
+	}
+	return mbps(total, time.Since(start)), nil
+}
+
+// limits measures all three once.
+func measureLimits(ctx context.Context, workDir string) (*table, error) {
+	t := &table{title: "Machine limits (same run)"}
+	sha, err := sha256Limit(1 << 30)
+	if err != nil {
+		return nil, err
+	}
+	t.limit("Go sha256, one core", "MB/s", sha)
+	dw, err := diskWriteLimit(workDir, 1<<30, true)
+	if err != nil {
+		return nil, fmt.Errorf("disk write: %w", err)
+	}
+	t.limit("disk write 1 GiB + fsync", "MB/s", dw)
+	pc, err := diskWriteLimit(workDir, 1<<30, false)
+	if err != nil {
+		return nil, fmt.Errorf("disk write: %w", err)
+	}
+	t.limit("disk write 1 GiB, no fsync (page cache)", "MB/s", pc)
+	lo, err := loopbackLimit(ctx, 4<<30)
+	if err != nil {
+		return nil, fmt.Errorf("loopback: %w", err)
+	}
+	t.limit("loopback TCP, one connection", "MB/s", lo)
+	return t, nil
+}
+
+func mbps(bytes int64, d time.Duration) float64 {
+	return float64(bytes) / 1e6 / d.Seconds()
+}

@@ -1,0 +1,353 @@
+// Command bench measures registryd and distribution side by side on this
+// machine: same loopback, same kind of file storage (each on its own fresh
+// directory on the same disk), same clients, in interleaved rounds so that
+// machine noise hits both. It prints a markdown report and writes it to
+// -out. Run it through `make bench` (hack/bench.sh), which installs what it
+// needs and passes the binaries.
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+)
+
+// options are the harness's knobs; every one has an environment variable so
+// that `make bench` can be made shorter or longer without editing anything.
+type options struct {
+	bins                    binaries
+	crane, wrk, ab          string
+	workDir, out            string
+	repoRoot, kubeBenchtime string // "" skips workload 6
+	reproduce               string
+
+	rounds       int   // BENCH_ROUNDS: rounds of workloads 1, 2, 4
+	layers       int   // BENCH_LAYERS
+	layerBytes   int64 // BENCH_LAYER_MIB
+	small        int   // BENCH_SMALL_IMAGES
+	pushers      int   // BENCH_PUSHERS
+	wrkRounds    int   // BENCH_WRK_ROUNDS: rounds of workload 3
+	wrkDuration  time.Duration
+	wrkConns     int
+	chunkedBytes int // BENCH_CHUNKED_MIB
+	chunkBytes   int // BENCH_CHUNK_MIB
+	skipCrane    bool
+	kubeTags     int      // BENCH_KUBE_TAGS: tags pushed over HTTP in kubernetes mode (0: skip)
+	prof         profiler // BENCH_PPROF_DIR
+}
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+func main() {
+	var o options
+	flag.StringVar(&o.bins.Registryd, "registryd", "bin/registryd", "registryd binary")
+	flag.StringVar(&o.bins.Distribution, "distribution", "", "distribution's registry binary")
+	flag.StringVar(&o.crane, "crane", "", "crane binary")
+	flag.StringVar(&o.wrk, "wrk", "wrk", "wrk binary (manifest GETs)")
+	flag.StringVar(&o.ab, "ab", "ab", "ab binary (manifest HEADs: wrk cannot)")
+	flag.StringVar(&o.workDir, "work-dir", "", "scratch directory on the disk under test (default: a new temp dir)")
+	flag.StringVar(&o.out, "out", "docs/benchmarks.md", "report file")
+	flag.StringVar(&o.repoRoot, "repo", ".", "repository root, for the kubernetes tag-store benchmarks")
+	flag.StringVar(&o.kubeBenchtime, "kube-benchtime", "600x", "-benchtime of the kubernetes tag-store benchmarks (empty: skip them)")
+	flag.StringVar(&o.reproduce, "reproduce", "make bench", "the command line that reproduces this report")
+	flag.Parse()
+	o.rounds = envInt("BENCH_ROUNDS", 3)
+	o.layers = envInt("BENCH_LAYERS", 4)
+	o.layerBytes = int64(envInt("BENCH_LAYER_MIB", 256)) << 20
+	o.small = envInt("BENCH_SMALL_IMAGES", 200)
+	o.pushers = envInt("BENCH_PUSHERS", 8)
+	o.wrkRounds = envInt("BENCH_WRK_ROUNDS", 2)
+	o.wrkDuration = time.Duration(envInt("BENCH_WRK_SECONDS", 10)) * time.Second
+	o.wrkConns = envInt("BENCH_WRK_CONNECTIONS", 32)
+	o.chunkedBytes = envInt("BENCH_CHUNKED_MIB", 256) << 20
+	o.chunkBytes = envInt("BENCH_CHUNK_MIB", 5) << 20
+	o.skipCrane = os.Getenv("BENCH_SKIP_CRANE") != ""
+	o.kubeTags = envInt("BENCH_KUBE_TAGS", 100)
+	if os.Getenv("BENCH_KUBE_TAGS") == "0" {
+		o.kubeTags = 0
+	}
+	o.prof = profiler{dir: os.Getenv("BENCH_PPROF_DIR")}
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, o options) error {
+	if o.bins.Distribution == "" || (o.crane == "" && !o.skipCrane) {
+		return errors.New("-distribution and -crane are required (make bench passes them)")
+	}
+	started := time.Now()
+	machine := machineLine()
+	if o.workDir == "" {
+		d, err := os.MkdirTemp("", "stevedore-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(d)
+		o.workDir = d
+	}
+	logf("machine: %s", machine)
+
+	logf("machine limits")
+	limits, err := measureLimits(ctx, o.workDir)
+	if err != nil {
+		return err
+	}
+
+	logf("generating %d × %d MiB random layers", o.layers, o.layerBytes>>20)
+	layoutDir := filepath.Join(o.workDir, "layout")
+	big, err := bigImage(layoutDir, o.layers, o.layerBytes)
+	if err != nil {
+		return err
+	}
+	bigTotal := int64(o.layers) * o.layerBytes
+	smalls, err := smallImages(o.small, 4<<10)
+	if err != nil {
+		return err
+	}
+	chunked := make([]byte, o.chunkedBytes)
+	randomBytes(99, chunked)
+
+	gib := fmt.Sprintf("%d × %d MiB", o.layers, o.layerBytes>>20)
+	bigT := &table{title: "1. Push then pull one image of " + gib + " random layers; 5. peak RSS"}
+	pushGo := bigT.add(&figure{name: "push, Go client (ggcr remote)", unit: "MB/s", targetRatio: 2.5})
+	pullGo := bigT.add(&figure{name: "pull, Go client (ggcr remote)", unit: "MB/s", targetRatio: 2.5})
+	sha := limits.limits[0].value
+	pushGo.absolute = func(m float64) (string, bool) {
+		return fmt.Sprintf("≥ 60%% of sha256 (%.0f%%)", 100*m/sha), m >= 0.6*sha
+	}
+	var pushCrane, pullCrane *figure
+	if !o.skipCrane {
+		pushCrane = bigT.add(&figure{name: "push, crane process", unit: "MB/s", targetRatio: 2.5})
+		pullCrane = bigT.add(&figure{name: "pull, crane process", unit: "MB/s", targetRatio: 2.5})
+	}
+	rssPush := bigT.add(&figure{name: "peak RSS during the Go push", unit: "MiB", lowerIsBetter: true,
+		absolute: func(m float64) (string, bool) { return "< 128 MiB", m < 128 }})
+	rssAll := bigT.add(&figure{name: "peak RSS, Go push + pull", unit: "MiB", lowerIsBetter: true})
+
+	smallT := &table{title: fmt.Sprintf("2. %d small images (one 4 KiB layer each), %d concurrent pushers (Go client)", o.small, o.pushers)}
+	smallRate := smallT.add(&figure{name: "push rate", unit: "images/s", targetRatio: 2})
+	smallP50 := smallT.add(&figure{name: "push latency p50", unit: "ms", lowerIsBetter: true})
+	smallP99 := smallT.add(&figure{name: "push latency p99", unit: "ms", lowerIsBetter: true})
+
+	wrkT := &table{title: fmt.Sprintf("3. Manifest requests (GET: wrk -t2; HEAD: ab), %d connections, %s each", o.wrkConns, o.wrkDuration)}
+	type wrkCase struct {
+		method string
+		byTag  bool
+		f      *figure
+	}
+	var wrkCases []wrkCase
+	for _, m := range []string{"GET", "HEAD"} {
+		for _, byTag := range []bool{true, false} {
+			by := "digest"
+			f := &figure{unit: "req/s"}
+			if byTag {
+				by = "tag"
+				if m == "GET" {
+					f.targetRatio = 3
+				}
+			}
+			f.name = m + " manifest by " + by
+			wrkCases = append(wrkCases, wrkCase{m, byTag, wrkT.add(f)})
+		}
+	}
+
+	chunkT := &table{title: fmt.Sprintf("4. Chunked upload of %d MiB in %d MiB chunks", o.chunkedBytes>>20, o.chunkBytes>>20)}
+	chunkRate := chunkT.add(&figure{name: "upload", unit: "MB/s"})
+
+	for round := range o.rounds {
+		// Alternate who goes first, so neither always runs on the
+		// caches and the thermal state the other left behind.
+		order := []kind{registryd, distribution}
+		if round%2 == 1 {
+			order = []kind{distribution, registryd}
+		}
+		for _, k := range order {
+			logf("round %d/%d, %s: workload 1 (Go client)", round+1, o.rounds, k)
+			if err := withServer(ctx, o, k, func(s *server) error {
+				defer o.prof.during(ctx, s, fmt.Sprintf("push-go-%d", round), 2*time.Second)()
+				push, pull, err := pushPullGoMeasured(ctx, s, big, bigTotal, rssPush)
+				if err != nil {
+					return err
+				}
+				pushGo.record(k, push)
+				pullGo.record(k, pull)
+				rss, err := s.peakRSS()
+				rssAll.record(k, float64(rss)/(1<<20))
+				return err
+			}); err != nil {
+				return err
+			}
+		}
+		if !o.skipCrane {
+			for _, k := range order {
+				logf("round %d/%d, %s: workload 1 (crane)", round+1, o.rounds, k)
+				if err := withServer(ctx, o, k, func(s *server) error {
+					push, pull, err := pushPullCrane(ctx, o.crane, s, layoutDir, bigTotal)
+					pushCrane.record(k, push)
+					pullCrane.record(k, pull)
+					return err
+				}); err != nil {
+					return err
+				}
+			}
+		}
+		for _, k := range order {
+			logf("round %d/%d, %s: workloads 2 and 3", round+1, o.rounds, k)
+			if err := withServer(ctx, o, k, func(s *server) error {
+				res, err := pushSmall(ctx, s, smalls, o.pushers)
+				if err != nil {
+					return err
+				}
+				smallRate.record(k, res.perSecond)
+				smallP50.record(k, res.p50)
+				smallP99.record(k, res.p99)
+				if round >= o.wrkRounds {
+					return nil
+				}
+				dgst, err := smalls[0].Digest()
+				if err != nil {
+					return err
+				}
+				for _, c := range wrkCases {
+					ref := "i0000"
+					if !c.byTag {
+						ref = dgst.String()
+					}
+					wait := o.prof.during(ctx, s, fmt.Sprintf("%s-%s-%d", c.method, strings.ReplaceAll(c.f.name[len(c.method)+1:], " ", "-"), round), o.wrkDuration-time.Second)
+					rate, err := manifestLoad(ctx, loadOptions{Wrk: o.wrk, Ab: o.ab, Connections: o.wrkConns, Duration: o.wrkDuration,
+						Method: c.method}, s.URL()+"/v2/small/app/manifests/"+ref)
+					wait()
+					if err != nil {
+						return fmt.Errorf("%s: %w", k, err)
+					}
+					c.f.record(k, rate)
+				}
+				return nil
+			}); err != nil {
+				return err
+			}
+		}
+		for _, k := range order {
+			logf("round %d/%d, %s: workload 4", round+1, o.rounds, k)
+			if err := withServer(ctx, o, k, func(s *server) error {
+				defer o.prof.during(ctx, s, fmt.Sprintf("chunked-%d", round), time.Second)()
+				rate, err := chunkedUpload(ctx, s, chunked, o.chunkBytes)
+				chunkRate.record(k, rate)
+				return err
+			}); err != nil {
+				return err
+			}
+		}
+	}
+
+	var kubeHTTPRes *kubeHTTPResult
+	if o.kubeTags > 0 {
+		logf("workload 6: registryd in kubernetes mode (hack/dev: real kube-apiserver + etcd), over HTTP")
+		res, err := kubeHTTP(ctx, kubeHTTPOptions{RepoRoot: o.repoRoot, Registryd: o.bins.Registryd, WorkDir: o.workDir,
+			Tags: o.kubeTags, Pushers: o.pushers,
+			Load: loadOptions{Wrk: o.wrk, Connections: o.wrkConns, Duration: o.wrkDuration}}, smalls[0])
+		if err != nil {
+			return err
+		}
+		kubeHTTPRes = &res
+	}
+	var kubeBench string
+	if o.kubeBenchtime != "" {
+		logf("workload 6: kubernetes tag-store Go benchmarks against a real kube-apiserver")
+		if kubeBench, err = runKubeBench(ctx, o.repoRoot, o.kubeBenchtime); err != nil {
+			return err
+		}
+	}
+	kubeT, err := kubeSection(kubeBench, kubeHTTPRes, median(wrkCases[0].f.values[distribution]), o.pushers)
+	if err != nil {
+		return err
+	}
+	report := renderReport(o, machine, started, []*table{limits, bigT, smallT, wrkT, chunkT}, kubeT)
+	fmt.Print(report)
+	if o.out != "" {
+		if err := os.WriteFile(o.out, []byte(report), 0o644); err != nil {
+			return fmt.Errorf("writing %s: %w", o.out, err)
+		}
+		logf("wrote %s", o.out)
+	}
+	return nil
+}
+
+// pushPullGoMeasured is workload 1 with the Go client, reading the
+// server's peak RSS between push and pull (workload 5).
+func pushPullGoMeasured(ctx context.Context, s *server, img v1.Image, total int64, rss *figure) (push, pull float64, err error) {
+	// The push's high-water mark is read before the pull can raise it.
+	return pushPullGoWith(ctx, s, img, total, func() error {
+		v, err := s.peakRSS()
+		rss.record(s.kind, float64(v)/(1<<20))
+		return err
+	})
+}
+
+func withServer(ctx context.Context, o options, k kind, f func(*server) error) error {
+	s, err := startServer(ctx, k, o.bins, o.workDir)
+	if err != nil {
+		return err
+	}
+	defer s.stop()
+	return f(s)
+}
+
+func logf(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "== %s "+format+"\n", append([]any{time.Now().UTC().Format("15:04:05")}, args...)...)
+}
+
+// machineLine names the machine: cores, memory, CPU model, Go, load.
+func machineLine() string {
+	cpu := "unknown CPU"
+	if f, err := os.Open("/proc/cpuinfo"); err == nil {
+		sc := bufio.NewScanner(f)
+		for sc.Scan() {
+			if v, ok := strings.CutPrefix(sc.Text(), "model name"); ok {
+				cpu = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(v), ":"))
+				break
+			}
+		}
+		f.Close()
+	}
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		if m := regexp.MustCompile(`MemTotal:\s+(\d+) kB`).FindSubmatch(b); m != nil {
+			kb, _ := strconv.ParseFloat(string(m[1]), 64)
+			mem = fmt.Sprintf("%.1f GiB", kb/(1<<20))
+		}
+	}
+	load := ""
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		load = strings.Join(strings.Fields(string(b))[:3], " ")
+	}
+	goVersion := runtime.Version()
+	if out, err := exec.Command("go", "env", "GOVERSION").Output(); err == nil {
+		goVersion = strings.TrimSpace(string(out))
+	}
+	return fmt.Sprintf("%d cores, %s, %s, %s, load average at start %s", runtime.NumCPU(), mem, cpu, goVersion, load)
+}

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// renderReport is docs/benchmarks.md: the tables, the machine, how the two
+// servers were set up, and how to reproduce.
+func renderReport(o options, machine string, started time.Time, tables []*table, kube string) string {
+	var b strings.Builder
+	b.WriteString("# Benchmarks: registryd side by side with distribution\n\n")
+	b.WriteString("Written by `make bench` (hack/bench.sh, hack/bench/); do not edit by hand.\n\n")
+	fmt.Fprintf(&b, "- Run: %s, %s wall time for the side-by-side part.\n", started.UTC().Format("2006-01-02 15:04 UTC"), time.Since(started).Round(time.Second))
+	fmt.Fprintf(&b, "- Machine: %s.\n", machine)
+	fmt.Fprintf(&b, "- Rounds: %d (workloads 1, 2, 4), %d (workload 3); each cell is the median [min–max] over the rounds. "+
+		"Rounds alternate which server goes first (A,B then B,A).\n\n", o.rounds, o.wrkRounds)
+	for _, t := range tables {
+		b.WriteString(t.markdown())
+	}
+	b.WriteString(kube)
+	b.WriteString(setupNotes)
+	fmt.Fprintf(&b, "## Reproduce\n\n```sh\n%s\n```\n\n", o.reproduce)
+	b.WriteString("Knobs (environment): `BENCH_ROUNDS` (3), `BENCH_WRK_ROUNDS` (2), `BENCH_WRK_SECONDS` (10), " +
+		"`BENCH_WRK_CONNECTIONS` (32), `BENCH_LAYERS` (4), `BENCH_LAYER_MIB` (256), `BENCH_SMALL_IMAGES` (200), " +
+		"`BENCH_PUSHERS` (8), `BENCH_CHUNKED_MIB` (256), `BENCH_CHUNK_MIB` (5), `BENCH_TAGS` (kube benchmark -benchtime), " +
+		"`BENCH_KUBE_TAGS` (100; 0 skips kubernetes mode over HTTP), `BENCH_SKIP_CRANE`, `BENCH_KEEP` (keep the servers' directories and logs), " +
+		"`BENCH_PPROF_DIR` (CPU profiles of registryd during the Go push and the manifest loads).\n")
+	return b.String()
+}
+
+const setupNotes = `## How the two are set up
+
+- **Same machine, same loopback, same disk.** Each server is started fresh for
+  each workload of each round, on its own new directory under one scratch
+  directory, with ` + "`TMPDIR`" + ` inside it; the directory is removed afterwards.
+- **registryd**: ` + "`registryd --storage file://DIR --auth none`" + `, the gocloud
+  fileblob driver. fileblob writes each object to a temp file, then renames it
+  into place; it does **not** fsync. It computes an MD5 of every object it
+  writes, for its attributes sidecar.
+- **distribution v3.1.2**: filesystem driver on DIR, in-memory blob descriptor
+  cache (as its shipped config), access log off so that both log one line per
+  request. Its filesystem driver **fsyncs** every file it commits (upload data
+  and small files, and the directory after a small file's rename), then renames.
+  So distribution pays for durability that registryd on fileblob does not ask
+  for; the machine's fsync and no-fsync disk rates are in the limits table to
+  read the difference against.
+- **Clients**: go-containerregistry's remote package in the harness process
+  (four concurrent blob uploads, its default; pulls verify every digest),
+  ` + "`crane`" + ` as a process (push of an OCI layout; pull as a tarball into
+  /dev/null), wrk (Debian) for manifest GETs with ` + "`-t2`" + `, and ab (Debian's
+  apache2-utils) for HEADs, which wrk cannot do (it waits for the body a HEAD
+  answer announces); both with keep-alive and an OCI manifest Accept header.
+  Any non-2xx answer fails the run. The layers are uncompressed random bytes,
+  read from the page cache. Clients and servers share the same cores.
+- **Reading the numbers.** A push is bound by CPU on both servers: each must
+  hash every byte (sha256) and copy it from the socket into the page cache,
+  on the same cores as the client sending it; compare the push rates with the
+  sha256 and page-cache limits above rather than with each other alone. A pull
+  with the Go client is bound by the client, which verifies every digest as it
+  reads; registryd sends blobs with sendfile(2) and spends almost no CPU on
+  them. Manifest GETs by tag read the tag object on every request in standalone
+  mode (bucket tag store: it may be rewritten by any replica, so it is never
+  cached); in kubernetes mode the tag comes from the informer cache.
+- Peak RSS is VmHWM from /proc/PID/status: after the push, and after push + pull.
+- Kubernetes mode: registryd started by hack/dev (what ` + "`make dev`" + ` runs) against
+  a real kube-apiserver and etcd, measured over HTTP; registryd's own count of
+  the requests it sends to the API server (` + "`stevedore_kube_api_requests_total`" + `)
+  must not move during the GET load. Then the tag-store Go benchmarks, whose
+  read path count (the store's live reads) is asserted to be 0.
+
+`

@@ -204,8 +204,14 @@ func TestRegistryChildrenFollowSpec(t *testing.T) {
 			if err := get(&d, ns, name); err != nil {
 				return err
 			}
-			if !slices.Contains(registrydContainer(&d).Args, "--storage=file:///data/registry") {
-				return fmt.Errorf("args %v", registrydContainer(&d).Args)
+			c := registrydContainer(&d)
+			if !slices.Contains(c.Args, "--storage=file:///data/registry") {
+				return fmt.Errorf("args %v", c.Args)
+			}
+			// Temp files on the storage volume: a rename from another
+			// volume fails with EXDEV.
+			if !slices.Contains(c.Env, corev1.EnvVar{Name: "TMPDIR", Value: "/data/registry/_stevedore/tmp"}) {
+				return fmt.Errorf("env %v", c.Env)
 			}
 			return nil
 		}},

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"net/url"
+	"path"
 	"strconv"
 	"strings"
 	"time"
@@ -26,6 +27,8 @@ const (
 	// Keys of the htpasswd Secret.
 	htpasswdKey         = "htpasswd"
 	htpasswdReadOnlyKey = "readonly"
+	// fileTempDir, inside a file:// bucket's directory, holds temp files.
+	fileTempDir = "_stevedore/tmp"
 )
 
 func (r *RegistryReconciler) reconcileDeployment(ctx context.Context, s *registryScope) error {
@@ -108,6 +111,12 @@ func (r *RegistryReconciler) registrydContainer(reg *v1.Registry) *corev1ac.Cont
 	mustConvert(reg.Spec.Resources, c.Resources)
 	if ref := reg.Spec.Storage.SecretRef; ref != nil {
 		c.WithEnvFrom(corev1ac.EnvFromSource().WithSecretRef(corev1ac.SecretEnvSource().WithName(ref.Name)))
+	}
+	if dir := fileStorageDir(reg); dir != "" {
+		// fileblob writes a temp file and renames it into place; a rename
+		// from /tmp (another volume) fails with EXDEV, so temp files live on
+		// the storage volume, under registryd's reserved prefix.
+		c.WithEnv(corev1ac.EnvVar().WithName("TMPDIR").WithValue(path.Join(dir, fileTempDir)))
 	}
 	return c
 }

@@ -40,8 +40,13 @@ func Open(ctx context.Context, rawURL string, opts Options) (*blob.Bucket, error
 		return nil, fmt.Errorf("storage URL: %w", err)
 	}
 	if u.Scheme == "file" {
-		if err := os.MkdirAll(u.Path, 0o755); err != nil {
-			return nil, fmt.Errorf("storage URL %s: %w", redact(u), err)
+		// fileblob's temp files go to TMPDIR, which in a pod is inside the
+		// bucket's volume (so the rename into place stays on one mount) and
+		// may not exist yet.
+		for _, dir := range []string{u.Path, os.TempDir()} {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return nil, fmt.Errorf("storage URL %s: %w", redact(u), err)
+			}
 		}
 	}
 	var b *blob.Bucket

@@ -24,7 +24,11 @@
 # hack/storage-servers.sh installs (cached) and starts on 127.0.0.1 once for
 # the whole run; each run gets its own --storage-prefix in the shared bucket.
 #
-# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube htpasswd htpasswd-bearer s3 azure gcs"),
+# Storage "kube-auth" is "kube" with the kubernetes-auth sample: auth mode
+# kubernetes, and the suite logs in with a ServiceAccount token from
+# `kubectl create token` that RBAC allows pull, push, delete and list.
+#
+# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube kube-auth htpasswd htpasswd-bearer s3 azure gcs"),
 #      CONFORMANCE_SPECS ("1.1 dev"), REGISTRYD (binary), STEVEDORE_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +37,7 @@ version="${CONFORMANCE_VERSION:-v0.0.0-20260831232431-97274622c111}"
 cache="${STEVEDORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stevedore}"
 suite="$cache/tools/oci-conformance-$version"
 registryd="${REGISTRYD:-bin/registryd}"
-storages="${CONFORMANCE_STORAGES:-file mem kube htpasswd htpasswd-bearer s3 azure gcs}"
+storages="${CONFORMANCE_STORAGES:-file mem kube kube-auth htpasswd htpasswd-bearer s3 azure gcs}"
 specs="${CONFORMANCE_SPECS:-1.1 dev}"
 
 if [[ ! -x "$suite" ]]; then
@@ -56,10 +60,12 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_registryd() { # port storage-url log [flags…]; sets pid; $regenv: KEY=VALUE for registryd
-  if [[ "$2" == kube ]]; then
+  if [[ "$2" == kube || "$2" == kube-auth ]]; then
     # Tags in Repository status: the dev harness, as `make dev` runs it.
+    local samples=config/samples/stevedore_v1alpha1_registry.yaml
+    [[ "$2" == kube-auth ]] && samples=config/samples/stevedore_v1alpha1_registry_kubernetes_auth.yaml
     "$devbin" --addr "127.0.0.1:$1" --debug-addr "127.0.0.1:$(free_port)" --dir "$(dirname "$3")/dev" \
-      --registryd "$registryd" >"$3" 2>&1 &
+      --registryd "$registryd" --samples "$samples" >"$3" 2>&1 &
   else
     env STEVEDORE_HTTP_SECRET=conformance "${regenv[@]}" "$registryd" --addr "127.0.0.1:$1" --storage "$2" "${@:4}" >"$3" 2>&1 &
   fi
@@ -73,7 +79,7 @@ start_registryd() { # port storage-url log [flags…]; sets pid; $regenv: KEY=VA
 }
 
 devbin=""
-if [[ " $storages " == *" kube "* ]]; then
+if [[ " $storages " == *" kube"* ]]; then
   KUBEBUILDER_ASSETS="${KUBEBUILDER_ASSETS:-$(hack/envtest-assets.sh)}"
   export KUBEBUILDER_ASSETS
   devbin="$work/dev"
@@ -133,6 +139,7 @@ for storage in $storages; do
       file) url="file://$dir/bucket" ;;
       mem) url="mem://" ;;
       kube) url="kube" ;;
+      kube-auth) url="kube-auth" ;; # credentials: a token, once the API server is up
       htpasswd|htpasswd-bearer)
         url="file://$dir/bucket"
         challenge=basic; [[ "$storage" == htpasswd-bearer ]] && challenge=bearer
@@ -147,6 +154,12 @@ for storage in $storages; do
     esac
     port="$(free_port)"
     start_registryd "$port" "$url" "$dir/registryd.log" "${flags[@]}"
+    if [[ "$storage" == kube-auth ]]; then
+      # Auth is on: no credentials, no entry.
+      anon=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/v2/conformance/repo1/tags/list")
+      if [[ "$anon" != 401 ]]; then echo "kube-auth: anonymous request answered $anon, want 401" >&2; exit 1; fi
+      creds=(OCI_USERNAME=ci OCI_PASSWORD="$("$KUBEBUILDER_ASSETS/kubectl" --kubeconfig "$dir/dev/kubeconfig" -n default create token ci)")
+    fi
     rc=0
     (cd "$dir" && env "${creds[@]}" OCI_REGISTRY="127.0.0.1:$port" OCI_TLS=disabled OCI_VERSION="$spec" \
       OCI_REPO1=conformance/repo1 OCI_REPO2=conformance/repo2 \
@@ -154,7 +167,7 @@ for storage in $storages; do
       OCI_API_TAGS_DELETE=true OCI_API_MANIFESTS_DELETE=true OCI_API_BLOBS_DELETE=true \
       OCI_RESULTS_DIR="$dir/results" OCI_LOG=warn \
       "$suite" >"$dir/report.txt" 2>"$dir/stderr.txt") || rc=$?
-    if [[ "$storage" == kube ]] && ! check_status_matches_journal "$dir"; then rc=1; fi
+    if [[ "$storage" == kube* ]] && ! check_status_matches_journal "$dir"; then rc=1; fi
     kill -INT "$pid"; wait "$pid" 2>/dev/null || true; pid=""
     pass=$(grep -cE '^ +OCI Conformance Test/.*: Pass$' "$dir/report.txt" || true)
     fail=$(grep -cE '^ +OCI Conformance Test/.*: FAIL$' "$dir/report.txt" || true)

@@ -31,6 +31,8 @@ func TestKustomizeBasesApply(t *testing.T) {
 		"stevedore_v1alpha1_registry_s3.yaml":     "registry.stevedore.dev/s3",
 		"stevedore_v1alpha1_registry_azblob.yaml": "registry.stevedore.dev/azblob",
 		"stevedore_v1alpha1_registry_gs.yaml":     "registry.stevedore.dev/gs",
+		// And the kubernetes-auth sample, with its ServiceAccount and RBAC.
+		"stevedore_v1alpha1_registry_kubernetes_auth.yaml": "rolebinding.rbac.authorization.k8s.io/registry-ci",
 	} {
 		samples, err := os.ReadFile(filepath.Join(root, "config", "samples", file))
 		if err != nil {

@@ -103,7 +103,7 @@ dev: build envtest ## A local API server, the operator, a sample Registry and it
 	hack/dev.sh
 
 .PHONY: conformance
-conformance: ## The OCI conformance suite (1.1 and dev) against registryd: file bucket, mem://, kubernetes tag store, htpasswd auth (basic and bearer), s3, azure, gcs.
+conformance: ## The OCI conformance suite (1.1 and dev) against registryd: file bucket, mem://, kubernetes tag store (auth off and on), htpasswd auth (basic and bearer), s3, azure, gcs.
 	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
 	REGISTRYD=$(LOCALBIN)/registryd hack/conformance.sh
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -58,7 +59,20 @@ func (s *Store) commit(ctx context.Context, path string, c *change) (*v1.Reposit
 	case err := <-c.done:
 		return c.repo, err
 	case <-ctx.Done():
+		// Still queued: withdrawn, so nothing is written after the client
+		// was told it failed. Already in a status update: that update
+		// decides, and the client, gone, is not told.
+		q.withdraw(path, c)
 		return nil, ctx.Err()
+	}
+}
+
+// withdraw takes c out of path's queue if no batch has taken it yet.
+func (q *committer) withdraw(path string, c *change) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if pending := q.queues[path]; pending != nil {
+		q.queues[path] = slices.DeleteFunc(pending, func(p *change) bool { return p == c })
 	}
 }
 

@@ -426,3 +426,53 @@ func TestPushByDigestCreatesRepository(t *testing.T) {
 		})
 	}
 }
+
+// gatedJournal holds the first Put until released, so a test can queue a
+// second write behind a status update in flight.
+type gatedJournal struct {
+	tags.Store
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (g *gatedJournal) Put(ctx context.Context, repo, tag string, d ocispec.Descriptor) error {
+	first := false
+	g.once.Do(func() { first = true })
+	if first {
+		close(g.entered)
+		<-g.release
+	}
+	return g.Store.Put(ctx, repo, tag, d)
+}
+
+// TestAbandonedPushIsNotApplied: a push whose client gives up while it
+// waits behind another status update is dropped from the queue, not
+// written after the client has been told it failed.
+func TestAbandonedPushIsNotApplied(t *testing.T) {
+	reg := newRegistry(t, nil)
+	j := &gatedJournal{Store: journal(t), entered: make(chan struct{}), release: make(chan struct{})}
+	s := replica(t, reg, j)
+	first := make(chan error, 1)
+	go func() { first <- s.Put(context.Background(), "app", "first", desc("one")) }()
+	<-j.entered // the first write is in flight
+
+	ctx, cancel := context.WithCancel(context.Background())
+	queued := make(chan error, 1)
+	go func() { queued <- s.Put(ctx, "app", "abandoned", desc("two")) }()
+	time.Sleep(100 * time.Millisecond) // queued behind the first
+	cancel()
+	if err := <-queued; !errors.Is(err, context.Canceled) {
+		t.Fatalf("abandoned push: %v, want context.Canceled", err)
+	}
+	close(j.release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	mustPut(t, s, "app", "after", "three") // the queue drains past it
+	if _, err := s.Get(context.Background(), "app", "abandoned"); !errors.Is(err, tags.ErrNotFound) {
+		t.Fatalf("the abandoned tag was written after its client gave up (%v)", err)
+	}
+	if _, err := j.Store.Get(context.Background(), "app", "abandoned"); !errors.Is(err, tags.ErrNotFound) {
+		t.Fatalf("the abandoned tag reached the journal (%v)", err)
+	}
+}

@@ -116,3 +116,29 @@ func scrape(t *testing.T, addr string) map[string]float64 {
 	}
 	return m
 }
+
+// TestReadyzMissingBucket: registryd pointed at a bucket that does not
+// exist is not ready, on every backend; the same server's real bucket is.
+func TestReadyzMissingBucket(t *testing.T) {
+	for _, kind := range storageservers.Kinds {
+		t.Run(string(kind), func(t *testing.T) {
+			srv := storageservers.Start(t, kind)
+			missing := strings.Replace(srv.URL, "://"+storageservers.Bucket, "://no-such-bucket", 1)
+			if missing == srv.URL {
+				t.Fatalf("cannot rename the bucket in %s", srv.URL)
+			}
+			for url, want := range map[string]int{srv.URL: http.StatusOK, missing: http.StatusServiceUnavailable} {
+				debug := testutil.FreeAddr(t)
+				startRegistrydEnv(t, url, srv.EnvList(), "--debug-addr", debug)
+				resp, err := http.Get("http://" + debug + "/readyz")
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != want {
+					t.Errorf("/readyz on %s: %d, want %d", url, resp.StatusCode, want)
+				}
+			}
+		})
+	}
+}

@@ -3,10 +3,12 @@ package storage
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
 
 	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
 )
 
 // Store is the registry's view of one bucket. It holds no other state
@@ -39,7 +41,13 @@ func (s *Store) Bucket() *blob.Bucket { return s.bucket }
 
 // Ping checks the bucket answers, for /readyz.
 func (s *Store) Ping(ctx context.Context) error {
-	_, err := s.bucket.Exists(ctx, blobsPrefix+"ping")
+	// A listing, not a HEAD: a HEAD of a missing key answers the same for a
+	// missing bucket, a listing says NotFound. Under registryd's own prefix
+	// and one key long, so it costs the same on a full bucket.
+	_, _, err := s.bucket.ListPage(ctx, blob.FirstPageToken, 1, &blob.ListOptions{Prefix: "_stevedore/probe/"})
+	if gcerrors.Code(err) == gcerrors.NotFound {
+		return fmt.Errorf("the bucket does not exist: %w", err)
+	}
 	return classify(err, "ping")
 }
 

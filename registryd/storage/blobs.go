@@ -180,20 +180,11 @@ func (s *Store) linkLocal(ctx context.Context, dstKey, srcKey string) bool {
 		return false
 	}
 	defer r.Close()
-	var raw io.Reader
-	if !r.As(&raw) {
-		return false
-	}
-	f, ok := raw.(*os.File)
+	root, ok := fileRoot(r, srcKey)
 	if !ok {
 		return false
 	}
-	src := f.Name()
-	root, ok := strings.CutSuffix(src, filepath.FromSlash(srcKey))
-	if !ok {
-		return false
-	}
-	dst := root + filepath.FromSlash(dstKey)
+	src, dst := root+filepath.FromSlash(srcKey), root+filepath.FromSlash(dstKey)
 	if err := os.MkdirAll(filepath.Dir(dst), 0o777); err != nil {
 		return false
 	}

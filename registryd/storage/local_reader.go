@@ -62,25 +62,32 @@ func (r *SmallReader) learnedRoot() string {
 	return r.root
 }
 
-// learn takes the bucket's directory from an open fileblob reader: its
-// file's name is the directory followed by the key.
+// learn takes the bucket's directory from an open fileblob reader.
 func (r *SmallReader) learn(rd *blob.Reader, key string) {
 	if r.learnedRoot() != "" {
 		return
 	}
-	var raw io.Reader
-	if !rd.As(&raw) {
-		return
-	}
-	f, ok := raw.(*os.File)
+	root, ok := fileRoot(rd, key)
 	if !ok {
-		return
-	}
-	root, ok := strings.CutSuffix(f.Name(), filepath.FromSlash(key))
-	if !ok || root == "" {
 		return
 	}
 	r.mu.Lock()
 	r.root = root
 	r.mu.Unlock()
+}
+
+// fileRoot is the directory of a fileblob bucket (with any prefix), read off
+// an open reader of key: its file's name is that directory followed by the
+// key. fileblob has no API for it. ok is false on any other driver.
+func fileRoot(rd *blob.Reader, key string) (string, bool) {
+	var raw io.Reader
+	if !rd.As(&raw) {
+		return "", false
+	}
+	f, ok := raw.(*os.File)
+	if !ok {
+		return "", false
+	}
+	root, ok := strings.CutSuffix(f.Name(), filepath.FromSlash(key))
+	return root, ok && root != ""
 }

@@ -17,6 +17,12 @@ import (
 
 // WriteSmall writes content to key in one request.
 func WriteSmall(ctx context.Context, b *blob.Bucket, key string, content []byte, opts *blob.WriterOptions) error {
+	return classify(b.Upload(ctx, key, bytes.NewReader(content), withContentType(opts)), key)
+}
+
+// withContentType is a copy of opts (nil: none) with a content type,
+// application/octet-stream unless opts names one.
+func withContentType(opts *blob.WriterOptions) *blob.WriterOptions {
 	o := blob.WriterOptions{}
 	if opts != nil {
 		o = *opts
@@ -24,7 +30,7 @@ func WriteSmall(ctx context.Context, b *blob.Bucket, key string, content []byte,
 	if o.ContentType == "" {
 		o.ContentType = "application/octet-stream"
 	}
-	return classify(b.Upload(ctx, key, bytes.NewReader(content), &o), key)
+	return &o
 }
 
 // Stream writes r to key. atEOF, when given, sees the byte count once r is
@@ -33,17 +39,10 @@ func WriteSmall(ctx context.Context, b *blob.Bucket, key string, content []byte,
 // can commit, so a refused or cut-short stream never becomes an object;
 // that error, not the driver's, is returned.
 func Stream(ctx context.Context, b *blob.Bucket, key string, r io.Reader, opts *blob.WriterOptions, atEOF func(n int64) error) (int64, error) {
-	o := blob.WriterOptions{}
-	if opts != nil {
-		o = *opts
-	}
-	if o.ContentType == "" {
-		o.ContentType = "application/octet-stream"
-	}
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	g := &guardedReader{r: r, atEOF: atEOF, cancel: cancel}
-	err := b.Upload(wctx, key, g, &o)
+	err := b.Upload(wctx, key, g, withContentType(opts))
 	if g.err != nil {
 		return g.n, g.err
 	}

@@ -128,8 +128,16 @@ func (g *Guard) Authorize(ctx context.Context, r *http.Request, a Access) error 
 		}
 		return g.challenge(r, "", a)
 	}
-	if creds.Bearer && g.tokens.ours(creds.Password) {
-		return g.authorizeToken(r, creds.Password, a)
+	if creds.Bearer {
+		// One of our tokens: verified once, which is all a valid one costs.
+		// One that fails but claims to be ours is bad; anything else may
+		// be the backend's (a Kubernetes token).
+		if claims, err := g.tokens.verify(creds.Password); err == nil {
+			return g.authorizeClaims(r, claims, a)
+		} else if g.tokens.ours(creds.Password) {
+			g.failures.WithLabelValues(failureInvalid).Inc()
+			return g.challenge(r, "invalid_token", a)
+		}
 	}
 	id, err := g.authenticate(ctx, creds)
 	if err != nil {
@@ -154,14 +162,9 @@ func (g *Guard) anonymousMay(a Access) bool {
 	return g.opts.AnonymousPull && a.Action == Pull
 }
 
-// authorizeToken checks a request carrying a token /token issued: its grants
+// authorizeClaims checks a request carrying a token /token issued: its grants
 // are the decision made when it was issued.
-func (g *Guard) authorizeToken(r *http.Request, token string, a Access) error {
-	claims, err := g.tokens.verify(token)
-	if err != nil {
-		g.failures.WithLabelValues(failureInvalid).Inc()
-		return g.challenge(r, "invalid_token", a)
-	}
+func (g *Guard) authorizeClaims(r *http.Request, claims *tokenClaims, a Access) error {
 	switch {
 	case claims.grants(a), g.anonymousMay(a):
 		// A cross-repository mount also reads the source; a token that

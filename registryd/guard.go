@@ -7,12 +7,13 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/stevedore-dev/stevedore/registryd/auth"
 )
 
 // newGuard builds the access rules of --auth and its flags.
-func newGuard(log *slog.Logger, c config, secret []byte, reg prometheus.Registerer) (*auth.Guard, error) {
+func newGuard(log *slog.Logger, c config, secret []byte, reg prometheus.Registerer, kc *kubeConn) (*auth.Guard, error) {
 	mode, err := auth.ParseMode(c.authMode)
 	if err != nil {
 		return nil, err
@@ -31,7 +32,7 @@ func newGuard(log *slog.Logger, c config, secret []byte, reg prometheus.Register
 		}
 		backend, err = auth.NewHtpasswd(auth.HtpasswdOptions{File: c.htpasswdFile, ReadOnlyFile: c.htpasswdReadOnlyFile, Logger: log})
 	case auth.Kubernetes:
-		backend, err = newKubernetesBackend(c)
+		backend, err = newKubernetesBackend(c, kc)
 	}
 	if err != nil {
 		return nil, err
@@ -45,10 +46,10 @@ func newGuard(log *slog.Logger, c config, secret []byte, reg prometheus.Register
 	})
 }
 
-func newKubernetesBackend(c config) (auth.Backend, error) {
-	_, cs, err := kubeClient(c.kubeconfig)
-	if err != nil {
-		return nil, err
+func newKubernetesBackend(c config, kc *kubeConn) (auth.Backend, error) {
+	var client kubernetes.Interface // nil without --registry: NewKubernetes says what is missing
+	if kc != nil {
+		client = kc.cs
 	}
 	var audiences []string
 	for _, a := range strings.Split(c.tokenAudiences, ",") {
@@ -57,7 +58,7 @@ func newKubernetesBackend(c config) (auth.Backend, error) {
 		}
 	}
 	return auth.NewKubernetes(auth.KubernetesOptions{
-		Client: cs, Namespace: c.namespace, Registry: c.registry, Audiences: audiences, CacheTTL: c.authCacheTTL,
+		Client: client, Namespace: c.namespace, Registry: c.registry, Audiences: audiences, CacheTTL: c.authCacheTTL,
 	})
 }
 

@@ -115,12 +115,16 @@ func run(log *slog.Logger, c config) error {
 	}
 	defer b.Close()
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), apiRequests)
-	tagStore, err := newTagStore(ctx, log, c, b, reg)
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	kc, err := connectKube(c, reg)
 	if err != nil {
 		return err
 	}
-	guard, err := newGuard(log, c, secret, reg)
+	tagStore, err := newTagStore(ctx, log, c, b, reg, kc)
+	if err != nil {
+		return err
+	}
+	guard, err := newGuard(log, c, secret, reg, kc)
 	if err != nil {
 		return err
 	}

@@ -19,17 +19,14 @@ import (
 
 // newTagStore picks the tag store: Repository status when registryd serves a
 // Registry (--registry), with the bucket journal beneath it; else the bucket.
-func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket, reg prometheus.Registerer) (tags.Store, error) {
+// kc is nil exactly when there is no --registry.
+func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket, reg prometheus.Registerer, kc *kubeConn) (tags.Store, error) {
 	journal := tags.NewBucket(b)
-	if c.registry == "" {
+	if kc == nil {
 		log.Info("tags live in the bucket (standalone mode)")
 		return journal, nil
 	}
-	cfg, cs, err := kubeClient(c.kubeconfig)
-	if err != nil {
-		return nil, err
-	}
-	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: cs.EventsV1()})
+	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: kc.cs.EventsV1()})
 	if err := broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
 		return nil, err
 	}
@@ -37,7 +34,7 @@ func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket
 	if err != nil {
 		return nil, err
 	}
-	store, err := kube.New(ctx, cfg, kube.Options{
+	store, err := kube.New(ctx, kc.cfg, kube.Options{
 		Namespace: c.namespace, Registry: c.registry, Journal: journal,
 		Events: broadcaster.NewRecorder(scheme, "registryd"), Metrics: reg, Logger: log,
 	})
@@ -48,32 +45,46 @@ func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket
 	return store, nil
 }
 
-// apiRequests counts every request registryd makes to the API server (tag
-// store and auth alike), by method and resource: the pull path must make
-// none (tags are served from the informer cache, auth answers are cached),
-// and make bench asserts it from this counter. The resource label tells
-// those apart from the Events of earlier pushes, which client-go sends in
-// the background. run registers it.
-var apiRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
-	Name: "stevedore_kube_api_requests_total",
-	Help: "Requests registryd sent to the Kubernetes API server (a watch counts once, when it starts).",
-}, []string{"method", "resource"})
+// kubeConn is registryd's one connection to the API server, shared by the
+// kubernetes tag store and kubernetes auth.
+type kubeConn struct {
+	cfg *rest.Config
+	cs  *kubernetes.Clientset
+}
 
-// kubeClient is the API server of --kubeconfig (see kubeConfig), with every
-// request counted in apiRequests.
-func kubeClient(path string) (*rest.Config, *kubernetes.Clientset, error) {
-	cfg, err := kubeConfig(path)
+// connectKube connects to the API server of --kubeconfig (see kubeConfig)
+// when registryd serves a Registry (--registry); nil, nil otherwise. Every
+// request it sends is counted in stevedore_kube_api_requests_total, by
+// method and resource: the pull path must send none (tags come from the
+// informer cache, auth answers are cached), and make bench asserts it. The
+// resource label tells those apart from the Events of earlier pushes, which
+// client-go sends in the background.
+func connectKube(c config, reg prometheus.Registerer) (*kubeConn, error) {
+	if c.registry == "" {
+		return nil, nil
+	}
+	cfg, err := kubeConfig(c.kubeconfig)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
+	}
+	requests := prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "stevedore_kube_api_requests_total",
+		Help: "Requests registryd sent to the Kubernetes API server (a watch counts once, when it starts).",
+	}, []string{"method", "resource"})
+	if err := reg.Register(requests); err != nil {
+		return nil, err
 	}
 	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
 		return roundTripperFunc(func(r *http.Request) (*http.Response, error) {
-			apiRequests.WithLabelValues(r.Method, apiResource(r.URL.Path)).Inc()
+			requests.WithLabelValues(r.Method, apiResource(r.URL.Path)).Inc()
 			return rt.RoundTrip(r)
 		})
 	})
 	cs, err := kubernetes.NewForConfig(cfg)
-	return cfg, cs, err
+	if err != nil {
+		return nil, err
+	}
+	return &kubeConn{cfg: cfg, cs: cs}, nil
 }
 
 // apiResource is the resource an API path names: repositories in

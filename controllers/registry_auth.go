@@ -24,13 +24,14 @@ func (r *RegistryReconciler) reconcileAuthSecret(ctx context.Context, s *registr
 	}
 	var secret corev1.Secret
 	err := r.Get(ctx, client.ObjectKey{Namespace: s.reg.Namespace, Name: name}, &secret)
+	entries := bcryptEntries(secret.Data[htpasswdKey])
 	reason, msg := "", ""
 	switch {
 	case apierrors.IsNotFound(err):
 		reason, msg = ReasonHtpasswdSecretMissing, fmt.Sprintf("Secret %s (auth.htpasswdSecretRef) does not exist", name)
 	case err != nil:
 		return fmt.Errorf("reading auth.htpasswdSecretRef %s: %w", name, err)
-	case bcryptEntries(secret.Data[htpasswdKey]) == 0:
+	case entries == 0:
 		reason, msg = ReasonHtpasswdSecretInvalid, fmt.Sprintf("Secret %s has no bcrypt entries (user:$2y$…) under key %q", name, htpasswdKey)
 	}
 	if reason != "" {
@@ -42,7 +43,7 @@ func (r *RegistryReconciler) reconcileAuthSecret(ctx context.Context, s *registr
 		return nil
 	}
 	setCondition(conds, gen, ConditionAuthReady, metav1.ConditionTrue, ReasonHtpasswdSecretFound,
-		fmt.Sprintf("Secret %s holds %d bcrypt entries", name, bcryptEntries(secret.Data[htpasswdKey])))
+		fmt.Sprintf("Secret %s holds %d bcrypt entries", name, entries))
 	return nil
 }
 

@@ -1,6 +1,10 @@
 package tags
 
-import "context"
+import (
+	"context"
+
+	"github.com/opencontainers/go-digest"
+)
 
 // Catalog is an optional capability of a Store that knows every repository
 // itself (the kubernetes store: one Repository object each), so GET
@@ -14,4 +18,22 @@ type Catalog interface {
 // does, so the repository is in the catalog and under its deletion policy.
 type RepositoryCreator interface {
 	EnsureRepository(ctx context.Context, repo string) error
+}
+
+// DigestUntagger is an optional capability of a Store: it removes every tag
+// of repo that points at d, deciding on the store's authoritative state (a
+// live read and a compare-and-swap, never a cache's word), and returns the
+// tags it removed. A manifest DELETE by digest uses it, so a tag pushed
+// while the delete runs is either removed or re-validated, never left
+// pointing at a manifest that is gone.
+type DigestUntagger interface {
+	UntagDigest(ctx context.Context, repo string, d digest.Digest) ([]string, error)
+}
+
+// RepositoryChecker is an optional capability of a Store that keeps an
+// object per repository: it reports whether repo exists, reading live on a
+// cache miss. Uploads and manifest pushes ask it when repositories are not
+// created on push, so nothing is stored for a push that will be refused.
+type RepositoryChecker interface {
+	RepositoryExists(ctx context.Context, repo string) (bool, error)
 }

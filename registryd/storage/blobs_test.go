@@ -24,7 +24,7 @@ func TestCopyContentLinksOnFileBuckets(t *testing.T) {
 	ctx := context.Background()
 	content := []byte("layer bytes")
 	d := digest.FromBytes(content)
-	part := UploadPartKey("0123456789abcdef0123456789abcdef", 0)
+	part := UploadPartKey("0123456789abcdef0123456789abcdef", 0, "", "0f0f")
 	for _, prefix := range []string{"", "team/registry/"} {
 		dir := t.TempDir()
 		fb, err := fileblob.OpenBucket(dir, &fileblob.Options{Metadata: fileblob.MetadataDontWrite})

@@ -14,6 +14,8 @@ package storage
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 )
@@ -67,6 +69,46 @@ func UploadMarkerKey(id string) string { return UploadPrefix(id) + "startedat" }
 // holding a stale Location (a lost response) can find where the upload is.
 func UploadStateKey(id string) string { return UploadPrefix(id) + "state" }
 
-// UploadPartKey holds part n (0-based) of upload id. Zero padding keeps the
-// parts in listing order.
-func UploadPartKey(id string, n int) string { return fmt.Sprintf("%spart-%08d", UploadPrefix(id), n) }
+// UploadPartKey holds part n (0-based) of upload id. tag is a random name
+// the server picks for this write and prev the tag of part n-1 ("" for the
+// first part), so every write goes to a key of its own that no racing
+// request can overwrite, and the signed upload state (which names the last
+// tag) identifies exactly one chain of parts. Zero padding keeps the parts
+// in listing order.
+func UploadPartKey(id string, n int, prev, tag string) string {
+	return UploadPartPrefix(id, n, prev) + tag
+}
+
+// UploadPartPrefix is the prefix of every part n of upload id that follows
+// the part tagged prev: racing writes of the same part share it.
+func UploadPartPrefix(id string, n int, prev string) string {
+	if prev == "" {
+		prev = "0"
+	}
+	return fmt.Sprintf("%spart-%08d.%s.", UploadPrefix(id), n, prev)
+}
+
+// UploadPartsPrefix is the prefix of every part of upload id.
+func UploadPartsPrefix(id string) string { return UploadPrefix(id) + "part-" }
+
+// ParseUploadPartKey splits a key of UploadPartKey into its part number
+// and tags; ok is false for any other key.
+func ParseUploadPartKey(id, key string) (n int, prev, tag string, ok bool) {
+	rest, found := strings.CutPrefix(key, UploadPartsPrefix(id))
+	if !found {
+		return 0, "", "", false
+	}
+	fields := strings.Split(rest, ".")
+	if len(fields) != 3 || len(fields[0]) != 8 || fields[2] == "" {
+		return 0, "", "", false
+	}
+	n, err := strconv.Atoi(fields[0])
+	if err != nil || n < 0 {
+		return 0, "", "", false
+	}
+	prev = fields[1]
+	if prev == "0" {
+		prev = ""
+	}
+	return n, prev, fields[2], true
+}

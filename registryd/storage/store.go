@@ -21,11 +21,14 @@ type Store struct {
 	// beforeSign adjusts signed URLs for the backend (the GCS emulator's
 	// host); nil for most.
 	beforeSign func(asFunc func(any) bool) error
+	// local makes writes durable on a local directory (durable.go).
+	local *SmallReader
 }
 
 // New returns a Store over bucket. The caller keeps ownership of bucket.
 func New(bucket *blob.Bucket) *Store {
-	return &Store{bucket: bucket, manifests: newLRU[[]byte](manifestCacheBytes), links: newLRU[manifestLink](linkCacheEntries)}
+	return &Store{bucket: bucket, manifests: newLRU[[]byte](manifestCacheBytes), links: newLRU[manifestLink](linkCacheEntries),
+		local: NewSmallReader(bucket)}
 }
 
 // WithBeforeSign sets the hook SignedURL passes to the driver
@@ -70,7 +73,7 @@ func (s *Store) readAll(ctx context.Context, key string, limit int64) ([]byte, e
 }
 
 func (s *Store) writeSmall(ctx context.Context, key string, content []byte, contentType string) error {
-	return WriteSmall(ctx, s.bucket, key, content, &blob.WriterOptions{ContentType: contentType})
+	return WriteSmallDurable(ctx, s.local, key, content, &blob.WriterOptions{ContentType: contentType})
 }
 
 func (s *Store) delete(ctx context.Context, key string) error {
@@ -112,4 +115,24 @@ func (s *Store) deletePrefix(ctx context.Context, prefix string) error {
 			return err
 		}
 	}
+}
+
+// listKeys returns the keys of the objects under prefix, at most limit of
+// them (0: all), in lexical order.
+func (s *Store) listKeys(ctx context.Context, prefix string, limit int) ([]string, error) {
+	var keys []string
+	it := s.bucket.List(&blob.ListOptions{Prefix: prefix})
+	for limit <= 0 || len(keys) < limit {
+		obj, err := it.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, classify(err, prefix)
+		}
+		if !obj.IsDir {
+			keys = append(keys, obj.Key)
+		}
+	}
+	return keys, nil
 }

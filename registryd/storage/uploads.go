@@ -5,14 +5,26 @@ import (
 	"io"
 )
 
-// ReadUploadPart opens part n of upload id, for streaming the parts into
-// their final key.
-func (s *Store) ReadUploadPart(ctx context.Context, id string, n int) (io.ReadCloser, error) {
-	r, err := s.bucket.NewReader(ctx, UploadPartKey(id, n), nil)
+// ReadUploadPart opens the upload part at key, for streaming the parts
+// into their final key.
+func (s *Store) ReadUploadPart(ctx context.Context, key string) (io.ReadCloser, error) {
+	r, err := s.bucket.NewReader(ctx, key, nil)
 	if err != nil {
-		return nil, classify(err, UploadPartKey(id, n))
+		return nil, classify(err, key)
 	}
 	return r, nil
+}
+
+// UploadPartKeys lists the keys of every part of upload id.
+func (s *Store) UploadPartKeys(ctx context.Context, id string) ([]string, error) {
+	return s.listKeys(ctx, UploadPartsPrefix(id), 0)
+}
+
+// HasUploadPart reports whether some part n following the part tagged
+// prev exists: a successor written through the same upload state.
+func (s *Store) HasUploadPart(ctx context.Context, id string, n int, prev string) (bool, error) {
+	keys, err := s.listKeys(ctx, UploadPartPrefix(id, n, prev), 1)
+	return len(keys) > 0, err
 }
 
 // DeleteUpload removes every object of upload id.

@@ -12,27 +12,31 @@ import (
 
 // Commit finishes upload st as blob d of st.Repo. The digest is checked
 // against the carried hash state without reading the parts again (unless
-// d uses another algorithm than the upload hashed with). One part is
+// d uses another algorithm than the upload hashed with): the state names
+// its parts (State.Last, chained), and a part key is written once by one
+// request, so the parts read are the bytes that were hashed. One part is
 // copied server-side to its final key; several are streamed into it.
 func (m *Manager) Commit(ctx context.Context, st State, d digest.Digest) (storage.BlobInfo, error) {
-	// A stale token would commit a prefix of the upload.
-	next := storage.UploadPartKey(st.ID, st.Parts)
-	if ok, err := m.store.Bucket().Exists(ctx, next); err != nil {
-		return storage.BlobInfo{}, storage.Classify(err, next)
+	// A stale state would commit a prefix of the upload.
+	if ok, err := m.store.HasUploadPart(ctx, st.ID, st.Parts, st.Last); err != nil {
+		return storage.BlobInfo{}, fmt.Errorf("checking upload %s: %w", st.ID, err)
 	} else if ok {
 		return storage.BlobInfo{}, fmt.Errorf("%w: upload has more than %d parts", ErrOutOfOrder, st.Parts)
 	}
-	if err := m.verify(ctx, st, d); err != nil {
+	keys, err := m.partKeys(ctx, st)
+	if err != nil {
 		return storage.BlobInfo{}, err
 	}
-	var err error
-	switch st.Parts {
+	if err := m.verify(ctx, st, keys, d); err != nil {
+		return storage.BlobInfo{}, err
+	}
+	switch len(keys) {
 	case 0:
 		_, err = m.store.WriteContent(ctx, d, 0, eofReader{})
 	case 1:
-		err = m.store.CopyContent(ctx, d, storage.UploadPartKey(st.ID, 0), st.Offset)
+		err = m.store.CopyContent(ctx, d, keys[0], st.Offset)
 	default:
-		_, err = m.store.WriteContent(ctx, d, st.Offset, m.partsReader(ctx, st))
+		_, err = m.store.WriteContent(ctx, d, st.Offset, m.partsReader(ctx, keys))
 	}
 	if err != nil {
 		return storage.BlobInfo{}, fmt.Errorf("committing upload %s: %w", st.ID, err)
@@ -45,7 +49,45 @@ func (m *Manager) Commit(ctx context.Context, st State, d digest.Digest) (storag
 	return storage.BlobInfo{Digest: d, Size: st.Offset}, nil
 }
 
-func (m *Manager) verify(ctx context.Context, st State, d digest.Digest) error {
+// partKeys returns, in order, the keys of the parts st names: its chain,
+// followed back from st.Last. Parts written by racing requests with the
+// same state belong to other chains and are not read.
+func (m *Manager) partKeys(ctx context.Context, st State) ([]string, error) {
+	switch {
+	case st.Parts == 0:
+		return nil, nil
+	case st.Last == "":
+		return nil, fmt.Errorf("%w: state names no parts", ErrInvalidToken)
+	case st.Parts == 1:
+		return []string{storage.UploadPartKey(st.ID, 0, "", st.Last)}, nil
+	}
+	all, err := m.store.UploadPartKeys(ctx, st.ID)
+	if err != nil {
+		return nil, fmt.Errorf("listing upload %s: %w", st.ID, err)
+	}
+	type part struct {
+		n         int
+		prev, key string
+	}
+	byTag := make(map[string]part, len(all))
+	for _, k := range all {
+		if n, prev, tag, ok := storage.ParseUploadPartKey(st.ID, k); ok {
+			byTag[tag] = part{n, prev, k}
+		}
+	}
+	keys := make([]string, st.Parts)
+	tag := st.Last
+	for i := st.Parts - 1; i >= 0; i-- {
+		p, ok := byTag[tag]
+		if !ok || p.n != i || (i == 0) != (p.prev == "") {
+			return nil, fmt.Errorf("%w: part %d of upload %s is missing", ErrUnknown, i, st.ID)
+		}
+		keys[i], tag = p.key, p.prev
+	}
+	return keys, nil
+}
+
+func (m *Manager) verify(ctx context.Context, st State, keys []string, d digest.Digest) error {
 	if string(d.Algorithm()) == st.Alg {
 		h, err := st.restoreHash()
 		if err != nil {
@@ -59,7 +101,7 @@ func (m *Manager) verify(ctx context.Context, st State, d digest.Digest) error {
 	// The client started the upload without ?digest-algorithm but names
 	// another algorithm now: hash the parts once more with it.
 	v := d.Verifier()
-	if _, err := io.Copy(v, m.partsReader(ctx, st)); err != nil {
+	if _, err := io.Copy(v, m.partsReader(ctx, keys)); err != nil {
 		return fmt.Errorf("re-reading upload %s: %w", st.ID, err)
 	}
 	if !v.Verified() {
@@ -78,16 +120,16 @@ func (f readerFunc) Read(b []byte) (int, error) { return f(b) }
 
 // partsReader reads the parts of an upload in order, opening one at a
 // time so a many-part upload holds one backend stream.
-func (m *Manager) partsReader(ctx context.Context, st State) io.Reader {
+func (m *Manager) partsReader(ctx context.Context, keys []string) io.Reader {
 	next := 0
 	var cur io.ReadCloser
 	return readerFunc(func(b []byte) (int, error) {
 		for {
 			if cur == nil {
-				if next >= st.Parts {
+				if next >= len(keys) {
 					return 0, io.EOF
 				}
-				r, err := m.store.ReadUploadPart(ctx, st.ID, next)
+				r, err := m.store.ReadUploadPart(ctx, keys[next])
 				if err != nil {
 					return 0, err
 				}

@@ -30,6 +30,9 @@ type State struct {
 	Parts  int    `json:"parts"`
 	// Hash is the running hash's MarshalBinary state after Offset bytes.
 	Hash []byte `json:"hash,omitempty"`
+	// Last is the random tag of the last part written (storage.UploadPartKey):
+	// with the signature it names exactly the parts whose bytes Hash covers.
+	Last string `json:"last,omitempty"`
 	// Started is when the upload began (unix nanoseconds), for metrics.
 	Started int64 `json:"start"`
 }

@@ -139,12 +139,17 @@ func (st State) restoreHash() (hash.Hash, error) {
 
 // Append writes the chunk r (size bytes; -1 when unknown) as the next part
 // and returns the advanced state. Nothing is written for an empty chunk.
+//
+// Each write goes to a key of its own (a random tag, chained to the
+// previous part's): two requests racing with one state both write, but to
+// different keys, and each gets back a state naming its own chain. So the
+// bytes a state's hash covers are exactly the bytes its commit reads; no
+// race (and no backend whose IfNotExist is not atomic) can swap them.
 func (m *Manager) Append(ctx context.Context, st State, r io.Reader, size int64) (State, error) {
 	h, err := st.restoreHash()
 	if err != nil {
 		return st, err
 	}
-	key := storage.UploadPartKey(st.ID, st.Parts)
 	// An empty chunk writes no part: look for a first byte before
 	// starting a write that would otherwise store an empty object.
 	br := bufio.NewReaderSize(r, 1)
@@ -156,6 +161,16 @@ func (m *Manager) Append(ctx context.Context, st State, r io.Reader, size int64)
 	} else if err != nil {
 		return st, err
 	}
+	// A stale state (a chunk was written with it already) is out of order:
+	// the spec's 416. This check is for the client's sake; safety does not
+	// rest on it, since a racing write lands on a key of its own.
+	if ok, err := m.store.HasUploadPart(ctx, st.ID, st.Parts, st.Last); err != nil {
+		return st, fmt.Errorf("checking upload %s: %w", st.ID, err)
+	} else if ok {
+		return st, fmt.Errorf("%w: part %d already written", ErrOutOfOrder, st.Parts)
+	}
+	tag := newTag()
+	key := storage.UploadPartKey(st.ID, st.Parts, st.Last, tag)
 	// A short or failed chunk cancels the write: no part is left behind.
 	n, err := storage.Stream(ctx, m.store.Bucket(), key, io.TeeReader(br, h), &blob.WriterOptions{IfNotExist: true}, func(n int64) error {
 		if size >= 0 && n != size {
@@ -163,14 +178,12 @@ func (m *Manager) Append(ctx context.Context, st State, r io.Reader, size int64)
 		}
 		return nil
 	})
-	if errors.Is(err, storage.ErrExists) {
-		return st, fmt.Errorf("%w: part %d already written", ErrOutOfOrder, st.Parts)
-	}
 	if err != nil {
 		return st, fmt.Errorf("writing %s: %w", key, err)
 	}
 	st.Offset += n
 	st.Parts++
+	st.Last = tag
 	if st.Hash, err = h.(encoding.BinaryMarshaler).MarshalBinary(); err != nil {
 		return st, err
 	}
@@ -179,6 +192,13 @@ func (m *Manager) Append(ctx context.Context, st State, r io.Reader, size int64)
 		return st, fmt.Errorf("saving upload state: %w", err)
 	}
 	return st, nil
+}
+
+// newTag is a part's random name: 96 bits, so no two writes share one.
+func newTag() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
 }
 
 // Latest returns the newest state of the upload: st, or the one saved in

@@ -84,6 +84,9 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "scrub" {
+		os.Exit(runScrub(os.Args[2:], os.Stdout))
+	}
 	var c config
 	bindFlags(flag.CommandLine, &c)
 	flag.Parse()

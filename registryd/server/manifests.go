@@ -121,6 +121,9 @@ func (s *server) putManifest(w http.ResponseWriter, r *http.Request, p pathParam
 	if err := s.checkReferences(r, p.name, m); err != nil {
 		return err
 	}
+	if err := s.checkPush(r, p.name); err != nil {
+		return err
+	}
 	desc := ocispec.Descriptor{MediaType: m.MediaType, Digest: d, Size: int64(len(body))}
 	if err := s.storeManifest(r, p.name, desc, m, body); err != nil {
 		return err
@@ -136,6 +139,21 @@ func (s *server) putManifest(w http.ResponseWriter, r *http.Request, p pathParam
 	if c, ok := s.tags.(tags.RepositoryCreator); ok && len(tagList) == 0 {
 		if err := c.EnsureRepository(r.Context(), p.name); err != nil {
 			return storageErr(err, errcode.NameUnknown, p.name)
+		}
+	}
+	if len(tagList) > 0 {
+		// A DELETE of this digest may have unlinked the manifest after it
+		// was stored and before the tags were written, and then missed
+		// them: the delete unlinks first and untags second, so looking
+		// again now, after the tags, sees its unlink. Store the manifest
+		// again then, so no tag is left pointing at nothing.
+		if _, err := s.store.StatManifest(r.Context(), p.name, d); errors.Is(err, storage.ErrNotFound) {
+			err = s.storeManifest(r, p.name, desc, m, body)
+		} else if err != nil {
+			return storageErr(err, errcode.ManifestUnknown, d)
+		}
+		if err != nil {
+			return err
 		}
 	}
 	h := w.Header()
@@ -235,25 +253,44 @@ func (s *server) deleteManifest(w http.ResponseWriter, r *http.Request, p pathPa
 	return nil
 }
 
+// deleteManifestDigest unlinks the manifest first and untags second, the
+// reverse of a push, which links first, tags second and then looks at the
+// link again (putManifest): whatever the interleaving, a tag that survives
+// points at a linked manifest.
 func (s *server) deleteManifestDigest(r *http.Request, name string, d digest.Digest) error {
 	ctx := r.Context()
 	desc, content, err := s.store.GetManifest(ctx, name, d)
+	if errors.Is(err, storage.ErrNotFound) {
+		// Gone already, perhaps by a DELETE that failed before untagging:
+		// finish that, then answer as the spec says.
+		if err := s.untag(r, name, d); err != nil {
+			return err
+		}
+	}
 	if err != nil {
 		return storageErr(err, errcode.ManifestUnknown, d)
+	}
+	if err := s.store.DeleteManifest(ctx, name, d); err != nil {
+		return storageErr(err, errcode.ManifestUnknown, d)
+	}
+	if err := s.untag(r, name, d); err != nil {
+		return err
 	}
 	if m, err := manifest.Parse(desc.MediaType, content); err == nil && m.Subject != nil {
 		if err := s.store.DeleteReferrer(ctx, name, m.Subject.Digest, d); err != nil && !errors.Is(err, storage.ErrNotFound) {
 			return storageErr(err, errcode.ManifestUnknown, d)
 		}
 	}
-	if err := s.untag(r, name, d); err != nil {
-		return err
-	}
-	return storageErr(s.store.DeleteManifest(ctx, name, d), errcode.ManifestUnknown, d)
+	return nil
 }
 
-// untag removes every tag of repository name pointing at d.
+// untag removes every tag of repository name pointing at d, through the
+// store's compare-and-swap when it has one.
 func (s *server) untag(r *http.Request, name string, d digest.Digest) error {
+	if u, ok := s.tags.(tags.DigestUntagger); ok {
+		_, err := u.UntagDigest(r.Context(), name, d)
+		return storageErr(err, errcode.ManifestUnknown, d)
+	}
 	all, err := s.tags.List(r.Context(), name, 0, "")
 	if err != nil {
 		return storageErr(err, errcode.NameUnknown, name)
@@ -268,4 +305,25 @@ func (s *server) untag(r *http.Request, name string, d digest.Digest) error {
 		}
 	}
 	return nil
+}
+
+// checkPush refuses a push to a repository that does not exist and will
+// not be created (autoCreateRepositories: false) before anything is
+// stored for it. Stores without repository objects accept every push.
+func (s *server) checkPush(r *http.Request, name string) error {
+	c, ok := s.tags.(tags.RepositoryChecker)
+	if !ok {
+		return nil
+	}
+	exists, err := c.RepositoryExists(r.Context(), name)
+	if err != nil {
+		return storageErr(err, errcode.NameUnknown, name)
+	}
+	if exists {
+		return nil
+	}
+	if cr, ok := s.tags.(tags.RepositoryCreator); ok {
+		return storageErr(cr.EnsureRepository(r.Context(), name), errcode.NameUnknown, name)
+	}
+	return errcode.NameUnknown.With(name)
 }

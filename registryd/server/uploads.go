@@ -21,6 +21,9 @@ import (
 // startUpload is POST /v2/<name>/blobs/uploads/: a mount, a monolithic
 // push with ?digest=, or the start of a chunked/streamed upload.
 func (s *server) startUpload(w http.ResponseWriter, r *http.Request, p pathParams) error {
+	if err := s.checkPush(r, p.name); err != nil {
+		return err
+	}
 	q := r.URL.Query()
 	if q.Has("mount") {
 		if done, err := s.tryMount(w, r, p.name, q.Get("mount"), q.Get("from")); done || err != nil {

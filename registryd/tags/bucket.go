@@ -8,6 +8,7 @@ import (
 	"io"
 	"strings"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
@@ -48,7 +49,7 @@ func (s *Bucket) Put(ctx context.Context, repo, tag string, desc ocispec.Descrip
 	if err != nil {
 		return err
 	}
-	if err := storage.WriteSmall(ctx, s.bucket, storage.TagKey(repo, tag), b, &blob.WriterOptions{ContentType: "application/json"}); err != nil {
+	if err := storage.WriteSmallDurable(ctx, s.reader, storage.TagKey(repo, tag), b, &blob.WriterOptions{ContentType: "application/json"}); err != nil {
 		return fmt.Errorf("writing tag %s:%s: %w", repo, tag, err)
 	}
 	return nil
@@ -86,4 +87,41 @@ func (s *Bucket) List(ctx context.Context, repo string, n int, last string) ([]s
 		out = append(out, tag)
 	}
 	return out, nil
+}
+
+var _ DigestUntagger = (*Bucket)(nil)
+
+// UntagDigest deletes every tag of repo whose journal object names d. It
+// reads each tag object itself (no cache); a tag written to d after the
+// listing is the manifest PUT's to reconcile (it re-checks the manifest
+// after writing its tags).
+func (s *Bucket) UntagDigest(ctx context.Context, repo string, d digest.Digest) ([]string, error) {
+	var removed []string
+	last := ""
+	for {
+		page, err := s.List(ctx, repo, 1000, last)
+		if err != nil {
+			return removed, err
+		}
+		for _, t := range page {
+			desc, err := s.Get(ctx, repo, t)
+			if errors.Is(err, ErrNotFound) || (err == nil && desc.Digest != d) {
+				continue
+			}
+			if err == nil {
+				err = s.Delete(ctx, repo, t)
+			}
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return removed, err
+			}
+			removed = append(removed, t)
+		}
+		if len(page) < 1000 {
+			return removed, nil
+		}
+		last = page[len(page)-1]
+	}
 }

@@ -113,7 +113,7 @@ func (s *Store) WriteContent(ctx context.Context, d digest.Digest, size int64, r
 	// The check runs when the client's bytes end, before the driver may
 	// commit: a mismatch cancels the write, so nothing partial or wrong
 	// is ever visible under blobs/.
-	n, err := Stream(ctx, s.bucket, key, io.TeeReader(r, verifier), &blob.WriterOptions{IfNotExist: true}, func(n int64) error {
+	n, err := StreamDurable(ctx, s.local, key, io.TeeReader(r, verifier), &blob.WriterOptions{IfNotExist: true}, func(n int64) error {
 		switch {
 		case size >= 0 && n != size:
 			return fmt.Errorf("%s: got %d bytes, want %d: %w", d, n, size, ErrSizeMismatch)
@@ -147,10 +147,15 @@ func (s *Store) CopyContent(ctx context.Context, d digest.Digest, srcKey string,
 		return err
 	}
 	if s.linkLocal(ctx, BlobKey(d), srcKey) {
-		return nil
+		// The part's data was not synced when it was written: sync it
+		// now, under its final name.
+		return s.local.SyncFile(ctx, BlobKey(d))
 	}
 	if size <= MaxServerSideCopy {
-		return classify(s.bucket.Copy(ctx, BlobKey(d), srcKey, nil), srcKey)
+		if err := s.bucket.Copy(ctx, BlobKey(d), srcKey, nil); err != nil {
+			return classify(err, srcKey)
+		}
+		return s.local.SyncFile(ctx, BlobKey(d))
 	}
 	r, err := s.bucket.NewReader(ctx, srcKey, nil)
 	if err != nil {

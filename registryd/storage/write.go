@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 
 	"gocloud.dev/blob"
 )
@@ -18,6 +19,27 @@ import (
 // WriteSmall writes content to key in one request.
 func WriteSmall(ctx context.Context, b *blob.Bucket, key string, content []byte, opts *blob.WriterOptions) error {
 	return classify(b.Upload(ctx, key, bytes.NewReader(content), withContentType(opts)), key)
+}
+
+// WriteSmallDurable is WriteSmall whose data and name are on disk before
+// it returns, on a local bucket (see durable.go); local is the bucket's
+// SmallReader, which knows its directory.
+func WriteSmallDurable(ctx context.Context, local *SmallReader, key string, content []byte, opts *blob.WriterOptions) error {
+	if _, err := StreamDurable(ctx, local, key, bytes.NewReader(content), opts, nil); err != nil {
+		return err
+	}
+	return nil
+}
+
+// StreamDurable is Stream whose data and name are on disk before it
+// returns, on a local bucket (see durable.go).
+func StreamDurable(ctx context.Context, local *SmallReader, key string, r io.Reader, opts *blob.WriterOptions, atEOF func(n int64) error) (int64, error) {
+	var f *os.File
+	n, err := stream(ctx, local.bucket, key, r, durableOptions(withContentType(opts), &f), atEOF, &f)
+	if err != nil {
+		return n, err
+	}
+	return n, local.SyncDir(ctx, key)
 }
 
 // withContentType is a copy of opts (nil: none) with a content type,
@@ -39,9 +61,16 @@ func withContentType(opts *blob.WriterOptions) *blob.WriterOptions {
 // can commit, so a refused or cut-short stream never becomes an object;
 // that error, not the driver's, is returned.
 func Stream(ctx context.Context, b *blob.Bucket, key string, r io.Reader, opts *blob.WriterOptions, atEOF func(n int64) error) (int64, error) {
+	return stream(ctx, b, key, r, opts, atEOF, nil)
+}
+
+// stream is Stream; when file is set and the driver handed its file over
+// (fileblob), the file is fsynced once every byte is in it, before the
+// driver renames it into place.
+func stream(ctx context.Context, b *blob.Bucket, key string, r io.Reader, opts *blob.WriterOptions, atEOF func(n int64) error, file **os.File) (int64, error) {
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	g := &guardedReader{r: r, atEOF: atEOF, cancel: cancel}
+	g := &guardedReader{r: r, atEOF: atEOF, cancel: cancel, file: file}
 	err := b.Upload(wctx, key, g, withContentType(opts))
 	if g.err != nil {
 		return g.n, g.err
@@ -61,6 +90,10 @@ type guardedReader struct {
 	cancel context.CancelCauseFunc
 	err    error
 	eof    bool
+	// file, when it points at a file, is fsynced before the final EOF.
+	file **os.File
+	// synced: the final EOF was reached and the file synced.
+	synced bool
 }
 
 func (g *guardedReader) Read(p []byte) (int, error) {
@@ -68,6 +101,14 @@ func (g *guardedReader) Read(p []byte) (int, error) {
 		return 0, g.err
 	}
 	if g.eof {
+		// The writer asked again after writing everything it was given:
+		// all bytes are in the file now, so this is when to sync it.
+		if g.file != nil && *g.file != nil && !g.synced {
+			if err := (*g.file).Sync(); err != nil {
+				return 0, g.fail(fmt.Errorf("syncing the content: %w", err))
+			}
+		}
+		g.synced = true
 		return 0, io.EOF
 	}
 	n, err := g.r.Read(p)
@@ -80,6 +121,11 @@ func (g *guardedReader) Read(p []byte) (int, error) {
 			}
 		}
 		g.eof = true
+		if g.file != nil {
+			// Come back for the EOF after writing these n bytes, so the
+			// sync sees them.
+			return n, nil
+		}
 	case err != nil:
 		return n, g.fail(fmt.Errorf("reading the content: %w", err))
 	}

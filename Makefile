@@ -76,7 +76,8 @@ test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, co
 	export STEVEDORE_STORAGE_SERVERS="$$(hack/storage-servers.sh install)"; phase "storage servers (versitygw, Azurite, fake-gcs-server)"; \
 	$(MAKE) --no-print-directory helm; export HELM="$(HELM)"; phase "helm"; \
 	go vet ./...; phase "go vet"; \
-	go test -count=1 ./...; phase "go test (unit, envtest, e2e with real clients)"; \
+	go test -count=1 -timeout 30m $$(go list ./... | grep -v '/registryd'); phase "go test (operator, envtest, generated code)"; \
+	go test -race -count=1 -timeout 30m ./registryd/...; phase "go test -race registryd (unit, envtest, adversarial suite, e2e with real clients)"; \
 	$(MAKE) --no-print-directory fuzz; phase "fuzz"; \
 	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd; \
 	REGISTRYD=$(LOCALBIN)/registryd hack/conformance.sh; phase "OCI conformance"; \

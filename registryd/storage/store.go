@@ -84,55 +84,34 @@ func (s *Store) delete(ctx context.Context, key string) error {
 // every "directory") directly under prefix, in lexical order.
 func (s *Store) listNames(ctx context.Context, prefix string, dirs bool) ([]string, error) {
 	var names []string
-	it := s.bucket.List(&blob.ListOptions{Prefix: prefix, Delimiter: "/"})
-	for {
-		obj, err := it.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			return names, nil
+	err := Each(ctx, s.bucket, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, func(obj *blob.ListObject) (bool, error) {
+		if obj.IsDir == dirs {
+			names = append(names, strings.TrimSuffix(strings.TrimPrefix(obj.Key, prefix), "/"))
 		}
-		if err != nil {
-			return nil, classify(err, prefix)
-		}
-		if obj.IsDir != dirs {
-			continue
-		}
-		names = append(names, strings.TrimSuffix(strings.TrimPrefix(obj.Key, prefix), "/"))
-	}
+		return true, nil
+	})
+	return names, err
 }
 
 // deletePrefix removes every object under prefix; used to cancel uploads.
 func (s *Store) deletePrefix(ctx context.Context, prefix string) error {
-	it := s.bucket.List(&blob.ListOptions{Prefix: prefix})
-	for {
-		obj, err := it.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return classify(err, prefix)
-		}
+	return Each(ctx, s.bucket, &blob.ListOptions{Prefix: prefix}, func(obj *blob.ListObject) (bool, error) {
 		if err := s.delete(ctx, obj.Key); err != nil && !errors.Is(err, ErrNotFound) {
-			return err
+			return false, err
 		}
-	}
+		return true, nil
+	})
 }
 
 // listKeys returns the keys of the objects under prefix, at most limit of
 // them (0: all), in lexical order.
 func (s *Store) listKeys(ctx context.Context, prefix string, limit int) ([]string, error) {
 	var keys []string
-	it := s.bucket.List(&blob.ListOptions{Prefix: prefix})
-	for limit <= 0 || len(keys) < limit {
-		obj, err := it.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, classify(err, prefix)
-		}
+	err := Each(ctx, s.bucket, &blob.ListOptions{Prefix: prefix}, func(obj *blob.ListObject) (bool, error) {
 		if !obj.IsDir {
 			keys = append(keys, obj.Key)
 		}
-	}
-	return keys, nil
+		return limit <= 0 || len(keys) < limit, nil
+	})
+	return keys, err
 }

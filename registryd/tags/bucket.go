@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strings"
 
 	"github.com/opencontainers/go-digest"
@@ -70,21 +69,16 @@ func (s *Bucket) Delete(ctx context.Context, repo, tag string) error {
 // gocloud driver guarantees.
 func (s *Bucket) List(ctx context.Context, repo string, n int, last string) ([]string, error) {
 	prefix := storage.TagsPrefix(repo)
-	it := s.bucket.List(&blob.ListOptions{Prefix: prefix, Delimiter: "/"})
 	out := []string{}
-	for n <= 0 || len(out) < n {
-		obj, err := it.Next(ctx)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("listing tags of %s: %w", repo, storage.Classify(err, prefix))
-		}
+	err := storage.Each(ctx, s.bucket, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, func(obj *blob.ListObject) (bool, error) {
 		tag := strings.TrimPrefix(obj.Key, prefix)
-		if obj.IsDir || tag <= last {
-			continue
+		if !obj.IsDir && tag > last {
+			out = append(out, tag)
 		}
-		out = append(out, tag)
+		return n <= 0 || len(out) < n, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing tags of %s: %w", repo, err)
 	}
 	return out, nil
 }

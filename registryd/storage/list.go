@@ -1,0 +1,48 @@
+package storage
+
+import (
+	"context"
+	"errors"
+	"io"
+
+	"gocloud.dev/blob"
+	"gocloud.dev/gcerrors"
+)
+
+// listRetries bounds how often in a row Each resumes a listing that a
+// concurrent delete broke before it got any further.
+const listRetries = 64
+
+// Each calls f for every object under opts, in key order, until f returns
+// false or an error. fileblob fails a whole listing with NotFound when a
+// file disappears between its directory read and its stat, which a
+// concurrent delete (an untag, a finished upload) does at any moment; Each
+// then lists again and resumes after the last key it passed to f, so a
+// listing never fails, nor skips a key that stayed, because another key
+// went away.
+func Each(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, f func(*blob.ListObject) (bool, error)) error {
+	last := ""
+	for stalled := 0; ; stalled++ {
+		it := b.List(opts)
+		for {
+			obj, err := it.Next(ctx)
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if gcerrors.Code(err) == gcerrors.NotFound && stalled < listRetries && ctx.Err() == nil {
+				break // list again, resuming after last
+			}
+			if err != nil {
+				return classify(err, opts.Prefix)
+			}
+			if last != "" && obj.Key <= last {
+				continue
+			}
+			last, stalled = obj.Key, 0
+			more, err := f(obj)
+			if err != nil || !more {
+				return err
+			}
+		}
+	}
+}

@@ -17,6 +17,7 @@ import (
 	"net/http/httptest"
 	"net/url"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,15 +57,19 @@ type cluster struct {
 	client  *http.Client
 	status  sync.Map // status code -> *atomic.Int64, every answer seen
 	counter atomic.Int64
+	// dir is the bucket's directory on file://, "" elsewhere.
+	dir string
 }
 
 func newCluster(t *testing.T, backend string) *cluster {
 	t.Helper()
 	ctx := context.Background()
 	var open func() *blob.Bucket
+	fileDir := ""
 	switch backend {
 	case "file":
 		dir := t.TempDir()
+		fileDir = dir
 		open = func() *blob.Bucket {
 			b, err := bucket.Open(ctx, "file://"+dir+"?metadata=skip", bucket.Options{})
 			if err != nil {
@@ -88,6 +93,7 @@ func newCluster(t *testing.T, backend string) *cluster {
 		t.Fatalf("backend %q", backend)
 	}
 	c := &cluster{t: t, open: open, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+	c.dir = fileDir
 	t.Cleanup(c.client.CloseIdleConnections)
 	secret := []byte("hostile shared secret")
 	for range 3 {
@@ -254,6 +260,14 @@ func TestRacingChunks(t *testing.T) {
 			})
 			if committed.Load() == 0 {
 				t.Fatal("no upload committed: the test exercised nothing")
+			}
+			if c.dir != "" {
+				// Every upload was committed or ended by the other state's
+				// commit: nothing, not even an empty directory, stays.
+				left, _ := os.ReadDir(filepath.Join(c.dir, "uploads"))
+				if len(left) > 0 {
+					t.Errorf("%d entries left under uploads/ (first %s)", len(left), left[0].Name())
+				}
 			}
 			t.Logf("%d commits, %d poisoned blobs", committed.Load(), poisoned.Load())
 			c.finish("racing chunks", n)

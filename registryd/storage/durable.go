@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"gocloud.dev/blob"
 )
@@ -84,4 +85,16 @@ func durableOptions(opts *blob.WriterOptions, file **os.File) *blob.WriterOption
 		return nil
 	}
 	return &o
+}
+
+// RemoveEmptyDir removes the directory of prefix (ending in "/") on a local
+// bucket whose directory is known, if it is empty; fileblob deletes files
+// and leaves their directories. Best effort: a directory that is not empty
+// (another write arrived) stays.
+func (r *SmallReader) RemoveEmptyDir(prefix string) {
+	root := r.learnedRoot()
+	if root == "" || !plainKey(strings.TrimSuffix(prefix, "/")) {
+		return
+	}
+	_ = os.Remove(root + filepath.FromSlash(strings.TrimSuffix(prefix, "/")))
 }

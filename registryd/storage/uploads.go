@@ -27,7 +27,12 @@ func (s *Store) HasUploadPart(ctx context.Context, id string, n int, prev string
 	return len(keys) > 0, err
 }
 
-// DeleteUpload removes every object of upload id.
+// DeleteUpload removes every object of upload id and, on a local
+// directory, the upload's directory, which fileblob leaves behind empty.
 func (s *Store) DeleteUpload(ctx context.Context, id string) error {
-	return s.deletePrefix(ctx, UploadPrefix(id))
+	if err := s.deletePrefix(ctx, UploadPrefix(id)); err != nil {
+		return err
+	}
+	s.local.RemoveEmptyDir(UploadPrefix(id))
+	return nil
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
@@ -278,7 +280,7 @@ func (s *Store) mirror(ctx context.Context, path string, repo *v1.Repository, ba
 		if failed != nil {
 			break
 		}
-		now, err := s.get(ctx, repo.Name, path)
+		now, err := s.readBack(ctx, repo, path)
 		if err != nil {
 			failed = fmt.Errorf("reading Repository %s back after the journal write: %w", repo.Name, err)
 			break
@@ -302,6 +304,24 @@ func (s *Store) mirror(ctx context.Context, path string, repo *v1.Repository, ba
 			c.err = unavailable(fmt.Errorf("the tag is in Repository status but not in the bucket's tag journal: %w", failed))
 		}
 	}
+}
+
+// readBack reads repo again live: repo itself while its resourceVersion has
+// not moved (a metadata-only read: a Repository near the tag limit is most
+// of a megabyte), else the whole object; nil if it is gone.
+func (s *Store) readBack(ctx context.Context, repo *v1.Repository, path string) (*v1.Repository, error) {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(v1.GroupVersion.WithKind("Repository"))
+	err := s.client.Get(ctx, client.ObjectKeyFromObject(repo), m)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, unavailable(fmt.Errorf("reading Repository %s: %w", repo.Name, err))
+	case m.UID == repo.UID && m.ResourceVersion == repo.ResourceVersion:
+		return repo, nil
+	}
+	return s.get(ctx, repo.Name, path)
 }
 
 // journalEntry is what the journal holds for a tag; the zero value: none.

@@ -148,7 +148,7 @@ func run(log *slog.Logger, c config) error {
 	}
 	servers := []*http.Server{api}
 	if c.debugAddr != "" {
-		servers = append(servers, &http.Server{Addr: c.debugAddr, Handler: debugMux(b, reg, c.pprof), ReadHeaderTimeout: 10 * time.Second})
+		servers = append(servers, &http.Server{Addr: c.debugAddr, Handler: debugMux(b, reg, c.pprof, tagStoreReady(tagStore)), ReadHeaderTimeout: 10 * time.Second})
 	}
 	return serve(ctx, log, servers)
 }
@@ -200,11 +200,19 @@ func serve(ctx context.Context, log *slog.Logger, servers []*http.Server) error 
 	return err
 }
 
-func debugMux(b *blob.Bucket, reg *prometheus.Registry, withPprof bool) http.Handler {
+// debugMux serves /healthz, /readyz and /metrics; tagsReady (nil: always)
+// is the tag store's own readiness.
+func debugMux(b *blob.Bucket, reg *prometheus.Registry, withPprof bool, tagsReady func() error) http.Handler {
 	store := storage.New(b)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if tagsReady != nil {
+			if err := tagsReady(); err != nil {
+				http.Error(w, "tags: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
 		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
 		defer cancel()
 		if err := store.Ping(ctx); err != nil {

@@ -41,8 +41,18 @@ func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket
 	if err != nil {
 		return nil, err
 	}
+	// Not waiting for the API server: /readyz says when the store serves.
 	log.Info("tags live in Repository status", "registry", c.registry, "namespace", c.namespace)
 	return store, nil
+}
+
+// tagStoreReady is the readiness of a tag store that has one (the
+// kubernetes store is not ready until its cache has synced), else nil.
+func tagStoreReady(s tags.Store) func() error {
+	if r, ok := s.(interface{ Ready() error }); ok {
+		return r.Ready
+	}
+	return nil
 }
 
 // kubeConn is registryd's one connection to the API server, shared by the

@@ -194,12 +194,16 @@ func startRegistryd(ctx context.Context, c client.Client, key client.ObjectKey, 
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("starting registryd: %w", err)
 	}
+	// Ready, not just listening: registryd serves before its Repository
+	// cache has synced, and answers tag requests 503 until then.
 	deadline := time.Now().Add(30 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		resp, err := http.Get("http://" + addr + "/v2/")
+		resp, err := http.Get("http://" + o.debugAddr + "/readyz")
 		if err == nil {
 			resp.Body.Close()
-			return cmd, nil
+			if resp.StatusCode == http.StatusOK {
+				return cmd, nil
+			}
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -71,6 +72,14 @@ func startRegistryd(t testing.TB, storage string, flags ...string) *registry {
 func startRegistrydEnv(t testing.TB, storage string, env []string, flags ...string) *registry {
 	t.Helper()
 	r := &registry{host: testutil.FreeAddr(t), log: filepath.Join(t.TempDir(), "registryd.log")}
+	// With --registry, registryd serves before its Repository cache has
+	// synced; wait for /readyz too, on a debug address of our own if the
+	// test gave none (another loopback address: FreeAddr may repeat ports).
+	readyz := ""
+	if slices.Contains(flags, "--registry") && !slices.Contains(flags, "--debug-addr") {
+		readyz = strings.Replace(testutil.FreeAddr(t), "127.0.0.1:", "127.0.0.2:", 1)
+		flags = append(flags, "--debug-addr", readyz)
+	}
 	logf, err := os.Create(r.log)
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +111,7 @@ func startRegistrydEnv(t testing.TB, storage string, env []string, flags ...stri
 		if err == nil {
 			resp.Body.Close()
 			// 401: up, and asking for credentials (auth modes other than none).
-			if resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized {
+			if (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized) && ready(readyz) {
 				return r
 			}
 		}
@@ -110,6 +119,19 @@ func startRegistrydEnv(t testing.TB, storage string, env []string, flags ...stri
 	}
 	t.Fatalf("registryd on %s did not become ready", r.host)
 	return nil
+}
+
+// ready reports whether /readyz on debugAddr answers 200 ("": not asked).
+func ready(debugAddr string) bool {
+	if debugAddr == "" {
+		return true
+	}
+	resp, err := http.Get("http://" + debugAddr + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
 }
 
 func tail(s string, n int) string {

@@ -2,15 +2,21 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/registryd/errcode"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
 
@@ -20,14 +26,16 @@ const commitTimeout = 30 * time.Second
 
 // change is one tag write waiting for its repository's next status update.
 type change struct {
-	// apply edits repo; it reports whether it changed anything, or an error
-	// meant for this request alone (immutable tag, limit, not found).
-	apply func(ctx context.Context, repo *v1.Repository, reg *v1.Registry) (bool, error)
+	// apply edits repo and reports whether it changed it, and which tags
+	// the journal must then mirror from status (none when it refuses); err
+	// is meant for this request alone (immutable tag, limit, not found).
+	apply func(repo *v1.Repository, reg *v1.Registry) (changed bool, journal []string, err error)
 	// create allows creating the Repository (pushes, not deletes).
 	create bool
 	done   chan error
-	// err is apply's verdict in the attempt that was written.
-	err error
+	// err and journal are apply's verdict in the round that decided.
+	err     error
+	journal []string
 	// repo is the Repository as written (for the caller's Event).
 	repo *v1.Repository
 }
@@ -104,57 +112,92 @@ func (s *Store) drain(path string) {
 	}
 }
 
-// write applies a batch to the Repository of path in one status update.
-// On a conflict it re-reads live and re-applies, until the commit deadline:
-// a short, jittered, capped backoff keeps a replica that lost a few rounds
-// from starving behind one that keeps winning.
+// errUndecided: a round on cached data would write nothing (every change
+// is a no-op or refused). Only a live read, or a status update whose
+// resourceVersion check passed, may say a write has nothing to do or must
+// be refused, so the round is run again on a live read.
+var errUndecided = errors.New("decided on the cache alone")
+
+// write applies a batch to the Repository of path in one status update,
+// then mirrors into the journal the tags that update (or a live read) made
+// final. On a conflict it re-reads live and re-applies, until the commit
+// deadline: a short, jittered, capped backoff keeps a replica that lost a
+// few rounds from starving behind one that keeps winning.
 func (s *Store) write(ctx context.Context, path string, batch []*change) (*v1.Repository, error) {
 	reg, err := s.registry(ctx)
 	if err != nil {
 		return nil, unavailable(err)
 	}
+	regLive := false
+	if reg == nil {
+		if reg, err = s.liveRegistry(ctx); err != nil {
+			return nil, err
+		}
+		regLive = true
+	}
 	if reg == nil {
 		return nil, notFoundRegistry(s.opts)
 	}
 	delay := time.Millisecond
+	live := false
 	for attempt := 0; ; attempt++ {
-		repo, err := s.tryWrite(ctx, path, batch, reg, attempt > 0)
-		if !apierrors.IsConflict(err) {
-			if err != nil && !isStoreError(err) {
-				return nil, unavailable(fmt.Errorf("updating Repository status: %w", err))
+		repo, err := s.round(ctx, path, batch, reg, live)
+		live = true
+		// A refusal may rest on the cached Registry too (its tag limit,
+		// autoCreateRepositories): decide it again on the live one.
+		if !regLive && (errors.Is(err, errUndecided) && refused(batch) || isStoreError(err)) {
+			if reg, err = s.liveRegistry(ctx); err != nil {
+				return nil, err
 			}
-			return repo, err
+			if reg == nil {
+				return nil, notFoundRegistry(s.opts)
+			}
+			regLive = true
+			continue
 		}
-		s.conflicts.Inc()
-		select {
-		case <-ctx.Done():
-			return nil, unavailable(fmt.Errorf("updating Repository status: still conflicting after %d attempts: %w", attempt+1, err))
-		case <-time.After(delay/2 + rand.N(delay)):
+		switch {
+		case errors.Is(err, errUndecided):
+			continue
+		case apierrors.IsConflict(err):
+			s.conflicts.Inc()
+			select {
+			case <-ctx.Done():
+				return nil, unavailable(fmt.Errorf("updating Repository status: still conflicting after %d attempts: %w", attempt+1, err))
+			case <-time.After(delay/2 + rand.N(delay)):
+			}
+			delay = min(2*delay, 64*time.Millisecond)
+			continue
+		case err != nil && !isStoreError(err):
+			return nil, unavailable(fmt.Errorf("updating Repository status: %w", err))
+		case err != nil:
+			return nil, err
 		}
-		delay = min(2*delay, 64*time.Millisecond)
+		if repo != nil {
+			s.mirror(ctx, path, repo, batch)
+		}
+		return repo, nil
 	}
 }
 
-// tryWrite is one read-apply-update round; live forces a read from the API
-// server (after a conflict the cache is known to be stale).
-func (s *Store) tryWrite(ctx context.Context, path string, batch []*change, reg *v1.Registry, live bool) (*v1.Repository, error) {
-	var repo *v1.Repository
-	var err error
-	if !live {
-		if repo, err = s.cached(ctx, path); repo != nil {
-			repo = repo.DeepCopy() // shared with the cache; this round edits it
-		}
-	}
-	if live || repo == nil {
-		repo, err = s.live(ctx, path, repo)
-	}
+// round is one read-apply-update round; live forces a read from the API
+// server. A round on cached data stands only if its status update passes
+// the resourceVersion check; one that would write nothing is errUndecided.
+func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1.Registry, live bool) (*v1.Repository, error) {
+	known, err := s.cached(ctx, path)
 	if err != nil {
+		return nil, err
+	}
+	var repo *v1.Repository
+	fromCache := known != nil && !live
+	if fromCache {
+		repo = known.DeepCopy() // shared with the cache; this round edits it
+	} else if repo, err = s.live(ctx, path, known); err != nil {
 		return nil, err
 	}
 	if repo == nil {
 		if !wantsCreate(batch) {
 			for _, c := range batch {
-				c.err = tags.ErrNotFound
+				c.err, c.journal = tags.ErrNotFound, nil
 			}
 			return nil, nil
 		}
@@ -165,10 +208,13 @@ func (s *Store) tryWrite(ctx context.Context, path string, batch []*change, reg 
 	changed := false
 	for _, c := range batch {
 		var did bool
-		did, c.err = c.apply(ctx, repo, reg)
+		did, c.journal, c.err = c.apply(repo, reg)
 		changed = changed || did
 	}
 	if !changed {
+		if fromCache {
+			return nil, errUndecided
+		}
 		return repo, nil
 	}
 	if err := s.client.Status().Update(ctx, repo); err != nil {
@@ -178,6 +224,17 @@ func (s *Store) tryWrite(ctx context.Context, path string, batch []*change, reg 
 	return repo, nil
 }
 
+// refused reports whether a rule refused a change of batch (not found is no rule).
+func refused(batch []*change) bool {
+	for _, c := range batch {
+		var e *errcode.Error
+		if errors.As(c.err, &e) {
+			return true
+		}
+	}
+	return false
+}
+
 func wantsCreate(batch []*change) bool {
 	for _, c := range batch {
 		if c.create {
@@ -185,4 +242,112 @@ func wantsCreate(batch []*change) bool {
 		}
 	}
 	return false
+}
+
+// mirror writes into the journal, for every tag the batch's final round
+// named, what status now holds for it (the descriptor, or no entry), so the
+// journal only ever holds what status committed, and a client's retry of a
+// write status already has repairs a journal write that failed.
+//
+// Replicas write the journal after their status updates, so a replica that
+// committed first may write the journal last. Each writer therefore reads
+// status live after its journal writes and rewrites the tags that moved;
+// whoever writes a tag last has then read, after that write, the last
+// status, so the journal ends equal to status. A journal write or read that
+// fails makes the writes of those tags 503: status has them, and the
+// client's retry repairs the journal.
+func (s *Store) mirror(ctx context.Context, path string, repo *v1.Repository, batch []*change) {
+	pending := map[string]bool{}
+	for _, c := range batch {
+		for _, tag := range c.journal {
+			pending[tag] = true
+		}
+	}
+	if len(pending) == 0 {
+		return
+	}
+	var failed error
+	wrote := map[string]journalEntry{}
+	for len(pending) > 0 {
+		for tag := range pending {
+			e := entryOf(repo, tag)
+			if err := s.journalWrite(ctx, path, tag, e); err != nil {
+				failed = err
+				break
+			}
+			wrote[tag] = e
+		}
+		if failed != nil {
+			break
+		}
+		now, err := s.readBack(ctx, repo, path)
+		if err != nil {
+			failed = fmt.Errorf("reading Repository %s back after the journal write: %w", repo.Name, err)
+			break
+		}
+		if now == nil {
+			break // deleted meanwhile: its deletion policy decides about the journal
+		}
+		clear(pending)
+		for tag, e := range wrote {
+			if entryOf(now, tag) != e {
+				pending[tag] = true
+			}
+		}
+		repo = now
+	}
+	if failed == nil {
+		return
+	}
+	for _, c := range batch {
+		if len(c.journal) > 0 {
+			c.err = unavailable(fmt.Errorf("the tag is in Repository status but not in the bucket's tag journal: %w", failed))
+		}
+	}
+}
+
+// readBack reads repo again live: repo itself while its resourceVersion has
+// not moved (a metadata-only read: a Repository near the tag limit is most
+// of a megabyte), else the whole object; nil if it is gone.
+func (s *Store) readBack(ctx context.Context, repo *v1.Repository, path string) (*v1.Repository, error) {
+	m := &metav1.PartialObjectMetadata{}
+	m.SetGroupVersionKind(v1.GroupVersion.WithKind("Repository"))
+	err := s.client.Get(ctx, client.ObjectKeyFromObject(repo), m)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, unavailable(fmt.Errorf("reading Repository %s: %w", repo.Name, err))
+	case m.UID == repo.UID && m.ResourceVersion == repo.ResourceVersion:
+		return repo, nil
+	}
+	return s.get(ctx, repo.Name, path)
+}
+
+// journalEntry is what the journal holds for a tag; the zero value: none.
+type journalEntry struct {
+	digest, mediaType string
+	size              int64
+}
+
+func entryOf(repo *v1.Repository, tag string) journalEntry {
+	t, ok := repo.Status.FindTag(tag)
+	if !ok {
+		return journalEntry{}
+	}
+	return journalEntry{digest: t.Digest, mediaType: t.MediaType, size: t.Size}
+}
+
+func (s *Store) journalWrite(ctx context.Context, path, tag string, e journalEntry) error {
+	if e.digest == "" {
+		if err := s.opts.Journal.Delete(ctx, path, tag); err != nil && !errors.Is(err, tags.ErrNotFound) {
+			return fmt.Errorf("deleting %s:%s from the tag journal: %w", path, tag, err)
+		}
+		return nil
+	}
+	d := ocispec.Descriptor{MediaType: e.mediaType, Digest: digest.Digest(e.digest), Size: e.size}
+	if err := s.opts.Journal.Put(ctx, path, tag, d); err != nil {
+		return fmt.Errorf("writing %s:%s to the tag journal: %w", path, tag, err)
+	}
+	return nil
 }

@@ -20,6 +20,9 @@ import (
 // (read-your-writes); nil if none. The object is shared with the cache:
 // read it, never change it (forWrite copies).
 func (s *Store) cached(ctx context.Context, path string) (*v1.Repository, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
 	var list v1.RepositoryList
 	// No copy: a repository at the tag limit is ~1 MB, and reads are the pull path.
 	if err := s.cache.List(ctx, &list, client.InNamespace(s.opts.Namespace), client.MatchingFields{indexPath: path},
@@ -78,13 +81,24 @@ func newer(a, b *v1.Repository) bool {
 }
 
 // live reads the Repository for path from the API server: the one the cache
-// knows of, else the object registryd would have created. nil if none.
+// knows of, else the object registryd would have created; nil if none. An
+// object counts only if it is this Registry's, for path, and not being
+// deleted: the derived name is a convention anyone can squat.
 func (s *Store) live(ctx context.Context, path string, known *v1.Repository) (*v1.Repository, error) {
 	s.liveReads.Inc()
-	name := v1.RepositoryObjectName(s.opts.Registry, path)
-	if known != nil {
-		name = known.Name
+	derived := v1.RepositoryObjectName(s.opts.Registry, path)
+	if known != nil && known.Name != derived {
+		repo, err := s.get(ctx, known.Name, path)
+		if repo != nil || err != nil {
+			return repo, err
+		}
 	}
+	return s.get(ctx, derived, path)
+}
+
+// get reads the object called name live; nil if it is missing or is not the
+// Repository of path (see owns).
+func (s *Store) get(ctx context.Context, name, path string) (*v1.Repository, error) {
 	repo := &v1.Repository{}
 	err := s.client.Get(ctx, client.ObjectKey{Namespace: s.opts.Namespace, Name: name}, repo)
 	switch {
@@ -92,18 +106,41 @@ func (s *Store) live(ctx context.Context, path string, known *v1.Repository) (*v
 		return nil, nil
 	case err != nil:
 		return nil, unavailable(fmt.Errorf("reading Repository %s: %w", name, err))
+	case !s.owns(repo, path):
+		return nil, nil
 	}
 	return repo, nil
 }
 
+// owns reports whether repo is the live Repository of path in this Registry.
+func (s *Store) owns(repo *v1.Repository, path string) bool {
+	return repo.Spec.Registry == s.opts.Registry && repo.Spec.Name == path && repo.DeletionTimestamp.IsZero()
+}
+
 // registry is this store's Registry, from the cache; nil if it is gone.
 func (s *Store) registry(ctx context.Context) (*v1.Registry, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
 	reg := &v1.Registry{}
 	err := s.cache.Get(ctx, client.ObjectKey{Namespace: s.opts.Namespace, Name: s.opts.Registry}, reg)
 	if apierrors.IsNotFound(err) {
 		return nil, nil
 	}
 	return reg, err
+}
+
+// liveRegistry reads this store's Registry from the API server; nil if it is gone.
+func (s *Store) liveRegistry(ctx context.Context) (*v1.Registry, error) {
+	reg := &v1.Registry{}
+	err := s.client.Get(ctx, client.ObjectKey{Namespace: s.opts.Namespace, Name: s.opts.Registry}, reg)
+	switch {
+	case apierrors.IsNotFound(err):
+		return nil, nil
+	case err != nil:
+		return nil, unavailable(fmt.Errorf("reading Registry %s: %w", s.opts.Registry, err))
+	}
+	return reg, nil
 }
 
 func counterValue(c prometheus.Counter) float64 {
@@ -117,6 +154,9 @@ func counterValue(c prometheus.Counter) float64 {
 // Repositories lists the paths of this Registry's Repositories, sorted, from
 // the cache: the catalog without a bucket walk.
 func (s *Store) Repositories(ctx context.Context) ([]string, error) {
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
 	var list v1.RepositoryList
 	if err := s.cache.List(ctx, &list, client.InNamespace(s.opts.Namespace), client.UnsafeDisableDeepCopy); err != nil {
 		return nil, unavailable(fmt.Errorf("listing cached repositories: %w", err))
@@ -129,4 +169,16 @@ func (s *Store) Repositories(ctx context.Context) ([]string, error) {
 	}
 	slices.Sort(paths)
 	return slices.Compact(paths), nil
+}
+
+// RepositoryExists reports whether path has a Repository: from the cache,
+// with a live read on a miss, so one created a moment ago through another
+// replica or kubectl counts.
+func (s *Store) RepositoryExists(ctx context.Context, path string) (bool, error) {
+	repo, err := s.cached(ctx, path)
+	if err != nil || repo != nil {
+		return repo != nil, err
+	}
+	repo, err = s.live(ctx, path, nil)
+	return repo != nil, err
 }

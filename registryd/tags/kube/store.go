@@ -1,7 +1,8 @@
 // Package kube is the kubernetes tag store: tags live in the status of the
 // Repository objects of one Registry. Reads come from an informer cache of
 // that Registry's Repositories (no API call on the pull path); writes update
-// status with optimistic concurrency, after the bucket journal.
+// status with optimistic concurrency, never decided on the cache's word, and
+// the bucket journal mirrors what status committed.
 package kube
 
 import (
@@ -10,13 +11,16 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"time"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
+	toolscache "k8s.io/client-go/tools/cache"
 	"sigs.k8s.io/controller-runtime/pkg/cache"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -31,8 +35,8 @@ const indexPath = "spec.name"
 type Options struct {
 	// Namespace and Registry name the Registry whose tags this store keeps.
 	Namespace, Registry string
-	// Journal gets every tag write before the status does (the bucket tag
-	// store), so a lost cluster's tags come back from the bucket.
+	// Journal mirrors every tag write once status has committed it (the
+	// bucket tag store), so a lost cluster's tags come back from the bucket.
 	Journal tags.Store
 	// Events records an Event on the Repository for each tag write; optional.
 	Events EventRecorder
@@ -57,6 +61,9 @@ type Store struct {
 
 	ownMu sync.Mutex
 	own   map[string]ownWrite // by path: this replica's last write, until the cache has it
+
+	synced   atomic.Bool  // the cache has synced once
+	notReady atomic.Value // error: why not, while not synced
 }
 
 var _ tags.Store = (*Store)(nil)
@@ -70,8 +77,10 @@ func Scheme() (*runtime.Scheme, error) {
 	return s, v1.AddToScheme(s)
 }
 
-// New builds the store and its cache, and starts the cache; it runs until ctx
-// ends. It returns once the cache has synced.
+// New builds the store and starts its cache, which runs until ctx ends. It
+// does not wait for the API server: registryd starts while the API server is
+// away, and the store answers 503 UNAVAILABLE (and Ready reports why) until
+// its cache has synced once.
 func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 	if opts.Namespace == "" || opts.Registry == "" {
 		return nil, errors.New("kubernetes tag store: namespace and registry are required")
@@ -83,13 +92,37 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	s := &Store{opts: opts,
+		liveReads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stevedore_tagstore_live_reads_total",
+			Help: "Tag reads that missed the informer cache and asked the API server.",
+		}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stevedore_tagstore_write_conflicts_total",
+			Help: "Repository status writes retried after a resourceVersion conflict.",
+		}),
+	}
+	s.notReady.Store(errors.New("kubernetes tag store: waiting for the API server (the Repository cache has not synced yet)"))
+	// A fixed mapping of the two kinds: discovery would need the API server
+	// before the cache or client could even be built.
+	mapper := meta.NewDefaultRESTMapper([]schema.GroupVersion{v1.GroupVersion})
+	for _, kind := range []string{"Repository", "RepositoryList", "Registry", "RegistryList"} {
+		mapper.Add(v1.GroupVersion.WithKind(kind), meta.RESTScopeNamespace)
+	}
 	c, err := cache.New(cfg, cache.Options{
 		Scheme:            scheme,
+		Mapper:            mapper,
 		DefaultNamespaces: map[string]cache.Config{opts.Namespace: {}},
 		ByObject: map[client.Object]cache.ByObject{
 			// Only this Registry's Repositories: spec.registry is a selectable field.
 			&v1.Repository{}: {Field: fields.OneTermEqualSelector("spec.registry", opts.Registry)},
 			&v1.Registry{}:   {Field: fields.OneTermEqualSelector("metadata.name", opts.Registry)},
+		},
+		DefaultWatchErrorHandler: func(_ context.Context, _ *toolscache.Reflector, err error) {
+			if !s.synced.Load() {
+				s.notReady.Store(fmt.Errorf("kubernetes tag store: waiting for the API server: %w", err))
+			}
+			opts.Logger.Warn("kubernetes tag store: list/watch failed; retrying", "error", err)
 		},
 	})
 	if err != nil {
@@ -102,24 +135,15 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 	}
 	// Registering the informers before Start makes WaitForCacheSync cover them.
 	for _, obj := range []client.Object{&v1.Repository{}, &v1.Registry{}} {
-		if _, err := c.GetInformer(ctx, obj); err != nil {
+		if _, err := c.GetInformer(ctx, obj, cache.BlockUntilSynced(false)); err != nil {
 			return nil, err
 		}
 	}
-	cl, err := client.New(cfg, client.Options{Scheme: scheme})
+	cl, err := client.New(cfg, client.Options{Scheme: scheme, Mapper: mapper})
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{opts: opts, client: cl, cache: c,
-		liveReads: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "stevedore_tagstore_live_reads_total",
-			Help: "Tag reads that missed the informer cache and asked the API server.",
-		}),
-		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "stevedore_tagstore_write_conflicts_total",
-			Help: "Repository status writes retried after a resourceVersion conflict.",
-		}),
-	}
+	s.client, s.cache = cl, c
 	if opts.Metrics != nil {
 		if err := registerAll(opts.Metrics, s.liveReads, s.conflicts); err != nil {
 			return nil, err
@@ -130,12 +154,32 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 			opts.Logger.Error("kubernetes tag store cache stopped", "error", err)
 		}
 	}()
-	syncCtx, cancel := context.WithTimeout(ctx, time.Minute)
-	defer cancel()
-	if !c.WaitForCacheSync(syncCtx) {
-		return nil, errors.New("kubernetes tag store: cache did not sync within a minute")
-	}
+	go func() {
+		// The informers retry on their own with backoff; this only waits.
+		if c.WaitForCacheSync(ctx) {
+			s.synced.Store(true)
+			opts.Logger.Info("kubernetes tag store: Repository cache synced")
+		}
+	}()
 	return s, nil
+}
+
+// Ready is nil once the cache has synced, else why the store is not serving.
+// It stays nil through later API-server outages: pulls keep coming from the
+// cache, and writes answer 503 on their own.
+func (s *Store) Ready() error {
+	if s.synced.Load() {
+		return nil
+	}
+	return s.notReady.Load().(error)
+}
+
+// ready is Ready as the error a request gets: 503 with Retry-After.
+func (s *Store) ready() error {
+	if err := s.Ready(); err != nil {
+		return unavailable(err)
+	}
+	return nil
 }
 
 func registerAll(r prometheus.Registerer, cs ...prometheus.Collector) error {

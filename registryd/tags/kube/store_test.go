@@ -74,6 +74,7 @@ func replica(t testing.TB, reg *v1.Registry, journal tags.Store) *kube.Store {
 	if err != nil {
 		t.Fatal(err)
 	}
+	waitReady(t, s)
 	return s
 }
 
@@ -355,7 +356,7 @@ func TestReadsComeFromTheCache(t *testing.T) {
 	}
 }
 
-func eventually(t *testing.T, ok func() bool) {
+func eventually(t testing.TB, ok func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
 		if ok() {
@@ -475,4 +476,10 @@ func TestAbandonedPushIsNotApplied(t *testing.T) {
 	if _, err := j.Store.Get(context.Background(), "app", "abandoned"); !errors.Is(err, tags.ErrNotFound) {
 		t.Fatalf("the abandoned tag reached the journal (%v)", err)
 	}
+}
+
+// waitReady waits until the store's cache has synced.
+func waitReady(t testing.TB, s *kube.Store) {
+	t.Helper()
+	eventually(t, func() bool { return s.Ready() == nil })
 }

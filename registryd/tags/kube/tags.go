@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -63,28 +65,27 @@ func (s *Store) List(ctx context.Context, path string, n int, last string) ([]st
 	return out, nil
 }
 
-// Put checks the Registry's rules, writes the journal, then the status.
+// Put checks the Registry's rules and writes the status; the journal
+// follows once status has the tag (see mirror).
 func (s *Store) Put(ctx context.Context, path, tag string, desc ocispec.Descriptor) error {
 	entry := v1.TagStatus{Name: tag, Digest: desc.Digest.String(), MediaType: desc.MediaType, Size: desc.Size, PushedAt: metav1.Now()}
-	repo, err := s.commit(ctx, path, &change{create: true, apply: func(ctx context.Context, repo *v1.Repository, reg *v1.Registry) (bool, error) {
+	repo, err := s.commit(ctx, path, &change{create: true, apply: func(repo *v1.Repository, reg *v1.Registry) (bool, []string, error) {
 		old, exists := repo.Status.FindTag(tag)
 		if exists && old.Digest == entry.Digest {
-			return false, nil
+			// Nothing to change, but the journal is written again: this may
+			// be the retry of a push whose journal write failed.
+			return false, []string{tag}, nil
 		}
 		if exists && repo.Spec.ImmutableTags {
-			return false, errcode.Denied.With(fmt.Sprintf("tag %s of repository %s is immutable (Repository %s has immutableTags: true) and points at %s",
+			return false, nil, errcode.Denied.With(fmt.Sprintf("tag %s of repository %s is immutable (Repository %s has immutableTags: true) and points at %s",
 				tag, path, repo.Name, old.Digest))
 		}
 		if limit := reg.Spec.Limits.MaxTagsPerRepository; !exists && limit > 0 && int32(len(repo.Status.Tags)) >= limit {
-			return false, errcode.Denied.With(fmt.Sprintf("repository %s holds %d tags, the limit of Registry %s (spec.limits.maxTagsPerRepository): delete tags or raise the limit",
+			return false, nil, errcode.Denied.With(fmt.Sprintf("repository %s holds %d tags, the limit of Registry %s (spec.limits.maxTagsPerRepository): delete tags or raise the limit",
 				path, len(repo.Status.Tags), reg.Name))
 		}
-		// The journal first: a tag in status is always in the bucket too.
-		if err := s.opts.Journal.Put(ctx, path, tag, desc); err != nil {
-			return false, unavailable(fmt.Errorf("writing the tag journal: %w", err))
-		}
 		repo.Status.SetTag(entry)
-		return true, nil
+		return true, []string{tag}, nil
 	}})
 	if err == nil {
 		s.event(repo, "TagPushed", "Push", "tag %s now points at %s", tag, desc.Digest)
@@ -93,30 +94,77 @@ func (s *Store) Put(ctx context.Context, path, tag string, desc ocispec.Descript
 }
 
 // EnsureRepository creates the Repository of path unless it exists (a push
-// by digest); through the group commit, so it costs nothing when cached.
+// by digest); through the group commit. That it exists is decided live.
 func (s *Store) EnsureRepository(ctx context.Context, path string) error {
-	_, err := s.commit(ctx, path, &change{create: true, apply: func(context.Context, *v1.Repository, *v1.Registry) (bool, error) {
-		return false, nil
+	_, err := s.commit(ctx, path, &change{create: true, apply: func(*v1.Repository, *v1.Registry) (bool, []string, error) {
+		return false, nil, nil
 	}})
 	return err
 }
 
-// Delete removes a tag from the status, then from the journal.
+// Delete removes a tag from the status, then from the journal. A tag of a
+// repository with immutable tags cannot be deleted: delete and push again
+// would move it.
 func (s *Store) Delete(ctx context.Context, path, tag string) error {
-	repo, err := s.commit(ctx, path, &change{apply: func(_ context.Context, repo *v1.Repository, _ *v1.Registry) (bool, error) {
-		if !repo.Status.RemoveTag(tag) {
-			return false, tags.ErrNotFound
+	repo, err := s.commit(ctx, path, &change{apply: func(repo *v1.Repository, _ *v1.Registry) (bool, []string, error) {
+		old, exists := repo.Status.FindTag(tag)
+		if !exists {
+			// The journal entry goes too: the retry of a delete whose
+			// journal write failed.
+			return false, []string{tag}, tags.ErrNotFound
 		}
-		return true, nil
+		if repo.Spec.ImmutableTags {
+			return false, nil, errcode.Denied.With(fmt.Sprintf("tag %s of repository %s is immutable (Repository %s has immutableTags: true) and points at %s: it cannot be deleted",
+				tag, path, repo.Name, old.Digest))
+		}
+		repo.Status.RemoveTag(tag)
+		return true, []string{tag}, nil
 	}})
 	if err != nil {
 		return err
 	}
-	if err := s.opts.Journal.Delete(ctx, path, tag); err != nil && !errors.Is(err, tags.ErrNotFound) {
-		return unavailable(fmt.Errorf("deleting from the tag journal: %w", err))
-	}
 	s.event(repo, "TagDeleted", "Delete", "tag %s deleted", tag)
 	return nil
+}
+
+var _ tags.DigestUntagger = (*Store)(nil)
+
+// UntagDigest removes every tag of path that points at d in one status
+// update decided on live state, then from the journal, and returns the
+// tags it removed (none when the repository does not exist). With
+// immutable tags it removes none and answers DENIED.
+func (s *Store) UntagDigest(ctx context.Context, path string, d digest.Digest) ([]string, error) {
+	c := &change{apply: func(repo *v1.Repository, _ *v1.Registry) (bool, []string, error) {
+		var names []string
+		for _, t := range repo.Status.Tags {
+			if t.Digest == d.String() {
+				names = append(names, t.Name)
+			}
+		}
+		if len(names) == 0 {
+			return false, nil, nil
+		}
+		if repo.Spec.ImmutableTags {
+			return false, nil, errcode.Denied.With(fmt.Sprintf("manifest %s is tagged %s in repository %s, whose tags are immutable (Repository %s has immutableTags: true): it cannot be untagged",
+				d, strings.Join(names, ", "), path, repo.Name))
+		}
+		for _, name := range names {
+			repo.Status.RemoveTag(name)
+		}
+		return true, names, nil
+	}}
+	repo, err := s.commit(ctx, path, c)
+	if errors.Is(err, tags.ErrNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	removed := slices.Clone(c.journal)
+	if len(removed) > 0 {
+		s.event(repo, "TagDeleted", "Delete", "tags %s deleted with manifest %s", strings.Join(removed, ", "), d)
+	}
+	return removed, nil
 }
 
 // createRepository makes the Repository on first push. Replicas racing to
@@ -141,6 +189,13 @@ func (s *Store) createRepository(ctx context.Context, reg *v1.Registry, path str
 	if apierrors.IsAlreadyExists(err) {
 		if err := s.client.Get(ctx, client.ObjectKeyFromObject(repo), repo); err != nil {
 			return nil, unavailable(err)
+		}
+		switch {
+		case !repo.DeletionTimestamp.IsZero():
+			return nil, unavailable(fmt.Errorf("Repository %s of %s is being deleted: push again once it is gone", repo.Name, path))
+		case !s.owns(repo, path):
+			return nil, errcode.Denied.With(fmt.Sprintf("repository %s cannot be created: the Repository object %s it would be is taken by registry %q, path %q; rename or delete that object",
+				path, repo.Name, repo.Spec.Registry, repo.Spec.Name))
 		}
 		return repo, nil
 	}

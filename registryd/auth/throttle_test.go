@@ -187,8 +187,12 @@ func TestFailedLoginStorm(t *testing.T) {
 	})
 	t.Logf("%d bad passwords after the throttle engaged: %v CPU in %v (answers:%s); right passwords during it: %d ok, %d refused",
 		storm, cpu.Round(time.Millisecond), wall.Round(time.Millisecond), summary, goodOK.Load(), goodFails.Load())
-	if cpu >= time.Second {
-		t.Errorf("the storm cost %v of CPU, want < 1s", cpu)
+	budget := time.Second
+	if raceDetector { // instrumented HTTP costs several times more; the figure that counts is without -race
+		budget = 3 * time.Second
+	}
+	if cpu >= budget {
+		t.Errorf("the storm cost %v of CPU, want < %v", cpu, budget)
 	}
 	if goodOK.Load() == 0 {
 		t.Error("no right-password login was tried during the storm")

@@ -164,9 +164,6 @@ func (g *Guard) Authorize(ctx context.Context, r *http.Request, a Access) error 
 	if err != nil {
 		return unavailable(err)
 	}
-	if !allowed && g.anonymousMay(a) {
-		setUser(ctx, anonymous)
-	}
 	if !allowed && !g.anonymousMay(a) {
 		g.failures.WithLabelValues(failureDenied).Inc()
 		g.log.InfoContext(ctx, "access denied", "user", id.Name, "access", a.String())

@@ -26,7 +26,8 @@
 #
 # Storage "kube-auth" is "kube" with the kubernetes-auth sample: auth mode
 # kubernetes, and the suite logs in with a ServiceAccount token from
-# `kubectl create token` that RBAC allows pull, push, delete and list.
+# `kubectl create token --audience stevedore.dev/registry/default/team` (the
+# Registry's own audience) that RBAC allows pull, push, delete and list.
 #
 # Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube kube-auth htpasswd htpasswd-bearer s3 azure gcs"),
 #      CONFORMANCE_SPECS ("1.1 dev"), REGISTRYD (binary), STEVEDORE_CACHE.
@@ -158,7 +159,9 @@ for storage in $storages; do
       # Auth is on: no credentials, no entry.
       anon=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/v2/conformance/repo1/tags/list")
       if [[ "$anon" != 401 ]]; then echo "kube-auth: anonymous request answered $anon, want 401" >&2; exit 1; fi
-      creds=(OCI_USERNAME=ci OCI_PASSWORD="$("$KUBEBUILDER_ASSETS/kubectl" --kubeconfig "$dir/dev/kubeconfig" -n default create token ci)")
+      # A token for the sample Registry's own audience (registryd's default:
+      # stevedore.dev/registry/NAMESPACE/NAME), not the API server's.
+      creds=(OCI_USERNAME=ci OCI_PASSWORD="$("$KUBEBUILDER_ASSETS/kubectl" --kubeconfig "$dir/dev/kubeconfig" -n default create token ci --audience stevedore.dev/registry/default/team)")
     fi
     rc=0
     (cd "$dir" && env "${creds[@]}" OCI_REGISTRY="127.0.0.1:$port" OCI_TLS=disabled OCI_VERSION="$spec" \

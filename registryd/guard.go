@@ -32,7 +32,7 @@ func newGuard(log *slog.Logger, c config, secret []byte, reg prometheus.Register
 		}
 		backend, err = auth.NewHtpasswd(auth.HtpasswdOptions{File: c.htpasswdFile, ReadOnlyFile: c.htpasswdReadOnlyFile, Logger: log})
 	case auth.Kubernetes:
-		backend, err = newKubernetesBackend(c, kc)
+		backend, err = newKubernetesBackend(log, c, kc)
 	}
 	if err != nil {
 		return nil, err
@@ -43,10 +43,11 @@ func newGuard(log *slog.Logger, c config, secret []byte, reg prometheus.Register
 	return auth.New(auth.Options{
 		Mode: mode, Backend: backend, AnonymousPull: c.anonymousPull, Challenge: challenge,
 		TokenRealm: c.tokenRealm, Secret: secret, Registerer: reg, Logger: log,
+		MaxTokenScopes: c.tokenMaxScopes, Throttle: auth.ThrottleOptions{Disabled: !c.loginThrottle},
 	})
 }
 
-func newKubernetesBackend(c config, kc *kubeConn) (auth.Backend, error) {
+func newKubernetesBackend(log *slog.Logger, c config, kc *kubeConn) (auth.Backend, error) {
 	var client kubernetes.Interface // nil without --registry: NewKubernetes says what is missing
 	if kc != nil {
 		client = kc.cs
@@ -57,8 +58,13 @@ func newKubernetesBackend(c config, kc *kubeConn) (auth.Backend, error) {
 			audiences = append(audiences, a)
 		}
 	}
+	grace := c.authOutageGrace
+	if grace == 0 {
+		grace = -1 // the flag's 0 is off; the option's 0 is the default
+	}
 	return auth.NewKubernetes(auth.KubernetesOptions{
-		Client: client, Namespace: c.namespace, Registry: c.registry, Audiences: audiences, CacheTTL: c.authCacheTTL,
+		Client: client, Namespace: c.namespace, Registry: c.registry, Audiences: audiences,
+		CacheTTL: c.authCacheTTL, OutageGrace: grace, Logger: log,
 	})
 }
 

@@ -50,7 +50,9 @@ type config struct {
 	anonymousPull                       bool
 	htpasswdFile, htpasswdReadOnlyFile  string
 	tokenAudiences                      string
-	authCacheTTL                        time.Duration
+	authCacheTTL, authOutageGrace       time.Duration
+	tokenMaxScopes                      int
+	loginThrottle                       bool
 	// Serve net/http/pprof on --debug-addr.
 	pprof bool
 }
@@ -78,8 +80,11 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.tokenRealm, "token-realm", "", "URL of /token in bearer challenges (default: /token on the host the client used)")
 	fs.StringVar(&c.htpasswdFile, "htpasswd-file", "", "auth htpasswd: file of user:bcrypt-hash lines, re-read when it changes")
 	fs.StringVar(&c.htpasswdReadOnlyFile, "htpasswd-readonly-file", "", "auth htpasswd: file of users (one per line) who may only pull")
-	fs.StringVar(&c.tokenAudiences, "token-audiences", "", "auth kubernetes: comma-separated audiences tokens must be for (default: the API server's)")
+	fs.StringVar(&c.tokenAudiences, "token-audiences", "", "auth kubernetes: comma-separated audiences tokens must be for (default: stevedore.dev/registry/NAMESPACE/REGISTRY)")
 	fs.DurationVar(&c.authCacheTTL, "auth-cache-ttl", 10*time.Second, "auth kubernetes: how long TokenReview and SubjectAccessReview answers are reused")
+	fs.DurationVar(&c.authOutageGrace, "auth-outage-grace", 5*time.Minute, "auth kubernetes: while the API server cannot answer, tokens and pull decisions confirmed this recently keep pulling (0: off)")
+	fs.IntVar(&c.tokenMaxScopes, "token-max-scopes", 16, "most accesses one /token request may ask for")
+	fs.BoolVar(&c.loginThrottle, "login-throttle", true, "answer 429 to clients after repeated failed logins, without checking their credentials")
 	fs.DurationVar(&c.redirectTTL, "redirect-ttl", 0, "answer blob GETs with a redirect to a URL signed for this long, where the storage can sign (0: serve the bytes)")
 }
 

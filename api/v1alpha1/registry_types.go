@@ -106,8 +106,10 @@ type AuthSpec struct {
 	Challenge string `json:"challenge,omitempty"`
 
 	// TokenAudiences, in kubernetes mode, are the audiences a token must be
-	// issued for (TokenReview). Empty: the API server's own audiences, so
-	// any ServiceAccount token from `kubectl create token` works.
+	// issued for (TokenReview). Empty: the Registry's own,
+	// stevedore.dev/registry/<namespace>/<name>, so a token handed to the
+	// registry is no API-server credential
+	// (`kubectl create token SA --audience stevedore.dev/registry/NS/NAME`).
 	// +optional
 	TokenAudiences []string `json:"tokenAudiences,omitempty"`
 }

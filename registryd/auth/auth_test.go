@@ -318,22 +318,6 @@ func TestParseScope(t *testing.T) {
 	}
 }
 
-func TestTTLCacheBounded(t *testing.T) {
-	c := newTTLCache[int](time.Hour, 3)
-	for i := range 10 {
-		c.set(string(rune('a'+i)), i)
-	}
-	if n := c.len(); n != 3 {
-		t.Fatalf("len %d, want 3", n)
-	}
-	short := newTTLCache[int](time.Millisecond, 3)
-	short.set("k", 1)
-	time.Sleep(3 * time.Millisecond)
-	if _, ok := short.get("k"); ok {
-		t.Fatal("expired entry served")
-	}
-}
-
 func TestNoneLetsEverythingIn(t *testing.T) {
 	g, err := New(Options{Mode: None, Secret: []byte("s")})
 	if err != nil {

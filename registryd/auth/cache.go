@@ -1,67 +1,135 @@
 package auth
 
 import (
+	"container/list"
 	"sync"
 	"time"
 )
 
-// ttlCache remembers decisions for a short time, bounded in size, so a pull
-// burst costs one password check or one API round trip, not hundreds.
-type ttlCache[V any] struct {
-	mu  sync.Mutex
-	ttl time.Duration
-	max int
-	m   map[string]cacheEntry[V]
+// lruCache remembers decisions for a short time, bounded in size, so a pull
+// burst costs one password check or one API round trip, not hundreds. Every
+// operation is O(1): entries sit on a recency list, and a full cache drops
+// its least recently used entry.
+//
+// An entry is fresh for ttl, then kept (stale) until keep has passed since
+// it was set: a stale answer is only served when its authority cannot be
+// asked (an API-server outage), never instead of asking.
+type lruCache[V any] struct {
+	ttl, keep time.Duration
+	max       int
+
+	mu    sync.Mutex
+	ll    *list.List // front: most recently used; values are *lruEntry[V]
+	items map[string]*list.Element
 }
 
-type cacheEntry[V any] struct {
-	v       V
-	expires time.Time
+type lruEntry[V any] struct {
+	key          string
+	v            V
+	fresh, stale time.Time
 }
 
-func newTTLCache[V any](ttl time.Duration, max int) *ttlCache[V] {
-	return &ttlCache[V]{ttl: ttl, max: max, m: make(map[string]cacheEntry[V])}
+// newLRUCache returns a cache of at most max entries, fresh for ttl and
+// kept for keep (0: no stale answers).
+func newLRUCache[V any](ttl, keep time.Duration, max int) *lruCache[V] {
+	if keep < ttl {
+		keep = ttl
+	}
+	return &lruCache[V]{ttl: ttl, keep: keep, max: max, ll: list.New(), items: make(map[string]*list.Element)}
 }
 
-func (c *ttlCache[V]) get(key string) (V, bool) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	e, ok := c.m[key]
-	if !ok || time.Now().After(e.expires) {
+// get returns the fresh value of key.
+func (c *lruCache[V]) get(key string) (V, bool) {
+	v, fresh, ok := c.lookup(key)
+	if !fresh {
 		var zero V
 		return zero, false
 	}
-	return e.v, true
+	return v, ok
 }
 
-func (c *ttlCache[V]) set(key string, v V) {
+// lookup returns key's value and whether it is still fresh; ok is false
+// once the entry is past keeping too.
+func (c *lruCache[V]) lookup(key string) (v V, fresh, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.items[key]
+	if !ok {
+		return v, false, false
+	}
+	e := el.Value.(*lruEntry[V])
+	now := time.Now()
+	if now.After(e.stale) {
+		c.remove(el)
+		return v, false, false
+	}
+	c.ll.MoveToFront(el)
+	return e.v, !now.After(e.fresh), true
+}
+
+func (c *lruCache[V]) set(key string, v V) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := time.Now()
-	if len(c.m) >= c.max {
-		for k, e := range c.m { // expired entries first
-			if now.After(e.expires) {
-				delete(c.m, k)
-			}
-		}
-		for k := range c.m { // then any, until there is room
-			if len(c.m) < c.max {
-				break
-			}
-			delete(c.m, k)
-		}
+	if el, ok := c.items[key]; ok {
+		e := el.Value.(*lruEntry[V])
+		e.v, e.fresh, e.stale = v, now.Add(c.ttl), now.Add(c.keep)
+		c.ll.MoveToFront(el)
+		return
 	}
-	c.m[key] = cacheEntry[V]{v: v, expires: now.Add(c.ttl)}
+	for c.ll.Len() >= c.max && c.ll.Len() > 0 {
+		c.remove(c.ll.Back())
+	}
+	e := &lruEntry[V]{key: key, v: v, fresh: now.Add(c.ttl), stale: now.Add(c.keep)}
+	c.items[key] = c.ll.PushFront(e)
 }
 
-func (c *ttlCache[V]) clear() {
+// getOrSet returns key's value, making it with mk when missing or past
+// keeping, and restarts its lifetime: what is in use stays.
+func (c *lruCache[V]) getOrSet(key string, mk func() V) V {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	clear(c.m)
+	now := time.Now()
+	if el, ok := c.items[key]; ok {
+		e := el.Value.(*lruEntry[V])
+		if !now.After(e.stale) {
+			e.fresh, e.stale = now.Add(c.ttl), now.Add(c.keep)
+			c.ll.MoveToFront(el)
+			return e.v
+		}
+		c.remove(el)
+	}
+	for c.ll.Len() >= c.max && c.ll.Len() > 0 {
+		c.remove(c.ll.Back())
+	}
+	e := &lruEntry[V]{key: key, v: mk(), fresh: now.Add(c.ttl), stale: now.Add(c.keep)}
+	c.items[key] = c.ll.PushFront(e)
+	return e.v
 }
 
-func (c *ttlCache[V]) len() int {
+// delete forgets key.
+func (c *lruCache[V]) delete(key string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return len(c.m)
+	if el, ok := c.items[key]; ok {
+		c.remove(el)
+	}
+}
+
+func (c *lruCache[V]) remove(el *list.Element) {
+	c.ll.Remove(el)
+	delete(c.items, el.Value.(*lruEntry[V]).key)
+}
+
+func (c *lruCache[V]) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.ll.Init()
+	clear(c.items)
+}
+
+func (c *lruCache[V]) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.ll.Len()
 }

@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -61,12 +62,18 @@ type Options struct {
 	Registerer prometheus.Registerer
 	// Logger receives one line per refused attempt (never a secret).
 	Logger *slog.Logger
+	// Throttle bounds failed logins per client; see ThrottleOptions.
+	Throttle ThrottleOptions
+	// MaxTokenScopes caps the accesses one /token request may ask about
+	// (each may cost a SubjectAccessReview). Default 16.
+	MaxTokenScopes int
 }
 
 // Guard answers whether a request may perform an access.
 type Guard struct {
 	opts     Options
 	tokens   *tokenSigner
+	throttle *throttle
 	failures *prometheus.CounterVec
 	issued   prometheus.Counter
 	log      *slog.Logger
@@ -74,8 +81,9 @@ type Guard struct {
 
 // Reasons counted in registryd_auth_failures_total.
 const (
-	failureInvalid = "invalid_credentials"
-	failureDenied  = "denied"
+	failureInvalid   = "invalid_credentials"
+	failureDenied    = "denied"
+	failureThrottled = "throttled"
 )
 
 // New returns a Guard for o.
@@ -95,13 +103,16 @@ func New(o Options) (*Guard, error) {
 	if len(o.Secret) == 0 {
 		return nil, errors.New("auth: a secret is needed to sign tokens")
 	}
-	g := &Guard{opts: o, tokens: newTokenSigner(o.Secret, o.Service), log: o.Logger}
+	if o.MaxTokenScopes <= 0 {
+		o.MaxTokenScopes = 16
+	}
+	g := &Guard{opts: o, tokens: newTokenSigner(o.Secret, o.Service), throttle: newThrottle(o.Throttle), log: o.Logger}
 	if g.log == nil {
 		g.log = slog.Default()
 	}
 	g.failures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "registryd_auth_failures_total",
-		Help: "Requests refused for wrong credentials (invalid_credentials) or missing permission (denied).",
+		Help: "Requests refused for wrong credentials (invalid_credentials), missing permission (denied) or too many failed logins (throttled).",
 	}, []string{"reason"})
 	g.issued = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "registryd_auth_tokens_issued_total", Help: "Tokens issued by /token.",
@@ -124,6 +135,7 @@ func (g *Guard) Authorize(ctx context.Context, r *http.Request, a Access) error 
 	creds, ok := credentials(r)
 	if !ok {
 		if g.anonymousMay(a) {
+			setUser(ctx, anonymous)
 			return nil
 		}
 		return g.challenge(r, "", a)
@@ -133,16 +145,18 @@ func (g *Guard) Authorize(ctx context.Context, r *http.Request, a Access) error 
 		// One that fails but claims to be ours is bad; anything else may
 		// be the backend's (a Kubernetes token).
 		if claims, err := g.tokens.verify(creds.Password); err == nil {
+			setUser(ctx, cmp.Or(claims.Subject, anonymous))
 			return g.authorizeClaims(r, claims, a)
 		} else if g.tokens.ours(creds.Password) {
 			g.failures.WithLabelValues(failureInvalid).Inc()
 			return g.challenge(r, "invalid_token", a)
 		}
 	}
-	id, err := g.authenticate(ctx, creds)
+	id, err := g.authenticate(ctx, r, creds)
 	if err != nil {
 		return g.refuse(r, a, err)
 	}
+	setUser(ctx, id.Name)
 	if a.Action == Authenticated {
 		return nil
 	}
@@ -193,20 +207,53 @@ func mountSource(r *http.Request, a Access) (Access, bool) {
 	return Access{Repository: from, Action: Pull}, true
 }
 
-func (g *Guard) authenticate(ctx context.Context, c Credentials) (*Identity, error) {
+// cachedAuthenticator is a Backend that can tell, at no cost, that it has
+// recently verified credentials: those logins skip the throttle, so a
+// logged-in client keeps working while its address is throttled.
+type cachedAuthenticator interface {
+	cached(c Credentials) (*Identity, bool)
+}
+
+// errThrottled: the client made too many failed logins; its credentials
+// were not checked.
+type errThrottled struct{ wait time.Duration }
+
+func (e *errThrottled) Error() string {
+	return fmt.Sprintf("too many failed logins: retry in %v", e.wait.Round(time.Second))
+}
+
+func (g *Guard) authenticate(ctx context.Context, r *http.Request, c Credentials) (*Identity, error) {
+	if cb, ok := g.opts.Backend.(cachedAuthenticator); ok {
+		if id, ok := cb.cached(c); ok {
+			return id, nil
+		}
+	}
+	release, wait := g.throttle.take(r, c.Username)
+	if wait > 0 {
+		// No log line: a storm would be one per request. The counter shows it.
+		g.failures.WithLabelValues(failureThrottled).Inc()
+		return nil, &errThrottled{wait: wait}
+	}
 	id, err := g.opts.Backend.Authenticate(ctx, c)
 	if errors.Is(err, ErrBadCredentials) {
 		g.failures.WithLabelValues(failureInvalid).Inc()
 		// The user name is not a secret; the password or token is never logged.
-		g.log.InfoContext(ctx, "authentication failed", "user", c.Username, "bearer", c.Bearer)
+		g.log.InfoContext(ctx, "authentication failed", "user", c.Username, "bearer", c.Bearer, "remote", r.RemoteAddr)
+		return nil, err
 	}
+	release() // a success, or an outage that is not the client's fault
 	return id, err
 }
 
-// refuse turns an authentication error into 401 (bad credentials) or 503.
+// refuse turns an authentication error into 401 (bad credentials), 429
+// (throttled) or 503.
 func (g *Guard) refuse(r *http.Request, a Access, err error) error {
-	if errors.Is(err, ErrBadCredentials) {
+	var te *errThrottled
+	switch {
+	case errors.Is(err, ErrBadCredentials):
 		return g.challenge(r, "invalid_token", a)
+	case errors.As(err, &te):
+		return &errcode.Error{Code: errcode.TooManyRequests, RetryAfter: retryAfter(te.wait), Err: err}
 	}
 	return unavailable(err)
 }

@@ -40,7 +40,7 @@ type htpasswd struct {
 	log  *slog.Logger
 	// verified maps sha256(user, password, hash) of checked logins; cleared
 	// on reload so a rotated password stops working at once.
-	verified *ttlCache[struct{}]
+	verified *lruCache[struct{}]
 	// dummy is compared against for unknown users, so the answer takes as
 	// long as for a known user with a wrong password.
 	dummy []byte
@@ -60,7 +60,7 @@ func NewHtpasswd(o HtpasswdOptions) (Backend, error) {
 	if o.CacheTTL <= 0 {
 		o.CacheTTL = time.Minute
 	}
-	h := &htpasswd{opts: o, log: o.Logger, verified: newTTLCache[struct{}](o.CacheTTL, 4096)}
+	h := &htpasswd{opts: o, log: o.Logger, verified: newLRUCache[struct{}](o.CacheTTL, 0, 4096)}
 	if h.log == nil {
 		h.log = slog.Default()
 	}
@@ -132,16 +132,29 @@ func (h *htpasswd) current() (map[string][]byte, map[string]bool) {
 	return h.users, h.readOnly
 }
 
+// cached answers a login checked in the last CacheTTL, without a bcrypt.
+func (h *htpasswd) cached(c Credentials) (*Identity, bool) {
+	users, readOnly := h.current()
+	if c.Bearer || c.Username == "" || c.Password == "" {
+		return nil, false
+	}
+	hash, known := users[c.Username]
+	if _, ok := h.verified.get(cacheKey(c.Username, c.Password, string(hash))); known && ok {
+		return &Identity{Name: c.Username, ReadOnly: readOnly[c.Username]}, true
+	}
+	return nil, false
+}
+
 func (h *htpasswd) Authenticate(_ context.Context, c Credentials) (*Identity, error) {
+	if id, ok := h.cached(c); ok {
+		return id, nil
+	}
 	users, readOnly := h.current()
 	if c.Bearer || c.Username == "" || c.Password == "" {
 		return nil, ErrBadCredentials
 	}
 	hash, known := users[c.Username]
 	key := cacheKey(c.Username, c.Password, string(hash))
-	if _, ok := h.verified.get(key); known && ok {
-		return &Identity{Name: c.Username, ReadOnly: readOnly[c.Username]}, nil
-	}
 	if !known {
 		_ = bcrypt.CompareHashAndPassword(h.dummy, []byte(c.Password))
 		return nil, ErrBadCredentials

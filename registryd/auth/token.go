@@ -162,7 +162,16 @@ func (g *Guard) serveToken(w http.ResponseWriter, r *http.Request) error {
 			if err != nil {
 				return errcode.Unsupported.With(err.Error())
 			}
-			requested = append(requested, as...)
+			for _, a := range as {
+				if !slices.Contains(requested, a) {
+					requested = append(requested, a)
+				}
+			}
+			// Each access may cost a SubjectAccessReview: refused before
+			// any is asked, or one request could ask thousands.
+			if len(requested) > g.opts.MaxTokenScopes {
+				return errcode.Denied.With(fmt.Sprintf("a token request may ask for %d accesses at most", g.opts.MaxTokenScopes))
+			}
 		}
 	}
 	if g.opts.Mode == None {
@@ -171,7 +180,7 @@ func (g *Guard) serveToken(w http.ResponseWriter, r *http.Request) error {
 	var id *Identity
 	if ok {
 		var err error
-		if id, err = g.authenticate(r.Context(), creds); err != nil {
+		if id, err = g.authenticate(r.Context(), r, creds); err != nil {
 			return g.refuse(r, Access{}, err)
 		}
 	}

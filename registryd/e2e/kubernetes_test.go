@@ -16,6 +16,7 @@ import (
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/internal/testenv"
 	"github.com/stevedore-dev/stevedore/internal/testutil"
+	"github.com/stevedore-dev/stevedore/registryd/auth"
 )
 
 // kube is the package's one API server, started by the first test that
@@ -111,8 +112,10 @@ func TestKubernetesAuth(t *testing.T) {
 	}
 	grant(t, env, ns, "admin-all", "admin", []string{"pull", "push", "delete", "list"}, registry)
 	grant(t, env, ns, "ci-pull-app", "ci", []string{"pull"}, registry, "team/app-basic", "team/app-bearer")
-	adminToken := strings.TrimSpace(kubectl(t, env, "create", "token", "admin", "-n", ns))
-	ciToken := strings.TrimSpace(kubectl(t, env, "create", "token", "ci", "-n", ns))
+	// Tokens for the Registry's own audience, registryd's default.
+	aud := auth.DefaultAudience(ns, registry)
+	adminToken := strings.TrimSpace(kubectl(t, env, "create", "token", "admin", "-n", ns, "--audience", aud))
+	ciToken := strings.TrimSpace(kubectl(t, env, "create", "token", "ci", "-n", ns, "--audience", aud))
 
 	layer := filepath.Join(t.TempDir(), "layer.tar")
 	writeLayerTar(t, layer, map[string]string{"k.txt": "kubernetes auth\n"})

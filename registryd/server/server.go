@@ -109,6 +109,7 @@ func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
 
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	r = r.WithContext(auth.WithIdentitySlot(r.Context())) // the auth guard records who; the log lines read it
 	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 	body := &countingReader{r: r.Body}
 	r.Body = body
@@ -122,7 +123,9 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.metrics.observe(rt, r.Method, rec.status, body.n, rec.n)
 	s.log.InfoContext(r.Context(), "request",
 		"method", r.Method, "path", r.URL.Path, "route", rt, "status", rec.status,
-		"bytes_in", body.n, "bytes_out", rec.n, "duration", time.Since(start), "remote", r.RemoteAddr)
+		"bytes_in", body.n, "bytes_out", rec.n, "duration", time.Since(start), "remote", r.RemoteAddr,
+		"user", auth.UserFrom(r.Context()))
+	s.audit(r, rec, rec.status)
 }
 
 // dispatch finds the route and validates the repository name before any

@@ -14,6 +14,7 @@ type metrics struct {
 	bytesIn        *prometheus.CounterVec
 	bytesOut       *prometheus.CounterVec
 	uploadDuration prometheus.Histogram
+	panics         prometheus.Counter
 }
 
 // newMetrics creates the collectors and registers them on reg when given.
@@ -32,9 +33,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "registryd_upload_duration_seconds", Help: "Time from upload start to blob committed.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 4, 10),
 		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "registryd_panics_total", Help: "Handler panics recovered into a 500 (each also logged with its stack).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.uploadDuration)
+		reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.uploadDuration, m.panics)
 	}
 	return m
 }

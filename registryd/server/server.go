@@ -5,8 +5,11 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -112,8 +115,20 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
 	body := &countingReader{r: r.Body}
 	r.Body = body
-	rt, err := s.dispatch(rec, r)
-	if err != nil {
+	rt, err := s.dispatchRecovering(rec, r)
+	var p *panicked
+	if errors.As(err, &p) {
+		s.metrics.panics.Inc()
+		s.log.ErrorContext(r.Context(), "handler panicked", "panic", p.value, "method", r.Method, "path", r.URL.Path,
+			"route", rt, "stack", string(p.stack))
+		if rec.wroteHeader {
+			// Too late for an error envelope: cut the response short so
+			// the client sees a truncated body, never a complete-looking one.
+			s.metrics.observe(rt, r.Method, rec.status, body.n, rec.n)
+			panic(http.ErrAbortHandler)
+		}
+		errcode.Write(rec, r, err)
+	} else if err != nil {
 		e := errcode.Write(rec, r, err)
 		if e.Code.Status >= 500 {
 			s.log.ErrorContext(r.Context(), "request failed", "error", err)
@@ -125,9 +140,36 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		"bytes_in", body.n, "bytes_out", rec.n, "duration", time.Since(start), "remote", r.RemoteAddr)
 }
 
+// panicked is a handler's panic turned into an error, with the stack of
+// the goroutine where it happened.
+type panicked struct {
+	value any
+	stack []byte
+}
+
+func (p *panicked) Error() string { return fmt.Sprintf("panic: %v", p.value) }
+
+// dispatchRecovering is dispatch with a panic turned into UNKNOWN (500), so
+// one bad request costs one error answer, not the connection.
+// http.ErrAbortHandler is the deliberate way to abort and passes through.
+func (s *server) dispatchRecovering(w http.ResponseWriter, r *http.Request) (rt string, err error) {
+	rt = "none"
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler { //nolint:errorlint // the sentinel is panicked as is
+				panic(v)
+			}
+			err = errcode.Unknown.Wrap(&panicked{value: v, stack: debug.Stack()}, nil)
+		}
+	}()
+	return s.dispatch(w, r, &rt)
+}
+
 // dispatch finds the route and validates the repository name before any
 // handler (and so any bucket key) sees it.
-func (s *server) dispatch(w http.ResponseWriter, r *http.Request) (string, error) {
+// The route's name goes to *name as soon as it is known, so a panic
+// further on is still labelled with it.
+func (s *server) dispatch(w http.ResponseWriter, r *http.Request, name *string) (string, error) {
 	ep, p := parsePath(r.URL.Path)
 	if ep == epNone {
 		return "none", errcode.NotFound.With(r.URL.Path)
@@ -136,6 +178,7 @@ func (s *server) dispatch(w http.ResponseWriter, r *http.Request) (string, error
 	if !ok {
 		return "none", errcode.Unsupported.With("method " + r.Method + " not allowed here")
 	}
+	*name = rt.name
 	if ep != epBase && ep != epCatalog {
 		if err := reference.ValidateName(p.name); err != nil {
 			return rt.name, errcode.NameInvalid.Wrap(err, p.name)

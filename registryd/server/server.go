@@ -10,6 +10,8 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -79,6 +81,8 @@ type server struct {
 	// blob through registryd: one line, not one per GET.
 	cannotSign sync.Once
 	routes     map[routeKey]route
+	// allow is the Allow header of a 405 on each endpoint.
+	allow map[endpoint]string
 }
 
 // New returns the registry handler over bucket, keeping tags in tagStore.
@@ -104,8 +108,15 @@ func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
 	s.store.WithBeforeSign(s.opts.BeforeSign)
 	s.uploads = uploads.NewManager(s.store, s.opts.Secret)
 	s.metrics = newMetrics(s.opts.Registerer)
+	methods := map[endpoint][]string{}
 	for _, rt := range routeTable() {
 		s.routes[routeKey{rt.endpoint, rt.method}] = rt
+		methods[rt.endpoint] = append(methods[rt.endpoint], rt.method)
+	}
+	s.allow = map[endpoint]string{}
+	for ep, ms := range methods {
+		slices.Sort(ms)
+		s.allow[ep] = strings.Join(ms, ", ")
 	}
 	return s
 }
@@ -176,7 +187,9 @@ func (s *server) dispatch(w http.ResponseWriter, r *http.Request, name *string) 
 	}
 	rt, ok := s.routes[routeKey{ep, r.Method}]
 	if !ok {
-		return "none", errcode.Unsupported.With("method " + r.Method + " not allowed here")
+		e := errcode.Unsupported.With("method " + r.Method + " not allowed here")
+		e.Header = http.Header{"Allow": {s.allow[ep]}}
+		return "none", e
 	}
 	*name = rt.name
 	if ep != epBase && ep != epCatalog {

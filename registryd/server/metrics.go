@@ -15,6 +15,8 @@ type metrics struct {
 	bytesOut       *prometheus.CounterVec
 	uploadDuration prometheus.Histogram
 	panics         prometheus.Counter
+	inflight       prometheus.Gauge
+	rejected       prometheus.Counter
 }
 
 // newMetrics creates the collectors and registers them on reg when given.
@@ -36,9 +38,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		panics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "registryd_panics_total", Help: "Handler panics recovered into a 500 (each also logged with its stack).",
 		}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "registryd_http_requests_in_flight", Help: "Requests being served, capped by --max-concurrent-requests.",
+		}),
+		rejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "registryd_http_requests_rejected_total", Help: "Requests answered 429 because --max-concurrent-requests were in flight.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.uploadDuration, m.panics)
+		reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.uploadDuration, m.panics, m.inflight, m.rejected)
 	}
 	return m
 }

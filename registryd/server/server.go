@@ -51,6 +51,17 @@ type Options struct {
 	// Authorizer is asked about every request, with the access its route
 	// names, before the handler runs. Nil: everything is allowed.
 	Authorizer Authorizer
+	// MaxConcurrentRequests caps the requests served at once; the excess
+	// gets 429 TOOMANYREQUESTS with Retry-After. Default 1024; negative:
+	// no cap.
+	MaxConcurrentRequests int
+	// BodyTimeout and BodyMinBytes: a request or response body that moves
+	// fewer than BodyMinBytes in BodyTimeout is cut off (408 for a request
+	// body). The deadline is renewed as the bytes move, so a body of any
+	// size passes at any rate above the minimum. Defaults 30s and 64 KiB;
+	// negative BodyTimeout: off.
+	BodyTimeout  time.Duration
+	BodyMinBytes int64
 }
 
 // Authorizer decides whether a request may perform an access; it returns
@@ -83,6 +94,8 @@ type server struct {
 	routes     map[routeKey]route
 	// allow is the Allow header of a 405 on each endpoint.
 	allow map[endpoint]string
+	// slots holds a token per request in flight (nil: no cap).
+	slots chan struct{}
 }
 
 // New returns the registry handler over bucket, keeping tags in tagStore.
@@ -96,6 +109,18 @@ func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
 	}
 	if s.opts.PageSize <= 0 {
 		s.opts.PageSize = defaultPageSize
+	}
+	if s.opts.MaxConcurrentRequests == 0 {
+		s.opts.MaxConcurrentRequests = defaultMaxConcurrentRequests
+	}
+	if s.opts.MaxConcurrentRequests > 0 {
+		s.slots = make(chan struct{}, s.opts.MaxConcurrentRequests)
+	}
+	if s.opts.BodyTimeout == 0 {
+		s.opts.BodyTimeout = defaultBodyTimeout
+	}
+	if s.opts.BodyMinBytes <= 0 {
+		s.opts.BodyMinBytes = defaultBodyMinBytes
 	}
 	if len(s.opts.Secret) == 0 {
 		s.opts.Secret = make([]byte, 32)
@@ -123,10 +148,28 @@ func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
 
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
+	pw, readProgress, writeProgress := s.withProgressDeadlines(w, r)
+	rec := &recorder{ResponseWriter: pw, status: http.StatusOK}
 	body := &countingReader{r: r.Body}
 	r.Body = body
-	rt, err := s.dispatchRecovering(rec, r)
+	var rt string
+	var err error
+	if release, ok := s.admit(); ok {
+		rt, err = s.dispatchRecovering(rec, r)
+		release()
+	} else {
+		rt, err = "none", &errcode.Error{Code: errcode.TooManyRequests, RetryAfter: 1, Detail: "too many requests in flight"}
+	}
+	if readProgress.timedOut && !rec.wroteHeader {
+		// However the handler reported it, the client was too slow; the
+		// rest of its body is unread, so the connection cannot be reused.
+		rec.Header().Set("Connection", "close")
+		err = errcode.RequestTimeout.Wrap(err, nil)
+	}
+	if writeProgress.supported {
+		// One more window for what net/http writes after the handler.
+		defer writeProgress.renew()
+	}
 	var p *panicked
 	if errors.As(err, &p) {
 		s.metrics.panics.Inc()

@@ -210,7 +210,7 @@ func (s *server) dispatchRecovering(w http.ResponseWriter, r *http.Request) (rt 
 	rt = "none"
 	defer func() {
 		if v := recover(); v != nil {
-			if v == http.ErrAbortHandler { //nolint:errorlint // the sentinel is panicked as is
+			if v == http.ErrAbortHandler {
 				panic(v)
 			}
 			err = errcode.Unknown.Wrap(&panicked{value: v, stack: debug.Stack()}, nil)

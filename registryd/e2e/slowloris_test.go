@@ -151,8 +151,9 @@ func pushAndPull(t *testing.T, base string, size int64, seed byte, pull digest.D
 // TestSlowloris: 300 connections trickling headers or bodies are cut off
 // by the header and body deadlines (and redialled, as an attacker would),
 // and do not stop a concurrent 256 MiB push and pull from finishing at
-// 80 % or more of their unloaded speed. Best of two runs each way, so one
-// unlucky moment on a shared machine does not decide.
+// 80 % or more of their unloaded speed. Up to three rounds, each an
+// unloaded then a loaded run, best of each: one unlucky moment on a shared
+// machine does not decide.
 func TestSlowloris(t *testing.T) {
 	if testing.Short() {
 		t.Skip("moves 2 GiB")
@@ -174,26 +175,34 @@ func TestSlowloris(t *testing.T) {
 	post.Body.Close()
 	upload := post.Header.Get("Location")
 
-	unloaded := max(pushAndPull(t, p.url(), size, 1, pull), pushAndPull(t, p.url(), size, 2, pull))
-
-	ctx, cancel := context.WithCancel(context.Background())
-	start := time.Now()
-	opened, wait := slowloris(ctx, p.host, upload, conns, time.Second)
-	defer func() { cancel(); wait() }()
-	for deadline := time.Now().Add(10 * time.Second); opened.headers.Load()+opened.bodies.Load() < conns && time.Now().Before(deadline); {
-		time.Sleep(50 * time.Millisecond)
+	// Rounds alternate unloaded and loaded runs, so a change in what the
+	// rest of a shared machine does hits both; the best of each counts.
+	var unloaded, loaded, ratio float64
+	var headers, bodies int64
+	for round := range 3 {
+		unloaded = max(unloaded, pushAndPull(t, p.url(), size, byte(1+2*round), pull))
+		ctx, cancel := context.WithCancel(context.Background())
+		start := time.Now()
+		opened, wait := slowloris(ctx, p.host, upload, conns, time.Second)
+		for deadline := time.Now().Add(10 * time.Second); opened.headers.Load()+opened.bodies.Load() < conns && time.Now().Before(deadline); {
+			time.Sleep(50 * time.Millisecond)
+		}
+		time.Sleep(time.Second) // every connection holds a goroutine and has sent a byte or two
+		loaded = max(loaded, pushAndPull(t, p.url(), size, byte(2+2*round), pull))
+		// Let every trickler outlive at least one deadline.
+		time.Sleep(time.Until(start.Add(6 * time.Second)))
+		cancel()
+		wait()
+		headers, bodies = opened.headers.Load(), opened.bodies.Load()
+		ratio = loaded / unloaded
+		t.Logf("round %d: push+pull of 2×%d MiB: unloaded %.0f MB/s, under %d slowloris connections %.0f MB/s (best so far): %.0f %%; connections opened: %d trickling headers, %d trickling bodies",
+			round, size>>20, unloaded/1e6, conns, loaded/1e6, 100*ratio, headers, bodies)
+		if ratio >= 0.8 {
+			break
+		}
 	}
-	time.Sleep(time.Second) // every connection holds a goroutine and has sent a byte or two
-	loaded := max(pushAndPull(t, p.url(), size, 3, pull), pushAndPull(t, p.url(), size, 4, pull))
-	// Let every trickler outlive at least one deadline.
-	time.Sleep(time.Until(start.Add(5 * time.Second)))
-	cancel()
-
-	ratio := loaded / unloaded
-	t.Logf("push+pull of 2×%d MiB: unloaded %.0f MB/s, under %d slowloris connections %.0f MB/s: %.0f %%; connections opened: %d trickling headers, %d trickling bodies",
-		size>>20, unloaded/1e6, conns, loaded/1e6, 100*ratio, opened.headers.Load(), opened.bodies.Load())
-	if h, b := opened.headers.Load(), opened.bodies.Load(); h <= conns/2 || b <= conns/2 {
-		t.Errorf("the server never cut some trickling connections: %d opened for %d header tricklers, %d for %d body tricklers", h, conns/2, b, conns/2)
+	if headers <= conns/2 || bodies <= conns/2 {
+		t.Errorf("the server never cut some trickling connections: %d opened for %d header tricklers, %d for %d body tricklers", headers, conns/2, bodies, conns/2)
 	}
 	if ratio < 0.8 {
 		t.Fatalf("under slowloris the transfers ran at %.0f %% of their unloaded speed, want ≥ 80 %%", 100*ratio)

@@ -93,6 +93,7 @@ fuzz: ## A few seconds of each go test -fuzz target.
 	go test -run='^$$' -fuzz='^FuzzParseReference$$' -fuzztime=$(FUZZ_EXECS) ./registryd/reference
 	go test -run='^$$' -fuzz='^FuzzValidateName$$' -fuzztime=$(FUZZ_EXECS) ./registryd/reference
 	go test -run='^$$' -fuzz='^FuzzParsePath$$' -fuzztime=$(FUZZ_EXECS) ./registryd/server
+	go test -run='^$$' -fuzz='^FuzzHandler$$' -fuzztime=$(FUZZ_EXECS) ./registryd/server
 	go test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZ_EXECS) ./registryd/manifest
 	go test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZ_EXECS) ./registryd/uploads
 	go test -run='^$$' -fuzz='^FuzzAuthorization$$' -fuzztime=$(FUZZ_EXECS) ./registryd/auth

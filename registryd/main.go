@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/signal"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -55,6 +56,33 @@ type config struct {
 	loginThrottle                       bool
 	// Serve net/http/pprof on --debug-addr.
 	pprof bool
+	// HTTP server limits and graceful drain (docs/registryd.md, "Limits
+	// and timeouts").
+	limits serverLimits
+}
+
+// serverLimits are the flags that keep slow, idle and numerous clients
+// from exhausting registryd, and that pace its shutdown.
+type serverLimits struct {
+	maxConcurrentRequests int
+	bodyTimeout           time.Duration
+	bodyMinBytes          int64
+	idleTimeout           time.Duration
+	readHeaderTimeout     time.Duration
+	maxHeaderBytes        int
+	shutdownDelay         time.Duration
+	shutdownTimeout       time.Duration
+}
+
+func bindLimitFlags(fs *flag.FlagSet, l *serverLimits) {
+	fs.IntVar(&l.maxConcurrentRequests, "max-concurrent-requests", 1024, "requests served at once; more get 429 TOOMANYREQUESTS with Retry-After (negative: no cap)")
+	fs.DurationVar(&l.bodyTimeout, "body-timeout", 30*time.Second, "a request or response body that moves fewer than --body-min-bytes in this much waiting on the client is cut off; no limit on a body's total time (negative: off)")
+	fs.Int64Var(&l.bodyMinBytes, "body-min-bytes", 64<<10, "bytes a body must move in each --body-timeout")
+	fs.DurationVar(&l.idleTimeout, "idle-timeout", 30*time.Second, "close a keep-alive connection idle this long")
+	fs.DurationVar(&l.readHeaderTimeout, "read-header-timeout", 10*time.Second, "time a client has to send a request's headers")
+	fs.IntVar(&l.maxHeaderBytes, "max-header-bytes", 1<<20, "largest request header block")
+	fs.DurationVar(&l.shutdownDelay, "shutdown-delay", 5*time.Second, "on SIGTERM, fail /readyz and keep serving this long, so endpoints are removed before listeners close")
+	fs.DurationVar(&l.shutdownTimeout, "shutdown-timeout", 25*time.Second, "then wait this long for in-flight requests before exiting (terminationGracePeriodSeconds must cover delay + timeout)")
 }
 
 // bindFlags defines registryd's flags on fs; the operator's Deployment args
@@ -86,6 +114,7 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.tokenMaxScopes, "token-max-scopes", 16, "most accesses one /token request may ask for")
 	fs.BoolVar(&c.loginThrottle, "login-throttle", true, "answer 429 to clients after repeated failed logins, without checking their credentials")
 	fs.DurationVar(&c.redirectTTL, "redirect-ttl", 0, "answer blob GETs with a redirect to a URL signed for this long, where the storage can sign (0: serve the bytes)")
+	bindLimitFlags(fs, &c.limits)
 }
 
 func main() {
@@ -139,11 +168,19 @@ func run(log *slog.Logger, c config) error {
 	handler := withTokenEndpoint(server.New(b, tagStore, &server.Options{
 		MaxManifestBytes: c.maxManifestBytes, Secret: secret, ChunkMinLength: c.chunkMinLength,
 		RedirectTTL: c.redirectTTL, BeforeSign: bucket.BeforeSign(c.storageURL, nil), Logger: log, Registerer: reg, Authorizer: guard,
+		MaxConcurrentRequests: c.limits.maxConcurrentRequests, BodyTimeout: c.limits.bodyTimeout, BodyMinBytes: c.limits.bodyMinBytes,
 	}), guard.TokenHandler())
 	if (c.tlsCertFile == "") != (c.tlsKeyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")
 	}
-	api := &http.Server{Addr: c.addr, Handler: handler, ReadHeaderTimeout: 30 * time.Second}
+	api := &http.Server{Addr: c.addr, Handler: handler, ReadHeaderTimeout: c.limits.readHeaderTimeout,
+		IdleTimeout: c.limits.idleTimeout, MaxHeaderBytes: c.limits.maxHeaderBytes}
+	if c.limits.bodyTimeout > 0 {
+		// Absolute deadlines for what the registry handler does not pace
+		// itself (/token): the handler replaces them with progress
+		// deadlines on every /v2/ request.
+		api.ReadTimeout, api.WriteTimeout = c.limits.bodyTimeout, c.limits.bodyTimeout
+	}
 	if c.tlsCertFile != "" {
 		cert, err := tls.LoadX509KeyPair(c.tlsCertFile, c.tlsKeyFile)
 		if err != nil {
@@ -151,11 +188,12 @@ func run(log *slog.Logger, c config) error {
 		}
 		api.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
-	servers := []*http.Server{api}
+	var draining atomic.Bool
+	var debug *http.Server
 	if c.debugAddr != "" {
-		servers = append(servers, &http.Server{Addr: c.debugAddr, Handler: debugMux(b, reg, c.pprof, tagStoreReady(tagStore)), ReadHeaderTimeout: 10 * time.Second})
+		debug = &http.Server{Addr: c.debugAddr, Handler: debugMux(b, reg, c.pprof, &draining, tagStoreReady(tagStore)), ReadHeaderTimeout: 10 * time.Second}
 	}
-	return serve(ctx, log, servers)
+	return serve(ctx, log, api, debug, drainOptions{draining: &draining, delay: c.limits.shutdownDelay, timeout: c.limits.shutdownTimeout})
 }
 
 // fileDefaults turns off fileblob's attribute sidecars on a file:// URL
@@ -175,8 +213,22 @@ func fileDefaults(rawURL string) string {
 	return u.String()
 }
 
-// serve runs every server until ctx ends or one fails, then shuts all down.
-func serve(ctx context.Context, log *slog.Logger, servers []*http.Server) error {
+// drainOptions pace the shutdown on SIGTERM.
+type drainOptions struct {
+	draining       *atomic.Bool // read by /readyz
+	delay, timeout time.Duration
+}
+
+// serve runs the API server (and the debug one, when not nil) until ctx ends
+// or one fails. Then it drains: /readyz fails at once while the API keeps
+// serving for the delay, so Kubernetes removes the pod's endpoints before
+// its listeners close; then it stops accepting and waits up to the
+// timeout for requests in flight (a push of a large layer) to finish.
+func serve(ctx context.Context, log *slog.Logger, api, debug *http.Server, d drainOptions) error {
+	servers := []*http.Server{api}
+	if debug != nil {
+		servers = append(servers, debug)
+	}
 	errc := make(chan error, len(servers))
 	for _, srv := range servers {
 		ln, err := net.Listen("tcp", srv.Addr)
@@ -192,12 +244,28 @@ func serve(ctx context.Context, log *slog.Logger, servers []*http.Server) error 
 	var err error
 	select {
 	case <-ctx.Done():
+		d.draining.Store(true)
+		log.Info("draining: /readyz fails, still serving", "shutdown_delay", d.delay, "shutdown_timeout", d.timeout)
+		// Answers from here on close their connection, so clients
+		// reconnect, through the Service, to a pod that stays.
+		api.SetKeepAlivesEnabled(false)
+		select {
+		case <-time.After(d.delay):
+		case err = <-errc:
+		}
 	case err = <-errc:
 	}
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), d.timeout)
 	defer cancel()
-	for _, srv := range servers {
-		_ = srv.Shutdown(shutdownCtx)
+	start := time.Now()
+	if serr := api.Shutdown(shutdownCtx); serr != nil {
+		log.Warn("requests still in flight at --shutdown-timeout: cutting them off", "error", serr)
+		_ = api.Close()
+	} else {
+		log.Info("in-flight requests finished", "after", time.Since(start))
+	}
+	if debug != nil {
+		_ = debug.Close()
 	}
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
@@ -205,13 +273,18 @@ func serve(ctx context.Context, log *slog.Logger, servers []*http.Server) error 
 	return err
 }
 
-// debugMux serves /healthz, /readyz and /metrics; tagsReady (nil: always)
-// is the tag store's own readiness.
-func debugMux(b *blob.Bucket, reg *prometheus.Registry, withPprof bool, tagsReady func() error) http.Handler {
+// debugMux serves /healthz, /readyz and /metrics. /readyz fails while
+// draining, and while tagsReady (nil: always ready), the tag store's own
+// readiness, reports an error.
+func debugMux(b *blob.Bucket, reg *prometheus.Registry, withPprof bool, draining *atomic.Bool, tagsReady func() error) http.Handler {
 	store := storage.New(b)
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if draining.Load() {
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
 		if tagsReady != nil {
 			if err := tagsReady(); err != nil {
 				http.Error(w, "tags: "+err.Error(), http.StatusServiceUnavailable)

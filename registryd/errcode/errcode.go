@@ -42,6 +42,9 @@ var (
 	NotFound            = Code{"NOT_FOUND", "no route for this request", http.StatusNotFound}
 	Unavailable         = Code{"UNAVAILABLE", "service unavailable, retry later", http.StatusServiceUnavailable}
 	Unknown             = Code{"UNKNOWN", "unknown error", http.StatusInternalServerError}
+	// RequestTimeout: a request body moved too slowly (registryd's own
+	// code, like NOT_FOUND and UNAVAILABLE).
+	RequestTimeout = Code{"REQUEST_TIMEOUT", "request body arrived too slowly", http.StatusRequestTimeout}
 )
 
 // Error is a Code with the detail of one occurrence and, optionally, the

@@ -122,7 +122,19 @@ func (s *server) deleteBlob(w http.ResponseWriter, r *http.Request, p pathParams
 	if err != nil {
 		return err
 	}
-	if err := s.store.DeleteBlob(r.Context(), p.name, d); err != nil {
+	err = s.store.DeleteBlob(r.Context(), p.name, d)
+	if errors.Is(err, storage.ErrNotFound) {
+		// GET and HEAD serve a manifest through this endpoint, so a 404
+		// here would contradict them; deleting it here would bypass what a
+		// manifest DELETE does (its tags, its referrers entry). Refuse, and
+		// say where to delete it.
+		if _, merr := s.store.StatManifest(r.Context(), p.name, d); merr == nil {
+			e := errcode.Unsupported.With(d.String() + " is a manifest: delete it with DELETE /v2/" + p.name + "/manifests/" + d.String())
+			e.Header = http.Header{"Allow": {"GET, HEAD"}}
+			return e
+		}
+	}
+	if err != nil {
 		return storageErr(err, errcode.BlobUnknown, d)
 	}
 	w.Header().Set("Content-Length", "0")

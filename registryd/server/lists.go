@@ -1,11 +1,16 @@
 package server
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
 	"net/http"
 	"net/url"
 	"slices"
 	"strconv"
+	"strings"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
@@ -86,7 +91,9 @@ func (s *server) getCatalog(w http.ResponseWriter, r *http.Request, _ pathParams
 	page := all[i:]
 	if len(page) > n {
 		page = page[:n]
-		setNextLink(w, r.URL.Path, n, page[n-1], nil)
+		if n > 0 { // n=0 asks for nothing, not for a page to follow
+			setNextLink(w, r.URL.Path, n, page[n-1], nil)
+		}
 	}
 	writeJSON(w, r, http.StatusOK, "application/json", struct {
 		Repositories []string `json:"repositories"`
@@ -95,7 +102,10 @@ func (s *server) getCatalog(w http.ResponseWriter, r *http.Request, _ pathParams
 }
 
 // getReferrers is end-12a/end-12b: an OCI index of the manifests whose
-// subject is the digest, optionally filtered by artifactType.
+// subject is the digest, optionally filtered by artifactType. Pages are
+// read from the bucket a page at a time; the next page's Link carries the
+// backend's listing token, signed so a client cannot hand the backend one
+// of its own making.
 func (s *server) getReferrers(w http.ResponseWriter, r *http.Request, p pathParams) error {
 	subject, err := parseDigest(p.arg)
 	if err != nil {
@@ -106,31 +116,62 @@ func (s *server) getReferrers(w http.ResponseWriter, r *http.Request, p pathPara
 	if err != nil {
 		return err
 	}
-	all, err := s.store.Referrers(r.Context(), p.name, subject)
-	if err != nil {
-		return storageErr(err, errcode.ManifestUnknown, subject)
-	}
-	list := []ocispec.Descriptor{}
-	at := q.Get("artifactType")
-	last := q.Get("last")
-	for _, d := range all {
-		if (at == "" || d.ArtifactType == at) && (last == "" || d.Digest.String() > last) {
-			list = append(list, d)
+	var token []byte
+	if q.Has("page") {
+		if token, err = s.openPageToken(p.name, subject, q.Get("page")); err != nil {
+			return err
 		}
 	}
+	at := q.Get("artifactType")
+	var keep func(ocispec.Descriptor) bool
 	if at != "" {
+		keep = func(d ocispec.Descriptor) bool { return d.ArtifactType == at }
 		w.Header().Set("OCI-Filters-Applied", "artifactType")
 	}
-	if len(list) > n && n > 0 {
-		list = list[:n]
-		extra := url.Values{}
-		if at != "" {
-			extra.Set("artifactType", at)
+	list := []ocispec.Descriptor{}
+	if n > 0 {
+		page, next, err := s.store.ReferrersPage(r.Context(), p.name, subject, n, token, keep)
+		if err != nil {
+			return storageErr(err, errcode.ManifestUnknown, subject)
 		}
-		setNextLink(w, r.URL.Path, n, list[n-1].Digest.String(), extra)
+		list = append(list, page...)
+		if next != nil {
+			q := url.Values{}
+			if at != "" {
+				q.Set("artifactType", at)
+			}
+			q.Set("n", strconv.Itoa(n))
+			q.Set("page", s.sealPageToken(p.name, subject, next))
+			w.Header().Set("Link", "<"+r.URL.Path+"?"+q.Encode()+`>; rel="next"`)
+		}
 	}
 	writeJSON(w, r, http.StatusOK, ocispec.MediaTypeImageIndex, ocispec.Index{
 		Versioned: specsVersioned(), MediaType: ocispec.MediaTypeImageIndex, Manifests: list,
 	})
 	return nil
+}
+
+// pageTokenMAC binds a listing token to the server's secret and to the
+// listing it continues.
+func (s *server) pageTokenMAC(name string, subject digest.Digest, token []byte) []byte {
+	m := hmac.New(sha256.New, s.opts.Secret)
+	m.Write([]byte("referrers\x00" + name + "\x00" + subject.String() + "\x00"))
+	m.Write(token)
+	return m.Sum(nil)[:16]
+}
+
+func (s *server) sealPageToken(name string, subject digest.Digest, token []byte) string {
+	enc := base64.RawURLEncoding
+	return enc.EncodeToString(token) + "." + enc.EncodeToString(s.pageTokenMAC(name, subject, token))
+}
+
+func (s *server) openPageToken(name string, subject digest.Digest, sealed string) ([]byte, error) {
+	enc := base64.RawURLEncoding
+	t, m, ok := strings.Cut(sealed, ".")
+	token, err1 := enc.DecodeString(t)
+	mac, err2 := enc.DecodeString(m)
+	if !ok || err1 != nil || err2 != nil || len(token) == 0 || !hmac.Equal(mac, s.pageTokenMAC(name, subject, token)) {
+		return nil, errcode.PaginationInvalid.With("page")
+	}
+	return token, nil
 }

@@ -14,6 +14,9 @@ type metrics struct {
 	bytesIn        *prometheus.CounterVec
 	bytesOut       *prometheus.CounterVec
 	uploadDuration prometheus.Histogram
+	panics         prometheus.Counter
+	inflight       prometheus.Gauge
+	rejected       prometheus.Counter
 }
 
 // newMetrics creates the collectors and registers them on reg when given.
@@ -32,9 +35,18 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "registryd_upload_duration_seconds", Help: "Time from upload start to blob committed.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 4, 10),
 		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "registryd_panics_total", Help: "Handler panics recovered into a 500 (each also logged with its stack).",
+		}),
+		inflight: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "registryd_http_requests_in_flight", Help: "Requests being served, capped by --max-concurrent-requests.",
+		}),
+		rejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "registryd_http_requests_rejected_total", Help: "Requests answered 429 because --max-concurrent-requests were in flight.",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.uploadDuration)
+		reg.MustRegister(m.requests, m.bytesIn, m.bytesOut, m.uploadDuration, m.panics, m.inflight, m.rejected)
 	}
 	return m
 }

@@ -5,8 +5,13 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,6 +51,17 @@ type Options struct {
 	// Authorizer is asked about every request, with the access its route
 	// names, before the handler runs. Nil: everything is allowed.
 	Authorizer Authorizer
+	// MaxConcurrentRequests caps the requests served at once; the excess
+	// gets 429 TOOMANYREQUESTS with Retry-After. Default 1024; negative:
+	// no cap.
+	MaxConcurrentRequests int
+	// BodyTimeout and BodyMinBytes: a request or response body that moves
+	// fewer than BodyMinBytes in BodyTimeout is cut off (408 for a request
+	// body). The deadline is renewed as the bytes move, so a body of any
+	// size passes at any rate above the minimum. Defaults 30s and 64 KiB;
+	// negative BodyTimeout: off.
+	BodyTimeout  time.Duration
+	BodyMinBytes int64
 }
 
 // Authorizer decides whether a request may perform an access; it returns
@@ -76,6 +92,10 @@ type server struct {
 	// blob through registryd: one line, not one per GET.
 	cannotSign sync.Once
 	routes     map[routeKey]route
+	// allow is the Allow header of a 405 on each endpoint.
+	allow map[endpoint]string
+	// slots holds a token per request in flight (nil: no cap).
+	slots chan struct{}
 }
 
 // New returns the registry handler over bucket, keeping tags in tagStore.
@@ -90,6 +110,18 @@ func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
 	if s.opts.PageSize <= 0 {
 		s.opts.PageSize = defaultPageSize
 	}
+	if s.opts.MaxConcurrentRequests == 0 {
+		s.opts.MaxConcurrentRequests = defaultMaxConcurrentRequests
+	}
+	if s.opts.MaxConcurrentRequests > 0 {
+		s.slots = make(chan struct{}, s.opts.MaxConcurrentRequests)
+	}
+	if s.opts.BodyTimeout == 0 {
+		s.opts.BodyTimeout = defaultBodyTimeout
+	}
+	if s.opts.BodyMinBytes <= 0 {
+		s.opts.BodyMinBytes = defaultBodyMinBytes
+	}
 	if len(s.opts.Secret) == 0 {
 		s.opts.Secret = make([]byte, 32)
 		_, _ = rand.Read(s.opts.Secret)
@@ -101,8 +133,15 @@ func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
 	s.store.WithBeforeSign(s.opts.BeforeSign)
 	s.uploads = uploads.NewManager(s.store, s.opts.Secret)
 	s.metrics = newMetrics(s.opts.Registerer)
+	methods := map[endpoint][]string{}
 	for _, rt := range routeTable() {
 		s.routes[routeKey{rt.endpoint, rt.method}] = rt
+		methods[rt.endpoint] = append(methods[rt.endpoint], rt.method)
+	}
+	s.allow = map[endpoint]string{}
+	for ep, ms := range methods {
+		slices.Sort(ms)
+		s.allow[ep] = strings.Join(ms, ", ")
 	}
 	return s
 }
@@ -110,11 +149,41 @@ func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
 func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	r = r.WithContext(auth.WithIdentitySlot(r.Context())) // the auth guard records who; the log lines read it
-	rec := &recorder{ResponseWriter: w, status: http.StatusOK}
+	pw, readProgress, writeProgress := s.withProgressDeadlines(w, r)
+	rec := &recorder{ResponseWriter: pw, status: http.StatusOK}
 	body := &countingReader{r: r.Body}
 	r.Body = body
-	rt, err := s.dispatch(rec, r)
-	if err != nil {
+	var rt string
+	var err error
+	if release, ok := s.admit(); ok {
+		rt, err = s.dispatchRecovering(rec, r)
+		release()
+	} else {
+		rt, err = "none", &errcode.Error{Code: errcode.TooManyRequests, RetryAfter: 1, Detail: "too many requests in flight"}
+	}
+	if readProgress.timedOut && !rec.wroteHeader {
+		// However the handler reported it, the client was too slow; the
+		// rest of its body is unread, so the connection cannot be reused.
+		rec.Header().Set("Connection", "close")
+		err = errcode.RequestTimeout.Wrap(err, nil)
+	}
+	if writeProgress.supported {
+		// One more window for what net/http writes after the handler.
+		defer writeProgress.renew()
+	}
+	var p *panicked
+	if errors.As(err, &p) {
+		s.metrics.panics.Inc()
+		s.log.ErrorContext(r.Context(), "handler panicked", "panic", p.value, "method", r.Method, "path", r.URL.Path,
+			"route", rt, "stack", string(p.stack))
+		if rec.wroteHeader {
+			// Too late for an error envelope: cut the response short so
+			// the client sees a truncated body, never a complete-looking one.
+			s.metrics.observe(rt, r.Method, rec.status, body.n, rec.n)
+			panic(http.ErrAbortHandler)
+		}
+		errcode.Write(rec, r, err)
+	} else if err != nil {
 		e := errcode.Write(rec, r, err)
 		if e.Code.Status >= 500 {
 			s.log.ErrorContext(r.Context(), "request failed", "error", err)
@@ -128,17 +197,47 @@ func (s *server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.audit(r, rec, rec.status)
 }
 
+// panicked is a handler's panic turned into an error, with the stack of
+// the goroutine where it happened.
+type panicked struct {
+	value any
+	stack []byte
+}
+
+func (p *panicked) Error() string { return fmt.Sprintf("panic: %v", p.value) }
+
+// dispatchRecovering is dispatch with a panic turned into UNKNOWN (500), so
+// one bad request costs one error answer, not the connection.
+// http.ErrAbortHandler is the deliberate way to abort and passes through.
+func (s *server) dispatchRecovering(w http.ResponseWriter, r *http.Request) (rt string, err error) {
+	rt = "none"
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			err = errcode.Unknown.Wrap(&panicked{value: v, stack: debug.Stack()}, nil)
+		}
+	}()
+	return s.dispatch(w, r, &rt)
+}
+
 // dispatch finds the route and validates the repository name before any
 // handler (and so any bucket key) sees it.
-func (s *server) dispatch(w http.ResponseWriter, r *http.Request) (string, error) {
+// The route's name goes to *name as soon as it is known, so a panic
+// further on is still labelled with it.
+func (s *server) dispatch(w http.ResponseWriter, r *http.Request, name *string) (string, error) {
 	ep, p := parsePath(r.URL.Path)
 	if ep == epNone {
 		return "none", errcode.NotFound.With(r.URL.Path)
 	}
 	rt, ok := s.routes[routeKey{ep, r.Method}]
 	if !ok {
-		return "none", errcode.Unsupported.With("method " + r.Method + " not allowed here")
+		e := errcode.Unsupported.With("method " + r.Method + " not allowed here")
+		e.Header = http.Header{"Allow": {s.allow[ep]}}
+		return "none", e
 	}
+	*name = rt.name
 	if ep != epBase && ep != epCatalog {
 		if err := reference.ValidateName(p.name); err != nil {
 			return rt.name, errcode.NameInvalid.Wrap(err, p.name)

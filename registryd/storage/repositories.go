@@ -9,13 +9,25 @@ import (
 	"gocloud.dev/blob"
 )
 
-// RepositoryExists reports whether anything is stored for repository name.
+// RepositoryExists reports whether repository name itself holds anything:
+// a layer, manifest, referrer or tag, not merely a repository nested under
+// it (repos/org/ holds repos/org/app/). One listing of at most two entries
+// under "repos/<name>/_", the children only a repository has: repository
+// path components cannot start with "_", so nested repositories never
+// match, and the delimiter keeps the listing from descending into them.
 func (s *Store) RepositoryExists(ctx context.Context, name string) (bool, error) {
-	objs, _, err := s.bucket.ListPage(ctx, blob.FirstPageToken, 1, &blob.ListOptions{Prefix: RepoPrefix(name)})
+	prefix := RepoPrefix(name) + "_"
+	objs, _, err := s.bucket.ListPage(ctx, blob.FirstPageToken, 2, &blob.ListOptions{Prefix: prefix, Delimiter: "/"})
 	if err != nil && !errors.Is(err, io.EOF) {
-		return false, classify(err, RepoPrefix(name))
+		return false, classify(err, prefix)
 	}
-	return len(objs) > 0, nil
+	for _, o := range objs {
+		// A tombstone alone marks a repository that was deleted.
+		if o.Key != TombstoneKey(name) {
+			return true, nil
+		}
+	}
+	return false, nil
 }
 
 // Repositories returns every repository name in lexical order. A directory

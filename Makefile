@@ -77,7 +77,8 @@ test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, co
 	$(MAKE) --no-print-directory helm; export HELM="$(HELM)"; phase "helm"; \
 	go vet ./...; phase "go vet"; \
 	go test -count=1 -timeout 30m $$(go list ./... | grep -v '/registryd'); phase "go test (operator, envtest, generated code)"; \
-	go test -race -count=1 -timeout 30m ./registryd/...; phase "go test -race registryd (unit, envtest, adversarial suite, e2e with real clients)"; \
+	go test -race -count=1 -timeout 30m $$(go list ./registryd/... | grep -v /registryd/hostile); phase "go test -race registryd (unit, envtest, e2e with real clients)"; \
+	go test -race -count=1 -timeout 30m -v ./registryd/hostile/ | grep -E '^(--- |    --- |ok|FAIL|PASS)|hostile_test.go'; phase "adversarial suite (-race, 3 replicas, file and versitygw)"; \
 	$(MAKE) --no-print-directory fuzz; phase "fuzz"; \
 	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd; \
 	REGISTRYD=$(LOCALBIN)/registryd hack/conformance.sh; phase "OCI conformance"; \

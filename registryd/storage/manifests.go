@@ -96,32 +96,3 @@ func (s *Store) PutReferrer(ctx context.Context, name string, subject digest.Dig
 func (s *Store) DeleteReferrer(ctx context.Context, name string, subject, d digest.Digest) error {
 	return s.delete(ctx, referrerKey(name, subject, d))
 }
-
-// Referrers returns the descriptors of every referrer of subject, ordered
-// by algorithm then digest.
-func (s *Store) Referrers(ctx context.Context, name string, subject digest.Digest) ([]ocispec.Descriptor, error) {
-	prefix := referrersPrefix(name, subject)
-	algs, err := s.listNames(ctx, prefix, true)
-	if err != nil {
-		return nil, err
-	}
-	var out []ocispec.Descriptor
-	for _, alg := range algs {
-		hexes, err := s.listNames(ctx, prefix+alg+"/", false)
-		if err != nil {
-			return nil, err
-		}
-		for _, h := range hexes {
-			b, err := s.readAll(ctx, prefix+alg+"/"+h, 1<<20)
-			if err != nil {
-				return nil, err
-			}
-			var desc ocispec.Descriptor
-			if err := json.Unmarshal(b, &desc); err != nil {
-				return nil, fmt.Errorf("corrupt referrer %s%s/%s: %w", prefix, alg, h, err)
-			}
-			out = append(out, desc)
-		}
-	}
-	return out, nil
-}

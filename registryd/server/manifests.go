@@ -274,6 +274,12 @@ func (s *server) deleteManifestDigest(r *http.Request, name string, d digest.Dig
 		return storageErr(err, errcode.ManifestUnknown, d)
 	}
 	if err := s.untag(r, name, d); err != nil {
+		// Refused (an immutable tag points at it) or the tag store is
+		// away: the DELETE fails, so the manifest stays, linked again,
+		// and no tag is left pointing at nothing.
+		if rerr := s.store.PutManifest(ctx, name, d, desc.MediaType, content); rerr != nil {
+			s.log.ErrorContext(ctx, "re-linking a manifest after a failed DELETE", "repository", name, "digest", d, "error", rerr)
+		}
 		return err
 	}
 	if m, err := manifest.Parse(desc.MediaType, content); err == nil && m.Subject != nil {
@@ -311,19 +317,8 @@ func (s *server) untag(r *http.Request, name string, d digest.Digest) error {
 // not be created (autoCreateRepositories: false) before anything is
 // stored for it. Stores without repository objects accept every push.
 func (s *server) checkPush(r *http.Request, name string) error {
-	c, ok := s.tags.(tags.RepositoryChecker)
-	if !ok {
-		return nil
+	if c, ok := s.tags.(tags.PushChecker); ok {
+		return storageErr(c.CheckPush(r.Context(), name), errcode.NameUnknown, name)
 	}
-	exists, err := c.RepositoryExists(r.Context(), name)
-	if err != nil {
-		return storageErr(err, errcode.NameUnknown, name)
-	}
-	if exists {
-		return nil
-	}
-	if cr, ok := s.tags.(tags.RepositoryCreator); ok {
-		return storageErr(cr.EnsureRepository(r.Context(), name), errcode.NameUnknown, name)
-	}
-	return errcode.NameUnknown.With(name)
+	return nil
 }

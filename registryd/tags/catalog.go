@@ -30,10 +30,13 @@ type DigestUntagger interface {
 	UntagDigest(ctx context.Context, repo string, d digest.Digest) ([]string, error)
 }
 
-// RepositoryChecker is an optional capability of a Store that keeps an
-// object per repository: it reports whether repo exists, reading live on a
-// cache miss. Uploads and manifest pushes ask it when repositories are not
-// created on push, so nothing is stored for a push that will be refused.
-type RepositoryChecker interface {
-	RepositoryExists(ctx context.Context, repo string) (bool, error)
+// PushChecker is an optional capability of a Store that keeps an object
+// per repository and may refuse to create one (autoCreateRepositories:
+// false). Uploads and manifest pushes ask it first, so nothing is stored
+// for a push that will be refused. It answers nil when the push may go on
+// (the repository exists, or will be created by the push), a NAME_UNKNOWN
+// error when it may not; a store that cannot tell at the moment answers
+// nil and leaves the decision to the tag write.
+type PushChecker interface {
+	CheckPush(ctx context.Context, repo string) error
 }

@@ -106,7 +106,7 @@ func TestRepositoryExists(t *testing.T) {
 		ok, err := s.RepositoryExists(ctx, "app")
 		return err == nil && ok && s.LiveReads() == before
 	})
-	var _ tags.RepositoryChecker = s
+	var _ tags.PushChecker = s
 }
 
 // TestStartsWithoutAPIServer: the store is built while the API server is

@@ -13,6 +13,9 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"k8s.io/utils/ptr"
+
+	"github.com/stevedore-dev/stevedore/registryd/errcode"
 )
 
 // cached returns the Repository that owns path, from the cache or from this
@@ -181,4 +184,25 @@ func (s *Store) RepositoryExists(ctx context.Context, path string) (bool, error)
 	}
 	repo, err = s.live(ctx, path, nil)
 	return repo != nil, err
+}
+
+// CheckPush lets a push go on when the Registry creates repositories on
+// push (no API request: a blob upload needs no API server then) or when
+// path's Repository exists; with auto-creation off it refuses the push of
+// a repository that has none, before anything is stored. When the cache
+// cannot answer yet, the tag write decides.
+func (s *Store) CheckPush(ctx context.Context, path string) error {
+	reg, err := s.registry(ctx)
+	if err != nil || reg == nil || ptr.Deref(reg.Spec.AutoCreateRepositories, true) {
+		return nil
+	}
+	ok, err := s.RepositoryExists(ctx, path)
+	if err != nil {
+		return unavailable(err)
+	}
+	if !ok {
+		return errcode.NameUnknown.With(fmt.Sprintf(
+			"repository %s does not exist and Registry %s does not create repositories on push (spec.autoCreateRepositories: false): create a Repository for it", path, reg.Name))
+	}
+	return nil
 }

@@ -381,7 +381,8 @@ func rawRepository(ctx context.Context, reg *v1.Registry, name string) ([]byte, 
 
 // TestPushByDigestCreatesRepository: a manifest pushed by digest alone
 // creates its Repository as a tag push does, so the repository is in the
-// catalog; with auto-creation off the push is refused.
+// catalog; with auto-creation off the push is refused at its first blob,
+// before anything is stored.
 func TestPushByDigestCreatesRepository(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -399,6 +400,20 @@ func TestPushByDigestCreatesRepository(t *testing.T) {
 			store := replica(t, reg, tags.NewBucket(bucket))
 			srv := httptest.NewServer(server.New(bucket, store, &server.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
 			t.Cleanup(srv.Close)
+			if tc.want != http.StatusCreated {
+				resp, err := http.Post(srv.URL+"/v2/team/untagged/blobs/uploads/?digest="+digest.FromBytes([]byte("{}")).String(), "application/octet-stream", bytes.NewReader([]byte("{}")))
+				if err != nil {
+					t.Fatal(err)
+				}
+				resp.Body.Close()
+				if resp.StatusCode != tc.want {
+					t.Fatalf("blob push to a repository that will not be created: %s, want %d", resp.Status, tc.want)
+				}
+				if ok, _ := bucket.Exists(context.Background(), "blobs/sha256/"+digest.FromBytes([]byte("{}")).Encoded()); ok {
+					t.Fatal("the refused blob push stored the blob")
+				}
+				return
+			}
 			config := pushBlob(t, srv.URL, "team/untagged", []byte("{}"))
 			body := []byte(fmt.Sprintf(`{"schemaVersion":2,"mediaType":%q,"config":{"mediaType":%q,"digest":%q,"size":2},"layers":[]}`,
 				ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageConfig, config))

@@ -45,12 +45,10 @@ func (r *RegistryReconciler) reconcileDeployment(ctx context.Context, s *registr
 					WithMaxUnavailable(intstr.FromInt32(0)).
 					WithMaxSurge(intstr.FromInt32(1)))).
 			WithTemplate(r.podTemplate(s.reg)))
-	if err := r.apply(ctx, ac); err != nil {
-		return err
-	}
-	// The apply response carries the Deployment's status for summarize.
+	// Either the apply response or the cached object: both carry the
+	// Deployment's status for summarize.
 	s.deploy = &appsv1.Deployment{}
-	return convert(ac, s.deploy)
+	return r.apply(ctx, ac, s.deploy)
 }
 
 func (r *RegistryReconciler) podTemplate(reg *v1.Registry) *corev1ac.PodTemplateSpecApplyConfiguration {

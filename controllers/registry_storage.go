@@ -7,7 +7,9 @@ import (
 
 	"gocloud.dev/blob"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
@@ -15,9 +17,10 @@ import (
 )
 
 const (
-	probeTimeout       = 15 * time.Second
-	probeEveryWhenOK   = 5 * time.Minute
-	probeEveryWhenFail = 30 * time.Second
+	probeTimeout = 15 * time.Second
+	// Defaults of Options.ProbeInterval and Options.ProbeRetryInterval.
+	defaultProbeInterval      = 5 * time.Minute
+	defaultProbeRetryInterval = 30 * time.Second
 )
 
 // StorageProber checks that a Registry's bucket can be written, read and
@@ -34,7 +37,10 @@ func ProbeBucket(ctx context.Context, storage v1.StorageSpec, env map[string]str
 	return bucket.Probe(ctx, b)
 }
 
-// reconcileStorage sets StorageReady from a probe of the bucket.
+// reconcileStorage sets StorageReady from a probe of the bucket. Probes are
+// spaced out by status.storage.lastProbeTime, whatever makes the Registry
+// reconcile (a Deployment status change, a Repository created, a restart):
+// the next one comes after the probe interval, at once on a spec change.
 func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registryScope) error {
 	gen := s.reg.Generation
 	if r.storageOutOfReach(s.reg) {
@@ -44,10 +50,15 @@ func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registrySc
 			"file:// storage is a volume of the registryd pod; its readiness probe checks it")
 		return nil
 	}
+	if wait := r.untilNextProbe(s, time.Now()); wait > 0 {
+		s.requeue(wait)
+		return nil
+	}
+	s.status.Storage = &v1.StorageStatus{LastProbeTime: ptr.To(metav1.Now())}
 	env, err := storageEnv(ctx, r.Client, s.reg)
 	if err != nil {
 		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionFalse, ReasonCredentialsMissing, err.Error())
-		s.requeue(probeEveryWhenFail)
+		s.requeue(r.probeRetryInterval())
 		return nil
 	}
 	probe := r.ProbeStorage
@@ -60,15 +71,44 @@ func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registrySc
 		if isConditionTrue(s.status.Conditions, v1.ConditionStorageReady) || len(s.status.Conditions) == 0 {
 			r.Recorder.Eventf(s.reg, nil, corev1.EventTypeWarning, "StorageProbeFailed", "Probe", "storage probe failed: %v", err)
 		}
-		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionFalse, ReasonStorageProbeFailed,
-			fmt.Sprintf("write, read and delete of a probe object failed: %v", err))
-		s.requeue(probeEveryWhenFail)
+		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionFalse, ReasonStorageProbeFailed, err.Error())
+		s.requeue(r.probeRetryInterval())
 		return nil
 	}
 	setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionTrue, ReasonStorageProbeSucceeded,
 		"wrote, read and deleted a probe object")
-	s.requeue(probeEveryWhenOK)
+	s.requeue(r.probeInterval())
 	return nil
+}
+
+// untilNextProbe is how long the last probe's verdict still stands: 0 when
+// there is none, or it was made for an older generation of the spec.
+func (r *RegistryReconciler) untilNextProbe(s *registryScope, now time.Time) time.Duration {
+	c := meta.FindStatusCondition(s.status.Conditions, v1.ConditionStorageReady)
+	st := s.status.Storage
+	if c == nil || c.ObservedGeneration != s.reg.Generation || c.Reason == ReasonStorageInPod ||
+		st == nil || st.LastProbeTime == nil {
+		return 0
+	}
+	every := r.probeInterval()
+	if c.Status != metav1.ConditionTrue {
+		every = r.probeRetryInterval()
+	}
+	return st.LastProbeTime.Add(every).Sub(now)
+}
+
+func (o Options) probeInterval() time.Duration {
+	if o.ProbeInterval > 0 {
+		return o.ProbeInterval
+	}
+	return defaultProbeInterval
+}
+
+func (o Options) probeRetryInterval() time.Duration {
+	if o.ProbeRetryInterval > 0 {
+		return o.ProbeRetryInterval
+	}
+	return defaultProbeRetryInterval
 }
 
 // storageOutOfReach: a file:// bucket is a volume inside registryd's pod,

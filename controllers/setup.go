@@ -4,6 +4,7 @@ package controllers
 
 import (
 	"context"
+	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -21,6 +22,10 @@ type Options struct {
 	// (make dev, tests), so it may probe and clean file:// buckets. In a
 	// cluster a file:// bucket is a volume of registryd's pod.
 	LocalStorageReachable bool
+	// ProbeInterval spaces out storage probes while the bucket answers
+	// (default 5m); ProbeRetryInterval while it fails (default 30s).
+	ProbeInterval      time.Duration
+	ProbeRetryInterval time.Duration
 }
 
 // SetupWithManager registers every reconciler with mgr.

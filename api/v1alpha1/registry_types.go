@@ -221,6 +221,19 @@ type RegistryStatus struct {
 	// Repositories counts the Repository objects of this registry.
 	// +optional
 	Repositories int32 `json:"repositories,omitempty"`
+	// Storage is what the operator last learned about the bucket.
+	// +optional
+	Storage *StorageStatus `json:"storage,omitempty"`
+}
+
+// StorageStatus records the operator's bucket probes, so they are spaced out
+// whatever else makes the Registry reconcile.
+type StorageStatus struct {
+	// LastProbeTime is when the operator last wrote, read and deleted its
+	// probe object. The next probe comes after the probe interval (5m after
+	// a success, 30s after a failure by default) or on a spec change.
+	// +optional
+	LastProbeTime *metav1.Time `json:"lastProbeTime,omitempty"`
 }
 
 // Registry is an OCI registry run by the operator.

@@ -29,9 +29,13 @@ func registrydRules() []*rbacv1ac.PolicyRuleApplyConfiguration {
 }
 
 func (r *RegistryReconciler) reconcileServiceAccount(ctx context.Context, s *registryScope) error {
-	return r.apply(ctx, corev1ac.ServiceAccount(childName(s.reg), s.reg.Namespace).
+	sa := corev1ac.ServiceAccount(childName(s.reg), s.reg.Namespace).
 		WithLabels(childLabels(s.reg)).
-		WithOwnerReferences(ownerRef(s.reg)), &corev1.ServiceAccount{})
+		WithOwnerReferences(ownerRef(s.reg))
+	if spec := s.reg.Spec.ServiceAccount; spec != nil && len(spec.Annotations) > 0 {
+		sa.WithAnnotations(spec.Annotations)
+	}
+	return r.apply(ctx, sa, &corev1.ServiceAccount{})
 }
 
 func (r *RegistryReconciler) reconcileRBAC(ctx context.Context, s *registryScope) error {

@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"time"
 
 	"gocloud.dev/blob"
@@ -24,17 +25,39 @@ const (
 )
 
 // StorageProber checks that a Registry's bucket can be written, read and
-// deleted with the credentials from its secretRef (as environment variables).
-type StorageProber func(ctx context.Context, storage v1.StorageSpec, env map[string]string) error
+// deleted, opened with opts (the credentials of its secretRef, isolated).
+type StorageProber func(ctx context.Context, storage v1.StorageSpec, opts bucket.Options) error
 
 // ProbeBucket is the default StorageProber: a real round trip through gocloud.
-func ProbeBucket(ctx context.Context, storage v1.StorageSpec, env map[string]string) error {
-	b, err := bucket.Open(ctx, storage.URL, bucket.Options{Prefix: storage.Prefix, Env: env})
+func ProbeBucket(ctx context.Context, storage v1.StorageSpec, opts bucket.Options) error {
+	b, err := bucket.Open(ctx, storage.URL, opts)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
 	return bucket.Probe(ctx, b)
+}
+
+// bucketOptions open a Registry's bucket for the operator: with the
+// credentials of its secretRef and nothing else (never the operator's own
+// environment or cloud identity), and connecting only where the endpoint
+// policy allows.
+func (o Options) bucketOptions(reg *v1.Registry, env map[string]string) bucket.Options {
+	return bucket.Options{
+		Prefix: reg.Spec.Storage.Prefix, Env: env, Isolated: true,
+		DialControl: bucket.DialPolicy{Allowed: o.StorageAllowedNetworks}.Control,
+	}
+}
+
+// usesPodIdentity: a cloud bucket without storage.secretRef is reached with
+// registryd's own identity (its ServiceAccount: IRSA, workload identity),
+// which the operator does not have and must not stand in for with its own.
+func usesPodIdentity(reg *v1.Registry) bool {
+	if reg.Spec.Storage.SecretRef != nil {
+		return false
+	}
+	u, err := url.Parse(reg.Spec.Storage.URL)
+	return err == nil && (u.Scheme == "s3" || u.Scheme == "gs" || u.Scheme == "azblob")
 }
 
 // reconcileStorage sets StorageReady from a probe of the bucket. Probes are
@@ -48,6 +71,12 @@ func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registrySc
 		// operator's reach; registryd's readiness probe covers it.
 		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionTrue, ReasonStorageInPod,
 			"file:// storage is a volume of the registryd pod; its readiness probe checks it")
+		return nil
+	}
+	if usesPodIdentity(s.reg) {
+		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionTrue, ReasonStorageProbedByPods,
+			"no storage.secretRef: registryd reaches the bucket with its pod's identity (spec.serviceAccount.annotations), "+
+				"which the operator does not lend or borrow; registryd's readiness probe checks the bucket")
 		return nil
 	}
 	if wait := r.untilNextProbe(s, time.Now()); wait > 0 {
@@ -67,7 +96,7 @@ func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registrySc
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	if err := probe(pctx, s.reg.Spec.Storage, env); err != nil {
+	if err := probe(pctx, s.reg.Spec.Storage, r.bucketOptions(s.reg, env)); err != nil {
 		if isConditionTrue(s.status.Conditions, v1.ConditionStorageReady) || len(s.status.Conditions) == 0 {
 			r.Recorder.Eventf(s.reg, nil, corev1.EventTypeWarning, "StorageProbeFailed", "Probe", "storage probe failed: %v", err)
 		}
@@ -86,7 +115,7 @@ func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registrySc
 func (r *RegistryReconciler) untilNextProbe(s *registryScope, now time.Time) time.Duration {
 	c := meta.FindStatusCondition(s.status.Conditions, v1.ConditionStorageReady)
 	st := s.status.Storage
-	if c == nil || c.ObservedGeneration != s.reg.Generation || c.Reason == ReasonStorageInPod ||
+	if c == nil || c.ObservedGeneration != s.reg.Generation || c.Reason == ReasonStorageInPod || c.Reason == ReasonStorageProbedByPods ||
 		st == nil || st.LastProbeTime == nil {
 		return 0
 	}
@@ -118,13 +147,17 @@ func (o Options) storageOutOfReach(reg *v1.Registry) bool {
 	return fileStorageDir(reg) != "" && !o.LocalStorageReachable
 }
 
-// openStorage opens a Registry's bucket with the credentials of its secretRef.
-func openStorage(ctx context.Context, c client.Reader, reg *v1.Registry) (*blob.Bucket, error) {
+// openStorage opens a Registry's bucket with the credentials of its
+// secretRef; bucket.ErrNoCredentials when it has none.
+func (o Options) openStorage(ctx context.Context, c client.Reader, reg *v1.Registry) (*blob.Bucket, error) {
+	if usesPodIdentity(reg) {
+		return nil, fmt.Errorf("%w: storage.secretRef is not set, and the operator does not use its own identity", bucket.ErrNoCredentials)
+	}
 	env, err := storageEnv(ctx, c, reg)
 	if err != nil {
 		return nil, err
 	}
-	return bucket.Open(ctx, reg.Spec.Storage.URL, bucket.Options{Prefix: reg.Spec.Storage.Prefix, Env: env})
+	return bucket.Open(ctx, reg.Spec.Storage.URL, o.bucketOptions(reg, env))
 }
 
 // storageEnv reads the Secret named by storage.secretRef as environment variables.

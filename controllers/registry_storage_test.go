@@ -93,3 +93,53 @@ func TestFailingProbeIsQuiet(t *testing.T) {
 		t.Errorf("StorageReady message %q does not say why", after.Message)
 	}
 }
+
+// TestOperatorLendsNoIdentity: with working cloud credentials in the
+// operator's own environment, a Registry without storage.secretRef must not
+// get them: its bucket is not probed (registryd's pod identity reaches it),
+// and one whose secretRef lacks keys is refused, not helped out.
+func TestOperatorLendsNoIdentity(t *testing.T) {
+	ns := newNamespace(t)
+	srv := storageservers.Start(t, storageservers.S3)
+	addr, probes := countingProxy(t, srv)
+	// The operator runs in this process: these are its credentials, and
+	// they open the bucket.
+	for k, v := range srv.Env {
+		t.Setenv(k, v)
+	}
+	empty := &corev1.Secret{ObjectMeta: metav1.ObjectMeta{Name: "no-keys", Namespace: ns}, StringData: map[string]string{"AWS_REGION": "us-east-1"}}
+	if err := env.Client.Create(context.Background(), empty); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name      string
+		secretRef *corev1.LocalObjectReference
+		reason    string
+		message   string
+	}{
+		{"no-secret-ref", nil, "ProbedByPods", "does not lend"},
+		{"secret-without-keys", &corev1.LocalObjectReference{Name: "no-keys"}, "ProbeFailed", "no AWS_ACCESS_KEY_ID"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			createRegistry(t, ns, tc.name, func(r *v1.Registry) {
+				r.Spec.Storage.URL = strings.Replace(srv.URL, srv.Addr, addr, 1)
+				r.Spec.Storage.SecretRef = tc.secretRef
+			})
+			eventually(t, "StorageReady", func() error {
+				var reg v1.Registry
+				if err := get(&reg, ns, tc.name); err != nil {
+					return err
+				}
+				c := meta.FindStatusCondition(reg.Status.Conditions, v1.ConditionStorageReady)
+				if c == nil || c.Reason != tc.reason || !strings.Contains(c.Message, tc.message) {
+					return fmt.Errorf("StorageReady = %+v, want %s with %q", c, tc.reason, tc.message)
+				}
+				return nil
+			})
+		})
+	}
+	if n := probes.Load(); n != 0 {
+		t.Errorf("%d probes reached the bucket with the operator's own credentials", n)
+	}
+}

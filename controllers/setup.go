@@ -4,6 +4,7 @@ package controllers
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
@@ -26,6 +27,10 @@ type Options struct {
 	// (default 5m); ProbeRetryInterval while it fails (default 30s).
 	ProbeInterval      time.Duration
 	ProbeRetryInterval time.Duration
+	// StorageAllowedNetworks may be reached through a storage URL's
+	// endpoint even when the endpoint policy refuses them by default
+	// (loopback, link-local: cloud metadata services). bucket.DialPolicy.
+	StorageAllowedNetworks []netip.Prefix
 }
 
 // SetupWithManager registers every reconciler with mgr.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -121,6 +122,8 @@ func startOperator(e *testenv.Env) (stop func(), err error) {
 	}
 	if err := controllers.SetupWithManager(mgr, controllers.Options{
 		RegistrydImage: testImage, LocalStorageReachable: true, ProbeRetryInterval: probeRetryInterval,
+		// The storage servers of the tests listen on 127.0.0.1.
+		StorageAllowedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 	}); err != nil {
 		return nil, err
 	}

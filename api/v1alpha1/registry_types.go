@@ -36,7 +36,11 @@ type StorageSpec struct {
 	URL string `json:"url"`
 
 	// SecretRef names a Secret in the Registry's namespace whose keys are handed
-	// to registryd as environment variables (AWS_*, AZURE_STORAGE_*, …).
+	// to registryd as environment variables (AWS_*, AZURE_STORAGE_*, …). The
+	// operator probes the bucket with these credentials and no others. Without
+	// it, registryd reaches a cloud bucket with its pod's own identity
+	// (spec.serviceAccount.annotations for IRSA or workload identity), and the
+	// operator neither probes, imports from nor deletes in that bucket.
 	// +optional
 	SecretRef *corev1.LocalObjectReference `json:"secretRef,omitempty"`
 
@@ -153,6 +157,15 @@ type GCSpec struct {
 	DeleteUntagged bool `json:"deleteUntagged,omitempty"`
 }
 
+// ServiceAccountSpec shapes registryd's ServiceAccount.
+type ServiceAccountSpec struct {
+	// Annotations give registryd's pods a cloud identity of their own:
+	// eks.amazonaws.com/role-arn (IRSA), iam.gke.io/gcp-service-account,
+	// azure.workload.identity/client-id.
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
 // RegistrySpec is what the user asks for.
 type RegistrySpec struct {
 	// +kubebuilder:default=1
@@ -165,6 +178,9 @@ type RegistrySpec struct {
 	Image string `json:"image,omitempty"`
 
 	Storage StorageSpec `json:"storage"`
+
+	// +optional
+	ServiceAccount *ServiceAccountSpec `json:"serviceAccount,omitempty"`
 
 	// +kubebuilder:default={}
 	// +optional

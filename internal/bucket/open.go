@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"syscall"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	"github.com/aws/smithy-go"
@@ -31,6 +32,16 @@ type Options struct {
 	// the cloud drivers see; when empty they read the process's own.
 	// file:// and mem:// need no credentials.
 	Env map[string]string
+	// Isolated makes Env the only source of credentials even when it is
+	// empty: never the process's environment, nor the cloud SDKs' default
+	// chains (instance roles, IRSA and workload identity, Application
+	// Default Credentials, DefaultAzureCredential, shared config files).
+	// The operator opens every Registry's bucket so, and so never lends its
+	// own identity to whoever may create a Registry.
+	Isolated bool
+	// DialControl, when set, vets every connection the cloud clients open
+	// (net.Dialer.Control): the operator's endpoint policy (DialPolicy).
+	DialControl func(network, address string, c syscall.RawConn) error
 }
 
 // Open opens a gocloud.dev blob URL, creating a file:// directory when it is

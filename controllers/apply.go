@@ -104,7 +104,9 @@ func childState(obj client.Object) string {
 	if obj.GetGeneration() == 0 {
 		return "rv:" + obj.GetResourceVersion()
 	}
-	return fmt.Sprint("gen:", obj.GetGeneration(), obj.GetLabels(), obj.GetAnnotations(), obj.GetOwnerReferences())
+	// JSON, not fmt: owner references hold pointers.
+	meta, _ := json.Marshal([]any{obj.GetLabels(), obj.GetAnnotations(), obj.GetOwnerReferences()})
+	return fmt.Sprintf("gen:%d:%s", obj.GetGeneration(), meta)
 }
 
 func (a *appliedChildren) record(rec appliedRecord, obj client.Object) {

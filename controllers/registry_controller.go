@@ -82,6 +82,7 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.reconcileHTTPSecret,
 		r.reconcileStorage,
 		r.reconcileJournalImport,
+		r.reconcileVolume,
 		r.reconcileDeployment,
 		r.reconcileService,
 		r.reconcileIngress,
@@ -168,6 +169,9 @@ func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Service{}).
 		Owns(&networkingv1.Ingress{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
+		// The claim of a file:// bucket is labelled, not owned: it outlives
+		// the Registry.
+		Watches(&corev1.PersistentVolumeClaim{}, handler.EnqueueRequestsFromMapFunc(registryOfClaim)).
 		Watches(&rbacv1.ClusterRoleBinding{}, handler.EnqueueRequestsFromMapFunc(registryFromLabels)).
 		Watches(&v1.Repository{}, handler.EnqueueRequestsFromMapFunc(registryOfRepository)).
 		// Several at once: one Registry whose storage hangs until the probe
@@ -194,6 +198,14 @@ func registryFromLabels(_ context.Context, obj client.Object) []reconcile.Reques
 		return nil
 	}
 	return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: ns, Name: name}}}
+}
+
+func registryOfClaim(_ context.Context, obj client.Object) []reconcile.Request {
+	l := obj.GetLabels()
+	if l[labelManagedBy] != fieldManager || l[labelRegistry] == "" {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: obj.GetNamespace(), Name: l[labelRegistry]}}}
 }
 
 func registryOfRepository(_ context.Context, obj client.Object) []reconcile.Request {

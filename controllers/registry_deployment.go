@@ -38,17 +38,27 @@ func (r *RegistryReconciler) reconcileDeployment(ctx context.Context, s *registr
 		WithSpec(appsv1ac.DeploymentSpec().
 			WithReplicas(replicas(s.reg)).
 			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(s.reg))).
-			WithStrategy(appsv1ac.DeploymentStrategy().
-				WithType(appsv1.RollingUpdateDeploymentStrategyType).
-				// Never below the wanted count while a new version rolls out.
-				WithRollingUpdate(appsv1ac.RollingUpdateDeployment().
-					WithMaxUnavailable(intstr.FromInt32(0)).
-					WithMaxSurge(intstr.FromInt32(1)))).
+			WithStrategy(strategy(s.reg)).
 			WithTemplate(r.podTemplate(s.reg)))
 	// Either the apply response or the cached object: both carry the
 	// Deployment's status for summarize.
 	s.deploy = &appsv1.Deployment{}
 	return r.apply(ctx, ac, s.deploy)
+}
+
+// strategy rolls registryd out. A file:// volume that one pod mounts at a
+// time (ReadWriteOnce) cannot be handed from an old pod to a new one while
+// both run, so those Deployments are recreated.
+func strategy(reg *v1.Registry) *appsv1ac.DeploymentStrategyApplyConfiguration {
+	if storageClaimName(reg) != "" && !sharedVolume(reg) {
+		return appsv1ac.DeploymentStrategy().WithType(appsv1.RecreateDeploymentStrategyType)
+	}
+	return appsv1ac.DeploymentStrategy().
+		WithType(appsv1.RollingUpdateDeploymentStrategyType).
+		// Never below the wanted count while a new version rolls out.
+		WithRollingUpdate(appsv1ac.RollingUpdateDeployment().
+			WithMaxUnavailable(intstr.FromInt32(0)).
+			WithMaxSurge(intstr.FromInt32(1)))
 }
 
 func (r *RegistryReconciler) podTemplate(reg *v1.Registry) *corev1ac.PodTemplateSpecApplyConfiguration {
@@ -201,7 +211,11 @@ func volumes(reg *v1.Registry) []*corev1ac.VolumeApplyConfiguration {
 	if reg.Spec.TLS != nil {
 		vs = append(vs, corev1ac.Volume().WithName("tls").WithSecret(corev1ac.SecretVolumeSource().WithSecretName(reg.Spec.TLS.SecretName)))
 	}
-	if dir := fileStorageDir(reg); dir != "" {
+	if claim := storageClaimName(reg); claim != "" {
+		vs = append(vs, corev1ac.Volume().WithName("storage").
+			WithPersistentVolumeClaim(corev1ac.PersistentVolumeClaimVolumeSource().WithClaimName(claim)))
+	} else if fileStorageDir(reg) != "" {
+		// Only a Registry stored before persistentVolumeClaim was required.
 		vs = append(vs, corev1ac.Volume().WithName("storage").WithEmptyDir(corev1ac.EmptyDirVolumeSource()))
 	}
 	if ref := htpasswdSecret(reg); ref != "" {

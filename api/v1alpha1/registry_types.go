@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -48,6 +49,38 @@ type StorageSpec struct {
 	// +optional
 	// +kubebuilder:validation:Pattern=`^([A-Za-z0-9._-]+/)*$`
 	Prefix string `json:"prefix,omitempty"`
+
+	// PersistentVolumeClaim holds a file:// bucket, and is required for one:
+	// it outlives pods, rollouts and operator upgrades.
+	// +optional
+	PersistentVolumeClaim *PersistentVolumeClaimSpec `json:"persistentVolumeClaim,omitempty"`
+}
+
+// PersistentVolumeClaimSpec is the volume of a file:// bucket: a claim the
+// user names, or one the operator creates (<name>-registry-storage) and
+// never deletes: it stays when the Registry goes, with the blobs in it.
+type PersistentVolumeClaimSpec struct {
+	// ClaimName names an existing claim in the Registry's namespace; the
+	// operator then creates none.
+	// +optional
+	ClaimName string `json:"claimName,omitempty"`
+
+	// Size of the claim the operator creates (default 10Gi); it can grow
+	// where the StorageClass allows expansion.
+	// +optional
+	Size *resource.Quantity `json:"size,omitempty"`
+
+	// StorageClassName of the claim the operator creates; empty: the
+	// cluster's default class.
+	// +optional
+	StorageClassName *string `json:"storageClassName,omitempty"`
+
+	// AccessModes of the volume, ReadWriteOnce by default. Only a
+	// ReadWriteMany volume may serve several replicas, and lets a rollout
+	// start new pods before the old ones stop; otherwise the Deployment is
+	// recreated (old pods stop before the new one mounts the volume).
+	// +optional
+	AccessModes []corev1.PersistentVolumeAccessMode `json:"accessModes,omitempty"`
 }
 
 // ServiceSpec shapes the Service in front of registryd.
@@ -167,6 +200,10 @@ type ServiceAccountSpec struct {
 }
 
 // RegistrySpec is what the user asks for.
+// +kubebuilder:validation:XValidation:rule="!self.storage.url.startsWith('file://') || has(self.storage.persistentVolumeClaim)",message="file:// storage needs storage.persistentVolumeClaim: in an emptyDir every pod restart and rollout would lose every blob"
+// +kubebuilder:validation:XValidation:rule="!has(self.storage.persistentVolumeClaim) || self.storage.url.startsWith('file://')",message="storage.persistentVolumeClaim is only for file:// storage"
+// +kubebuilder:validation:XValidation:rule="!self.storage.url.startsWith('mem://') || !has(self.replicas) || self.replicas <= 1",message="mem:// storage lives in each pod's memory: replicas must be 0 or 1"
+// +kubebuilder:validation:XValidation:rule="!self.storage.url.startsWith('file://') || !has(self.replicas) || self.replicas <= 1 || (has(self.storage.persistentVolumeClaim) && has(self.storage.persistentVolumeClaim.accessModes) && 'ReadWriteMany' in self.storage.persistentVolumeClaim.accessModes)",message="file:// storage with replicas > 1 needs a ReadWriteMany storage.persistentVolumeClaim: each pod would otherwise see a store of its own"
 type RegistrySpec struct {
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=0

@@ -89,6 +89,11 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.reconcilePDB,
 		r.reconcileRepositoryCount,
 	)
+	if namespaceTerminating(err) {
+		// The namespace is going away with the Registry: nothing to
+		// converge, and no error worth a stack trace.
+		return ctrl.Result{}, nil
+	}
 	r.summarize(s, err)
 	if perr := r.patchStatus(ctx, s); perr != nil {
 		err = errors.Join(err, perr)
@@ -179,6 +184,23 @@ func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		WithOptions(controller.Options{MaxConcurrentReconciles: registryWorkers}).
 		Named("registry").
 		Complete(r)
+}
+
+// namespaceTerminating: a write was refused because the namespace is being
+// deleted.
+func namespaceTerminating(err error) bool {
+	if err == nil {
+		return false
+	}
+	var joined interface{ Unwrap() []error }
+	if errors.As(err, &joined) {
+		for _, e := range joined.Unwrap() {
+			if namespaceTerminating(e) {
+				return true
+			}
+		}
+	}
+	return apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause)
 }
 
 // deletionStarted passes the update that sets deletionTimestamp or changes

@@ -26,6 +26,12 @@ const (
 	ConditionProgressing  = "Progressing"
 	ConditionStorageReady = "StorageReady"
 	ConditionDegraded     = "Degraded"
+	// ConditionReconciling and ConditionStalled follow kstatus
+	// (sigs.k8s.io/cli-utils): Reconciling True while the operator or the
+	// rollout is still converging on the spec, Stalled True when it cannot
+	// without someone's help.
+	ConditionReconciling = "Reconciling"
+	ConditionStalled     = "Stalled"
 )
 
 // StorageSpec says where blobs and manifests live.

@@ -151,6 +151,9 @@ func openAzure(ctx context.Context, u *url.URL, o Options) (*blob.Bucket, error)
 		account = a
 	}
 	sas, connStr := o.getenv("AZURE_STORAGE_SAS_TOKEN"), o.getenv("AZURE_STORAGE_CONNECTION_STRING")
+	if o.isolated() && key == "" && sas == "" && connStr == "" {
+		return nil, fmt.Errorf("%w: storage.secretRef has neither AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN nor AZURE_STORAGE_CONNECTION_STRING", ErrNoCredentials)
+	}
 	opener := &azureblob.URLOpener{
 		ServiceURLOptions: azureblob.ServiceURLOptions{
 			AccountName: account, SASToken: sas, StorageDomain: o.getenv("AZURE_STORAGE_DOMAIN"),

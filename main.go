@@ -4,7 +4,9 @@ package main
 
 import (
 	"flag"
+	"net/netip"
 	"os"
+	"strings"
 
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
@@ -26,12 +28,15 @@ func main() {
 		leaderElect    bool
 		leaderElectNS  string
 		registrydImage string
+		allowedNets    string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8080", "Address the metrics endpoint binds to; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address the health probe endpoint binds to.")
 	flag.BoolVar(&leaderElect, "leader-elect", false, "Elect a leader so only one operator replica reconciles at a time.")
 	flag.StringVar(&leaderElectNS, "leader-election-namespace", os.Getenv("POD_NAMESPACE"), "Namespace of the leader-election Lease; in a pod, its own namespace.")
 	flag.StringVar(&registrydImage, "registryd-image", defaultImage(), "Image of registryd when a Registry does not name one; defaults to the operator's own.")
+	flag.StringVar(&allowedNets, "storage-allowed-networks", "",
+		"Comma-separated CIDRs a Registry's storage endpoint may reach although refused by default (loopback, link-local: cloud metadata).")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -49,12 +54,21 @@ func main() {
 		LeaderElection:          leaderElect,
 		LeaderElectionID:        "stevedore-operator.stevedore.dev",
 		LeaderElectionNamespace: leaderElectNS,
+		// Hand the Lease over on shutdown, so the replacement pod does not
+		// wait out the lease duration (15s) on every rollout. Safe: main
+		// returns right after the manager stops.
+		LeaderElectionReleaseOnCancel: true,
 	})
 	if err != nil {
 		log.Error(err, "unable to create manager")
 		os.Exit(1)
 	}
-	if err := controllers.SetupWithManager(mgr, controllers.Options{RegistrydImage: registrydImage}); err != nil {
+	nets, err := parseNetworks(allowedNets)
+	if err != nil {
+		log.Error(err, "invalid --storage-allowed-networks")
+		os.Exit(1)
+	}
+	if err := controllers.SetupWithManager(mgr, controllers.Options{RegistrydImage: registrydImage, StorageAllowedNetworks: nets}); err != nil {
 		log.Error(err, "unable to set up controllers")
 		os.Exit(1)
 	}
@@ -75,4 +89,20 @@ func defaultImage() string {
 		return img
 	}
 	return "ghcr.io/stevedore-dev/stevedore:" + version.Version
+}
+
+// parseNetworks reads a comma-separated list of CIDRs.
+func parseNetworks(list string) ([]netip.Prefix, error) {
+	var nets []netip.Prefix
+	for _, s := range strings.Split(list, ",") {
+		if s = strings.TrimSpace(s); s == "" {
+			continue
+		}
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, err
+		}
+		nets = append(nets, p)
+	}
+	return nets, nil
 }

@@ -10,6 +10,7 @@ const (
 	ReasonStorageProbeSucceeded = "ProbeSucceeded"
 	ReasonStorageProbeFailed    = "ProbeFailed"
 	ReasonStorageInPod          = "StorageInPod"
+	ReasonStorageProbedByPods   = "ProbedByPods"
 	ReasonCredentialsMissing    = "CredentialsMissing"
 
 	ReasonDeploymentAvailable   = "DeploymentAvailable"

@@ -39,7 +39,7 @@ func (r *RegistryReconciler) reconcileAuthSecret(ctx context.Context, s *registr
 			r.Recorder.Eventf(s.reg, nil, corev1.EventTypeWarning, reason, "CheckAuth", "%s", msg)
 		}
 		setCondition(conds, gen, ConditionAuthReady, metav1.ConditionFalse, reason, msg)
-		s.requeue(probeEveryWhenFail) // Secrets are not watched: look again
+		s.requeue(r.probeRetryInterval()) // Secrets are not watched: look again
 		return nil
 	}
 	setCondition(conds, gen, ConditionAuthReady, metav1.ConditionTrue, ReasonHtpasswdSecretFound,

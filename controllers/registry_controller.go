@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -12,11 +13,16 @@ import (
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
@@ -35,6 +41,8 @@ type RegistryReconciler struct {
 	// imported maps a Registry's UID to the storage location whose journal
 	// this process has imported (reconcileJournalImport).
 	imported sync.Map
+	// applied remembers what was last applied to each child.
+	applied appliedChildren
 }
 
 // registryScope carries what one reconcile learns from phase to phase.
@@ -56,6 +64,9 @@ func (s *registryScope) requeue(d time.Duration) {
 func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	reg := &v1.Registry{}
 	if err := r.Get(ctx, req.NamespacedName, reg); err != nil {
+		if apierrors.IsNotFound(err) {
+			r.applied.forget(req.Namespace, req.Name)
+		}
 		return ctrl.Result{}, client.IgnoreNotFound(err)
 	}
 	if !reg.DeletionTimestamp.IsZero() {
@@ -71,12 +82,18 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.reconcileHTTPSecret,
 		r.reconcileStorage,
 		r.reconcileJournalImport,
+		r.reconcileVolume,
 		r.reconcileDeployment,
 		r.reconcileService,
 		r.reconcileIngress,
 		r.reconcilePDB,
 		r.reconcileRepositoryCount,
 	)
+	if namespaceTerminating(err) {
+		// The namespace is going away with the Registry: nothing to
+		// converge, and no error worth a stack trace.
+		return ctrl.Result{}, nil
+	}
 	r.summarize(s, err)
 	if perr := r.patchStatus(ctx, s); perr != nil {
 		err = errors.Join(err, perr)
@@ -87,8 +104,12 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	return ctrl.Result{RequeueAfter: s.requeueAfter}, nil
 }
 
-// patchStatus writes the status built during the reconcile, once.
+// patchStatus writes the status built during the reconcile, once, and not at
+// all when nothing changed.
 func (r *RegistryReconciler) patchStatus(ctx context.Context, s *registryScope) error {
+	if equality.Semantic.DeepEqual(s.reg.Status, s.status) {
+		return nil
+	}
 	base := s.reg.DeepCopy()
 	s.reg.Status = s.status
 	if err := r.Status().Patch(ctx, s.reg, client.MergeFrom(base)); err != nil {
@@ -140,7 +161,11 @@ const registryWorkers = 4
 
 func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&v1.Registry{}).
+		// Not on its own status writes: those would re-run every phase
+		// (and the storage probe) at once, in a loop while status changes.
+		For(&v1.Registry{}, builder.WithPredicates(predicate.Or[client.Object](
+			predicate.GenerationChangedPredicate{}, predicate.LabelChangedPredicate{},
+			predicate.AnnotationChangedPredicate{}, deletionStarted()))).
 		Owns(&corev1.ServiceAccount{}).
 		Owns(&rbacv1.Role{}).
 		Owns(&rbacv1.RoleBinding{}).
@@ -149,6 +174,9 @@ func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.Service{}).
 		Owns(&networkingv1.Ingress{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
+		// The claim of a file:// bucket is labelled, not owned: it outlives
+		// the Registry.
+		Watches(&corev1.PersistentVolumeClaim{}, handler.EnqueueRequestsFromMapFunc(registryOfClaim)).
 		Watches(&rbacv1.ClusterRoleBinding{}, handler.EnqueueRequestsFromMapFunc(registryFromLabels)).
 		Watches(&v1.Repository{}, handler.EnqueueRequestsFromMapFunc(registryOfRepository)).
 		// Several at once: one Registry whose storage hangs until the probe
@@ -156,6 +184,32 @@ func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		WithOptions(controller.Options{MaxConcurrentReconciles: registryWorkers}).
 		Named("registry").
 		Complete(r)
+}
+
+// namespaceTerminating: a write was refused because the namespace is being
+// deleted.
+func namespaceTerminating(err error) bool {
+	if err == nil {
+		return false
+	}
+	var joined interface{ Unwrap() []error }
+	if errors.As(err, &joined) {
+		for _, e := range joined.Unwrap() {
+			if namespaceTerminating(e) {
+				return true
+			}
+		}
+	}
+	return apierrors.HasStatusCause(err, corev1.NamespaceTerminatingCause)
+}
+
+// deletionStarted passes the update that sets deletionTimestamp or changes
+// finalizers, which does not always change the generation.
+func deletionStarted() predicate.Funcs {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		return !e.ObjectNew.GetDeletionTimestamp().Equal(e.ObjectOld.GetDeletionTimestamp()) ||
+			!slices.Equal(e.ObjectNew.GetFinalizers(), e.ObjectOld.GetFinalizers())
+	}}
 }
 
 // registryFromLabels maps a cluster-scoped child back to its Registry.
@@ -166,6 +220,14 @@ func registryFromLabels(_ context.Context, obj client.Object) []reconcile.Reques
 		return nil
 	}
 	return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: ns, Name: name}}}
+}
+
+func registryOfClaim(_ context.Context, obj client.Object) []reconcile.Request {
+	l := obj.GetLabels()
+	if l[labelManagedBy] != fieldManager || l[labelRegistry] == "" {
+		return nil
+	}
+	return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: obj.GetNamespace(), Name: l[labelRegistry]}}}
 }
 
 func registryOfRepository(_ context.Context, obj client.Object) []reconcile.Request {

@@ -16,6 +16,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -36,6 +37,11 @@ func createRegistry(t *testing.T, ns, name string, mutate func(*v1.Registry)) *v
 	}
 	if mutate != nil {
 		mutate(reg)
+	}
+	if strings.HasPrefix(reg.Spec.Storage.URL, "file://") && reg.Spec.Storage.PersistentVolumeClaim == nil {
+		// Required for file://; the operator of the tests reaches the
+		// directory itself (LocalStorageReachable), envtest has no kubelet.
+		reg.Spec.Storage.PersistentVolumeClaim = &v1.PersistentVolumeClaimSpec{ClaimName: "test-bucket"}
 	}
 	if err := env.Client.Create(context.Background(), reg); err != nil {
 		t.Fatalf("creating Registry: %v", err)
@@ -180,7 +186,8 @@ func TestRegistryChildren(t *testing.T) {
 // TestRegistryChildrenFollowSpec changes the spec and watches children follow.
 func TestRegistryChildrenFollowSpec(t *testing.T) {
 	ns := newNamespace(t)
-	createRegistry(t, ns, "follow", nil)
+	// Not mem://, which refuses replicas > 1; no secretRef, so no probe.
+	createRegistry(t, ns, "follow", func(r *v1.Registry) { r.Spec.Storage.URL = "s3://follow" })
 	name := "follow-registry"
 	eventually(t, "deployment", func() error { return get(&appsv1.Deployment{}, ns, name) })
 
@@ -199,7 +206,10 @@ func TestRegistryChildrenFollowSpec(t *testing.T) {
 			}
 			return get(&policyv1.PodDisruptionBudget{}, ns, name)
 		}},
-		{"storage url reaches the args", func(r *v1.Registry) { r.Spec.Storage.URL = "file:///data/registry" }, func() error {
+		{"storage url reaches the args", func(r *v1.Registry) {
+			r.Spec.Storage.URL = "file:///data/registry"
+			r.Spec.Storage.PersistentVolumeClaim = &v1.PersistentVolumeClaimSpec{AccessModes: []corev1.PersistentVolumeAccessMode{corev1.ReadWriteMany}}
+		}, func() error {
 			var d appsv1.Deployment
 			if err := get(&d, ns, name); err != nil {
 				return err
@@ -327,7 +337,7 @@ func TestRegistryChildrenComeBack(t *testing.T) {
 // TestHTTPSecretIsStable checks the upload-signing secret survives reconciles.
 func TestHTTPSecretIsStable(t *testing.T) {
 	ns := newNamespace(t)
-	createRegistry(t, ns, "stable", nil)
+	createRegistry(t, ns, "stable", func(r *v1.Registry) { r.Spec.Storage.URL = "s3://stable" })
 	var before corev1.Secret
 	eventually(t, "secret", func() error { return get(&before, ns, "stable-registry-http-secret") })
 	updateRegistry(t, ns, "stable", func(r *v1.Registry) { r.Spec.Replicas = ptr.To[int32](2) })
@@ -355,7 +365,8 @@ func TestStorageReady(t *testing.T) {
 		{"mem", "mem://", "ProbeSucceeded", "wrote, read and deleted", metav1.ConditionTrue},
 		{"file", "file://" + bucketDir(t), "ProbeSucceeded", "wrote, read and deleted", metav1.ConditionTrue},
 		{"file-under-a-file", "file://" + notADir + "/bucket", "ProbeFailed", "not a directory", metav1.ConditionFalse},
-		{"no-driver", "azblob://nowhere", "ProbeFailed", "azblob", metav1.ConditionFalse},
+		// No secretRef: the pod's own identity, never the operator's.
+		{"cloud-without-secret", "azblob://nowhere", "ProbedByPods", "pod's identity", metav1.ConditionTrue},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -596,6 +607,84 @@ func TestHtpasswdSecretChecked(t *testing.T) {
 				}
 				return nil
 			})
+		})
+	}
+}
+
+// TestFileStorageOnAClaim: a file:// bucket lives on a PersistentVolumeClaim
+// the operator creates (or the user names), and a pod-template change (a new
+// image, as every operator upgrade brings) keeps the same claim, so the
+// blobs survive the rollout.
+func TestFileStorageOnAClaim(t *testing.T) {
+	ns := newNamespace(t)
+	size := resource.MustParse("3Gi")
+	tests := []struct {
+		name      string
+		pvc       v1.PersistentVolumeClaimSpec
+		claim     string
+		createdBy bool // the operator creates the claim
+	}{
+		{"created", v1.PersistentVolumeClaimSpec{Size: &size}, "created-registry-storage", true},
+		{"named", v1.PersistentVolumeClaimSpec{ClaimName: "my-blobs"}, "my-blobs", false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			createRegistry(t, ns, tc.name, func(r *v1.Registry) {
+				r.Spec.Storage.URL = "file:///var/lib/stevedore"
+				r.Spec.Storage.PersistentVolumeClaim = &tc.pvc
+			})
+			volume := func(d *appsv1.Deployment) (*corev1.Volume, error) {
+				i := slices.IndexFunc(d.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool { return v.Name == "storage" })
+				if i < 0 {
+					return nil, fmt.Errorf("no storage volume in %v", d.Spec.Template.Spec.Volumes)
+				}
+				v := &d.Spec.Template.Spec.Volumes[i]
+				if v.PersistentVolumeClaim == nil || v.PersistentVolumeClaim.ClaimName != tc.claim {
+					return nil, fmt.Errorf("storage volume %+v, want claim %s", v.VolumeSource, tc.claim)
+				}
+				return v, nil
+			}
+			var d appsv1.Deployment
+			eventually(t, "deployment on the claim", func() error {
+				if err := get(&d, ns, tc.name+"-registry"); err != nil {
+					return err
+				}
+				if d.Spec.Strategy.Type != appsv1.RecreateDeploymentStrategyType {
+					return fmt.Errorf("strategy %s: a ReadWriteOnce volume cannot be mounted by old and new pods at once", d.Spec.Strategy.Type)
+				}
+				_, err := volume(&d)
+				return err
+			})
+			var claim corev1.PersistentVolumeClaim
+			if tc.createdBy {
+				eventually(t, "claim", func() error { return get(&claim, ns, tc.claim) })
+				if got := claim.Spec.Resources.Requests[corev1.ResourceStorage]; got.Cmp(size) != 0 {
+					t.Errorf("claim asks for %s, want %s", got.String(), size.String())
+				}
+				if len(claim.OwnerReferences) != 0 {
+					t.Errorf("claim has owner references %v: deleting the Registry would delete the blobs", claim.OwnerReferences)
+				}
+			} else if err := get(&claim, ns, tc.claim); !apierrors.IsNotFound(err) {
+				t.Errorf("the operator made the claim the user names (err %v)", err)
+			}
+
+			updateRegistry(t, ns, tc.name, func(r *v1.Registry) { r.Spec.Image = "example.test/stevedore:next" })
+			eventually(t, "rolled out on the same claim", func() error {
+				if err := get(&d, ns, tc.name+"-registry"); err != nil {
+					return err
+				}
+				if img := registrydContainer(&d).Image; img != "example.test/stevedore:next" {
+					return fmt.Errorf("image %s", img)
+				}
+				_, err := volume(&d)
+				return err
+			})
+			if tc.createdBy {
+				var after corev1.PersistentVolumeClaim
+				if err := get(&after, ns, tc.claim); err != nil || after.UID != claim.UID {
+					t.Errorf("claim after the rollout: %v, uid %s, want the same object %s", err, after.UID, claim.UID)
+				}
+			}
 		})
 	}
 }

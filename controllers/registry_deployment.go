@@ -10,6 +10,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	appsv1ac "k8s.io/client-go/applyconfigurations/apps/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
@@ -38,29 +39,45 @@ func (r *RegistryReconciler) reconcileDeployment(ctx context.Context, s *registr
 		WithSpec(appsv1ac.DeploymentSpec().
 			WithReplicas(replicas(s.reg)).
 			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(s.reg))).
-			WithStrategy(appsv1ac.DeploymentStrategy().
-				WithType(appsv1.RollingUpdateDeploymentStrategyType).
-				// Never below the wanted count while a new version rolls out.
-				WithRollingUpdate(appsv1ac.RollingUpdateDeployment().
-					WithMaxUnavailable(intstr.FromInt32(0)).
-					WithMaxSurge(intstr.FromInt32(1)))).
+			WithStrategy(strategy(s.reg)).
 			WithTemplate(r.podTemplate(s.reg)))
-	if err := r.apply(ctx, ac); err != nil {
-		return err
-	}
-	// The apply response carries the Deployment's status for summarize.
+	// Either the apply response or the cached object: both carry the
+	// Deployment's status for summarize.
 	s.deploy = &appsv1.Deployment{}
-	return convert(ac, s.deploy)
+	return r.apply(ctx, ac, s.deploy)
+}
+
+// strategy rolls registryd out. A file:// volume that one pod mounts at a
+// time (ReadWriteOnce) cannot be handed from an old pod to a new one while
+// both run, so those Deployments are recreated.
+func strategy(reg *v1.Registry) *appsv1ac.DeploymentStrategyApplyConfiguration {
+	if storageClaimName(reg) != "" && !sharedVolume(reg) {
+		return appsv1ac.DeploymentStrategy().WithType(appsv1.RecreateDeploymentStrategyType)
+	}
+	// One replica is never taken down before its successor is ready. With
+	// several, one may be away: the Deployment (and so the Registry) stays
+	// Available while a node drain evicts a pod, instead of flapping.
+	maxUnavailable := int32(0)
+	if replicas(reg) > 1 {
+		maxUnavailable = 1
+	}
+	return appsv1ac.DeploymentStrategy().
+		WithType(appsv1.RollingUpdateDeploymentStrategyType).
+		WithRollingUpdate(appsv1ac.RollingUpdateDeployment().
+			WithMaxUnavailable(intstr.FromInt32(maxUnavailable)).
+			WithMaxSurge(intstr.FromInt32(1)))
 }
 
 func (r *RegistryReconciler) podTemplate(reg *v1.Registry) *corev1ac.PodTemplateSpecApplyConfiguration {
 	spec := corev1ac.PodSpec().
 		WithServiceAccountName(childName(reg)).
-		WithSecurityContext(corev1ac.PodSecurityContext().
-			WithRunAsNonRoot(true).
-			WithRunAsUser(65532).
-			WithFSGroup(65532).
-			WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))).
+		// No fixed runAsUser: the image's USER applies, and OpenShift's
+		// restricted SCC can assign a UID of its range.
+		WithSecurityContext(podSecurityContext(reg)).
+		// registryd fails /readyz at once on SIGTERM, serves on for its
+		// --shutdown-delay (5s) while endpoints drop it, then drains
+		// in-flight requests for --shutdown-timeout (25s).
+		WithTerminationGracePeriodSeconds(terminationGracePeriod).
 		WithContainers(r.registrydContainer(reg)).
 		WithVolumes(volumes(reg)...).
 		WithNodeSelector(reg.Spec.NodeSelector)
@@ -99,8 +116,13 @@ func (r *RegistryReconciler) registrydContainer(reg *v1.Registry) *corev1ac.Cont
 		WithPorts(
 			corev1ac.ContainerPort().WithName("http").WithContainerPort(httpPort).WithProtocol(corev1.ProtocolTCP),
 			corev1ac.ContainerPort().WithName("debug").WithContainerPort(debugPort).WithProtocol(corev1.ProtocolTCP)).
-		WithReadinessProbe(httpProbe("/readyz", 2)).
-		WithLivenessProbe(httpProbe("/healthz", 10)).
+		// /readyz lists the bucket: every 10s with 5s to answer, and three
+		// misses before the pod leaves the Service, so a storage blip does
+		// not empty it. The startup probe holds readiness and liveness off
+		// until the first success, so a starting pod logs no failures.
+		WithStartupProbe(httpProbe("/readyz", 2, 2, 90)).
+		WithReadinessProbe(httpProbe("/readyz", 10, 5, 3)).
+		WithLivenessProbe(httpProbe("/healthz", 10, 5, 6)).
 		WithSecurityContext(corev1ac.SecurityContext().
 			WithAllowPrivilegeEscalation(false).
 			WithReadOnlyRootFilesystem(true).
@@ -108,7 +130,7 @@ func (r *RegistryReconciler) registrydContainer(reg *v1.Registry) *corev1ac.Cont
 			WithCapabilities(corev1ac.Capabilities().WithDrop("ALL"))).
 		WithVolumeMounts(volumeMounts(reg)...)
 	c.Resources = &corev1ac.ResourceRequirementsApplyConfiguration{}
-	mustConvert(reg.Spec.Resources, c.Resources)
+	mustConvert(resources(reg), c.Resources)
 	if ref := reg.Spec.Storage.SecretRef; ref != nil {
 		c.WithEnvFrom(corev1ac.EnvFromSource().WithSecretRef(corev1ac.SecretEnvSource().WithName(ref.Name)))
 	}
@@ -189,10 +211,41 @@ func redirectTTL(reg *v1.Registry) time.Duration {
 	return defaultRedirectTTL
 }
 
-func httpProbe(path string, period int32) *corev1ac.ProbeApplyConfiguration {
+func httpProbe(path string, period, timeout, failures int32) *corev1ac.ProbeApplyConfiguration {
 	return corev1ac.Probe().
 		WithHTTPGet(corev1ac.HTTPGetAction().WithPath(path).WithPort(intstr.FromString("debug"))).
-		WithPeriodSeconds(period)
+		WithPeriodSeconds(period).
+		WithTimeoutSeconds(timeout).
+		WithFailureThreshold(failures)
+}
+
+// terminationGracePeriod covers registryd's shutdown delay (5s) and drain
+// (25s), with room to spare.
+const terminationGracePeriod = 40
+
+// resources are spec.resources, or requests that keep registryd out of the
+// BestEffort class (first evicted, no CPU share under load) and a memory
+// limit well above what streaming blobs needs.
+func resources(reg *v1.Registry) corev1.ResourceRequirements {
+	if len(reg.Spec.Resources.Requests) > 0 || len(reg.Spec.Resources.Limits) > 0 {
+		return reg.Spec.Resources
+	}
+	return corev1.ResourceRequirements{
+		Requests: corev1.ResourceList{corev1.ResourceCPU: resource.MustParse("100m"), corev1.ResourceMemory: resource.MustParse("128Mi")},
+		Limits:   corev1.ResourceList{corev1.ResourceMemory: resource.MustParse("1Gi")},
+	}
+}
+
+// podSecurityContext: non-root, with the image's user. fsGroup only where a
+// volume must be writable by that user (a file:// claim).
+func podSecurityContext(reg *v1.Registry) *corev1ac.PodSecurityContextApplyConfiguration {
+	sc := corev1ac.PodSecurityContext().
+		WithRunAsNonRoot(true).
+		WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))
+	if storageClaimName(reg) != "" {
+		sc.WithFSGroup(65532)
+	}
+	return sc
 }
 
 func volumes(reg *v1.Registry) []*corev1ac.VolumeApplyConfiguration {
@@ -203,7 +256,11 @@ func volumes(reg *v1.Registry) []*corev1ac.VolumeApplyConfiguration {
 	if reg.Spec.TLS != nil {
 		vs = append(vs, corev1ac.Volume().WithName("tls").WithSecret(corev1ac.SecretVolumeSource().WithSecretName(reg.Spec.TLS.SecretName)))
 	}
-	if dir := fileStorageDir(reg); dir != "" {
+	if claim := storageClaimName(reg); claim != "" {
+		vs = append(vs, corev1ac.Volume().WithName("storage").
+			WithPersistentVolumeClaim(corev1ac.PersistentVolumeClaimVolumeSource().WithClaimName(claim)))
+	} else if fileStorageDir(reg) != "" {
+		// Only a Registry stored before persistentVolumeClaim was required.
 		vs = append(vs, corev1ac.Volume().WithName("storage").WithEmptyDir(corev1ac.EmptyDirVolumeSource()))
 	}
 	if ref := htpasswdSecret(reg); ref != "" {

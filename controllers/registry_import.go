@@ -30,10 +30,12 @@ func (r *RegistryReconciler) reconcileJournalImport(ctx context.Context, s *regi
 	if done, ok := r.imported.Load(s.reg.UID); (ok && done == loc) || !isConditionTrue(s.status.Conditions, v1.ConditionStorageReady) {
 		return nil
 	}
-	if r.storageOutOfReach(s.reg) {
-		return nil // a pod's volume: nothing survives the pod, nothing to import
+	if r.storageOutOfReach(s.reg) || usesPodIdentity(s.reg) {
+		// A pod's volume, or a bucket only registryd's identity reaches:
+		// out of the operator's reach.
+		return nil
 	}
-	b, err := openStorage(ctx, r.Client, s.reg)
+	b, err := r.openStorage(ctx, r.Client, s.reg)
 	if err != nil {
 		return err
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
@@ -27,7 +28,8 @@ func (r *RegistryReconciler) reconcileService(ctx context.Context, s *registrySc
 		WithSpec(corev1ac.ServiceSpec().
 			WithType(svcType).
 			WithSelector(selectorLabels(s.reg)).
-			WithPorts(corev1ac.ServicePort().WithName("http").WithPort(servicePort(s.reg)).WithTargetPort(intstr.FromString("http")))))
+			WithPorts(corev1ac.ServicePort().WithName("http").WithPort(servicePort(s.reg)).WithTargetPort(intstr.FromString("http")))),
+		&corev1.Service{})
 	if err != nil {
 		return err
 	}
@@ -57,7 +59,7 @@ func (r *RegistryReconciler) reconcileIngress(ctx context.Context, s *registrySc
 		// Image layers are large: lift the common ingress body-size limit.
 		WithAnnotations(map[string]string{"nginx.ingress.kubernetes.io/proxy-body-size": "0"}).
 		WithOwnerReferences(ownerRef(s.reg)).
-		WithSpec(spec))
+		WithSpec(spec), &networkingv1.Ingress{})
 }
 
 // reconcilePDB keeps at most one replica away at a time, when there are
@@ -71,7 +73,8 @@ func (r *RegistryReconciler) reconcilePDB(ctx context.Context, s *registryScope)
 		WithOwnerReferences(ownerRef(s.reg)).
 		WithSpec(policyv1ac.PodDisruptionBudgetSpec().
 			WithMaxUnavailable(intstr.FromInt32(1)).
-			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(s.reg)))))
+			WithSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(s.reg)))),
+		&policyv1.PodDisruptionBudget{})
 }
 
 // deleteOwned deletes the Registry's child of obj's kind, if it exists and

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 	rbacv1ac "k8s.io/client-go/applyconfigurations/rbac/v1"
@@ -27,17 +28,14 @@ func registrydRules() []*rbacv1ac.PolicyRuleApplyConfiguration {
 	}
 }
 
-func (r *RegistryReconciler) apply(ctx context.Context, obj applyConfiguration) error {
-	if err := r.Apply(ctx, obj, client.FieldOwner(fieldManager), client.ForceOwnership); err != nil {
-		return fmt.Errorf("applying %s %s: %w", kindOf(obj), ptrString(obj.GetName()), err)
-	}
-	return nil
-}
-
 func (r *RegistryReconciler) reconcileServiceAccount(ctx context.Context, s *registryScope) error {
-	return r.apply(ctx, corev1ac.ServiceAccount(childName(s.reg), s.reg.Namespace).
+	sa := corev1ac.ServiceAccount(childName(s.reg), s.reg.Namespace).
 		WithLabels(childLabels(s.reg)).
-		WithOwnerReferences(ownerRef(s.reg)))
+		WithOwnerReferences(ownerRef(s.reg))
+	if spec := s.reg.Spec.ServiceAccount; spec != nil && len(spec.Annotations) > 0 {
+		sa.WithAnnotations(spec.Annotations)
+	}
+	return r.apply(ctx, sa, &corev1.ServiceAccount{})
 }
 
 func (r *RegistryReconciler) reconcileRBAC(ctx context.Context, s *registryScope) error {
@@ -46,14 +44,14 @@ func (r *RegistryReconciler) reconcileRBAC(ctx context.Context, s *registryScope
 		WithLabels(childLabels(s.reg)).
 		WithOwnerReferences(ownerRef(s.reg)).
 		WithRules(registrydRules()...)
-	if err := r.apply(ctx, role); err != nil {
+	if err := r.apply(ctx, role, &rbacv1.Role{}); err != nil {
 		return err
 	}
 	return r.apply(ctx, rbacv1ac.RoleBinding(name, ns).
 		WithLabels(childLabels(s.reg)).
 		WithOwnerReferences(ownerRef(s.reg)).
 		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup(rbacv1.GroupName).WithKind("Role").WithName(name)).
-		WithSubjects(rbacv1ac.Subject().WithKind(rbacv1.ServiceAccountKind).WithName(name).WithNamespace(ns)))
+		WithSubjects(rbacv1ac.Subject().WithKind(rbacv1.ServiceAccountKind).WithName(name).WithNamespace(ns)), &rbacv1.RoleBinding{})
 }
 
 // reconcileAuthDelegator binds registryd to system:auth-delegator (TokenReview
@@ -69,12 +67,16 @@ func (r *RegistryReconciler) reconcileAuthDelegator(ctx context.Context, s *regi
 	return r.apply(ctx, rbacv1ac.ClusterRoleBinding(authDelegatorName(s.reg)).
 		WithLabels(labels).
 		WithRoleRef(rbacv1ac.RoleRef().WithAPIGroup(rbacv1.GroupName).WithKind("ClusterRole").WithName("system:auth-delegator")).
-		WithSubjects(rbacv1ac.Subject().WithKind(rbacv1.ServiceAccountKind).WithName(childName(s.reg)).WithNamespace(s.reg.Namespace)))
+		WithSubjects(rbacv1ac.Subject().WithKind(rbacv1.ServiceAccountKind).WithName(childName(s.reg)).WithNamespace(s.reg.Namespace)),
+		&rbacv1.ClusterRoleBinding{})
 }
 
 func (r *RegistryReconciler) deleteAuthDelegator(ctx context.Context, reg *v1.Registry) error {
 	crb := &rbacv1.ClusterRoleBinding{}
-	crb.Name = authDelegatorName(reg)
+	// The cache first: most Registries never had a binding to delete.
+	if err := r.Get(ctx, client.ObjectKey{Name: authDelegatorName(reg)}, crb); err != nil {
+		return client.IgnoreNotFound(err)
+	}
 	if err := r.Delete(ctx, crb); client.IgnoreNotFound(err) != nil {
 		return fmt.Errorf("deleting ClusterRoleBinding %s: %w", crb.Name, err)
 	}

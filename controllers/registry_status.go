@@ -52,8 +52,11 @@ func (r *RegistryReconciler) summarize(s *registryScope, reconcileErr error) {
 		meta.RemoveStatusCondition(conds, ConditionAuthDisabled)
 	}
 
+	// Not Ready while a spec change still rolls out: `kubectl wait
+	// --for=condition=Ready` must not return before the new settings serve.
 	ready := isConditionTrue(*conds, v1.ConditionStorageReady) &&
 		isConditionTrue(*conds, v1.ConditionAvailable) &&
+		!isConditionTrue(*conds, v1.ConditionProgressing) &&
 		!isConditionTrue(*conds, v1.ConditionDegraded) &&
 		!isConditionFalse(*conds, ConditionAuthReady)
 	reason, msg := ReasonReady, "registryd is available and its storage answers"
@@ -64,6 +67,27 @@ func (r *RegistryReconciler) summarize(s *registryScope, reconcileErr error) {
 
 	if reconcileErr == nil {
 		s.status.ObservedGeneration = gen
+	}
+	setKstatus(conds, gen)
+}
+
+// setKstatus sets Reconciling and Stalled, kstatus's abnormal-true
+// conditions, from the others: Stalled when Degraded (a failing phase, a
+// rollout past its deadline), Reconciling while not Ready for any other
+// reason (a rollout in progress, pods starting, storage not yet probed).
+func setKstatus(conds *[]metav1.Condition, gen int64) {
+	degraded := meta.FindStatusCondition(*conds, v1.ConditionDegraded)
+	ready := isConditionTrue(*conds, v1.ConditionReady)
+	switch {
+	case degraded != nil && degraded.Status == metav1.ConditionTrue:
+		setCondition(conds, gen, v1.ConditionStalled, metav1.ConditionTrue, degraded.Reason, degraded.Message)
+		setCondition(conds, gen, v1.ConditionReconciling, metav1.ConditionFalse, degraded.Reason, "")
+	case !ready:
+		setCondition(conds, gen, v1.ConditionStalled, metav1.ConditionFalse, ReasonAsExpected, "")
+		setCondition(conds, gen, v1.ConditionReconciling, metav1.ConditionTrue, ReasonNotReady, notReadyMessage(*conds))
+	default:
+		setCondition(conds, gen, v1.ConditionStalled, metav1.ConditionFalse, ReasonAsExpected, "")
+		setCondition(conds, gen, v1.ConditionReconciling, metav1.ConditionFalse, ReasonReady, "")
 	}
 }
 
@@ -124,6 +148,9 @@ func notReadyMessage(conds []metav1.Condition) string {
 		if c := meta.FindStatusCondition(conds, typ); c == nil || c.Status != metav1.ConditionTrue {
 			msg += typ + " is not True; "
 		}
+	}
+	if isConditionTrue(conds, v1.ConditionProgressing) {
+		msg += "Progressing is True (a rollout is under way); "
 	}
 	if isConditionTrue(conds, v1.ConditionDegraded) {
 		msg += "Degraded is True; "

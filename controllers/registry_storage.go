@@ -3,11 +3,14 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"time"
 
 	"gocloud.dev/blob"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
@@ -15,18 +18,19 @@ import (
 )
 
 const (
-	probeTimeout       = 15 * time.Second
-	probeEveryWhenOK   = 5 * time.Minute
-	probeEveryWhenFail = 30 * time.Second
+	probeTimeout = 15 * time.Second
+	// Defaults of Options.ProbeInterval and Options.ProbeRetryInterval.
+	defaultProbeInterval      = 5 * time.Minute
+	defaultProbeRetryInterval = 30 * time.Second
 )
 
 // StorageProber checks that a Registry's bucket can be written, read and
-// deleted with the credentials from its secretRef (as environment variables).
-type StorageProber func(ctx context.Context, storage v1.StorageSpec, env map[string]string) error
+// deleted, opened with opts (the credentials of its secretRef, isolated).
+type StorageProber func(ctx context.Context, storage v1.StorageSpec, opts bucket.Options) error
 
 // ProbeBucket is the default StorageProber: a real round trip through gocloud.
-func ProbeBucket(ctx context.Context, storage v1.StorageSpec, env map[string]string) error {
-	b, err := bucket.Open(ctx, storage.URL, bucket.Options{Prefix: storage.Prefix, Env: env})
+func ProbeBucket(ctx context.Context, storage v1.StorageSpec, opts bucket.Options) error {
+	b, err := bucket.Open(ctx, storage.URL, opts)
 	if err != nil {
 		return err
 	}
@@ -34,7 +38,32 @@ func ProbeBucket(ctx context.Context, storage v1.StorageSpec, env map[string]str
 	return bucket.Probe(ctx, b)
 }
 
-// reconcileStorage sets StorageReady from a probe of the bucket.
+// bucketOptions open a Registry's bucket for the operator: with the
+// credentials of its secretRef and nothing else (never the operator's own
+// environment or cloud identity), and connecting only where the endpoint
+// policy allows.
+func (o Options) bucketOptions(reg *v1.Registry, env map[string]string) bucket.Options {
+	return bucket.Options{
+		Prefix: reg.Spec.Storage.Prefix, Env: env, Isolated: true,
+		DialControl: bucket.DialPolicy{Allowed: o.StorageAllowedNetworks}.Control,
+	}
+}
+
+// usesPodIdentity: a cloud bucket without storage.secretRef is reached with
+// registryd's own identity (its ServiceAccount: IRSA, workload identity),
+// which the operator does not have and must not stand in for with its own.
+func usesPodIdentity(reg *v1.Registry) bool {
+	if reg.Spec.Storage.SecretRef != nil {
+		return false
+	}
+	u, err := url.Parse(reg.Spec.Storage.URL)
+	return err == nil && (u.Scheme == "s3" || u.Scheme == "gs" || u.Scheme == "azblob")
+}
+
+// reconcileStorage sets StorageReady from a probe of the bucket. Probes are
+// spaced out by status.storage.lastProbeTime, whatever makes the Registry
+// reconcile (a Deployment status change, a Repository created, a restart):
+// the next one comes after the probe interval, at once on a spec change.
 func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registryScope) error {
 	gen := s.reg.Generation
 	if r.storageOutOfReach(s.reg) {
@@ -44,10 +73,21 @@ func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registrySc
 			"file:// storage is a volume of the registryd pod; its readiness probe checks it")
 		return nil
 	}
+	if usesPodIdentity(s.reg) {
+		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionTrue, ReasonStorageProbedByPods,
+			"no storage.secretRef: registryd reaches the bucket with its pod's identity (spec.serviceAccount.annotations), "+
+				"which the operator does not lend or borrow; registryd's readiness probe checks the bucket")
+		return nil
+	}
+	if wait := r.untilNextProbe(s, time.Now()); wait > 0 {
+		s.requeue(wait)
+		return nil
+	}
+	s.status.Storage = &v1.StorageStatus{LastProbeTime: ptr.To(metav1.Now())}
 	env, err := storageEnv(ctx, r.Client, s.reg)
 	if err != nil {
 		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionFalse, ReasonCredentialsMissing, err.Error())
-		s.requeue(probeEveryWhenFail)
+		s.requeue(r.probeRetryInterval())
 		return nil
 	}
 	probe := r.ProbeStorage
@@ -56,19 +96,48 @@ func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registrySc
 	}
 	pctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	if err := probe(pctx, s.reg.Spec.Storage, env); err != nil {
+	if err := probe(pctx, s.reg.Spec.Storage, r.bucketOptions(s.reg, env)); err != nil {
 		if isConditionTrue(s.status.Conditions, v1.ConditionStorageReady) || len(s.status.Conditions) == 0 {
 			r.Recorder.Eventf(s.reg, nil, corev1.EventTypeWarning, "StorageProbeFailed", "Probe", "storage probe failed: %v", err)
 		}
-		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionFalse, ReasonStorageProbeFailed,
-			fmt.Sprintf("write, read and delete of a probe object failed: %v", err))
-		s.requeue(probeEveryWhenFail)
+		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionFalse, ReasonStorageProbeFailed, err.Error())
+		s.requeue(r.probeRetryInterval())
 		return nil
 	}
 	setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionTrue, ReasonStorageProbeSucceeded,
 		"wrote, read and deleted a probe object")
-	s.requeue(probeEveryWhenOK)
+	s.requeue(r.probeInterval())
 	return nil
+}
+
+// untilNextProbe is how long the last probe's verdict still stands: 0 when
+// there is none, or it was made for an older generation of the spec.
+func (r *RegistryReconciler) untilNextProbe(s *registryScope, now time.Time) time.Duration {
+	c := meta.FindStatusCondition(s.status.Conditions, v1.ConditionStorageReady)
+	st := s.status.Storage
+	if c == nil || c.ObservedGeneration != s.reg.Generation || c.Reason == ReasonStorageInPod || c.Reason == ReasonStorageProbedByPods ||
+		st == nil || st.LastProbeTime == nil {
+		return 0
+	}
+	every := r.probeInterval()
+	if c.Status != metav1.ConditionTrue {
+		every = r.probeRetryInterval()
+	}
+	return st.LastProbeTime.Add(every).Sub(now)
+}
+
+func (o Options) probeInterval() time.Duration {
+	if o.ProbeInterval > 0 {
+		return o.ProbeInterval
+	}
+	return defaultProbeInterval
+}
+
+func (o Options) probeRetryInterval() time.Duration {
+	if o.ProbeRetryInterval > 0 {
+		return o.ProbeRetryInterval
+	}
+	return defaultProbeRetryInterval
 }
 
 // storageOutOfReach: a file:// bucket is a volume inside registryd's pod,
@@ -78,13 +147,17 @@ func (o Options) storageOutOfReach(reg *v1.Registry) bool {
 	return fileStorageDir(reg) != "" && !o.LocalStorageReachable
 }
 
-// openStorage opens a Registry's bucket with the credentials of its secretRef.
-func openStorage(ctx context.Context, c client.Reader, reg *v1.Registry) (*blob.Bucket, error) {
+// openStorage opens a Registry's bucket with the credentials of its
+// secretRef; bucket.ErrNoCredentials when it has none.
+func (o Options) openStorage(ctx context.Context, c client.Reader, reg *v1.Registry) (*blob.Bucket, error) {
+	if usesPodIdentity(reg) {
+		return nil, fmt.Errorf("%w: storage.secretRef is not set, and the operator does not use its own identity", bucket.ErrNoCredentials)
+	}
 	env, err := storageEnv(ctx, c, reg)
 	if err != nil {
 		return nil, err
 	}
-	return bucket.Open(ctx, reg.Spec.Storage.URL, bucket.Options{Prefix: reg.Spec.Storage.Prefix, Env: env})
+	return bucket.Open(ctx, reg.Spec.Storage.URL, o.bucketOptions(reg, env))
 }
 
 // storageEnv reads the Secret named by storage.secretRef as environment variables.

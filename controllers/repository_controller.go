@@ -219,7 +219,12 @@ func (r *RepositoryReconciler) openRegistryBucket(ctx context.Context, repo *v1.
 			"file:// storage lives in registryd's pod, out of the operator's reach")
 		return nil, nil
 	}
-	return openStorage(ctx, r.Client, reg)
+	if usesPodIdentity(reg) {
+		r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonBucketCleanupFailed, "Delete",
+			"the Registry has no storage.secretRef: its bucket is reached with registryd's identity only, which the operator does not borrow")
+		return nil, nil
+	}
+	return r.openStorage(ctx, r.Client, reg)
 }
 
 // SetupWithManager watches Repositories, their Registry, and their rivals for

@@ -4,6 +4,8 @@ package controllers
 
 import (
 	"context"
+	"net/netip"
+	"time"
 
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -21,6 +23,14 @@ type Options struct {
 	// (make dev, tests), so it may probe and clean file:// buckets. In a
 	// cluster a file:// bucket is a volume of registryd's pod.
 	LocalStorageReachable bool
+	// ProbeInterval spaces out storage probes while the bucket answers
+	// (default 5m); ProbeRetryInterval while it fails (default 30s).
+	ProbeInterval      time.Duration
+	ProbeRetryInterval time.Duration
+	// StorageAllowedNetworks may be reached through a storage URL's
+	// endpoint even when the endpoint policy refuses them by default
+	// (loopback, link-local: cloud metadata services). bucket.DialPolicy.
+	StorageAllowedNetworks []netip.Prefix
 }
 
 // SetupWithManager registers every reconciler with mgr.
@@ -54,6 +64,7 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 // +kubebuilder:rbac:groups=stevedore.dev,resources=registries/finalizers;repositories/finalizers,verbs=update
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
 // +kubebuilder:rbac:groups="",resources=services;serviceaccounts;secrets,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete

@@ -4,13 +4,19 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net/http"
+	"net/netip"
 	"os"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -38,8 +44,52 @@ func TestMain(m *testing.M) {
 }
 
 // operator is the running operator of the package's tests; tests stop and
-// start it as a pod restart would.
-var operator struct{ stop func() }
+// start it as a pod restart would. requests counts what every operator run
+// asked of the API server.
+var operator = struct {
+	stop     func()
+	requests *apiRequests
+}{requests: &apiRequests{}}
+
+// probeRetryInterval is the test operator's ProbeRetryInterval, short so
+// tests of failing storage need not wait 30s per step.
+const probeRetryInterval = 2 * time.Second
+
+// apiRequests records the operator's requests to the API server that change
+// something, by namespace, as the API server sees them.
+type apiRequests struct {
+	mu     sync.Mutex
+	writes map[string][]string
+}
+
+func (a *apiRequests) wrap(rt http.RoundTripper) http.RoundTripper {
+	return roundTripper(func(req *http.Request) (*http.Response, error) {
+		switch req.Method {
+		case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+			parts := strings.Split(req.URL.Path, "/")
+			if i := slices.Index(parts, "namespaces"); i >= 0 && i+1 < len(parts) {
+				a.mu.Lock()
+				if a.writes == nil {
+					a.writes = map[string][]string{}
+				}
+				a.writes[parts[i+1]] = append(a.writes[parts[i+1]], req.Method+" "+req.URL.Path)
+				a.mu.Unlock()
+			}
+		}
+		return rt.RoundTrip(req)
+	})
+}
+
+// writesIn is every write the operator made in namespace ns so far.
+func (a *apiRequests) writesIn(ns string) []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.writes[ns])
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
 
 // stopOperator stops it until startOperatorAgain.
 func stopOperator() { operator.stop(); operator.stop = func() {} }
@@ -60,7 +110,9 @@ func startOperator(e *testenv.Env) (stop func(), err error) {
 		logs = os.Stderr
 	}
 	ctrl.SetLogger(zap.New(zap.WriteTo(logs), zap.UseDevMode(true)))
-	mgr, err := ctrl.NewManager(e.Config, ctrl.Options{
+	cfg := rest.CopyConfig(e.Config)
+	cfg.Wrap(operator.requests.wrap)
+	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme: e.Scheme, Metrics: metricsserver.Options{BindAddress: "0"},
 		// Tests restart the operator within one process.
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
@@ -68,7 +120,11 @@ func startOperator(e *testenv.Env) (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := controllers.SetupWithManager(mgr, controllers.Options{RegistrydImage: testImage, LocalStorageReachable: true}); err != nil {
+	if err := controllers.SetupWithManager(mgr, controllers.Options{
+		RegistrydImage: testImage, LocalStorageReachable: true, ProbeRetryInterval: probeRetryInterval,
+		// The storage servers of the tests listen on 127.0.0.1.
+		StorageAllowedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+	}); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -23,7 +23,8 @@ func TestMain(m *testing.M) {
 func newRegistry(name string, mutate func(*v1.Registry)) *v1.Registry {
 	r := &v1.Registry{
 		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
-		Spec:       v1.RegistrySpec{Storage: v1.StorageSpec{URL: "file:///var/lib/stevedore"}},
+		Spec: v1.RegistrySpec{Storage: v1.StorageSpec{URL: "file:///var/lib/stevedore",
+			PersistentVolumeClaim: &v1.PersistentVolumeClaimSpec{}}},
 	}
 	if mutate != nil {
 		mutate(r)
@@ -79,6 +80,16 @@ func TestValidationMessages(t *testing.T) {
 			"auth.htpasswdSecretRef is required when auth.mode is htpasswd"},
 		{"registry name too long for its Service", newRegistry("r"+strings.Repeat("x", 54), nil),
 			"a Registry name must be a DNS label of at most 54 characters"},
+		{"file storage without a volume", newRegistry("file-nopvc", func(r *v1.Registry) { r.Spec.Storage.PersistentVolumeClaim = nil }),
+			"file:// storage needs storage.persistentVolumeClaim"},
+		{"a volume for a cloud bucket", newRegistry("s3-pvc", func(r *v1.Registry) { r.Spec.Storage.URL = "s3://b" }),
+			"storage.persistentVolumeClaim is only for file:// storage"},
+		{"mem storage with replicas", newRegistry("mem-2", func(r *v1.Registry) {
+			r.Spec.Storage = v1.StorageSpec{URL: "mem://"}
+			r.Spec.Replicas = ptr.To[int32](2)
+		}), "mem:// storage lives in each pod's memory: replicas must be 0 or 1"},
+		{"file storage with replicas on a ReadWriteOnce volume", newRegistry("file-2", func(r *v1.Registry) { r.Spec.Replicas = ptr.To[int32](2) }),
+			"file:// storage with replicas > 1 needs a ReadWriteMany storage.persistentVolumeClaim"},
 		{"repository name with upper case", newRepository("upper", "Team/App"),
 			"spec.name must be a valid OCI repository path"},
 		{"repository name with ..", newRepository("dots", "../x"),

@@ -2,6 +2,7 @@ package v1alpha1
 
 import (
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -25,6 +26,12 @@ const (
 	ConditionProgressing  = "Progressing"
 	ConditionStorageReady = "StorageReady"
 	ConditionDegraded     = "Degraded"
+	// ConditionReconciling and ConditionStalled follow kstatus
+	// (sigs.k8s.io/cli-utils): Reconciling True while the operator or the
+	// rollout is still converging on the spec, Stalled True when it cannot
+	// without someone's help.
+	ConditionReconciling = "Reconciling"
+	ConditionStalled     = "Stalled"
 )
 
 // StorageSpec says where blobs and manifests live.
@@ -36,7 +43,11 @@ type StorageSpec struct {
 	URL string `json:"url"`
 
 	// SecretRef names a Secret in the Registry's namespace whose keys are handed
-	// to registryd as environment variables (AWS_*, AZURE_STORAGE_*, …).
+	// to registryd as environment variables (AWS_*, AZURE_STORAGE_*, …). The
+	// operator probes the bucket with these credentials and no others. Without
+	// it, registryd reaches a cloud bucket with its pod's own identity
+	// (spec.serviceAccount.annotations for IRSA or workload identity), and the
+	// operator neither probes, imports from nor deletes in that bucket.
 	// +optional
 	SecretRef *corev1.LocalObjectReference `json:"secretRef,omitempty"`
 
@@ -44,6 +55,38 @@ type StorageSpec struct {
 	// +optional
 	// +kubebuilder:validation:Pattern=`^([A-Za-z0-9._-]+/)*$`
 	Prefix string `json:"prefix,omitempty"`
+
+	// PersistentVolumeClaim holds a file:// bucket, and is required for one:
+	// it outlives pods, rollouts and operator upgrades.
+	// +optional
+	PersistentVolumeClaim *PersistentVolumeClaimSpec `json:"persistentVolumeClaim,omitempty"`
+}
+
+// PersistentVolumeClaimSpec is the volume of a file:// bucket: a claim the
+// user names, or one the operator creates (<name>-registry-storage) and
+// never deletes: it stays when the Registry goes, with the blobs in it.
+type PersistentVolumeClaimSpec struct {
+	// ClaimName names an existing claim in the Registry's namespace; the
+	// operator then creates none.
+	// +optional
+	ClaimName string `json:"claimName,omitempty"`
+
+	// Size of the claim the operator creates (default 10Gi); it can grow
+	// where the StorageClass allows expansion.
+	// +optional
+	Size *resource.Quantity `json:"size,omitempty"`
+
+	// StorageClassName of the claim the operator creates; empty: the
+	// cluster's default class.
+	// +optional
+	StorageClassName *string `json:"storageClassName,omitempty"`
+
+	// AccessModes of the volume, ReadWriteOnce by default. Only a
+	// ReadWriteMany volume may serve several replicas, and lets a rollout
+	// start new pods before the old ones stop; otherwise the Deployment is
+	// recreated (old pods stop before the new one mounts the volume).
+	// +optional
+	AccessModes []corev1.PersistentVolumeAccessMode `json:"accessModes,omitempty"`
 }
 
 // ServiceSpec shapes the Service in front of registryd.
@@ -155,7 +198,20 @@ type GCSpec struct {
 	DeleteUntagged bool `json:"deleteUntagged,omitempty"`
 }
 
+// ServiceAccountSpec shapes registryd's ServiceAccount.
+type ServiceAccountSpec struct {
+	// Annotations give registryd's pods a cloud identity of their own:
+	// eks.amazonaws.com/role-arn (IRSA), iam.gke.io/gcp-service-account,
+	// azure.workload.identity/client-id.
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
+}
+
 // RegistrySpec is what the user asks for.
+// +kubebuilder:validation:XValidation:rule="!self.storage.url.startsWith('file://') || has(self.storage.persistentVolumeClaim)",message="file:// storage needs storage.persistentVolumeClaim: in an emptyDir every pod restart and rollout would lose every blob"
+// +kubebuilder:validation:XValidation:rule="!has(self.storage.persistentVolumeClaim) || self.storage.url.startsWith('file://')",message="storage.persistentVolumeClaim is only for file:// storage"
+// +kubebuilder:validation:XValidation:rule="!self.storage.url.startsWith('mem://') || !has(self.replicas) || self.replicas <= 1",message="mem:// storage lives in each pod's memory: replicas must be 0 or 1"
+// +kubebuilder:validation:XValidation:rule="!self.storage.url.startsWith('file://') || !has(self.replicas) || self.replicas <= 1 || (has(self.storage.persistentVolumeClaim) && has(self.storage.persistentVolumeClaim.accessModes) && 'ReadWriteMany' in self.storage.persistentVolumeClaim.accessModes)",message="file:// storage with replicas > 1 needs a ReadWriteMany storage.persistentVolumeClaim: each pod would otherwise see a store of its own"
 type RegistrySpec struct {
 	// +kubebuilder:default=1
 	// +kubebuilder:validation:Minimum=0
@@ -167,6 +223,9 @@ type RegistrySpec struct {
 	Image string `json:"image,omitempty"`
 
 	Storage StorageSpec `json:"storage"`
+
+	// +optional
+	ServiceAccount *ServiceAccountSpec `json:"serviceAccount,omitempty"`
 
 	// +kubebuilder:default={}
 	// +optional
@@ -223,6 +282,19 @@ type RegistryStatus struct {
 	// Repositories counts the Repository objects of this registry.
 	// +optional
 	Repositories int32 `json:"repositories,omitempty"`
+	// Storage is what the operator last learned about the bucket.
+	// +optional
+	Storage *StorageStatus `json:"storage,omitempty"`
+}
+
+// StorageStatus records the operator's bucket probes, so they are spaced out
+// whatever else makes the Registry reconcile.
+type StorageStatus struct {
+	// LastProbeTime is when the operator last wrote, read and deleted its
+	// probe object. The next probe comes after the probe interval (5m after
+	// a success, 30s after a failure by default) or on a spec change.
+	// +optional
+	LastProbeTime *metav1.Time `json:"lastProbeTime,omitempty"`
 }
 
 // Registry is an OCI registry run by the operator.

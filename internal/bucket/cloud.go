@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -52,23 +53,34 @@ import (
 var ResponseHeaderTimeout = time.Minute
 
 // transport is the HTTP transport of every cloud client.
-func transport() *http.Transport {
+func (o Options) transport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
 	t.ResponseHeaderTimeout = ResponseHeaderTimeout
+	if o.DialControl != nil {
+		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: o.DialControl}
+		t.DialContext = d.DialContext
+	}
 	return t
 }
 
-// env answers the driver environment variables: from Options.Env when the
-// caller passed one (a Registry's secretRef: then it is the whole
-// environment, so the operator never lends its own credentials to a
+// isolated: the credentials are Options.Env's and nobody else's.
+func (o Options) isolated() bool { return o.Isolated || len(o.Env) > 0 }
+
+// getenv answers the driver environment variables: from Options.Env when
+// isolated (a Registry's secretRef, read by the operator: then it is the
+// whole environment, so the operator never lends its own credentials to a
 // Registry), else from the process (registryd, where the secretRef is the
-// pod's environment).
+// pod's environment and the pod's ServiceAccount its identity).
 func (o Options) getenv(key string) string {
-	if len(o.Env) > 0 {
+	if o.isolated() {
 		return o.Env[key]
 	}
 	return os.Getenv(key)
 }
+
+// ErrNoCredentials: an isolated open found no credentials in Options.Env, and
+// will not fall back on the process's identity.
+var ErrNoCredentials = errors.New("no credentials")
 
 // openS3 opens s3://bucket?endpoint=…&region=…&use_path_style=true.
 // AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN) and
@@ -105,14 +117,20 @@ func openS3(ctx context.Context, u *url.URL, o Options) (*blob.Bucket, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg.HTTPClient = awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
+	hc := awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
 		t.ResponseHeaderTimeout = ResponseHeaderTimeout
 	})
+	if o.DialControl != nil {
+		hc = hc.WithDialerOptions(func(d *net.Dialer) { d.Control = o.DialControl })
+	}
+	cfg.HTTPClient = hc
 	if id := o.getenv("AWS_ACCESS_KEY_ID"); id != "" {
 		cfg.Credentials = aws.NewCredentialsCache(credentials.NewStaticCredentialsProvider(
 			id, o.getenv("AWS_SECRET_ACCESS_KEY"), o.getenv("AWS_SESSION_TOKEN")))
-	} else if len(o.Env) > 0 {
-		return nil, errors.New("storage.secretRef has no AWS_ACCESS_KEY_ID")
+	} else if o.isolated() {
+		// Never the SDK's default chain (instance role, web identity,
+		// shared files): that is the operator's identity, not the Registry's.
+		return nil, fmt.Errorf("%w: storage.secretRef has no AWS_ACCESS_KEY_ID", ErrNoCredentials)
 	}
 	client := s3.NewFromConfig(cfg, s3opts...)
 	return s3blob.OpenBucket(ctx, client, u.Host, &s3blob.Options{
@@ -133,13 +151,16 @@ func openAzure(ctx context.Context, u *url.URL, o Options) (*blob.Bucket, error)
 		account = a
 	}
 	sas, connStr := o.getenv("AZURE_STORAGE_SAS_TOKEN"), o.getenv("AZURE_STORAGE_CONNECTION_STRING")
+	if o.isolated() && key == "" && sas == "" && connStr == "" {
+		return nil, fmt.Errorf("%w: storage.secretRef has neither AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN nor AZURE_STORAGE_CONNECTION_STRING", ErrNoCredentials)
+	}
 	opener := &azureblob.URLOpener{
 		ServiceURLOptions: azureblob.ServiceURLOptions{
 			AccountName: account, SASToken: sas, StorageDomain: o.getenv("AZURE_STORAGE_DOMAIN"),
 			Protocol: o.getenv("AZURE_STORAGE_PROTOCOL"), IsCDN: isCDN, IsLocalEmulator: isEmu,
 		},
 		MakeClient: func(svcURL azureblob.ServiceURL, name azureblob.ContainerName) (*container.Client, error) {
-			opts := &container.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: &http.Client{Transport: transport()}}}
+			opts := &container.ClientOptions{ClientOptions: azcore.ClientOptions{Transport: &http.Client{Transport: o.transport()}}}
 			containerURL, err := url.JoinPath(string(svcURL), string(name))
 			if err != nil {
 				return nil, err
@@ -155,8 +176,10 @@ func openAzure(ctx context.Context, u *url.URL, o Options) (*blob.Bucket, error)
 				return container.NewClientWithNoCredential(containerURL, opts)
 			case connStr != "":
 				return container.NewClientFromConnectionString(connStr, string(name), opts)
-			case len(o.Env) > 0:
-				return nil, errors.New("storage.secretRef has neither AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN nor AZURE_STORAGE_CONNECTION_STRING")
+			case o.isolated():
+				// Never DefaultAzureCredential: managed and workload
+				// identities are the operator's, not the Registry's.
+				return nil, fmt.Errorf("%w: storage.secretRef has neither AZURE_STORAGE_ACCOUNT and AZURE_STORAGE_KEY, AZURE_STORAGE_SAS_TOKEN nor AZURE_STORAGE_CONNECTION_STRING", ErrNoCredentials)
 			}
 			cred, err := azidentity.NewDefaultAzureCredential(nil)
 			if err != nil {
@@ -189,29 +212,43 @@ func openGCS(ctx context.Context, u *url.URL, o Options) (*blob.Bucket, error) {
 		// The last WithHTTPClient wins over the http.DefaultClient gcsblob
 		// picks when the process has STORAGE_EMULATOR_HOST.
 		opener := &gcsblob.URLOpener{
-			Client: gcp.NewAnonymousHTTPClient(transport()),
+			Client: gcp.NewAnonymousHTTPClient(o.transport()),
 			Options: gcsblob.Options{
 				GoogleAccessID: "stevedore@emulator",
 				SignBytes:      emulatorSign,
 				ClientOptions: []option.ClientOption{option.WithEndpoint("http://" + host + "/storage/v1/"),
-					option.WithoutAuthentication(), option.WithHTTPClient(&http.Client{Transport: transport()})},
+					option.WithoutAuthentication(), option.WithHTTPClient(&http.Client{Transport: o.transport()})},
 			},
 		}
 		return opener.OpenBucketURL(ctx, u)
 	}
 	keyFile := o.getenv("GOOGLE_APPLICATION_CREDENTIALS")
 	if keyFile == "" {
-		if len(o.Env) > 0 {
-			return nil, errors.New("storage.secretRef has no GOOGLE_APPLICATION_CREDENTIALS")
+		if o.isolated() {
+			// Never Application Default Credentials: the metadata server
+			// answers with the operator's (or the node's) identity.
+			return nil, fmt.Errorf("%w: storage.secretRef has no GOOGLE_APPLICATION_CREDENTIALS", ErrNoCredentials)
 		}
 		return blob.OpenBucket(ctx, u.String()) // gocloud: Application Default Credentials
 	}
 	key := []byte(keyFile)
 	if !strings.HasPrefix(strings.TrimSpace(keyFile), "{") {
+		if o.isolated() {
+			// A path would be a file of the operator's own filesystem.
+			return nil, errors.New("GOOGLE_APPLICATION_CREDENTIALS in storage.secretRef must hold the service-account key itself, not a path")
+		}
 		var err error
 		if key, err = os.ReadFile(keyFile); err != nil {
 			return nil, fmt.Errorf("GOOGLE_APPLICATION_CREDENTIALS: %w", err)
 		}
+	}
+	var kind struct {
+		Type string `json:"type"`
+	}
+	if o.isolated() && (json.Unmarshal(key, &kind) != nil || kind.Type != "service_account") {
+		// Other kinds (external_account above all) fetch tokens with files
+		// and metadata URLs of the process that uses them: the operator's.
+		return nil, fmt.Errorf("GOOGLE_APPLICATION_CREDENTIALS in storage.secretRef must be a service_account key, not %q", kind.Type)
 	}
 	creds, err := google.CredentialsFromJSON(ctx, key, storage.ScopeFullControl)
 	if err != nil {
@@ -222,7 +259,7 @@ func openGCS(ctx context.Context, u *url.URL, o Options) (*blob.Bucket, error) {
 		PrivateKey  string `json:"private_key"`
 	}
 	_ = json.Unmarshal(key, &sa)
-	client, err := gcp.NewHTTPClient(transport(), creds.TokenSource)
+	client, err := gcp.NewHTTPClient(o.transport(), creds.TokenSource)
 	if err != nil {
 		return nil, err
 	}

@@ -5,18 +5,20 @@ package bucket
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
+	"syscall"
 
+	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
+	"github.com/aws/smithy-go"
 	"gocloud.dev/blob"
 	_ "gocloud.dev/blob/fileblob" // file:// buckets
 	_ "gocloud.dev/blob/memblob"  // mem:// buckets
 	"gocloud.dev/gcerrors"
+	"google.golang.org/api/googleapi"
 )
 
 // Options refine how a bucket is opened.
@@ -30,6 +32,16 @@ type Options struct {
 	// the cloud drivers see; when empty they read the process's own.
 	// file:// and mem:// need no credentials.
 	Env map[string]string
+	// Isolated makes Env the only source of credentials even when it is
+	// empty: never the process's environment, nor the cloud SDKs' default
+	// chains (instance roles, IRSA and workload identity, Application
+	// Default Credentials, DefaultAzureCredential, shared config files).
+	// The operator opens every Registry's bucket so, and so never lends its
+	// own identity to whoever may create a Registry.
+	Isolated bool
+	// DialControl, when set, vets every connection the cloud clients open
+	// (net.Dialer.Control): the operator's endpoint policy (DialPolicy).
+	DialControl func(network, address string, c syscall.RawConn) error
 }
 
 // Open opens a gocloud.dev blob URL, creating a file:// directory when it is
@@ -85,33 +97,67 @@ func redact(u *url.URL) string {
 	return c.String()
 }
 
-// probeDir is where Probe writes: a prefix of its own, so it never
-// collides with registry content.
-const probeDir = "_stevedore/probe/"
+// probeKey is the one object Probe writes, under a prefix of its own so it
+// never collides with registry content. Always the same key: a probe's error
+// then reads the same on every attempt, and a Registry's status does not
+// change (and is not written) while the bucket keeps failing the same way.
+const probeKey = "_stevedore/probe/operator"
+
+// ProbeError is a failed step of Probe. Its text is stable from one attempt
+// to the next: no request IDs, no timestamps.
+type ProbeError struct {
+	// Step is write, read, compare or delete.
+	Step string
+	Err  error
+}
+
+func (e *ProbeError) Error() string {
+	return e.Step + " of the probe object failed: " + Describe(e.Err)
+}
+func (e *ProbeError) Unwrap() error { return e.Err }
 
 // Probe writes, reads back and deletes a small object, proving the bucket is
 // usable with the credentials at hand.
 func Probe(ctx context.Context, b *blob.Bucket) error {
-	id := make([]byte, 8)
-	_, _ = rand.Read(id)
-	key := probeDir + hex.EncodeToString(id)
-	want := []byte("stevedore storage probe " + key)
+	want := []byte("stevedore storage probe")
 	// Upload, not WriteAll: azureblob's Write path panics when the upload
 	// fails (gocloud v0.47.0), and failing is what a probe is for.
-	if err := b.Upload(ctx, key, bytes.NewReader(want), &blob.WriterOptions{ContentType: "text/plain"}); err != nil {
-		return fmt.Errorf("write %s: %w", key, err)
+	if err := b.Upload(ctx, probeKey, bytes.NewReader(want), &blob.WriterOptions{ContentType: "text/plain"}); err != nil {
+		return &ProbeError{Step: "write", Err: err}
 	}
-	got, err := b.ReadAll(ctx, key)
+	got, err := b.ReadAll(ctx, probeKey)
 	if err != nil {
-		return errors.Join(fmt.Errorf("read %s: %w", key, err), b.Delete(ctx, key))
+		return errors.Join(&ProbeError{Step: "read", Err: err}, b.Delete(ctx, probeKey))
 	}
-	if string(got) != string(want) {
-		return errors.Join(fmt.Errorf("read %s: got %d bytes that differ from what was written", key, len(got)), b.Delete(ctx, key))
+	if !bytes.Equal(got, want) {
+		return errors.Join(&ProbeError{Step: "compare", Err: fmt.Errorf("read %d bytes that differ from what was written", len(got))},
+			b.Delete(ctx, probeKey))
 	}
-	if err := b.Delete(ctx, key); err != nil {
-		return fmt.Errorf("delete %s: %w", key, err)
+	if err := b.Delete(ctx, probeKey); err != nil {
+		return &ProbeError{Step: "delete", Err: err}
 	}
 	return nil
+}
+
+// Describe says what went wrong with a bucket operation in words that stay
+// the same while the cause does: the backend's error code and message,
+// without the request IDs, host IDs and retry counts the SDKs' own texts
+// carry, so it can go into a status condition without making every attempt
+// a change.
+func Describe(err error) string {
+	var aws smithy.APIError
+	if errors.As(err, &aws) {
+		return fmt.Sprintf("%s: %s (code=%v)", aws.ErrorCode(), aws.ErrorMessage(), gcerrors.Code(err))
+	}
+	var az *azcore.ResponseError
+	if errors.As(err, &az) {
+		return fmt.Sprintf("HTTP %d %s (code=%v)", az.StatusCode, az.ErrorCode, gcerrors.Code(err))
+	}
+	var g *googleapi.Error
+	if errors.As(err, &g) {
+		return fmt.Sprintf("HTTP %d %s (code=%v)", g.Code, g.Message, gcerrors.Code(err))
+	}
+	return err.Error()
 }
 
 // DeletePrefixes deletes every object under the given prefixes and returns

@@ -147,13 +147,14 @@ func (s *server) putManifest(w http.ResponseWriter, r *http.Request, p pathParam
 		// them: the delete unlinks first and untags second, so looking
 		// again now, after the tags, sees its unlink. Store the manifest
 		// again then, so no tag is left pointing at nothing.
-		if _, err := s.store.StatManifest(r.Context(), p.name, d); errors.Is(err, storage.ErrNotFound) {
-			err = s.storeManifest(r, p.name, desc, m, body)
-		} else if err != nil {
+		_, err := s.store.StatManifest(r.Context(), p.name, d)
+		switch {
+		case errors.Is(err, storage.ErrNotFound):
+			if err := s.storeManifest(r, p.name, desc, m, body); err != nil {
+				return err
+			}
+		case err != nil:
 			return storageErr(err, errcode.ManifestUnknown, d)
-		}
-		if err != nil {
-			return err
 		}
 	}
 	h := w.Header()

@@ -294,24 +294,13 @@ func (s *server) deleteManifestDigest(r *http.Request, name string, d digest.Dig
 // untag removes every tag of repository name pointing at d, through the
 // store's compare-and-swap when it has one.
 func (s *server) untag(r *http.Request, name string, d digest.Digest) error {
+	var err error
 	if u, ok := s.tags.(tags.DigestUntagger); ok {
-		_, err := u.UntagDigest(r.Context(), name, d)
-		return storageErr(err, errcode.ManifestUnknown, d)
+		_, err = u.UntagDigest(r.Context(), name, d)
+	} else {
+		_, err = tags.UntagAll(r.Context(), s.tags, name, d)
 	}
-	all, err := s.tags.List(r.Context(), name, 0, "")
-	if err != nil {
-		return storageErr(err, errcode.NameUnknown, name)
-	}
-	for _, t := range all {
-		desc, err := s.tags.Get(r.Context(), name, t)
-		if err == nil && desc.Digest == d {
-			err = s.tags.Delete(r.Context(), name, t)
-		}
-		if err != nil && !errors.Is(err, tags.ErrNotFound) {
-			return storageErr(err, errcode.ManifestUnknown, t)
-		}
-	}
-	return nil
+	return storageErr(err, errcode.ManifestUnknown, d)
 }
 
 // checkPush refuses a push to a repository that does not exist and will

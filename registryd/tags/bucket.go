@@ -90,32 +90,5 @@ var _ DigestUntagger = (*Bucket)(nil)
 // listing is the manifest PUT's to reconcile (it re-checks the manifest
 // after writing its tags).
 func (s *Bucket) UntagDigest(ctx context.Context, repo string, d digest.Digest) ([]string, error) {
-	var removed []string
-	last := ""
-	for {
-		page, err := s.List(ctx, repo, 1000, last)
-		if err != nil {
-			return removed, err
-		}
-		for _, t := range page {
-			desc, err := s.Get(ctx, repo, t)
-			if errors.Is(err, ErrNotFound) || (err == nil && desc.Digest != d) {
-				continue
-			}
-			if err == nil {
-				err = s.Delete(ctx, repo, t)
-			}
-			if errors.Is(err, ErrNotFound) {
-				continue
-			}
-			if err != nil {
-				return removed, err
-			}
-			removed = append(removed, t)
-		}
-		if len(page) < 1000 {
-			return removed, nil
-		}
-		last = page[len(page)-1]
-	}
+	return UntagAll(ctx, s, repo, d)
 }

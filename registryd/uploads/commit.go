@@ -17,12 +17,6 @@ import (
 // request, so the parts read are the bytes that were hashed. One part is
 // copied server-side to its final key; several are streamed into it.
 func (m *Manager) Commit(ctx context.Context, st State, d digest.Digest) (storage.BlobInfo, error) {
-	// A stale state would commit a prefix of the upload.
-	if ok, err := m.store.HasUploadPart(ctx, st.ID, st.Parts, st.Last); err != nil {
-		return storage.BlobInfo{}, fmt.Errorf("checking upload %s: %w", st.ID, err)
-	} else if ok {
-		return storage.BlobInfo{}, fmt.Errorf("%w: upload has more than %d parts", ErrOutOfOrder, st.Parts)
-	}
 	keys, err := m.partKeys(ctx, st)
 	if err != nil {
 		return storage.BlobInfo{}, err
@@ -50,16 +44,13 @@ func (m *Manager) Commit(ctx context.Context, st State, d digest.Digest) (storag
 }
 
 // partKeys returns, in order, the keys of the parts st names: its chain,
-// followed back from st.Last. Parts written by racing requests with the
-// same state belong to other chains and are not read.
+// followed back from st.Last, found in one listing of the upload's parts.
+// Parts written by racing requests with the same state belong to other
+// chains and are not read. A part that follows st's last one means st is
+// stale, and committing it would commit a prefix of the upload.
 func (m *Manager) partKeys(ctx context.Context, st State) ([]string, error) {
-	switch {
-	case st.Parts == 0:
-		return nil, nil
-	case st.Last == "":
+	if st.Parts > 0 && st.Last == "" {
 		return nil, fmt.Errorf("%w: state names no parts", ErrInvalidToken)
-	case st.Parts == 1:
-		return []string{storage.UploadPartKey(st.ID, 0, "", st.Last)}, nil
 	}
 	all, err := m.store.UploadPartKeys(ctx, st.ID)
 	if err != nil {
@@ -71,9 +62,14 @@ func (m *Manager) partKeys(ctx context.Context, st State) ([]string, error) {
 	}
 	byTag := make(map[string]part, len(all))
 	for _, k := range all {
-		if n, prev, tag, ok := storage.ParseUploadPartKey(st.ID, k); ok {
-			byTag[tag] = part{n, prev, k}
+		n, prev, tag, ok := storage.ParseUploadPartKey(st.ID, k)
+		if !ok {
+			continue
 		}
+		if n == st.Parts && prev == st.Last {
+			return nil, fmt.Errorf("%w: upload has more than %d parts", ErrOutOfOrder, st.Parts)
+		}
+		byTag[tag] = part{n, prev, k}
 	}
 	keys := make([]string, st.Parts)
 	tag := st.Last

@@ -100,3 +100,24 @@ func setDeploymentProgress(t *testing.T, ns, name, reason string) {
 		return env.Client.Status().Update(context.Background(), &d)
 	})
 }
+
+// TestServiceAccountAnnotations: spec.serviceAccount.annotations reach
+// registryd's ServiceAccount, where IRSA and workload identity read them.
+func TestServiceAccountAnnotations(t *testing.T) {
+	ns := newNamespace(t)
+	const key, value = "eks.amazonaws.com/role-arn", "arn:aws:iam::123456789012:role/registry"
+	createRegistry(t, ns, "sa", func(r *v1.Registry) {
+		r.Spec.Storage.URL = "s3://sa"
+		r.Spec.ServiceAccount = &v1.ServiceAccountSpec{Annotations: map[string]string{key: value}}
+	})
+	eventually(t, "ServiceAccount annotations", func() error {
+		var sa corev1.ServiceAccount
+		if err := get(&sa, ns, "sa-registry"); err != nil {
+			return err
+		}
+		if got := sa.Annotations[key]; got != value {
+			return fmt.Errorf("annotation %s = %q, want %q", key, got, value)
+		}
+		return nil
+	})
+}

@@ -29,6 +29,24 @@ build: ## Build the operator (bin/manager) and the daemon (bin/registryd).
 	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
 
 IMG ?= ghcr.io/stevedore-dev/stevedore:$(VERSION)
+PLATFORMS ?= linux/amd64 linux/arm64
+# name=package of every binary the image holds, at /name.
+IMAGE_BINARIES ?= manager=. registryd=./registryd
+
+.PHONY: build-platforms
+build-platforms: ## Build every image binary for each of PLATFORMS into bin/<os>_<arch>/.
+	@for p in $(PLATFORMS); do for b in $(IMAGE_BINARIES); do \
+	  echo "build $$p $${b%%=*}"; \
+	  GOOS=$${p%/*} GOARCH=$${p#*/} $(GOBUILD) -o $(LOCALBIN)/$${p%/*}_$${p#*/}/$${b%%=*} $${b#*=}; \
+	done; done
+
+.PHONY: image
+image: build-platforms ## The image (both platforms, one index) with no Docker engine: OCI layout in bin/image/oci, a tarball for `ctr images import`; PUSH=1 pushes to IMG.
+	go run ./hack/mkimage -bin-dir $(LOCALBIN) -platforms "$$(echo $(PLATFORMS) | tr ' ' ,)" \
+	  -binaries "$$(for b in $(IMAGE_BINARIES); do printf '%s,' "$${b%%=*}"; done | sed 's/,$$//')" \
+	  -version $(VERSION) -ref $(IMG) -layout $(LOCALBIN)/image/oci \
+	  -tarball $(LOCALBIN)/image/stevedore-$$(go env GOOS)-$$(go env GOARCH).tar -tarball-platform $$(go env GOOS)/$$(go env GOARCH) \
+	  $(if $(PUSH),-push)
 
 .PHONY: docker-build
 docker-build: ## Build the image (needs a Docker engine).

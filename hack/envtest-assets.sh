@@ -36,48 +36,14 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$DEST.tmp"
 
-minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
-staging="v0.${K8S_VERSION#v1.}"
-ldflags=""
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-  ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-  ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-done
+# shellcheck source=hack/lib/kube-wrapper.sh
+source "$(dirname "$0")/lib/kube-wrapper.sh"
 
 build_kube() {
-  local start=$SECONDS
-  mkdir -p "$work/kube" && cd "$work/kube"
-  cat >go.mod <<MOD
-module stevedore.dev/envtest-kube
-
-go 1.26
-
-require k8s.io/kubernetes $K8S_VERSION
-MOD
-  # k8s.io/kubernetes replaces every staging module with ./staging/src/…, which
-  # its module zip lacks; point each one it also requires at its published version.
-  local gomod
-  gomod="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')"
-  local mods
-  mods="$(awk '/=> .\/staging\/src\// {print $1}' "$gomod" | sort -u)"
-  local required
-  required="$(awk '/^require \(/{r=1;next} r&&/^\)/{r=0} r{print $1} /^require [^(]/{print $2}' "$gomod" | sort -u)"
-  for m in $mods; do
-    if grep -qx "$m" <<<"$required"; then
-      echo "replace $m => $m $staging" >>go.mod
-    fi
-  done
-  cat >tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
-  go mod tidy >/dev/null
+  local start=$SECONDS ldflags
+  ldflags="$(kube_ldflags "$K8S_VERSION")"
+  kube_wrapper "$work/kube" "$K8S_VERSION"
+  cd "$work/kube"
   log "building kube-apiserver $K8S_VERSION (cold: 15-25 min on 2 cores)"
   go build -trimpath -ldflags "$ldflags" -o "$DEST.tmp/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
   log "building kubectl $K8S_VERSION"

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The end-to-end suite on a real node (test/node): builds the image as
+# `make image` does (this machine's platform only), brings a node up with it
+# (hack/node.sh), runs the suite inside the node's network namespace, and
+# tears the node down whatever happens. make test runs it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${STEVEDORE_CLIENTS:=$(hack/install-clients.sh)}" "${HELM:?HELM: the helm binary (make helm)}"
+export STEVEDORE_CLIENTS HELM
+arch="$(go env GOARCH)"
+DIR="$(mktemp -d /tmp/stevedore-node.XXXXXX)"
+trap 'hack/node.sh down "$DIR"' EXIT
+start=$SECONDS
+make --no-print-directory image PLATFORMS="linux/$arch" >/dev/null
+echo "node-e2e: image built in $((SECONDS - start))s" >&2
+go test -c -o "$DIR/node.test" ./test/node
+hack/node.sh up "$DIR" "bin/image/stevedore-linux-$arch.tar"
+# shellcheck disable=SC1091
+source "$DIR/env"
+STEVEDORE_NODE_DIR="$DIR" hack/node.sh exec "$DIR" "$DIR/node.test" -test.v -test.count=1 -test.timeout=25m "$@"

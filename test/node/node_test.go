@@ -1,0 +1,350 @@
+// Package node_test runs Stevedore where users run it: on a real node
+// (kubelet, containerd, kube-proxy; hack/node.sh) with the image `make image`
+// builds, following the README step by step. hack/node-e2e.sh brings the
+// node up, runs this test inside the node's network namespace, and tears the
+// node down; without STEVEDORE_NODE_DIR the test skips.
+package node_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stevedore-dev/stevedore/internal/testenv"
+)
+
+// node is what hack/node.sh up exported.
+type node struct {
+	dir, ip, kubectl, helm, crane, certsD, containerd string
+}
+
+func setup(t *testing.T) *node {
+	t.Helper()
+	dir := os.Getenv("STEVEDORE_NODE_DIR")
+	if dir == "" {
+		t.Skip("no real node: run hack/node-e2e.sh (make test does)")
+	}
+	clients := os.Getenv("STEVEDORE_CLIENTS")
+	return &node{
+		dir:        dir,
+		ip:         os.Getenv("NODE_IP"),
+		kubectl:    os.Getenv("KUBECTL"),
+		helm:       os.Getenv("HELM"),
+		crane:      filepath.Join(clients, "crane"),
+		certsD:     os.Getenv("NODE_CERTS_D"),
+		containerd: os.Getenv("CONTAINERD_ADDRESS"),
+	}
+}
+
+func (n *node) run(t *testing.T, name string, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, name, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("%s %s: %w\n%s%s", filepath.Base(name), strings.Join(args, " "), err, out.String(), errb.String())
+	}
+	return out.String(), nil
+}
+
+func (n *node) must(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := n.run(t, name, args...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func (n *node) kc(t *testing.T, args ...string) string {
+	t.Helper()
+	return n.must(t, n.kubectl, args...)
+}
+
+func (n *node) apply(t *testing.T, yaml string) {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), "obj.yaml")
+	if err := os.WriteFile(f, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	n.kc(t, "apply", "-f", f)
+}
+
+// eventually polls f until it returns nil or the deadline passes.
+func eventually(t *testing.T, d time.Duration, what string, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %s: %v", what, d, err)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// dumpOnFailure prints what a user would look at when a step fails.
+func (n *node) dumpOnFailure(t *testing.T) {
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		for _, args := range [][]string{
+			{"get", "nodes,pods,deploy,svc,pvc,registries,repositories", "-A", "-o", "wide"},
+			{"get", "events", "-A", "--field-selector", "type!=Normal"},
+			{"-n", "stevedore-system", "logs", "deploy/stevedore-operator", "--tail", "80"},
+			{"-n", "demo", "logs", "-l", "app.kubernetes.io/name=registryd", "--tail", "40", "--prefix"},
+		} {
+			out, err := n.run(t, n.kubectl, args...)
+			t.Logf("kubectl %s:\n%s%v", strings.Join(args, " "), out, err)
+		}
+	})
+}
+
+// registry is a Registry's address on the node (NodePort), as the kubelet
+// reaches it, trusted as plain HTTP by containerd.
+func (n *node) registry(t *testing.T, ns, svc string) string {
+	t.Helper()
+	port := strings.TrimSpace(n.kc(t, "-n", ns, "get", "svc", svc, "-o", "jsonpath={.spec.ports[0].nodePort}"))
+	host := n.ip + ":" + port
+	hosts := fmt.Sprintf("server = \"http://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", host, host)
+	if err := os.MkdirAll(filepath.Join(n.certsD, host), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(n.certsD, host, "hosts.toml"), []byte(hosts), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	// kubectl rollout status returns before kube-proxy programs a NodePort.
+	eventually(t, 60*time.Second, "registryd through the NodePort", func() error {
+		resp, err := http.Get("http://" + host + "/v2/")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 && resp.StatusCode != 401 {
+			return fmt.Errorf("GET /v2/: %s", resp.Status)
+		}
+		return nil
+	})
+	return host
+}
+
+func randomLayer(t *testing.T) string {
+	t.Helper()
+	b := make([]byte, 64<<10)
+	_, _ = rand.Read(b)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "data"), b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tarPath := filepath.Join(dir, "layer.tar")
+	if out, err := exec.Command("tar", "-C", dir, "-cf", tarPath, "data").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v %s", err, out)
+	}
+	return tarPath
+}
+
+// TestREADME follows the README on a real node, then rolls the operator and
+// registryd to new pods while clients push and pull.
+func TestREADME(t *testing.T) {
+	n := setup(t)
+	n.dumpOnFailure(t)
+	root := testenv.RepoRoot()
+
+	t.Log("helm install: the image `make image` built, under the chart's own name")
+	n.must(t, n.helm, "install", "stevedore", filepath.Join(root, "charts/stevedore"),
+		"-n", "stevedore-system", "--create-namespace", "--wait", "--timeout", "3m")
+	n.kc(t, "-n", "stevedore-system", "rollout", "status", "deploy/stevedore-operator", "--timeout=2m")
+	eventually(t, 60*time.Second, "the operator's Lease", func() error {
+		holder, err := n.run(t, n.kubectl, "-n", "stevedore-system", "get", "lease", "stevedore-operator.stevedore.dev", "-o", "jsonpath={.spec.holderIdentity}")
+		if err != nil || strings.TrimSpace(holder) == "" {
+			return fmt.Errorf("no holder: %q %v", holder, err)
+		}
+		return nil
+	})
+
+	t.Log("a Registry with 3 replicas on one PVC, under the restricted Pod Security profile")
+	pv := filepath.Join(n.dir, "pv", "demo")
+	if err := os.MkdirAll(pv, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// hostPath ignores fsGroup; registryd runs as 65532.
+	if err := os.Chown(pv, 65532, 65532); err != nil {
+		t.Fatal(err)
+	}
+	n.apply(t, fmt.Sprintf(`
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: demo
+  labels: {pod-security.kubernetes.io/enforce: restricted}
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata: {name: demo-registry}
+spec:
+  capacity: {storage: 1Gi}
+  accessModes: [ReadWriteMany]
+  storageClassName: manual
+  persistentVolumeReclaimPolicy: Retain
+  hostPath: {path: %q, type: Directory}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: registry-blobs, namespace: demo}
+spec:
+  accessModes: [ReadWriteMany]
+  storageClassName: manual
+  volumeName: demo-registry
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: stevedore.dev/v1alpha1
+kind: Registry
+metadata: {name: registry, namespace: demo}
+spec:
+  replicas: 3
+  storage:
+    url: file:///var/lib/stevedore
+    persistentVolumeClaim: {claimName: registry-blobs}
+  service: {type: NodePort}
+  auth: {mode: none}
+`, pv))
+	n.kc(t, "-n", "demo", "wait", "--for=condition=Ready", "registry/registry", "--timeout=4m")
+	ready := strings.TrimSpace(n.kc(t, "-n", "demo", "get", "deploy", "registry-registry", "-o", "jsonpath={.status.readyReplicas}"))
+	if ready != "3" {
+		t.Fatalf("registryd ready replicas %q, want 3", ready)
+	}
+	host := n.registry(t, "demo", "registry-registry")
+
+	t.Log("push with crane through the NodePort; the tag lands in Repository status")
+	// The node's sandbox image: a static program that waits for SIGTERM,
+	// runnable under the restricted profile.
+	image := host + "/demo/hello:v1"
+	n.must(t, n.crane, "push", "--insecure", filepath.Join(n.dir, "pause.tar"), image)
+	eventually(t, 30*time.Second, "the tag in Repository status", func() error {
+		out, err := n.run(t, n.kubectl, "-n", "demo", "get", "repository", "hello", "-o", "jsonpath={.status.tags[*].name}")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(out, "v1") {
+			return fmt.Errorf("no tag v1 in Repository demo/hello: %q", out)
+		}
+		return nil
+	})
+
+	t.Log("a workload whose image is in the Registry, pulled by the kubelet")
+	n.workload(t, "apps", "hello", image)
+
+	t.Log("roll registryd and the operator to new pods while clients push and pull")
+	n.rollUnderLoad(t, host, image)
+}
+
+// workload runs image as a Deployment under the restricted profile and waits
+// until it is available: the kubelet pulled it through containerd.
+func (n *node) workload(t *testing.T, ns, name, image string, extra ...string) {
+	t.Helper()
+	n.apply(t, fmt.Sprintf(`
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: %[1]s
+  labels: {pod-security.kubernetes.io/enforce: restricted}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: %[2]s, namespace: %[1]s}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: %[2]s}}
+  template:
+    metadata: {labels: {app: %[2]s}}
+    spec:
+      %[4]s
+      securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
+      containers:
+      - name: app
+        image: %[3]s
+        securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+`, ns, name, image, strings.Join(extra, "\n      ")))
+	n.kc(t, "-n", ns, "rollout", "status", "deploy/"+name, "--timeout=2m")
+}
+
+// rollUnderLoad restarts registryd's Deployment and the operator while one
+// client pushes new images and another pulls: no request may fail, and every
+// pushed image must pull whole afterwards.
+func (n *node) rollUnderLoad(t *testing.T, host, base string) {
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var pushes, pulls atomic.Int64
+	var mu sync.Mutex
+	var failures []string
+	var pushed []string
+	fail := func(err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		failures = append(failures, err.Error())
+	}
+	wg.Add(2)
+	go func() { // pusher
+		defer wg.Done()
+		for i := 0; ctx.Err() == nil; i++ {
+			tag := fmt.Sprintf("%s/demo/load:%d", host, i)
+			if _, err := n.run(t, n.crane, "append", "--insecure", "-b", base, "-f", randomLayer(t), "-t", tag); err != nil {
+				fail(err)
+				continue
+			}
+			pushes.Add(1)
+			mu.Lock()
+			pushed = append(pushed, tag)
+			mu.Unlock()
+		}
+	}()
+	go func() { // puller
+		defer wg.Done()
+		out := filepath.Join(t.TempDir(), "pull.tar")
+		for ctx.Err() == nil {
+			if _, err := n.run(t, n.crane, "pull", "--insecure", base, out); err != nil {
+				fail(err)
+				continue
+			}
+			pulls.Add(1)
+		}
+	}()
+	time.Sleep(3 * time.Second)
+	n.kc(t, "-n", "demo", "rollout", "restart", "deploy/registry-registry")
+	n.kc(t, "-n", "demo", "rollout", "status", "deploy/registry-registry", "--timeout=3m")
+	n.kc(t, "-n", "stevedore-system", "rollout", "restart", "deploy/stevedore-operator")
+	n.kc(t, "-n", "stevedore-system", "rollout", "status", "deploy/stevedore-operator", "--timeout=2m")
+	time.Sleep(3 * time.Second)
+	stop()
+	wg.Wait()
+	t.Logf("during the rollouts: %d pushes and %d pulls, %d failed", pushes.Load(), pulls.Load(), len(failures))
+	for _, f := range failures {
+		t.Errorf("failed during rollout: %s", f)
+	}
+	if pushes.Load() == 0 || pulls.Load() == 0 {
+		t.Fatalf("no load ran: %d pushes, %d pulls", pushes.Load(), pulls.Load())
+	}
+	out := filepath.Join(t.TempDir(), "check.tar")
+	for _, tag := range pushed {
+		if _, err := n.run(t, n.crane, "pull", "--insecure", tag, out); err != nil {
+			t.Errorf("pushed during the rollout, not pullable after: %v", err)
+		}
+	}
+}

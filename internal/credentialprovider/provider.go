@@ -99,8 +99,8 @@ func Respond(r io.Reader, o Options) (*credentialproviderv1.CredentialProviderRe
 	}
 	claims := peek(req.ServiceAccountToken)
 	username := DefaultUsername
-	if claims.Subject != "" {
-		username = claims.Subject
+	if ns, name, ok := serviceAccount(claims.Subject); ok {
+		username = ns + "/" + name
 	}
 	return &credentialproviderv1.CredentialProviderResponse{
 		TypeMeta: metav1.TypeMeta{APIVersion: want, Kind: responseKind},
@@ -136,6 +136,19 @@ func peek(token string) jwt.RegisteredClaims {
 		return jwt.RegisteredClaims{}
 	}
 	return c
+}
+
+// serviceAccount splits a token subject system:serviceaccount:NS:NAME. The
+// user name sent is NS/NAME: Basic credentials end the user name at the
+// first colon, so system:serviceaccount:… would give registryd the user
+// "system" and a password that is not the token.
+func serviceAccount(sub string) (ns, name string, ok bool) {
+	rest, ok := strings.CutPrefix(sub, "system:serviceaccount:")
+	if !ok {
+		return "", "", false
+	}
+	ns, name, ok = strings.Cut(rest, ":")
+	return ns, name, ok && ns != "" && name != "" && !strings.Contains(name, ":")
 }
 
 // registryHost is the host[:port] an image reference starts with, as the

@@ -40,7 +40,7 @@ func request(image, tok string) string {
 // TestRespond: request in, response out, as the kubelet sends and reads
 // them; the response goes through the kubelet's own strict decoder.
 func TestRespond(t *testing.T) {
-	const sa = "system:serviceaccount:demo:puller"
+	const sa, user = "system:serviceaccount:demo:puller", "demo/puller"
 	hour := token(t, sa, now.Add(time.Hour))
 	opts := Options{MaxCacheDuration: DefaultMaxCacheDuration, ExpiryMargin: DefaultExpiryMargin, Now: func() time.Time { return now }}
 	tests := []struct {
@@ -54,33 +54,37 @@ func TestRespond(t *testing.T) {
 		wantCache time.Duration
 	}{
 		{name: "pod token, an hour left", in: request("10.0.0.5:30500/team/app:v1", hour),
-			wantHost: "10.0.0.5:30500", wantUser: sa, wantToken: hour, wantCache: 10 * time.Minute},
+			wantHost: "10.0.0.5:30500", wantUser: user, wantToken: hour, wantCache: 10 * time.Minute},
 		{name: "by digest, DNS host without port", in: request("registry.example.com/team/app@sha256:"+strings.Repeat("a", 64), hour),
-			wantHost: "registry.example.com", wantUser: sa, wantToken: hour, wantCache: 10 * time.Minute},
-		{name: "localhost", in: request("localhost/app:v1", hour), wantHost: "localhost", wantUser: sa, wantToken: hour, wantCache: 10 * time.Minute},
-		{name: "IPv6 host", in: request("[fd00::1]:5000/app:v1", hour), wantHost: "[fd00::1]:5000", wantUser: sa, wantToken: hour, wantCache: 10 * time.Minute},
+			wantHost: "registry.example.com", wantUser: user, wantToken: hour, wantCache: 10 * time.Minute},
+		{name: "localhost", in: request("localhost/app:v1", hour), wantHost: "localhost", wantUser: user, wantToken: hour, wantCache: 10 * time.Minute},
+		{name: "IPv6 host", in: request("[fd00::1]:5000/app:v1", hour), wantHost: "[fd00::1]:5000", wantUser: user, wantToken: hour, wantCache: 10 * time.Minute},
 		{
 			// The kubelet's token manager hands a token out until 80% of
 			// its life has passed: 12 of 60 minutes may be left.
 			name: "token near its refresh", in: request("reg.local:5000/app:v1", token(t, sa, now.Add(12*time.Minute))),
-			wantHost: "reg.local:5000", wantUser: sa, wantCache: 7 * time.Minute,
+			wantHost: "reg.local:5000", wantUser: user, wantCache: 7 * time.Minute,
 		},
 		{name: "token inside the margin: never cached", in: request("reg.local:5000/app:v1", token(t, sa, now.Add(3*time.Minute))),
-			wantHost: "reg.local:5000", wantUser: sa, wantCache: 0},
+			wantHost: "reg.local:5000", wantUser: user, wantCache: 0},
 		{name: "expired token: passed on, never cached", in: request("reg.local:5000/app:v1", token(t, sa, now.Add(-time.Minute))),
-			wantHost: "reg.local:5000", wantUser: sa, wantCache: 0},
+			wantHost: "reg.local:5000", wantUser: user, wantCache: 0},
 		{name: "token without expiry: never cached", in: request("reg.local:5000/app:v1", token(t, sa, time.Time{})),
-			wantHost: "reg.local:5000", wantUser: sa, wantCache: 0},
+			wantHost: "reg.local:5000", wantUser: user, wantCache: 0},
+		{name: "another subject: default user", in: request("reg.local:5000/app:v1", token(t, "system:node:n1", now.Add(time.Hour))),
+			wantHost: "reg.local:5000", wantUser: DefaultUsername, wantCache: 10 * time.Minute},
+		{name: "malformed ServiceAccount subject: default user", in: request("reg.local:5000/app:v1", token(t, "system:serviceaccount:demo", now.Add(time.Hour))),
+			wantHost: "reg.local:5000", wantUser: DefaultUsername, wantCache: 10 * time.Minute},
 		{name: "opaque token: default user, never cached", in: request("reg.local:5000/app:v1", "not-a-jwt"),
 			wantHost: "reg.local:5000", wantUser: DefaultUsername, wantToken: "not-a-jwt", wantCache: 0},
 		{name: "caching off", opts: &Options{MaxCacheDuration: 0, ExpiryMargin: time.Minute, Now: opts.Now}, in: request("reg.local:5000/app:v1", hour),
-			wantHost: "reg.local:5000", wantUser: sa, wantCache: 0},
+			wantHost: "reg.local:5000", wantUser: user, wantCache: 0},
 		{name: "no margin", opts: &Options{MaxCacheDuration: 2 * time.Hour, Now: opts.Now}, in: request("reg.local:5000/app:v1", hour),
-			wantHost: "reg.local:5000", wantUser: sa, wantCache: time.Hour},
+			wantHost: "reg.local:5000", wantUser: user, wantCache: time.Hour},
 		{
 			name:     "annotations and fields of later versions are ignored",
 			in:       `{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"reg.local/app","serviceAccountToken":"` + hour + `","serviceAccountAnnotations":{"a":"b"},"future":1}`,
-			wantHost: "reg.local", wantUser: sa, wantToken: hour, wantCache: 10 * time.Minute,
+			wantHost: "reg.local", wantUser: user, wantToken: hour, wantCache: 10 * time.Minute,
 		},
 
 		{name: "missing token", in: `{"apiVersion":"credentialprovider.kubelet.k8s.io/v1","kind":"CredentialProviderRequest","image":"reg.local/app"}`, wantErr: ErrNoToken},
@@ -134,6 +138,10 @@ func TestRespond(t *testing.T) {
 			}
 			if a.Username != tc.wantUser {
 				t.Errorf("username %q, want %q", a.Username, tc.wantUser)
+			}
+			// Basic auth ends the user name at its first colon.
+			if strings.Contains(a.Username, ":") {
+				t.Errorf("username %q holds a colon", a.Username)
 			}
 			if tc.wantToken != "" && a.Password != tc.wantToken {
 				t.Errorf("password is not the request's token")

@@ -115,9 +115,12 @@ func TestCredentialProvider(t *testing.T) {
 		t.Fatal(err)
 	}
 	// puller, its Role and RoleBinding: the page's. stranger has no RBAC.
+	// (The page's fixed-nodePort Service is applied so the API server
+	// checks it; no kube-proxy runs here to serve it.)
 	apply("ServiceAccount")
 	apply("Role")
 	apply("RoleBinding")
+	apply("Service")
 	for _, sa := range []string{"stranger", "pusher"} {
 		if err := env.Client.Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: sa}}); err != nil {
 			t.Fatal(err)

@@ -31,9 +31,19 @@ func RepoRoot() string {
 	return filepath.Join(filepath.Dir(file), "..", "..")
 }
 
+// Options change the API server Start brings up.
+type Options struct {
+	// APIServerFlags are set on kube-apiserver, replacing envtest's value
+	// of the same flag (e.g. "authorization-mode": {"Node,RBAC"}).
+	APIServerFlags map[string][]string
+}
+
 // Start brings up kube-apiserver and etcd from KUBEBUILDER_ASSETS (set by
 // `make test` from hack/envtest-assets.sh) and installs config/crd/bases.
-func Start() (*Env, error) {
+func Start() (*Env, error) { return StartWith(Options{}) }
+
+// StartWith is Start with o.
+func StartWith(o Options) (*Env, error) {
 	if os.Getenv("KUBEBUILDER_ASSETS") == "" {
 		return nil, fmt.Errorf("KUBEBUILDER_ASSETS is not set: run `make test`, or export KUBEBUILDER_ASSETS=$(hack/envtest-assets.sh)")
 	}
@@ -48,6 +58,9 @@ func Start() (*Env, error) {
 		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
 		ErrorIfCRDPathMissing: true,
 		Scheme:                scheme,
+	}
+	for flag, values := range o.APIServerFlags {
+		env.ControlPlane.GetAPIServer().Configure().Set(flag, values...)
 	}
 	cfg, err := env.Start()
 	if err != nil {

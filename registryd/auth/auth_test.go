@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -357,5 +358,35 @@ func TestMountAsksForTheSourceScope(t *testing.T) {
 	_, denied := getToken(t, g, "reader", "reader-pw", "repository:team/app:pull,push", "repository:base/img:pull")
 	if got := status(g.Authorize(context.Background(), mount(denied), Access{"team/app", Push})); got != 403 {
 		t.Fatalf("reader: status %d, want 403", got)
+	}
+}
+
+// TestDeniedIsLogged: a refused access writes one "access denied" line
+// naming the user and the access, whether the request carried credentials
+// or a token /token issued with that access refused (the bearer challenge,
+// which containerd follows): an operator reading the log of a pod stuck in
+// ErrImagePull learns who was refused what either way.
+func TestDeniedIsLogged(t *testing.T) {
+	ctx := context.Background()
+	for _, challenge := range []Challenge{ChallengeBasic, ChallengeBearer} {
+		t.Run(string(challenge), func(t *testing.T) {
+			var logs strings.Builder
+			g, _ := newHtpasswdGuard(t, Options{Challenge: challenge, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+			r := request("reader", "reader-pw")
+			if challenge == ChallengeBearer {
+				code, tok := getToken(t, g, "reader", "reader-pw", "repository:team/app:pull,push")
+				if code != 200 {
+					t.Fatalf("token request: %d", code)
+				}
+				r = bearer(tok)
+			}
+			if got := status(g.Authorize(ctx, r, Access{"team/app", Push})); got != 403 {
+				t.Fatalf("status %d, want 403", got)
+			}
+			want := `msg="access denied" user=reader access="push team/app"`
+			if n := strings.Count(logs.String(), want); n != 1 {
+				t.Errorf("%d lines with %s in:\n%s", n, want, logs.String())
+			}
+		})
 	}
 }

@@ -146,7 +146,7 @@ func (g *Guard) Authorize(ctx context.Context, r *http.Request, a Access) error 
 		// be the backend's (a Kubernetes token).
 		if claims, err := g.tokens.verify(creds.Password); err == nil {
 			setUser(ctx, cmp.Or(claims.Subject, anonymous))
-			return g.authorizeClaims(r, claims, a)
+			return g.authorizeClaims(ctx, r, claims, a)
 		} else if g.tokens.ours(creds.Password) {
 			g.failures.WithLabelValues(failureInvalid).Inc()
 			return g.challenge(r, "invalid_token", a)
@@ -178,7 +178,7 @@ func (g *Guard) anonymousMay(a Access) bool {
 
 // authorizeClaims checks a request carrying a token /token issued: its grants
 // are the decision made when it was issued.
-func (g *Guard) authorizeClaims(r *http.Request, claims *tokenClaims, a Access) error {
+func (g *Guard) authorizeClaims(ctx context.Context, r *http.Request, claims *tokenClaims, a Access) error {
 	switch {
 	case claims.grants(a), g.anonymousMay(a):
 		// A cross-repository mount also reads the source; a token that
@@ -190,6 +190,7 @@ func (g *Guard) authorizeClaims(r *http.Request, claims *tokenClaims, a Access) 
 		return nil
 	case claims.denies(a):
 		g.failures.WithLabelValues(failureDenied).Inc()
+		g.log.InfoContext(ctx, "access denied", "user", claims.Subject, "access", a.String())
 		return errcode.Denied.With(a.String())
 	}
 	// A token for other scopes: the client fetches one for this scope.

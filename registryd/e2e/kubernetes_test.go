@@ -31,7 +31,13 @@ var kube struct {
 func kubeEnv(t *testing.T) *testenv.Env {
 	t.Helper()
 	kube.once.Do(func() {
-		kube.env, kube.err = testenv.Start()
+		// Authorization and admission of nodes as clusters run them, so a
+		// test acting as a kubelet is held to what a kubelet may do; they
+		// change nothing for the admin kubeconfig the other tests use.
+		kube.env, kube.err = testenv.StartWith(testenv.Options{APIServerFlags: map[string][]string{
+			"authorization-mode":       {"Node,RBAC"},
+			"enable-admission-plugins": {"NodeRestriction"},
+		}})
 		if kube.err != nil {
 			return
 		}

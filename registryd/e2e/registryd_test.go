@@ -5,6 +5,8 @@
 // REGISTRYD names the binary (absolute, or relative to the repository
 // root; default: built from ./registryd into a temp dir); STEVEDORE_CLIENTS the directory holding the clients (default: the
 // cache dir, then PATH). Under CI=true a missing client fails the test.
+// CREDENTIAL_PROVIDER names stevedore-credential-provider the same way
+// (default: built from ./cmd/stevedore-credential-provider by the test).
 package e2e
 
 import (

@@ -24,14 +24,15 @@ all: build
 ##@ Build
 
 .PHONY: build
-build: ## Build the operator (bin/manager) and the daemon (bin/registryd).
+build: ## Build the operator (bin/manager), the daemon (bin/registryd) and the kubelet credential provider.
 	$(GOBUILD) -o $(LOCALBIN)/manager .
 	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
+	$(GOBUILD) -o $(LOCALBIN)/stevedore-credential-provider ./cmd/stevedore-credential-provider
 
 IMG ?= ghcr.io/stevedore-dev/stevedore:$(VERSION)
 PLATFORMS ?= linux/amd64 linux/arm64
 # name=package of every binary the image holds, at /name.
-IMAGE_BINARIES ?= manager=. registryd=./registryd
+IMAGE_BINARIES ?= manager=. registryd=./registryd stevedore-credential-provider=./cmd/stevedore-credential-provider
 
 .PHONY: build-platforms
 build-platforms: ## Build every image binary for each of PLATFORMS into bin/<os>_<arch>/.
@@ -90,16 +91,21 @@ envtest: ## Build (or find cached) kube-apiserver, etcd and kubectl.
 test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, conformance; times each phase.
 	@phase() { echo "== $$1: $$(( SECONDS - t0 ))s"; t0=$$SECONDS; }; t0=$$SECONDS; start=$$SECONDS; \
 	export KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" CONTROLLER_GEN="$(CONTROLLER_GEN)"; phase "envtest assets"; \
+	node_log="$(CACHE)/node-assets.log"; mkdir -p "$(CACHE)"; hack/node-assets.sh >"$$node_log" 2>&1 & node_assets=$$!; \
 	export STEVEDORE_CLIENTS="$$(hack/install-clients.sh)"; phase "clients (crane, oras, regctl, skopeo)"; \
 	export STEVEDORE_STORAGE_SERVERS="$$(hack/storage-servers.sh install)"; phase "storage servers (versitygw, Azurite, fake-gcs-server)"; \
 	$(MAKE) --no-print-directory helm; export HELM="$(HELM)"; phase "helm"; \
+	$(MAKE) --no-print-directory build-platforms PLATFORMS=linux/$$(go env GOARCH) >/dev/null; \
+	export STEVEDORE_BIN_DIR="$(LOCALBIN)/linux_$$(go env GOARCH)" STEVEDORE_BIN_VERSION="$(VERSION)"; \
+	export CREDENTIAL_PROVIDER="$$STEVEDORE_BIN_DIR/stevedore-credential-provider"; phase "build the binaries once"; \
 	go vet ./...; phase "go vet"; \
 	go test -count=1 -timeout 30m $$(go list ./... | grep -v '/registryd'); phase "go test (operator, envtest, generated code)"; \
 	go test -race -count=1 -timeout 30m $$(go list ./registryd/... | grep -v /registryd/hostile); phase "go test -race registryd (unit, envtest, e2e with real clients)"; \
 	go test -race -count=1 -timeout 30m -v ./registryd/hostile/ | grep -E '^(--- |    --- |ok|FAIL|PASS)|hostile_test.go'; phase "adversarial suite (-race, 3 replicas, file and versitygw)"; \
 	$(MAKE) --no-print-directory fuzz; phase "fuzz"; \
-	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd; \
-	REGISTRYD=$(LOCALBIN)/registryd hack/conformance.sh; phase "OCI conformance"; \
+	REGISTRYD="$$STEVEDORE_BIN_DIR/registryd" hack/conformance.sh; phase "OCI conformance"; \
+	wait $$node_assets || { cat "$$node_log"; exit 1; }; phase "node components (built in the background since the envtest assets)"; \
+	hack/node-e2e.sh; phase "end-to-end on a real node (test/node)"; \
 	echo "== make test passed in $$(( SECONDS - start ))s"
 
 .PHONY: fuzz

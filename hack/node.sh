@@ -247,13 +247,29 @@ save_sysctls() {
   local s; for s in "${SYSCTLS[@]}"; do echo "$s=$(sysctl -n "$s")"; done >"$DIR/sysctls"
 }
 
+# packages: the node's Debian packages, installed when missing.
+packages() {
+  local missing=()
+  command -v containerd >/dev/null || missing+=(containerd)
+  command -v runc >/dev/null || missing+=(runc)
+  [[ -x /usr/lib/cni/bridge && -x /usr/lib/cni/host-local ]] || missing+=(containernetworking-plugins)
+  command -v iptables >/dev/null || missing+=(iptables)
+  command -v conntrack >/dev/null || missing+=(conntrack)
+  command -v nsenter >/dev/null || missing+=(util-linux)
+  command -v openssl >/dev/null || missing+=(openssl)
+  command -v curl >/dev/null || missing+=(curl)
+  ((${#missing[@]} == 0)) && return
+  log "installing ${missing[*]} (apt)"
+  apt-get install -y -q --no-install-recommends "${missing[@]}" >&2 || \
+    { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends "${missing[@]}" >&2; }
+}
+
 kc() { in_ns "$KUBECTL" --kubeconfig "$DIR/admin.kubeconfig" "$@"; }
 
 up() {
   [[ $EUID -eq 0 ]] || die "needs root (network namespaces, containerd, the kubelet)"
   local k; k="$("$HACK/envtest-assets.sh")"; NODE_BIN="$("$HACK/node-assets.sh")"; KUBECTL="$k/kubectl"
-  command -v containerd >/dev/null && command -v runc >/dev/null && [[ -x /usr/lib/cni/bridge ]] || \
-    die "needs containerd, runc and CNI plugins (apt-get install containerd runc containernetworking-plugins iptables conntrack)"
+  packages
   mkdir -p "$DIR/logs" "$DIR/pids"
   local start=$SECONDS
   CGO_ENABLED=0 go build -trimpath -o "$DIR/bin/linux_$(go env GOARCH)/pause" "$HACK/node/pause"
@@ -290,6 +306,11 @@ down() {
   # The kubelet is gone: stop the containers it left, then containerd.
   if [[ -f "$DIR/pids/containerd" ]] && kill -0 "$(cat "$DIR/pids/containerd")" 2>/dev/null; then
     local sock="$DIR/containerd.sock" c
+    # Pod network namespaces (/run/netns/cni-*) outlive their sandboxes when
+    # nothing tears them down through CRI: note them for deletion below.
+    for c in $(ctr --address "$sock" -n k8s.io containers ls -q 2>/dev/null); do
+      ctr --address "$sock" -n k8s.io containers info "$c" 2>/dev/null | grep -o '/netns/cni-[0-9a-f-]*' | sed 's|.*/||'
+    done | sort -u >"$DIR/pod-netns" || true
     for c in $(ctr --address "$sock" -n k8s.io tasks ls -q 2>/dev/null); do
       ctr --address "$sock" -n k8s.io tasks kill -s SIGKILL "$c" >/dev/null 2>&1 || true
     done
@@ -310,6 +331,9 @@ down() {
   grep -o " $DIR/[^ ]*" /proc/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
   # The pods' cgroups (cgroupfs driver: kubepods under every controller).
   find /sys/fs/cgroup -depth -type d -path '*kubepods*' -exec rmdir {} + 2>/dev/null || true
+  if [[ -f "$DIR/pod-netns" ]]; then
+    while read -r p; do ip netns del "$p" 2>/dev/null || true; done <"$DIR/pod-netns"
+  fi
   ip netns del "$NS" 2>/dev/null || true
   if [[ -f "$DIR/sysctls" ]]; then
     while IFS='=' read -r k v; do sysctl -qw "$k=$v" || true; done <"$DIR/sysctls"

@@ -54,8 +54,8 @@ func TestDockerfileBuilds(t *testing.T) {
 	}
 	// The final stage copies exactly these.
 	copies := regexp.MustCompile(`(?m)^COPY --from=build /out/(\S+) /(\S+)$`).FindAllStringSubmatch(string(df), -1)
-	if len(copies) != 2 {
-		t.Fatalf("the final stage copies %d binaries, want manager and registryd", len(copies))
+	if len(copies) != 3 {
+		t.Fatalf("the final stage copies %d binaries, want manager, registryd and stevedore-credential-provider", len(copies))
 	}
 	for _, c := range copies {
 		t.Run(c[1], func(t *testing.T) {

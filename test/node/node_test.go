@@ -221,7 +221,7 @@ spec:
   replicas: 3
   storage:
     url: file:///var/lib/stevedore
-    persistentVolumeClaim: {claimName: registry-blobs}
+    persistentVolumeClaim: {claimName: registry-blobs, accessModes: [ReadWriteMany]}
   service: {type: NodePort}
   auth: {mode: none}
 `, pv))
@@ -238,7 +238,7 @@ spec:
 	image := host + "/demo/hello:v1"
 	n.must(t, n.crane, "push", "--insecure", filepath.Join(n.dir, "pause.tar"), image)
 	eventually(t, 30*time.Second, "the tag in Repository status", func() error {
-		out, err := n.run(t, n.kubectl, "-n", "demo", "get", "repository", "hello", "-o", "jsonpath={.status.tags[*].name}")
+		out, err := n.run(t, n.kubectl, "-n", "demo", "get", "repositories", "-o", `jsonpath={.items[?(@.spec.name=="demo/hello")].status.tags[*].name}`)
 		if err != nil {
 			return err
 		}

@@ -14,6 +14,9 @@ start=$SECONDS
 make --no-print-directory image PLATFORMS="linux/$arch" >/dev/null
 echo "node-e2e: image built in $((SECONDS - start))s" >&2
 go test -c -o "$DIR/node.test" ./test/node
+# test/node's TestWorkloadIdentity: Registry ident/registry on NodePort 30500.
+export NODE_CREDENTIAL_PROVIDER="bin/linux_$arch/stevedore-credential-provider"
+export NODE_CREDENTIAL_PROVIDER_MATCH="10.200.0.1:30500" NODE_CREDENTIAL_PROVIDER_AUDIENCE="stevedore.dev/registry/ident/registry"
 hack/node.sh up "$DIR" "bin/image/stevedore-linux-$arch.tar"
 # shellcheck disable=SC1091
 source "$DIR/env"

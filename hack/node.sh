@@ -8,6 +8,11 @@
 #   hack/node.sh down DIR                stop everything, leave nothing behind
 #   hack/node.sh exec DIR CMD...         run CMD inside the node's network namespace
 #
+# With NODE_CREDENTIAL_PROVIDER=<stevedore-credential-provider binary>,
+# NODE_CREDENTIAL_PROVIDER_MATCH=<host:port> and
+# NODE_CREDENTIAL_PROVIDER_AUDIENCE=<a Registry's token audience>, the kubelet
+# pulls matching images with each pod's own ServiceAccount token.
+#
 # `up` writes DIR/env (KUBECONFIG, NODE_IP, NODE_NETNS, CONTAINERD_ADDRESS, …)
 # for `source`. Needs root (network namespaces, containerd, the kubelet).
 set -euo pipefail
@@ -24,7 +29,7 @@ SYSCTLS=(vm.overcommit_memory kernel.panic kernel.panic_on_oops)
 log() { echo "node.sh: $*" >&2; }
 die() { log "$*"; exit 1; }
 
-usage() { sed -n '2,13p' "$0" >&2; exit 2; }
+usage() { sed -n "2,19p" "$0" >&2; exit 2; }
 
 [[ $# -ge 2 ]] || usage
 cmd="$1"; DIR="$(mkdir -p "$2" && cd "$2" && pwd)"; shift 2
@@ -221,10 +226,34 @@ evictionHard: {memory.available: "100Mi", nodefs.available: "1%", imagefs.availa
 registerNode: true
 maxPods: 60
 YAML
+  local cp_args=()
+  if [[ -n "${NODE_CREDENTIAL_PROVIDER:-}" ]]; then
+    # The kubelet hands each pod's ServiceAccount token (for the audience
+    # below) to the plugin, which answers it as the registry's password
+    # (KEP-4412; docs/workload-identity.md).
+    mkdir -p "$DIR/credential-provider"
+    cp "$NODE_CREDENTIAL_PROVIDER" "$DIR/credential-provider/stevedore-credential-provider"
+    cat >"$DIR/credential-provider.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1
+kind: CredentialProviderConfig
+providers:
+- name: stevedore-credential-provider
+  apiVersion: credentialprovider.kubelet.k8s.io/v1
+  matchImages: ["${NODE_CREDENTIAL_PROVIDER_MATCH:?}"]
+  defaultCacheDuration: "0s"
+  tokenAttributes:
+    serviceAccountTokenAudience: "${NODE_CREDENTIAL_PROVIDER_AUDIENCE:?}"
+    requireServiceAccount: true
+    cacheType: Token
+  args: ["--max-cache-duration=10m", "--expiry-margin=5m"]
+YAML
+    cp_args=(--image-credential-provider-config "$DIR/credential-provider.yaml"
+      --image-credential-provider-bin-dir "$DIR/credential-provider")
+  fi
   save_sysctls
   bg kubelet "$NODE_BIN/kubelet" --config "$DIR/kubelet.yaml" --kubeconfig "$DIR/node.kubeconfig" \
     --root-dir "$DIR/kubelet" --node-ip "$NODE_IP" --hostname-override "$NODE_NAME" \
-    ${KUBELET_EXTRA_ARGS:-} --v=1
+    "${cp_args[@]}" --v=1
   cat >"$DIR/kube-proxy.yaml" <<YAML
 apiVersion: kubeproxy.config.k8s.io/v1alpha1
 kind: KubeProxyConfiguration
@@ -290,6 +319,7 @@ export KUBECONFIG="$DIR/admin.kubeconfig"
 export NODE_IP=$NODE_IP NODE_NAME=$NODE_NAME NODE_NETNS=$NS NODE_DIR="$DIR"
 export CONTAINERD_ADDRESS="$DIR/containerd.sock" NODE_CERTS_D="$DIR/certs.d"
 export KUBECTL="$KUBECTL"
+export NODE_CREDENTIAL_PROVIDER_MATCH="${NODE_CREDENTIAL_PROVIDER_MATCH:-}" NODE_CREDENTIAL_PROVIDER_AUDIENCE="${NODE_CREDENTIAL_PROVIDER_AUDIENCE:-}"
 ENV
   log "node Ready in $((SECONDS - start))s; source $DIR/env; run clients with: hack/node.sh exec $DIR CMD"
 }

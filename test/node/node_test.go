@@ -348,3 +348,156 @@ func (n *node) rollUnderLoad(t *testing.T, host, base string) {
 		}
 	}
 }
+
+// TestWorkloadIdentity: in auth mode kubernetes, the kubelet pulls with the
+// pod's own ServiceAccount token through stevedore-credential-provider
+// (hack/node-e2e.sh configures it for ident/registry on NodePort 30500): a
+// pod whose ServiceAccount may pull starts, one whose ServiceAccount may not
+// gets ErrImagePull, and registryd's log says why. Runs after TestREADME,
+// which installed the operator.
+func TestWorkloadIdentity(t *testing.T) {
+	n := setup(t)
+	n.dumpOnFailure(t)
+	host, audience := os.Getenv("NODE_CREDENTIAL_PROVIDER_MATCH"), os.Getenv("NODE_CREDENTIAL_PROVIDER_AUDIENCE")
+	if host == "" || audience != "stevedore.dev/registry/ident/registry" {
+		t.Fatalf("the node's kubelet has no credential provider for ident/registry: %q %q", host, audience)
+	}
+	_, port, _ := strings.Cut(host, ":")
+	n.apply(t, fmt.Sprintf(`
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: ident
+  labels: {pod-security.kubernetes.io/enforce: restricted}
+---
+apiVersion: stevedore.dev/v1alpha1
+kind: Registry
+metadata: {name: registry, namespace: ident}
+spec:
+  storage: {url: "mem://"}
+  auth: {mode: kubernetes}
+---
+# A fixed NodePort: the kubelet's matchImages names an exact host:port.
+apiVersion: v1
+kind: Service
+metadata: {name: registry-pull, namespace: ident}
+spec:
+  type: NodePort
+  selector: {app.kubernetes.io/name: registryd, app.kubernetes.io/instance: registry}
+  ports: [{name: http, port: 5000, targetPort: http, nodePort: %[1]s}]
+---
+# NodeRestriction: the kubelet may request tokens for this audience only.
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: stevedore-registry-ident-registry-token-audience}
+rules:
+- apiGroups: [""]
+  resources: [%[2]q]
+  verbs: [request-serviceaccounts-token-audience]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: stevedore-registry-ident-registry-token-audience}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: stevedore-registry-ident-registry-token-audience}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:nodes"}]
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: pusher, namespace: ident}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: puller, namespace: ident}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: stranger, namespace: ident}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: push, namespace: ident}
+rules: [{apiGroups: [stevedore.dev], resources: [repositories], verbs: [pull, push]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: pusher-pushes, namespace: ident}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: push}
+subjects: [{kind: ServiceAccount, name: pusher, namespace: ident}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: pull, namespace: ident}
+rules: [{apiGroups: [stevedore.dev], resources: [repositories], verbs: [pull]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: puller-pulls, namespace: ident}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: pull}
+subjects: [{kind: ServiceAccount, name: puller, namespace: ident}]
+`, port, audience))
+	n.kc(t, "-n", "ident", "wait", "--for=condition=Ready", "registry/registry", "--timeout=3m")
+	n.registry(t, "ident", "registry-pull")
+
+	t.Log("push as the pusher ServiceAccount, its token as the password")
+	token := strings.TrimSpace(n.kc(t, "-n", "ident", "create", "token", "pusher", "--audience", audience, "--duration", "1h"))
+	image := host + "/team/app:v1"
+	if _, err := n.run(t, n.crane, "push", "--insecure", filepath.Join(n.dir, "pause.tar"), image); err == nil {
+		t.Fatal("an anonymous push was accepted in auth mode kubernetes")
+	}
+	docker := t.TempDir()
+	t.Setenv("DOCKER_CONFIG", docker)
+	n.must(t, n.crane, "auth", "login", host, "-u", "pusher", "-p", token)
+	n.must(t, n.crane, "push", "--insecure", filepath.Join(n.dir, "pause.tar"), image)
+	if err := os.RemoveAll(docker); err != nil { // the kubelet has no credentials but the pod's
+		t.Fatal(err)
+	}
+
+	t.Log("allowed: a pod running as puller starts with no imagePullSecrets")
+	n.workloadAs(t, "ident", "allowed", "puller", image)
+	n.kc(t, "-n", "ident", "rollout", "status", "deploy/allowed", "--timeout=2m")
+
+	t.Log("denied: a pod running as stranger gets ErrImagePull, and registryd logs why")
+	n.workloadAs(t, "ident", "denied", "stranger", image)
+	eventually(t, 90*time.Second, "ErrImagePull for the stranger's pod", func() error {
+		reason, err := n.run(t, n.kubectl, "-n", "ident", "get", "pods", "-l", "app=denied", "-o",
+			"jsonpath={.items[*].status.containerStatuses[*].state.waiting.reason}")
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(reason, "ErrImagePull") && !strings.Contains(reason, "ImagePullBackOff") {
+			return fmt.Errorf("waiting reason %q", reason)
+		}
+		return nil
+	})
+	logs := n.kc(t, "-n", "ident", "logs", "-l", "app.kubernetes.io/name=registryd", "--tail", "-1")
+	if !strings.Contains(logs, "access denied") || !strings.Contains(logs, "system:serviceaccount:ident:stranger") {
+		t.Errorf("registryd's log does not say it denied ident:stranger:\n%s", logs)
+	}
+	if strings.Contains(logs, token) {
+		t.Error("registryd logged a token")
+	}
+	ev := n.kc(t, "-n", "ident", "get", "events", "--field-selector", "reason=Failed", "-o", "jsonpath={.items[*].message}")
+	t.Logf("what the denied pod's events say: %s", ev)
+}
+
+func (n *node) workloadAs(t *testing.T, ns, name, sa, image string) {
+	t.Helper()
+	n.apply(t, fmt.Sprintf(`
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: %[2]s, namespace: %[1]s}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: %[2]s}}
+  template:
+    metadata: {labels: {app: %[2]s}}
+    spec:
+      serviceAccountName: %[3]s
+      securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
+      containers:
+      - name: app
+        image: %[4]s
+        imagePullPolicy: Always
+        securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
+`, ns, name, sa, image))
+}

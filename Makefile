@@ -129,6 +129,21 @@ fuzz: ## A few seconds of each go test -fuzz target.
 dev: build envtest ## A local API server, the operator, a sample Registry and its registryd.
 	hack/dev.sh
 
+NODE_DIR ?= $(CURDIR)/.node
+
+.PHONY: node
+node: ## A real single-node Kubernetes on this machine (root; own network namespace) with the image imported; `make node-down` removes it.
+	$(MAKE) --no-print-directory image PLATFORMS=linux/$$(go env GOARCH)
+	NODE_CREDENTIAL_PROVIDER=$(LOCALBIN)/linux_$$(go env GOARCH)/stevedore-credential-provider \
+	NODE_CREDENTIAL_PROVIDER_MATCH=10.200.0.1:30500 NODE_CREDENTIAL_PROVIDER_AUDIENCE=stevedore.dev/registry/demo/registry \
+	  hack/node.sh up $(NODE_DIR) $(LOCALBIN)/image/stevedore-linux-$$(go env GOARCH).tar
+	@echo "Use it:  source $(NODE_DIR)/env; hack/node.sh exec $(NODE_DIR) \$$KUBECTL get nodes"
+	@echo "Then follow the README's Install section inside it (hack/node.sh exec $(NODE_DIR) bash)."
+
+.PHONY: node-down
+node-down: ## Stop the node of `make node` and remove everything it made.
+	hack/node.sh down $(NODE_DIR)
+
 .PHONY: conformance
 conformance: ## The OCI conformance suite (1.1 and dev) against registryd: file bucket, mem://, kubernetes tag store (auth off and on), htpasswd auth (basic and bearer), s3, azure, gcs.
 	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd

@@ -9,7 +9,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"os/exec"
@@ -500,4 +502,155 @@ spec:
         imagePullPolicy: Always
         securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
 `, ns, name, sa, image))
+}
+
+// TestPodKilledMidPush deletes a registryd pod in the middle of chunked
+// uploads, gracefully and by force: the client resumes each upload where the
+// registry says it stands (GET on the upload URL, Range), the blob it
+// commits has exactly its bytes, and a scrub of the whole bucket finds
+// nothing wrong. Runs after TestREADME (Registry demo/registry, 3 replicas).
+func TestPodKilledMidPush(t *testing.T) {
+	n := setup(t)
+	n.dumpOnFailure(t)
+	host := n.registry(t, "demo", "registry-registry")
+	for _, force := range []bool{false, true} {
+		t.Run(fmt.Sprintf("force=%v", force), func(t *testing.T) {
+			data := make([]byte, 6<<20)
+			_, _ = rand.Read(data)
+			// A slow client: the deletion lands while chunks still come.
+			onChunk := func(i int) {
+				time.Sleep(150 * time.Millisecond)
+				if i != 8 {
+					return
+				}
+				// Gracefully one pod: it drains, nothing may fail. By force
+				// every pod: the client's connection breaks and the Service
+				// has no endpoint until the new pods are Ready.
+				args := []string{"-n", "demo", "delete", "pod", "-l", "app.kubernetes.io/name=registryd", "--wait=false"}
+				if force {
+					args = append(args, "--grace-period=0", "--force")
+				} else {
+					pod := strings.TrimSpace(n.kc(t, "-n", "demo", "get", "pods", "-l", "app.kubernetes.io/name=registryd",
+						"--field-selector", "status.phase=Running", "-o", "jsonpath={.items[0].metadata.name}"))
+					args = []string{"-n", "demo", "delete", "pod", pod, "--wait=false"}
+				}
+				n.kc(t, args...)
+			}
+			retries := pushChunked(t, "http://"+host, "demo/chunked", data, 256<<10, onChunk)
+			if force && retries == 0 {
+				t.Error("every registryd pod was killed mid-upload, yet no request failed: the test did not test resuming")
+			}
+			t.Logf("6 MiB in 24 chunks across a pod deletion: %d resumes", retries)
+		})
+	}
+	n.kc(t, "-n", "demo", "rollout", "status", "deploy/registry-registry", "--timeout=3m")
+	out := n.kc(t, "-n", "demo", "exec", "deploy/registry-registry", "--", "/registryd", "scrub", "--storage", "file:///var/lib/stevedore")
+	t.Log(strings.TrimSpace(out))
+}
+
+// pushChunked uploads data in chunks (POST, PATCH with Content-Range, PUT),
+// resuming from the registry's Range after any failed request, as the spec
+// lets a client do; it then reads the blob back. It returns the resumes.
+func pushChunked(t *testing.T, base, repo string, data []byte, chunk int, onChunk func(int)) int {
+	t.Helper()
+	c := &http.Client{Timeout: 20 * time.Second}
+	digest := fmt.Sprintf("sha256:%x", sha256.Sum256(data))
+	var loc string
+	retry := func(what string, f func() error) int {
+		for i := 0; ; i++ {
+			err := f()
+			if err == nil {
+				return i
+			}
+			if i == 60 {
+				t.Fatalf("%s: %v", what, err)
+			}
+			time.Sleep(500 * time.Millisecond)
+		}
+	}
+	abs := func(l string) string {
+		if strings.HasPrefix(l, "/") {
+			return base + l
+		}
+		return l
+	}
+	retries := retry("POST", func() error {
+		resp, err := c.Post(base+"/v2/"+repo+"/blobs/uploads/", "", nil)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusAccepted {
+			return fmt.Errorf("POST: %s", resp.Status)
+		}
+		loc = abs(resp.Header.Get("Location"))
+		return nil
+	})
+	offset := 0
+	for i := 0; offset < len(data); i++ {
+		onChunk(i)
+		end := min(offset+chunk, len(data))
+		req, _ := http.NewRequest(http.MethodPatch, loc, bytes.NewReader(data[offset:end]))
+		req.Header.Set("Content-Type", "application/octet-stream")
+		req.Header.Set("Content-Range", fmt.Sprintf("%d-%d", offset, end-1))
+		resp, err := c.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusAccepted {
+				loc, offset = abs(resp.Header.Get("Location")), end
+				continue
+			}
+			err = fmt.Errorf("PATCH %d-%d: %s", offset, end-1, resp.Status)
+		}
+		t.Logf("chunk %d failed (%v); asking the registry where the upload stands", i, err)
+		retries += 1 + retry("GET upload status", func() error {
+			resp, err := c.Get(loc)
+			if err != nil {
+				return err
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusNoContent {
+				return fmt.Errorf("GET upload: %s", resp.Status)
+			}
+			var last int
+			if _, err := fmt.Sscanf(resp.Header.Get("Range"), "0-%d", &last); err != nil {
+				return fmt.Errorf("Range %q: %w", resp.Header.Get("Range"), err)
+			}
+			loc, offset = abs(resp.Header.Get("Location")), last+1
+			return nil
+		})
+	}
+	retries += retry("PUT", func() error {
+		sep := "?"
+		if strings.Contains(loc, "?") {
+			sep = "&"
+		}
+		req, _ := http.NewRequest(http.MethodPut, loc+sep+"digest="+digest, nil)
+		resp, err := c.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusNotFound {
+			// A PUT whose answer was lost committed the upload already.
+			if head, err := c.Head(base + "/v2/" + repo + "/blobs/" + digest); err == nil && head.StatusCode == 200 {
+				return nil
+			}
+		}
+		if resp.StatusCode != http.StatusCreated {
+			return fmt.Errorf("PUT: %s", resp.Status)
+		}
+		return nil
+	})
+	resp, err := c.Get(base + "/v2/" + repo + "/blobs/" + digest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	size, err := io.Copy(h, resp.Body)
+	if err != nil || resp.StatusCode != 200 || fmt.Sprintf("sha256:%x", h.Sum(nil)) != digest || size != int64(len(data)) {
+		t.Fatalf("GET the blob back: %s, %d bytes, %v; sha256:%x, want %s", resp.Status, size, err, h.Sum(nil), digest)
+	}
+	return retries
 }

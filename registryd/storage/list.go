@@ -5,6 +5,9 @@ import (
 	"errors"
 	"io"
 
+	gcs "cloud.google.com/go/storage"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/s3"
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
 )
@@ -44,5 +47,26 @@ func Each(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, f func(*b
 				return err
 			}
 		}
+	}
+}
+
+// StartAfter is a ListOptions.BeforeList that asks S3 (StartAfter) and GCS
+// (StartOffset) to begin the listing after key prefix+after, where prefix is
+// the listing's own, so a page of tags far into a repository does not list
+// every tag before it. Other drivers list from the start; callers still
+// skip keys <= after themselves.
+func StartAfter(after string) func(as func(any) bool) error {
+	return func(as func(any) bool) error {
+		var s3in *s3.ListObjectsV2Input
+		if as(&s3in) && s3in != nil {
+			s3in.StartAfter = aws.String(aws.ToString(s3in.Prefix) + after)
+			return nil
+		}
+		var q *gcs.Query
+		if as(&q) && q != nil {
+			// StartOffset is inclusive; after itself is skipped by the caller.
+			q.StartOffset = q.Prefix + after
+		}
+		return nil
 	}
 }

@@ -70,7 +70,11 @@ func (s *Bucket) Delete(ctx context.Context, repo, tag string) error {
 func (s *Bucket) List(ctx context.Context, repo string, n int, last string) ([]string, error) {
 	prefix := storage.TagsPrefix(repo)
 	out := []string{}
-	err := storage.Each(ctx, s.bucket, &blob.ListOptions{Prefix: prefix, Delimiter: "/"}, func(obj *blob.ListObject) (bool, error) {
+	opts := &blob.ListOptions{Prefix: prefix, Delimiter: "/"}
+	if last != "" {
+		opts.BeforeList = storage.StartAfter(last)
+	}
+	err := storage.Each(ctx, s.bucket, opts, func(obj *blob.ListObject) (bool, error) {
 		tag := strings.TrimPrefix(obj.Key, prefix)
 		if !obj.IsDir && tag > last {
 			out = append(out, tag)

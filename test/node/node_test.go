@@ -654,3 +654,63 @@ func pushChunked(t *testing.T, base, repo string, data []byte, chunk int, onChun
 	}
 	return retries
 }
+
+// TestUninstall follows the README's Uninstall section, with one namespace
+// deleted only after the operator is gone (the order that left namespaces
+// stuck Terminating): nothing Stevedore made stays, and no namespace hangs.
+// Runs last.
+func TestUninstall(t *testing.T) {
+	n := setup(t)
+	n.dumpOnFailure(t)
+	t.Log("a Registry whose namespace is deleted only after the operator is gone, with a pushed image")
+	n.apply(t, `
+apiVersion: v1
+kind: Namespace
+metadata: {name: late}
+---
+apiVersion: stevedore.dev/v1alpha1
+kind: Registry
+metadata: {name: registry, namespace: late}
+spec:
+  storage: {url: "mem://"}
+  service: {type: NodePort}
+  auth: {mode: none}
+`)
+	n.kc(t, "-n", "late", "wait", "--for=condition=Ready", "registry/registry", "--timeout=3m")
+	host := n.registry(t, "late", "registry-registry")
+	n.must(t, n.crane, "push", "--insecure", filepath.Join(n.dir, "pause.tar"), host+"/late/app:v1")
+	eventually(t, 30*time.Second, "the Repository late/app", func() error {
+		out, err := n.run(t, n.kubectl, "-n", "late", "get", "repositories", "-o", "name")
+		if err != nil || strings.TrimSpace(out) == "" {
+			return fmt.Errorf("no Repository yet: %q %v", out, err)
+		}
+		return nil
+	})
+
+	t.Log("the README: delete the Registries while the operator runs, then helm uninstall")
+	for _, ns := range []string{"demo", "ident"} {
+		n.kc(t, "-n", ns, "delete", "registries", "--all", "--wait", "--timeout=2m")
+	}
+	n.must(t, n.helm, "uninstall", "stevedore", "-n", "stevedore-system", "--wait", "--timeout", "3m")
+	n.kc(t, "delete", "clusterrolebinding,clusterrole", "stevedore-registry-ident-registry-token-audience") // the test's own
+
+	t.Log("every namespace goes, including the one whose Registry outlived the operator")
+	for _, ns := range []string{"demo", "ident", "apps", "late", "stevedore-system"} {
+		n.kc(t, "delete", "namespace", ns, "--wait=false")
+	}
+	eventually(t, 2*time.Minute, "the namespaces gone", func() error {
+		out, err := n.run(t, n.kubectl, "get", "namespaces", "demo", "ident", "apps", "late", "stevedore-system",
+			"--ignore-not-found", "-o", "name")
+		if err != nil || strings.TrimSpace(out) != "" {
+			return fmt.Errorf("still there: %q %v", out, err)
+		}
+		return nil
+	})
+	n.kc(t, "delete", "crd", "registries.stevedore.dev", "repositories.stevedore.dev", "--timeout=1m")
+	out := n.kc(t, "get", "clusterroles,clusterrolebindings,pv", "-o", "name")
+	for _, line := range strings.Fields(out) {
+		if strings.Contains(line, "stevedore") {
+			t.Errorf("left behind: %s", line)
+		}
+	}
+}

@@ -130,10 +130,13 @@ if [[ ${#server_kinds[@]} -gt 0 ]]; then
   source "$servers/env"
 fi
 
-failed=0
-summary=()
-for storage in $storages; do
-  for spec in $specs; do
+# run_one STORAGE SPEC: one registryd and one run of the suite; writes its
+# summary line to DIR/result and its diagnostics to DIR/diagnostics. Runs in
+# a subshell of its own, CONFORMANCE_JOBS at a time: each run waits mostly
+# on the network, so running several side by side cuts the phase's time.
+run_one() {
+    local storage="$1" spec="$2" pid=""
+    trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null' EXIT
     dir="$work/$storage-$spec"; mkdir -p "$dir"
     flags=(); creds=(); regenv=()
     case "$storage" in
@@ -175,16 +178,38 @@ for storage in $storages; do
     pass=$(grep -cE '^ +OCI Conformance Test/.*: Pass$' "$dir/report.txt" || true)
     fail=$(grep -cE '^ +OCI Conformance Test/.*: FAIL$' "$dir/report.txt" || true)
     skip=$(grep -cE '^ +OCI Conformance Test/.*: (Skip|Disabled)$' "$dir/report.txt" || true)
-    line="conformance storage=$storage OCI_VERSION=$spec: pass=$pass fail=$fail skip=$skip exit=$rc"
-    summary+=("$line")
-    echo "$line"
+    echo "conformance storage=$storage OCI_VERSION=$spec: pass=$pass fail=$fail skip=$skip exit=$rc" >"$dir/result"
     if [[ "$rc" != 0 || "$fail" != 0 || "$pass" == 0 ]]; then
-      failed=1
-      grep -E 'FAIL' "$dir/report.txt" | head -40 || true
-      grep -E 'failed test' "$dir/stderr.txt" | head -20 || true
-      echo "registryd log (tail):"; tail -20 "$dir/registryd.log" || true
+      {
+        grep -E 'FAIL' "$dir/report.txt" | head -40 || true
+        grep -E 'failed test' "$dir/stderr.txt" | head -20 || true
+        echo "registryd log (tail):"; tail -20 "$dir/registryd.log" || true
+      } >"$dir/diagnostics"
+      return 1
     fi
+}
+
+jobs_max="${CONFORMANCE_JOBS:-3}"
+runs=()
+for storage in $storages; do
+  for spec in $specs; do
+    while (($(jobs -rp | wc -l) >= jobs_max)); do wait -n || true; done
+    run_one "$storage" "$spec" &
+    runs+=("$storage-$spec")
   done
+done
+wait || true
+failed=0
+summary=()
+for r in "${runs[@]}"; do
+  dir="$work/$r"
+  line="$(cat "$dir/result" 2>/dev/null || echo "conformance $r: did not finish")"
+  summary+=("$line")
+  echo "$line"
+  if [[ -f "$dir/diagnostics" || ! -f "$dir/result" ]]; then
+    failed=1
+    cat "$dir/diagnostics" 2>/dev/null || true
+  fi
 done
 printf '%s\n' "== conformance summary" "${summary[@]}"
 exit "$failed"

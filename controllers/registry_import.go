@@ -35,7 +35,11 @@ func (r *RegistryReconciler) reconcileJournalImport(ctx context.Context, s *regi
 		// out of the operator's reach.
 		return nil
 	}
-	b, err := r.openStorage(ctx, r.Client, s.reg)
+	env, err := r.credentials.read(ctx, r.APIReader, s.reg)
+	if err != nil {
+		return err
+	}
+	b, err := r.openStorage(ctx, s.reg, env)
 	if err != nil {
 		return err
 	}
@@ -97,8 +101,8 @@ func (r *RegistryReconciler) importRepository(ctx context.Context, reg *v1.Regis
 	repo := &v1.Repository{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: v1.RepositoryObjectName(reg.Name, path), Namespace: reg.Namespace,
-			Labels:     map[string]string{labelRegistry: reg.Name},
-			Finalizers: []string{v1.RepositoryFinalizer},
+			Labels:          map[string]string{labelRegistry: reg.Name},
+			OwnerReferences: []metav1.OwnerReference{v1.RegistryOwnerReference(reg)},
 		},
 		Spec: v1.RepositorySpec{Registry: reg.Name, Name: path},
 	}
@@ -108,7 +112,7 @@ func (r *RegistryReconciler) importRepository(ctx context.Context, reg *v1.Regis
 		}
 		return 0, false, fmt.Errorf("creating Repository for %s: %w", path, err)
 	}
-	// The Repository reconciler adds its finalizer meanwhile: retry on conflict.
+	// The Repository reconciler may update it meanwhile: retry on conflict.
 	err = retry.RetryOnConflict(retry.DefaultBackoff, func() error {
 		// Live: the cache may not have the object just created.
 		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(repo), repo); err != nil {

@@ -56,8 +56,9 @@ func (r *RegistryReconciler) reconcileRBAC(ctx context.Context, s *registryScope
 
 // reconcileAuthDelegator binds registryd to system:auth-delegator (TokenReview
 // and SubjectAccessReview) only in kubernetes auth mode. The binding is
-// cluster-scoped, so labels and the finalizer, not an owner reference, tie it
-// to the Registry.
+// cluster-scoped, so labels, not an owner reference, tie it to the Registry,
+// and no finalizer: the operator deletes it when it sees the Registry gone,
+// now or at its next start.
 func (r *RegistryReconciler) reconcileAuthDelegator(ctx context.Context, s *registryScope) error {
 	if s.reg.Spec.Auth.Mode != v1.AuthKubernetes {
 		return r.deleteAuthDelegator(ctx, s.reg)
@@ -71,13 +72,19 @@ func (r *RegistryReconciler) reconcileAuthDelegator(ctx context.Context, s *regi
 		&rbacv1.ClusterRoleBinding{})
 }
 
+// deleteAuthDelegator deletes the Registry's binding, if there is one and
+// the operator made it for this Registry (its labels say so).
 func (r *RegistryReconciler) deleteAuthDelegator(ctx context.Context, reg *v1.Registry) error {
 	crb := &rbacv1.ClusterRoleBinding{}
 	// The cache first: most Registries never had a binding to delete.
 	if err := r.Get(ctx, client.ObjectKey{Name: authDelegatorName(reg)}, crb); err != nil {
 		return client.IgnoreNotFound(err)
 	}
-	if err := r.Delete(ctx, crb); client.IgnoreNotFound(err) != nil {
+	l := crb.Labels
+	if l[labelManagedBy] != fieldManager || l[labelRegistry] != reg.Name || l[labelRegistryNamespace] != reg.Namespace {
+		return nil
+	}
+	if err := r.Delete(ctx, crb, client.Preconditions{UID: &crb.UID}); client.IgnoreNotFound(err) != nil {
 		return fmt.Errorf("deleting ClusterRoleBinding %s: %w", crb.Name, err)
 	}
 	return nil

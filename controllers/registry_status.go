@@ -1,29 +1,18 @@
 package controllers
 
 import (
-	"context"
 	"fmt"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 )
 
 // indexRepositoryRegistry indexes Repositories by spec.registry.
 const indexRepositoryRegistry = "spec.registry"
-
-func (r *RegistryReconciler) reconcileRepositoryCount(ctx context.Context, s *registryScope) error {
-	var repos v1.RepositoryList
-	if err := r.List(ctx, &repos, client.InNamespace(s.reg.Namespace), client.MatchingFields{indexRepositoryRegistry: s.reg.Name}); err != nil {
-		return fmt.Errorf("listing repositories: %w", err)
-	}
-	s.status.Repositories = int32(len(repos.Items))
-	return nil
-}
 
 // summarize derives Available, Progressing, Degraded and Ready from the
 // Deployment and the phases' outcome.

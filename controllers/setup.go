@@ -43,18 +43,23 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 		func(o client.Object) []string { return []string{repositoryPathKey(o.(*v1.Repository))} }); err != nil {
 		return err
 	}
+	// Both reconcilers share the storage credentials read for cleanup.
+	creds := &credentialSnapshots{}
 	if err := (&RegistryReconciler{
-		Client:    mgr.GetClient(),
-		APIReader: mgr.GetAPIReader(),
-		Recorder:  mgr.GetEventRecorder("stevedore-registry"),
-		Options:   opts,
+		Client:      mgr.GetClient(),
+		APIReader:   mgr.GetAPIReader(),
+		Recorder:    mgr.GetEventRecorder("stevedore-registry"),
+		Options:     opts,
+		credentials: creds,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
 	return (&RepositoryReconciler{
-		Client:   mgr.GetClient(),
-		Recorder: mgr.GetEventRecorder("stevedore-repository"),
-		Options:  opts,
+		Client:      mgr.GetClient(),
+		APIReader:   mgr.GetAPIReader(),
+		Recorder:    mgr.GetEventRecorder("stevedore-repository"),
+		Options:     opts,
+		credentials: creds,
 	}).SetupWithManager(mgr)
 }
 

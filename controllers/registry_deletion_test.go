@@ -6,14 +6,17 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/controllers"
 	"github.com/stevedore-dev/stevedore/internal/bucket"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
@@ -194,4 +197,58 @@ func TestRegistryGoesWithoutTheOperator(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// TestDeleteRegistries is the chart's pre-delete hook (`manager
+// delete-registries`): it deletes the selected Registries and returns once
+// the operator has finished with them, the bucket cleaned for a Delete
+// Repository and the auth-delegator binding gone; other Registries stay.
+func TestDeleteRegistries(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	dir := bucketDir(t)
+	chartLabels := map[string]string{"app.kubernetes.io/instance": "stevedore", "app.kubernetes.io/component": "registry"}
+	createRegistry(t, ns, "chart", func(r *v1.Registry) {
+		r.Labels = chartLabels
+		r.Spec.Storage.URL = "file://" + dir
+		r.Spec.Auth.Mode = v1.AuthKubernetes
+	})
+	createRegistry(t, ns, "other", nil)
+	createRepository(t, ns, "gone", "chart", "gone", v1.DeletionDelete)
+	wantMeta(t, &v1.Registry{}, ns, "chart", nil, cleanupFinalizer)
+	crbName := "stevedore:" + ns + ":chart:auth-delegator"
+	eventually(t, "binding", func() error { return get(&rbacv1.ClusterRoleBinding{}, "", crbName) })
+	b, err := bucket.Open(ctx, "file://"+dir, bucket.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	key := "repos/gone/_tags/latest"
+	if err := b.WriteAll(ctx, key, []byte("x"), nil); err != nil {
+		t.Fatal(err)
+	}
+
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	err = controllers.DeleteRegistries(wctx, env.Client, controllers.DeleteRegistriesOptions{
+		Namespace: ns, Selector: labels.SelectorFromSet(chartLabels), Poll: 100 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Nothing left to wait for once it returns.
+	for _, obj := range []struct {
+		o        client.Object
+		ns, name string
+	}{{&v1.Registry{}, ns, "chart"}, {&v1.Repository{}, ns, "gone"}, {&rbacv1.ClusterRoleBinding{}, "", crbName}} {
+		if err := get(obj.o, obj.ns, obj.name); !apierrors.IsNotFound(err) {
+			t.Errorf("%s is still there (%v)", obj.name, err)
+		}
+	}
+	if ok, _ := b.Exists(ctx, key); ok {
+		t.Errorf("%s survived deletionPolicy Delete", key)
+	}
+	if err := get(&v1.Registry{}, ns, "other"); err != nil {
+		t.Errorf("a Registry the selector does not match: %v", err)
+	}
 }

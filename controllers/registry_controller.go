@@ -220,7 +220,9 @@ func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.ServiceAccount{}).
 		Owns(&rbacv1.Role{}).
 		Owns(&rbacv1.RoleBinding{}).
-		Owns(&corev1.Secret{}).
+		// Not Secrets: the HTTP secret is read directly (no Secret cache,
+		// no list/watch on Secrets); a deleted one is made again at the
+		// next reconcile.
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
 		Owns(&networkingv1.Ingress{}).

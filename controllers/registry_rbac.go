@@ -13,16 +13,20 @@ import (
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 )
 
-// registrydRules is what registryd needs: its Repositories (tags live in
-// their status) and Events about them.
-func registrydRules() []*rbacv1ac.PolicyRuleApplyConfiguration {
+// registrydRules is what registryd does: reads its Repositories (cache),
+// creates one on first push, writes tags into their status, reads its own
+// Registry (by name: a second Registry in the namespace stays out of reach)
+// and records Events. Repositories cannot be told apart by RBAC (their
+// names are not known in advance), so two Registries in one namespace share
+// them; a namespace per Registry separates them.
+func registrydRules(reg *v1.Registry) []*rbacv1ac.PolicyRuleApplyConfiguration {
 	return []*rbacv1ac.PolicyRuleApplyConfiguration{
 		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("repositories").
-			WithVerbs("get", "list", "watch", "create", "update", "patch"),
+			WithVerbs("get", "list", "watch", "create"),
 		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("repositories/status").
-			WithVerbs("get", "update", "patch"),
+			WithVerbs("update"),
 		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("registries").
-			WithVerbs("get", "list", "watch"),
+			WithResourceNames(reg.Name).WithVerbs("get", "list", "watch"),
 		rbacv1ac.PolicyRule().WithAPIGroups("", "events.k8s.io").WithResources("events").
 			WithVerbs("create", "patch"),
 	}
@@ -43,7 +47,7 @@ func (r *RegistryReconciler) reconcileRBAC(ctx context.Context, s *registryScope
 	role := rbacv1ac.Role(name, ns).
 		WithLabels(childLabels(s.reg)).
 		WithOwnerReferences(ownerRef(s.reg)).
-		WithRules(registrydRules()...)
+		WithRules(registrydRules(s.reg)...)
 	if err := r.apply(ctx, role, &rbacv1.Role{}); err != nil {
 		return err
 	}

@@ -413,6 +413,12 @@ func TestChartApplies(t *testing.T) {
 		{"get", "nodes"},
 		{"create", "pods", "-n", "team-a"},
 		{"bind", "clusterroles.rbac.authorization.k8s.io/cluster-admin"},
+		// Leader election only in its own namespace; Secrets only read
+		// one by one and created.
+		{"create", "leases.coordination.k8s.io", "-n", "team-a"},
+		{"list", "secrets", "-n", "team-a"},
+		{"update", "secrets", "-n", "team-a"},
+		{"delete", "deployments.apps", "-n", "team-a"},
 	} {
 		if out := run("", false, append([]string{"auth", "can-i", sa}, cannot...)...); answer(out) != "no" {
 			t.Errorf("the operator's ServiceAccount may %v: %s", cannot, out)

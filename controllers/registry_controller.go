@@ -231,7 +231,11 @@ func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// the Registry.
 		Watches(&corev1.PersistentVolumeClaim{}, handler.EnqueueRequestsFromMapFunc(registryOfClaim)).
 		Watches(&rbacv1.ClusterRoleBinding{}, handler.EnqueueRequestsFromMapFunc(registryFromLabels)).
-		Watches(&v1.Repository{}, handler.EnqueueRequestsFromMapFunc(registryOfRepository)).
+		// Repositories come and go, change policy or lose their finalizer
+		// (count, cleanup finalizer); a tag push (a status write) is none
+		// of the Registry's business.
+		Watches(&v1.Repository{}, handler.EnqueueRequestsFromMapFunc(registryOfRepository),
+			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, deletionStarted()))).
 		// Several at once: one Registry whose storage hangs until the probe
 		// timeout must not hold up every other Registry.
 		WithOptions(controller.Options{MaxConcurrentReconciles: registryWorkers}).

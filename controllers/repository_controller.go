@@ -13,10 +13,12 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
 	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
@@ -80,9 +82,23 @@ func (r *RepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	return ctrl.Result{}, err
 }
 
-// patchStatus writes conditions and counts once. Tags are registryd's: the
-// merge patch leaves them alone because this reconciler never changes them.
+// tagCountWrong passes a status write whose tagCount is not the number of
+// tags (a hand edit; registryd writes both together).
+func tagCountWrong() predicate.Funcs {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		repo, ok := e.ObjectNew.(*v1.Repository)
+		return ok && int(repo.Status.TagCount) != len(repo.Status.Tags)
+	}}
+}
+
+// patchStatus writes conditions and counts once, and only when they changed.
+// Tags are registryd's: the merge patch leaves them alone because this
+// reconciler never changes them.
 func (r *RepositoryReconciler) patchStatus(ctx context.Context, s *repositoryScope) error {
+	if equality.Semantic.DeepEqual(s.repo.Status.Conditions, s.status.Conditions) &&
+		s.repo.Status.TagCount == s.status.TagCount && s.repo.Status.ObservedGeneration == s.status.ObservedGeneration {
+		return nil
+	}
 	base := s.repo.DeepCopy()
 	s.repo.Status.Conditions = s.status.Conditions
 	s.repo.Status.TagCount = s.status.TagCount
@@ -317,7 +333,11 @@ func (r *RepositoryReconciler) openRegistryBucket(ctx context.Context, repo *v1.
 // the same path (a deleted owner hands the path to the next one).
 func (r *RepositoryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&v1.Repository{}).
+		// Not on tag pushes: registryd writes status (tags and tagCount
+		// together) on every push, and none of it is this reconciler's
+		// business, unless the count disagrees with the tags.
+		For(&v1.Repository{}, builder.WithPredicates(predicate.Or[client.Object](
+			predicate.GenerationChangedPredicate{}, deletionStarted(), tagCountWrong()))).
 		Watches(&v1.Repository{}, handler.Funcs{
 			// Handlers run in no set order: this one enqueues too, after
 			// remembering, so reconcileGone finds what it needs.

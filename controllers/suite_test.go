@@ -67,21 +67,26 @@ const probeRetryInterval = 2 * time.Second
 type apiRequests struct {
 	mu     sync.Mutex
 	writes map[string][]string
+	reads  map[string][]string // past the cache: GETs and LISTs, not watches
 }
 
 func (a *apiRequests) wrap(rt http.RoundTripper) http.RoundTripper {
 	return roundTripper(func(req *http.Request) (*http.Response, error) {
-		switch req.Method {
-		case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
-			parts := strings.Split(req.URL.Path, "/")
-			if i := slices.Index(parts, "namespaces"); i >= 0 && i+1 < len(parts) {
-				a.mu.Lock()
-				if a.writes == nil {
-					a.writes = map[string][]string{}
-				}
-				a.writes[parts[i+1]] = append(a.writes[parts[i+1]], req.Method+" "+req.URL.Path)
-				a.mu.Unlock()
+		parts := strings.Split(req.URL.Path, "/")
+		if i := slices.Index(parts, "namespaces"); i >= 0 && i+1 < len(parts) {
+			a.mu.Lock()
+			if a.writes == nil {
+				a.writes, a.reads = map[string][]string{}, map[string][]string{}
 			}
+			switch req.Method {
+			case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+				a.writes[parts[i+1]] = append(a.writes[parts[i+1]], req.Method+" "+req.URL.Path)
+			case http.MethodGet:
+				if req.URL.Query().Get("watch") == "" {
+					a.reads[parts[i+1]] = append(a.reads[parts[i+1]], req.Method+" "+req.URL.Path)
+				}
+			}
+			a.mu.Unlock()
 		}
 		return rt.RoundTrip(req)
 	})
@@ -92,6 +97,13 @@ func (a *apiRequests) writesIn(ns string) []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return slices.Clone(a.writes[ns])
+}
+
+// readsIn is every read the operator sent the API server in namespace ns.
+func (a *apiRequests) readsIn(ns string) []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.reads[ns])
 }
 
 type roundTripper func(*http.Request) (*http.Response, error)

@@ -3,11 +3,15 @@ package controllers_test
 import (
 	"context"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 )
@@ -50,5 +54,95 @@ func TestTagPushesCostTheOperatorNothing(t *testing.T) {
 	t.Logf("%d tag pushes: the operator sent %d reads and %d writes", pushes, len(gotReads), len(gotWrites))
 	if len(gotReads)+len(gotWrites) > 0 {
 		t.Errorf("tag pushes made the operator send:\n%s\n%s", strings.Join(gotReads, "\n"), strings.Join(gotWrites, "\n"))
+	}
+}
+
+// TestOperatorMemory fills the cluster with what the operator must not
+// hold: 2,500 Secrets and 2,500 ConfigMaps of 10 KiB that are none of its
+// business, beside a Registry with 100 Repositories. The operator, started
+// afresh over it, must keep its heap under 64 MiB.
+func TestOperatorMemory(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fills the API server with 50 MB of objects")
+	}
+	ctx := context.Background()
+	ns := newNamespace(t)
+	unrelated := newNamespace(t)
+	defer func() {
+		for _, obj := range []client.Object{&corev1.Secret{}, &corev1.ConfigMap{}} {
+			_ = env.Client.DeleteAllOf(ctx, obj, client.InNamespace(unrelated))
+		}
+	}()
+	createRegistry(t, ns, "main", nil)
+	data := strings.Repeat("x", 10<<10)
+	const objects, repositories, workers = 5000, 100, 16
+	start := time.Now()
+	work := make(chan func() error)
+	errs := make(chan error, workers)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for f := range work {
+				if err := f(); err != nil {
+					select {
+					case errs <- err:
+					default:
+					}
+				}
+			}
+		}()
+	}
+	for i := range objects {
+		work <- func() error {
+			meta := metav1.ObjectMeta{Name: fmt.Sprintf("unrelated-%d", i), Namespace: unrelated}
+			if i%2 == 0 {
+				return env.Client.Create(ctx, &corev1.Secret{ObjectMeta: meta, StringData: map[string]string{"data": data}})
+			}
+			return env.Client.Create(ctx, &corev1.ConfigMap{ObjectMeta: meta, Data: map[string]string{"data": data}})
+		}
+	}
+	for i := range repositories {
+		work <- func() error {
+			return env.Client.Create(ctx, &v1.Repository{
+				ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("repo-%d", i), Namespace: ns},
+				Spec:       v1.RepositorySpec{Registry: "main", Name: fmt.Sprintf("team/app-%d", i)},
+			})
+		}
+	}
+	close(work)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		t.Fatal(err)
+	default:
+	}
+	t.Logf("created %d unrelated objects of 10 KiB and %d Repositories in %v", objects, repositories, time.Since(start).Round(time.Millisecond))
+
+	stopOperator()
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	startOperatorAgain(t)
+	eventually(t, "every Repository counted", func() error {
+		var reg v1.Registry
+		if err := get(&reg, ns, "main"); err != nil {
+			return err
+		}
+		if reg.Status.Repositories != repositories {
+			return fmt.Errorf("%d repositories", reg.Status.Repositories)
+		}
+		return nil
+	})
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	// The operator runs in the test process: the whole process's heap is
+	// an upper bound of the operator's.
+	t.Logf("heap in use: %.1f MiB with the operator stopped, %.1f MiB with it running over the cluster",
+		float64(before.HeapInuse)/(1<<20), float64(after.HeapInuse)/(1<<20))
+	if after.HeapInuse > 64<<20 {
+		t.Errorf("heap in use %.1f MiB, want < 64 MiB", float64(after.HeapInuse)/(1<<20))
 	}
 }

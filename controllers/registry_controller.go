@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -38,9 +37,6 @@ type RegistryReconciler struct {
 	Recorder  recorder.EventRecorder
 	Options
 
-	// imported maps a Registry's UID to the storage location whose journal
-	// this process has imported (reconcileJournalImport).
-	imported sync.Map
 	// applied remembers what was last applied to each child.
 	applied appliedChildren
 	// credentials keeps storage credentials for Repository cleanup.

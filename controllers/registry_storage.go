@@ -82,7 +82,10 @@ func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registrySc
 		s.requeue(wait)
 		return nil
 	}
-	s.status.Storage = &v1.StorageStatus{LastProbeTime: ptr.To(metav1.Now())}
+	if s.status.Storage == nil {
+		s.status.Storage = &v1.StorageStatus{}
+	}
+	s.status.Storage.LastProbeTime = ptr.To(metav1.Now())
 	env, err := r.credentials.read(ctx, r.APIReader, s.reg)
 	if err != nil {
 		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionFalse, ReasonCredentialsMissing, err.Error())

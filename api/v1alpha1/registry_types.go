@@ -295,6 +295,12 @@ type StorageStatus struct {
 	// a success, 30s after a failure by default) or on a spec change.
 	// +optional
 	LastProbeTime *metav1.Time `json:"lastProbeTime,omitempty"`
+
+	// JournalImportedFrom is the storage location (url#prefix) whose tag
+	// journal the operator imported into Repositories: once per Registry
+	// and location, not again after an operator restart.
+	// +optional
+	JournalImportedFrom string `json:"journalImportedFrom,omitempty"`
 }
 
 // Registry is an OCI registry run by the operator.

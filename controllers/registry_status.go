@@ -19,8 +19,11 @@ const indexRepositoryRegistry = "spec.registry"
 func (r *RegistryReconciler) summarize(s *registryScope, reconcileErr error) {
 	gen, conds := s.reg.Generation, &s.status.Conditions
 	d := s.deploy
+	// The scale subresource's status: an HPA reads the pods it selects.
+	s.status.Selector = metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: selectorLabels(s.reg)})
 	if d != nil {
 		s.status.ReadyReplicas = d.Status.ReadyReplicas
+		s.status.Replicas = d.Status.Replicas
 		setAvailable(conds, gen, d, replicas(s.reg))
 		setProgressing(conds, gen, d)
 	}

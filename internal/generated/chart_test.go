@@ -451,10 +451,15 @@ func TestChartApplies(t *testing.T) {
 	// its own namespace, beside the objects above), its NOTES, uninstall.
 	out, _ = runHelm(t, true, "install", "second", "charts/stevedore", "--kubeconfig", kubeconfig,
 		"-n", "second-system", "--create-namespace", "--set", "registry.enabled=true", "--set", "registry.auth.mode=none")
-	for _, want := range []string{"STATUS: deployed", "kubectl -n second-system wait --for=condition=Ready registry/registry", "port-forward svc/registry-registry"} {
+	for _, want := range []string{"STATUS: deployed", "kubectl -n second-system wait --for=condition=Ready registry/registry", "port-forward svc/registry-registry",
+		// --create-namespace makes a namespace without Pod Security labels.
+		"kubectl label namespace second-system pod-security.kubernetes.io/enforce=restricted"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("helm install printed no %q:\n%s", want, out)
 		}
+	}
+	if strings.Contains(out, "credentials yet") {
+		t.Errorf("the NOTES say an auth mode does not check credentials:\n%s", out)
 	}
 	run("", true, "-n", "second-system", "get", "deployment/second-stevedore-operator", "registry/registry",
 		"clusterrole/second-stevedore-manager-role")

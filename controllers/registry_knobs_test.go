@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -107,6 +108,12 @@ func TestRegistryScaleSubresource(t *testing.T) {
 	}
 	if !sel.Matches(labels.Set(d.Spec.Template.Labels)) {
 		t.Errorf("scale selector %s does not select registryd's pods %v", sel, d.Spec.Template.Labels)
+	}
+	// The Registry's own rules hold: mem:// is one pod's store.
+	scale.Spec.Replicas = 3
+	if err := env.Client.SubResource("scale").Update(ctx, reg, client.WithSubResourceBody(scale)); err == nil ||
+		!strings.Contains(err.Error(), "mem:// storage") {
+		t.Errorf("scaling a mem:// Registry to 3: %v, want the CEL rule's refusal", err)
 	}
 	eventually(t, "scale to 0", func() error {
 		if err := env.Client.SubResource("scale").Get(ctx, reg, scale); err != nil {

@@ -64,7 +64,7 @@ func (r *RegistryReconciler) reconcileRBAC(ctx context.Context, s *registryScope
 // and no finalizer: the operator deletes it when it sees the Registry gone,
 // now or at its next start.
 func (r *RegistryReconciler) reconcileAuthDelegator(ctx context.Context, s *registryScope) error {
-	if s.reg.Spec.Auth.Mode != v1.AuthKubernetes {
+	if !wantsAuthDelegator(s.reg) {
 		return r.deleteAuthDelegator(ctx, s.reg)
 	}
 	labels := childLabels(s.reg)
@@ -93,3 +93,8 @@ func (r *RegistryReconciler) deleteAuthDelegator(ctx context.Context, reg *v1.Re
 	}
 	return nil
 }
+
+// wantsAuthDelegator reads the auth mode as registryd's flags do
+// (authMode): a Registry stored before the CRD defaulted the mode runs in
+// kubernetes mode, and needs its binding.
+func wantsAuthDelegator(reg *v1.Registry) bool { return authMode(reg) == v1.AuthKubernetes }

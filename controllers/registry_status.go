@@ -37,7 +37,7 @@ func (r *RegistryReconciler) summarize(s *registryScope, reconcileErr error) {
 		setCondition(conds, gen, v1.ConditionDegraded, metav1.ConditionFalse, ReasonAsExpected, "")
 	}
 
-	if s.reg.Spec.Auth.Mode == v1.AuthNone {
+	if authMode(s.reg) == v1.AuthNone {
 		setCondition(conds, gen, ConditionAuthDisabled, metav1.ConditionTrue, ReasonAuthDisabled,
 			"auth.mode is none: anyone who can reach the registry can push and delete; use htpasswd or kubernetes outside development")
 	} else {

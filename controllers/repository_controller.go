@@ -347,7 +347,9 @@ func (r *RepositoryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			},
 		}).
 		Watches(&v1.Repository{}, handler.EnqueueRequestsFromMapFunc(r.rivals)).
-		Watches(&v1.Registry{}, handler.EnqueueRequestsFromMapFunc(r.repositoriesOf)).
+		// A Registry's existence and spec matter here, not its status.
+		Watches(&v1.Registry{}, handler.EnqueueRequestsFromMapFunc(r.repositoriesOf),
+			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, deletionStarted()))).
 		Named("repository").
 		Complete(r)
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -13,6 +14,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
@@ -250,5 +252,53 @@ func TestDeleteRegistries(t *testing.T) {
 	}
 	if err := get(&v1.Registry{}, ns, "other"); err != nil {
 		t.Errorf("a Registry the selector does not match: %v", err)
+	}
+}
+
+// TestOwnerAndFinalizerRaceTagPushes: while the operator adds owner
+// references and finalizers to 10 Repositories, pushes write their status
+// concurrently (as registryd's replicas do). Every Repository ends owned and
+// finalized, and no pushed tag is lost.
+func TestOwnerAndFinalizerRaceTagPushes(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	reg := createRegistry(t, ns, "main", func(r *v1.Registry) { r.Spec.Storage.URL = "file://" + bucketDir(t) })
+	const repos, pushes = 10, 10
+	var wg sync.WaitGroup
+	errs := make(chan error, repos)
+	for i := range repos {
+		name := fmt.Sprintf("app-%d", i)
+		createRepository(t, ns, name, "main", name, v1.DeletionDelete)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range pushes {
+				err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+					var repo v1.Repository
+					if err := get(&repo, ns, name); err != nil {
+						return err
+					}
+					repo.Status.SetTag(v1.TagStatus{Name: fmt.Sprintf("v%d", p), Digest: "sha256:" + strings.Repeat("e", 64), PushedAt: metav1.Now()})
+					return env.Client.Status().Update(ctx, &repo)
+				})
+				if err != nil {
+					errs <- fmt.Errorf("%s: push %d: %w", name, p, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	for i := range repos {
+		name := fmt.Sprintf("app-%d", i)
+		var repo v1.Repository
+		wantMeta(t, &repo, ns, name, reg, repositoryFinalizer)
+		if repo.Status.TagCount != pushes || len(repo.Status.Tags) != pushes {
+			t.Errorf("%s holds %d tags (tagCount %d), want %d", name, len(repo.Status.Tags), repo.Status.TagCount, pushes)
+		}
 	}
 }

@@ -3,15 +3,20 @@
 package main
 
 import (
+	"context"
 	"flag"
+	"fmt"
 	"net/netip"
 	"os"
 	"strings"
+	"time"
 
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
@@ -22,6 +27,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "delete-registries" {
+		os.Exit(deleteRegistries(os.Args[2:]))
+	}
 	var (
 		metricsAddr    string
 		probeAddr      string
@@ -49,6 +57,8 @@ func main() {
 
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                  scheme,
+		Cache:                   controllers.CacheOptions(),
+		Client:                  controllers.ClientOptions(),
 		Metrics:                 metricsserver.Options{BindAddress: metricsAddr},
 		HealthProbeBindAddress:  probeAddr,
 		LeaderElection:          leaderElect,
@@ -105,4 +115,43 @@ func parseNetworks(list string) ([]netip.Prefix, error) {
 		nets = append(nets, p)
 	}
 	return nets, nil
+}
+
+// deleteRegistries is `manager delete-registries`, the chart's pre-delete
+// hook: it deletes the chart's Registries and waits until the operator has
+// finished with them, before helm removes the operator.
+func deleteRegistries(args []string) int {
+	fs := flag.NewFlagSet("delete-registries", flag.ContinueOnError)
+	ns := fs.String("namespace", os.Getenv("POD_NAMESPACE"), "Namespace of the Registries.")
+	selector := fs.String("selector", "", "Label selector of the Registries (empty: every Registry in the namespace).")
+	timeout := fs.Duration("timeout", 5*time.Minute, "How long to wait for them to go.")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	sel, err := labels.Parse(*selector)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "invalid --selector:", err)
+		return 2
+	}
+	scheme := runtime.NewScheme()
+	utilruntime.Must(clientgoscheme.AddToScheme(scheme))
+	utilruntime.Must(stevedorev1alpha1.AddToScheme(scheme))
+	cfg, err := ctrl.GetConfig()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	c, err := client.New(cfg, client.Options{Scheme: scheme})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	if err := controllers.DeleteRegistries(ctx, c, controllers.DeleteRegistriesOptions{Namespace: *ns, Selector: sel}); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	fmt.Printf("deleted the Registries of %s matching %q\n", *ns, *selector)
+	return 0
 }

@@ -23,7 +23,7 @@ func (r *RegistryReconciler) reconcileAuthSecret(ctx context.Context, s *registr
 		return nil
 	}
 	var secret corev1.Secret
-	err := r.Get(ctx, client.ObjectKey{Namespace: s.reg.Namespace, Name: name}, &secret)
+	err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: s.reg.Namespace, Name: name}, &secret)
 	entries := bcryptEntries(secret.Data[htpasswdKey])
 	reason, msg := "", ""
 	switch {

@@ -12,7 +12,12 @@ import (
 const fieldManager = "stevedore-operator"
 
 const (
-	clusterResourcesFinalizer = "stevedore.dev/cluster-resources"
+	// repositoryCleanupFinalizer holds a Registry while some of its
+	// Repositories must delete their bucket content first.
+	repositoryCleanupFinalizer = "stevedore.dev/repository-cleanup"
+	// legacyClusterResourcesFinalizer is removed wherever found: the
+	// auth-delegator binding is collected without a finalizer now.
+	legacyClusterResourcesFinalizer = "stevedore.dev/cluster-resources"
 
 	labelName              = "app.kubernetes.io/name"
 	labelInstance          = "app.kubernetes.io/instance"

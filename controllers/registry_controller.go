@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"sync"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -38,11 +37,10 @@ type RegistryReconciler struct {
 	Recorder  recorder.EventRecorder
 	Options
 
-	// imported maps a Registry's UID to the storage location whose journal
-	// this process has imported (reconcileJournalImport).
-	imported sync.Map
 	// applied remembers what was last applied to each child.
 	applied appliedChildren
+	// credentials keeps storage credentials for Repository cleanup.
+	credentials *credentialSnapshots
 }
 
 // registryScope carries what one reconcile learns from phase to phase.
@@ -50,6 +48,7 @@ type registryScope struct {
 	reg    *v1.Registry
 	status v1.RegistryStatus
 	deploy *appsv1.Deployment // as the API server returned it after apply
+	repos  []v1.Repository    // the Registry's Repositories, from the cache
 	// requeueAfter re-runs the storage probe; the shortest wish wins.
 	requeueAfter time.Duration
 }
@@ -66,15 +65,21 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	if err := r.Get(ctx, req.NamespacedName, reg); err != nil {
 		if apierrors.IsNotFound(err) {
 			r.applied.forget(req.Namespace, req.Name)
+			// Gone without a finalizer: its cluster-scoped binding is
+			// collected here, or at the operator's next start (the
+			// binding watch maps every binding to its Registry).
+			gone := &v1.Registry{}
+			gone.Namespace, gone.Name = req.Namespace, req.Name
+			return ctrl.Result{}, r.deleteAuthDelegator(ctx, gone)
 		}
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		return ctrl.Result{}, err
 	}
 	if !reg.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.reconcileDelete(ctx, reg)
 	}
 	s := &registryScope{reg: reg, status: *reg.Status.DeepCopy()}
 	err := runPhases(ctx, s,
-		r.reconcileFinalizer,
+		r.reconcileRepositories,
 		r.reconcileServiceAccount,
 		r.reconcileRBAC,
 		r.reconcileAuthDelegator,
@@ -87,7 +92,6 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.reconcileService,
 		r.reconcileIngress,
 		r.reconcilePDB,
-		r.reconcileRepositoryCount,
 	)
 	if namespaceTerminating(err) {
 		// The namespace is going away with the Registry: nothing to
@@ -118,40 +122,83 @@ func (r *RegistryReconciler) patchStatus(ctx context.Context, s *registryScope) 
 	return nil
 }
 
-// reconcileFinalizer keeps a finalizer while the Registry owns cluster-scoped
-// objects, which owner references cannot clean up.
-func (r *RegistryReconciler) reconcileFinalizer(ctx context.Context, s *registryScope) error {
-	want := s.reg.Spec.Auth.Mode == v1.AuthKubernetes
-	if want == controllerutil.ContainsFinalizer(s.reg, clusterResourcesFinalizer) {
-		return nil
+// reconcileRepositories counts the Registry's Repositories and keeps the
+// cleanup finalizer while some of them must have their bucket content
+// deleted (deletionPolicy: Delete): the Registry, which says where that
+// bucket is, must outlive them. Without such Repositories the Registry
+// carries no finalizer, and goes without the operator.
+func (r *RegistryReconciler) reconcileRepositories(ctx context.Context, s *registryScope) error {
+	var repos v1.RepositoryList
+	if err := r.List(ctx, &repos, client.InNamespace(s.reg.Namespace), client.MatchingFields{indexRepositoryRegistry: s.reg.Name}); err != nil {
+		return fmt.Errorf("listing repositories: %w", err)
 	}
-	base := s.reg.DeepCopy()
-	if want {
-		controllerutil.AddFinalizer(s.reg, clusterResourcesFinalizer)
-	} else {
-		// Only once the cluster-scoped objects are gone.
-		if err := r.deleteAuthDelegator(ctx, s.reg); err != nil {
+	s.repos = repos.Items
+	s.status.Repositories = int32(len(repos.Items))
+	want := slices.ContainsFunc(repos.Items, func(repo v1.Repository) bool { return r.needsCleanup(s.reg, &repo) })
+	if want && !r.credentials.has(s.reg) {
+		// After a restart: before a deleted namespace takes the Secret.
+		if _, err := r.credentials.read(ctx, r.APIReader, s.reg); err != nil {
 			return err
 		}
-		controllerutil.RemoveFinalizer(s.reg, clusterResourcesFinalizer)
 	}
-	if err := r.Patch(ctx, s.reg, client.MergeFrom(base)); err != nil {
+	base := s.reg.DeepCopy()
+	// An older operator's finalizer for the auth-delegator binding, which
+	// is now collected without one.
+	controllerutil.RemoveFinalizer(s.reg, legacyClusterResourcesFinalizer)
+	if want {
+		controllerutil.AddFinalizer(s.reg, repositoryCleanupFinalizer)
+	} else {
+		controllerutil.RemoveFinalizer(s.reg, repositoryCleanupFinalizer)
+	}
+	if slices.Equal(base.Finalizers, s.reg.Finalizers) {
+		return nil
+	}
+	if err := r.Patch(ctx, s.reg, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("updating finalizers: %w", err)
 	}
 	return nil
 }
 
-// reconcileDelete removes what owner references cannot, then lets go.
+// reconcileDelete deletes the Registry's Repositories and waits until those
+// with deletionPolicy: Delete have cleaned the bucket (their own finalizer),
+// then lets the Registry go. The garbage collector would delete them too,
+// but only once the Registry is gone, and they need it.
 func (r *RegistryReconciler) reconcileDelete(ctx context.Context, reg *v1.Registry) error {
-	if !controllerutil.ContainsFinalizer(reg, clusterResourcesFinalizer) {
-		return nil
-	}
 	if err := r.deleteAuthDelegator(ctx, reg); err != nil {
 		return err
 	}
+	if controllerutil.ContainsFinalizer(reg, repositoryCleanupFinalizer) {
+		var repos v1.RepositoryList
+		if err := r.List(ctx, &repos, client.InNamespace(reg.Namespace), client.MatchingFields{indexRepositoryRegistry: reg.Name}); err != nil {
+			return fmt.Errorf("listing repositories: %w", err)
+		}
+		waiting := 0
+		for i := range repos.Items {
+			repo := &repos.Items[i]
+			if repo.DeletionTimestamp.IsZero() {
+				if err := r.Delete(ctx, repo); client.IgnoreNotFound(err) != nil {
+					return fmt.Errorf("deleting Repository %s: %w", repo.Name, err)
+				}
+			}
+			if controllerutil.ContainsFinalizer(repo, v1.RepositoryFinalizer) {
+				waiting++
+			}
+		}
+		if waiting > 0 {
+			return nil // their deletion re-queues the Registry
+		}
+	}
+	if !controllerutil.ContainsFinalizer(reg, repositoryCleanupFinalizer) && !controllerutil.ContainsFinalizer(reg, legacyClusterResourcesFinalizer) {
+		return nil
+	}
 	base := reg.DeepCopy()
-	controllerutil.RemoveFinalizer(reg, clusterResourcesFinalizer)
-	return client.IgnoreNotFound(r.Patch(ctx, reg, client.MergeFrom(base)))
+	controllerutil.RemoveFinalizer(reg, repositoryCleanupFinalizer)
+	controllerutil.RemoveFinalizer(reg, legacyClusterResourcesFinalizer)
+	if err := r.Patch(ctx, reg, client.MergeFrom(base)); client.IgnoreNotFound(err) != nil {
+		return fmt.Errorf("removing finalizers: %w", err)
+	}
+	r.credentials.forget(reg.UID)
+	return nil
 }
 
 // SetupWithManager watches Registries, every child they own, the
@@ -169,7 +216,9 @@ func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&corev1.ServiceAccount{}).
 		Owns(&rbacv1.Role{}).
 		Owns(&rbacv1.RoleBinding{}).
-		Owns(&corev1.Secret{}).
+		// Not Secrets: the HTTP secret is read directly (no Secret cache,
+		// no list/watch on Secrets); a deleted one is made again at the
+		// next reconcile.
 		Owns(&appsv1.Deployment{}).
 		Owns(&corev1.Service{}).
 		Owns(&networkingv1.Ingress{}).
@@ -178,7 +227,11 @@ func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// the Registry.
 		Watches(&corev1.PersistentVolumeClaim{}, handler.EnqueueRequestsFromMapFunc(registryOfClaim)).
 		Watches(&rbacv1.ClusterRoleBinding{}, handler.EnqueueRequestsFromMapFunc(registryFromLabels)).
-		Watches(&v1.Repository{}, handler.EnqueueRequestsFromMapFunc(registryOfRepository)).
+		// Repositories come and go, change policy or lose their finalizer
+		// (count, cleanup finalizer); a tag push (a status write) is none
+		// of the Registry's business.
+		Watches(&v1.Repository{}, handler.EnqueueRequestsFromMapFunc(registryOfRepository),
+			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, deletionStarted()))).
 		// Several at once: one Registry whose storage hangs until the probe
 		// timeout must not hold up every other Registry.
 		WithOptions(controller.Options{MaxConcurrentReconciles: registryWorkers}).

@@ -101,11 +101,11 @@ func TestRegistryChildren(t *testing.T) {
 		{&corev1.ServiceAccount{}, name, nil},
 		{&rbacv1.Role{}, name, func(o client.Object) error {
 			for _, rule := range o.(*rbacv1.Role).Rules {
-				if slices.Contains(rule.Resources, "repositories/status") && slices.Contains(rule.Verbs, "patch") {
+				if slices.Contains(rule.Resources, "repositories/status") && slices.Contains(rule.Verbs, "update") {
 					return nil
 				}
 			}
-			return fmt.Errorf("role does not grant patch on repositories/status")
+			return fmt.Errorf("role does not grant update on repositories/status")
 		}},
 		{&rbacv1.RoleBinding{}, name, func(o client.Object) error {
 			if s := o.(*rbacv1.RoleBinding).Subjects; len(s) != 1 || s[0].Name != name {

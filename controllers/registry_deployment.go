@@ -2,8 +2,10 @@ package controllers
 
 import (
 	"context"
+	"maps"
 	"net/url"
 	"path"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -74,6 +76,7 @@ func (r *RegistryReconciler) podTemplate(reg *v1.Registry) *corev1ac.PodTemplate
 		// No fixed runAsUser: the image's USER applies, and OpenShift's
 		// restricted SCC can assign a UID of its range.
 		WithSecurityContext(podSecurityContext(reg)).
+		WithPriorityClassName(reg.Spec.PriorityClassName).
 		// registryd fails /readyz at once on SIGTERM, serves on for its
 		// --shutdown-delay (5s) while endpoints drop it, then drains
 		// in-flight requests for --shutdown-timeout (25s).
@@ -90,7 +93,14 @@ func (r *RegistryReconciler) podTemplate(reg *v1.Registry) *corev1ac.PodTemplate
 		spec.Affinity = &corev1ac.AffinityApplyConfiguration{}
 		mustConvert(reg.Spec.Affinity, spec.Affinity)
 	}
-	if replicas(reg) > 1 {
+	for _, ref := range reg.Spec.ImagePullSecrets {
+		spec.WithImagePullSecrets(corev1ac.LocalObjectReference().WithName(ref.Name))
+	}
+	if len(reg.Spec.TopologySpreadConstraints) > 0 {
+		var tscs []*corev1ac.TopologySpreadConstraintApplyConfiguration
+		mustConvert(reg.Spec.TopologySpreadConstraints, &tscs)
+		spec.WithTopologySpreadConstraints(tscs...)
+	} else if replicas(reg) > 1 {
 		// Spread replicas so one node going away leaves the registry up.
 		spec.WithTopologySpreadConstraints(corev1ac.TopologySpreadConstraint().
 			WithMaxSkew(1).
@@ -98,9 +108,17 @@ func (r *RegistryReconciler) podTemplate(reg *v1.Registry) *corev1ac.PodTemplate
 			WithWhenUnsatisfiable(corev1.ScheduleAnyway).
 			WithLabelSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(reg))))
 	}
-	return corev1ac.PodTemplateSpec().
-		WithLabels(childLabels(reg)).
+	// The user's labels first: the operator's select the pods and win.
+	labels := map[string]string{}
+	maps.Copy(labels, reg.Spec.PodLabels)
+	maps.Copy(labels, childLabels(reg))
+	tmpl := corev1ac.PodTemplateSpec().
+		WithLabels(labels).
 		WithSpec(spec)
+	if len(reg.Spec.PodAnnotations) > 0 {
+		tmpl.WithAnnotations(reg.Spec.PodAnnotations)
+	}
+	return tmpl
 }
 
 func (r *RegistryReconciler) registrydContainer(reg *v1.Registry) *corev1ac.ContainerApplyConfiguration {
@@ -123,12 +141,11 @@ func (r *RegistryReconciler) registrydContainer(reg *v1.Registry) *corev1ac.Cont
 		WithStartupProbe(httpProbe("/readyz", 2, 2, 90)).
 		WithReadinessProbe(httpProbe("/readyz", 10, 5, 3)).
 		WithLivenessProbe(httpProbe("/healthz", 10, 5, 6)).
-		WithSecurityContext(corev1ac.SecurityContext().
-			WithAllowPrivilegeEscalation(false).
-			WithReadOnlyRootFilesystem(true).
-			WithRunAsNonRoot(true).
-			WithCapabilities(corev1ac.Capabilities().WithDrop("ALL"))).
+		WithSecurityContext(containerSecurityContext(reg)).
 		WithVolumeMounts(volumeMounts(reg)...)
+	if p := reg.Spec.ImagePullPolicy; p != "" {
+		c.WithImagePullPolicy(p)
+	}
 	c.Resources = &corev1ac.ResourceRequirementsApplyConfiguration{}
 	mustConvert(resources(reg), c.Resources)
 	if ref := reg.Spec.Storage.SecretRef; ref != nil {
@@ -140,7 +157,30 @@ func (r *RegistryReconciler) registrydContainer(reg *v1.Registry) *corev1ac.Cont
 		// the storage volume, under registryd's reserved prefix.
 		c.WithEnv(corev1ac.EnvVar().WithName("TMPDIR").WithValue(path.Join(dir, fileTempDir)))
 	}
+	for _, e := range reg.Spec.Env {
+		if slices.ContainsFunc(c.Env, func(own corev1ac.EnvVarApplyConfiguration) bool { return ptrString(own.Name) == e.Name }) {
+			continue // the operator's own
+		}
+		var ac corev1ac.EnvVarApplyConfiguration
+		mustConvert(e, &ac)
+		c.WithEnv(&ac)
+	}
 	return c
+}
+
+// containerSecurityContext is spec.securityContext, or the restricted Pod
+// Security profile's settings with a read-only root filesystem.
+func containerSecurityContext(reg *v1.Registry) *corev1ac.SecurityContextApplyConfiguration {
+	if sc := reg.Spec.SecurityContext; sc != nil {
+		ac := &corev1ac.SecurityContextApplyConfiguration{}
+		mustConvert(sc, ac)
+		return ac
+	}
+	return corev1ac.SecurityContext().
+		WithAllowPrivilegeEscalation(false).
+		WithReadOnlyRootFilesystem(true).
+		WithRunAsNonRoot(true).
+		WithCapabilities(corev1ac.Capabilities().WithDrop("ALL"))
 }
 
 // RegistrydArgs are registryd's flags for this Registry; registryd's tests
@@ -239,6 +279,11 @@ func resources(reg *v1.Registry) corev1.ResourceRequirements {
 // podSecurityContext: non-root, with the image's user. fsGroup only where a
 // volume must be writable by that user (a file:// claim).
 func podSecurityContext(reg *v1.Registry) *corev1ac.PodSecurityContextApplyConfiguration {
+	if psc := reg.Spec.PodSecurityContext; psc != nil {
+		ac := &corev1ac.PodSecurityContextApplyConfiguration{}
+		mustConvert(psc, ac)
+		return ac
+	}
 	sc := corev1ac.PodSecurityContext().
 		WithRunAsNonRoot(true).
 		WithSeccompProfile(corev1ac.SeccompProfile().WithType(corev1.SeccompProfileTypeRuntimeDefault))

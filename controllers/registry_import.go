@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -19,15 +20,22 @@ func storageLocation(reg *v1.Registry) string {
 	return reg.Spec.Storage.URL + "#" + reg.Spec.Storage.Prefix
 }
 
+// importTimeout bounds one journal import: a bucket that hangs or holds
+// very many repositories must not hold a reconcile worker forever. A timed
+// out import is retried (with backoff) from the start; repositories already
+// created are skipped.
+const importTimeout = 2 * time.Minute
+
 // reconcileJournalImport gives a Registry back the repositories its bucket
 // holds: one Repository object, with the tags of its journal, for every
 // repository the bucket knows of that no object claims and nobody deleted on
 // purpose (a Retain deletion leaves a tombstone). It runs once per Registry
-// and storage location in each operator process: after a restart, a new
-// bucket, or a cluster rebuilt over a surviving bucket.
+// and storage location, recorded in status.storage.journalImportedFrom: for
+// a new Registry (a cluster rebuilt over a surviving bucket) or a new
+// bucket, not after every operator restart.
 func (r *RegistryReconciler) reconcileJournalImport(ctx context.Context, s *registryScope) error {
 	loc := storageLocation(s.reg)
-	if done, ok := r.imported.Load(s.reg.UID); (ok && done == loc) || !isConditionTrue(s.status.Conditions, v1.ConditionStorageReady) {
+	if (s.status.Storage != nil && s.status.Storage.JournalImportedFrom == loc) || !isConditionTrue(s.status.Conditions, v1.ConditionStorageReady) {
 		return nil
 	}
 	if r.storageOutOfReach(s.reg) || usesPodIdentity(s.reg) {
@@ -35,7 +43,13 @@ func (r *RegistryReconciler) reconcileJournalImport(ctx context.Context, s *regi
 		// out of the operator's reach.
 		return nil
 	}
-	b, err := r.openStorage(ctx, r.Client, s.reg)
+	ctx, cancel := context.WithTimeout(ctx, importTimeout)
+	defer cancel()
+	env, err := r.credentials.read(ctx, r.APIReader, s.reg)
+	if err != nil {
+		return err
+	}
+	b, err := r.openStorage(ctx, s.reg, env)
 	if err != nil {
 		return err
 	}
@@ -66,7 +80,10 @@ func (r *RegistryReconciler) reconcileJournalImport(ctx context.Context, s *regi
 		r.Recorder.Eventf(s.reg, nil, corev1.EventTypeNormal, "JournalImported", "Import",
 			"restored %d repositories with %d tags from the bucket's tag journal", repos, tagCount)
 	}
-	r.imported.Store(s.reg.UID, loc)
+	if s.status.Storage == nil {
+		s.status.Storage = &v1.StorageStatus{}
+	}
+	s.status.Storage.JournalImportedFrom = loc
 	return nil
 }
 
@@ -97,8 +114,8 @@ func (r *RegistryReconciler) importRepository(ctx context.Context, reg *v1.Regis
 	repo := &v1.Repository{
 		ObjectMeta: metav1.ObjectMeta{
 			Name: v1.RepositoryObjectName(reg.Name, path), Namespace: reg.Namespace,
-			Labels:     map[string]string{labelRegistry: reg.Name},
-			Finalizers: []string{v1.RepositoryFinalizer},
+			Labels:          map[string]string{labelRegistry: reg.Name},
+			OwnerReferences: []metav1.OwnerReference{v1.RegistryOwnerReference(reg)},
 		},
 		Spec: v1.RepositorySpec{Registry: reg.Name, Name: path},
 	}
@@ -108,7 +125,7 @@ func (r *RegistryReconciler) importRepository(ctx context.Context, reg *v1.Regis
 		}
 		return 0, false, fmt.Errorf("creating Repository for %s: %w", path, err)
 	}
-	// The Repository reconciler adds its finalizer meanwhile: retry on conflict.
+	// The Repository reconciler may update it meanwhile: retry on conflict.
 	err = retry.RetryOnConflict(retry.DefaultBackoff, func() error {
 		// Live: the cache may not have the object just created.
 		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(repo), repo); err != nil {

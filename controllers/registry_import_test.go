@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -16,8 +17,9 @@ import (
 )
 
 // TestJournalImport points a new Registry at a bucket that already holds
-// repositories, deletes one on purpose, loses every object as a lost cluster
-// would, restarts the operator, and expects all but the deleted one back.
+// repositories, deletes one on purpose, restarts the operator (no second
+// import), loses every object as a lost cluster would, and expects all but
+// the deleted one back in a new Registry.
 func TestJournalImport(t *testing.T) {
 	ctx := context.Background()
 	ns := newNamespace(t)
@@ -66,8 +68,8 @@ func TestJournalImport(t *testing.T) {
 	createRegistry(t, ns, "main", func(r *v1.Registry) { r.Spec.Storage.URL = storageURL })
 	eventually(t, "imported", check(want))
 
-	// A Repository a person deletes (Retain) leaves a tombstone and stays
-	// deleted, through operator restarts too.
+	// A Repository a person deletes (Retain, so without a finalizer) leaves
+	// a tombstone once the operator sees it go, and stays deleted.
 	gone := &v1.Repository{}
 	if err := get(gone, ns, v1.RepositoryObjectName("main", "tools/ci")); err != nil {
 		t.Fatal(err)
@@ -81,37 +83,64 @@ func TestJournalImport(t *testing.T) {
 		}
 		return nil
 	})
-	if deleted, err := journal.IsDeleted(ctx, "tools/ci"); err != nil || !deleted {
-		t.Fatalf("no tombstone for tools/ci (%v)", err)
-	}
+	eventually(t, "tombstone", func() error {
+		if deleted, err := journal.IsDeleted(ctx, "tools/ci"); err != nil || !deleted {
+			return fmt.Errorf("no tombstone for tools/ci (%v)", err)
+		}
+		return nil
+	})
 	delete(want, "tools/ci")
 
-	// The cluster is lost: the objects vanish with no operator to see them
-	// go (no finalizer runs, no tombstone is written), then the operator
-	// starts again.
+	// An operator restart imports nothing again: the import is recorded
+	// in the Registry's status. Objects deleted while it was down stay
+	// deleted.
+	deleteAll := func() {
+		var list v1.RepositoryList
+		if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+		for i := range list.Items {
+			if err := env.Client.Delete(ctx, &list.Items[i]); client.IgnoreNotFound(err) != nil {
+				t.Fatal(err)
+			}
+		}
+		eventually(t, "all gone", func() error {
+			if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil || len(list.Items) > 0 {
+				return fmt.Errorf("%d repositories left (%v)", len(list.Items), err)
+			}
+			return nil
+		})
+	}
+	var reg v1.Registry
+	if err := get(&reg, ns, "main"); err != nil || reg.Status.Storage == nil || reg.Status.Storage.JournalImportedFrom != storageURL+"#" {
+		t.Fatalf("status.storage %+v (%v), want journalImportedFrom %s#", reg.Status.Storage, err, storageURL)
+	}
 	stopOperator()
+	deleteAll()
+	startOperatorAgain(t)
+	updateRegistry(t, ns, "main", func(r *v1.Registry) { r.Labels = map[string]string{"touched": "yes"} }) // a reconcile
+	time.Sleep(2 * time.Second)
 	var list v1.RepositoryList
-	if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil {
+	if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil || len(list.Items) > 0 {
+		t.Fatalf("an operator restart imported %d repositories again (%v)", len(list.Items), err)
+	}
+
+	// The cluster is lost with its Registry, none of it seen going by an
+	// operator; a new Registry over the bucket gets everything back but
+	// the deliberately deleted repository.
+	stopOperator()
+	if err := env.Client.Delete(ctx, &reg); err != nil {
 		t.Fatal(err)
 	}
-	for i := range list.Items {
-		repo := &list.Items[i]
-		repo.Finalizers = nil
-		if err := env.Client.Update(ctx, repo); err != nil {
-			t.Fatal(err)
-		}
-		if err := env.Client.Delete(ctx, repo); client.IgnoreNotFound(err) != nil {
-			t.Fatal(err)
-		}
-	}
-	eventually(t, "all gone", func() error {
-		if err := env.Client.List(ctx, &list, client.InNamespace(ns)); err != nil || len(list.Items) > 0 {
-			return fmt.Errorf("%d repositories left (%v)", len(list.Items), err)
+	eventually(t, "Registry gone", func() error {
+		if err := get(&v1.Registry{}, ns, "main"); !apierrors.IsNotFound(err) {
+			return fmt.Errorf("still there: %v", err)
 		}
 		return nil
 	})
 	startOperatorAgain(t)
-	eventually(t, "imported again after the restart", check(want))
+	createRegistry(t, ns, "main", func(r *v1.Registry) { r.Spec.Storage.URL = storageURL })
+	eventually(t, "imported into the new Registry", check(want))
 	if err := get(&v1.Repository{}, ns, gone.Name); !apierrors.IsNotFound(err) {
 		t.Fatalf("the deliberately deleted tools/ci came back (%v)", err)
 	}

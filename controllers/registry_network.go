@@ -3,6 +3,7 @@ package controllers
 import (
 	"context"
 	"fmt"
+	"maps"
 
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
@@ -22,7 +23,11 @@ func (r *RegistryReconciler) reconcileService(ctx context.Context, s *registrySc
 	if svcType == "" {
 		svcType = "ClusterIP"
 	}
-	err := r.apply(ctx, corev1ac.Service(childName(s.reg), s.reg.Namespace).
+	svc := corev1ac.Service(childName(s.reg), s.reg.Namespace)
+	if a := s.reg.Spec.Service.Annotations; len(a) > 0 {
+		svc.WithAnnotations(a)
+	}
+	err := r.apply(ctx, svc.
 		WithLabels(childLabels(s.reg)).
 		WithOwnerReferences(ownerRef(s.reg)).
 		WithSpec(corev1ac.ServiceSpec().
@@ -56,8 +61,7 @@ func (r *RegistryReconciler) reconcileIngress(ctx context.Context, s *registrySc
 	}
 	return r.apply(ctx, networkingv1ac.Ingress(childName(s.reg), s.reg.Namespace).
 		WithLabels(childLabels(s.reg)).
-		// Image layers are large: lift the common ingress body-size limit.
-		WithAnnotations(map[string]string{"nginx.ingress.kubernetes.io/proxy-body-size": "0"}).
+		WithAnnotations(ingressAnnotations(in)).
 		WithOwnerReferences(ownerRef(s.reg)).
 		WithSpec(spec), &networkingv1.Ingress{})
 }
@@ -90,4 +94,12 @@ func (r *RegistryReconciler) deleteOwned(ctx context.Context, reg *v1.Registry, 
 		return fmt.Errorf("deleting %T %s: %w", obj, obj.GetName(), err)
 	}
 	return nil
+}
+
+// ingressAnnotations lift the common ingress body-size limit (image layers
+// are large), under the user's spec.ingress.annotations.
+func ingressAnnotations(in *v1.IngressSpec) map[string]string {
+	a := map[string]string{"nginx.ingress.kubernetes.io/proxy-body-size": "0"}
+	maps.Copy(a, in.Annotations)
+	return a
 }

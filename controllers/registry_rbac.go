@@ -13,16 +13,20 @@ import (
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 )
 
-// registrydRules is what registryd needs: its Repositories (tags live in
-// their status) and Events about them.
-func registrydRules() []*rbacv1ac.PolicyRuleApplyConfiguration {
+// registrydRules is what registryd does: reads its Repositories (cache),
+// creates one on first push, writes tags into their status, reads its own
+// Registry (by name: a second Registry in the namespace stays out of reach)
+// and records Events. Repositories cannot be told apart by RBAC (their
+// names are not known in advance), so two Registries in one namespace share
+// them; a namespace per Registry separates them.
+func registrydRules(reg *v1.Registry) []*rbacv1ac.PolicyRuleApplyConfiguration {
 	return []*rbacv1ac.PolicyRuleApplyConfiguration{
 		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("repositories").
-			WithVerbs("get", "list", "watch", "create", "update", "patch"),
+			WithVerbs("get", "list", "watch", "create"),
 		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("repositories/status").
-			WithVerbs("get", "update", "patch"),
+			WithVerbs("update"),
 		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("registries").
-			WithVerbs("get", "list", "watch"),
+			WithResourceNames(reg.Name).WithVerbs("get", "list", "watch"),
 		rbacv1ac.PolicyRule().WithAPIGroups("", "events.k8s.io").WithResources("events").
 			WithVerbs("create", "patch"),
 	}
@@ -43,7 +47,7 @@ func (r *RegistryReconciler) reconcileRBAC(ctx context.Context, s *registryScope
 	role := rbacv1ac.Role(name, ns).
 		WithLabels(childLabels(s.reg)).
 		WithOwnerReferences(ownerRef(s.reg)).
-		WithRules(registrydRules()...)
+		WithRules(registrydRules(s.reg)...)
 	if err := r.apply(ctx, role, &rbacv1.Role{}); err != nil {
 		return err
 	}
@@ -56,10 +60,11 @@ func (r *RegistryReconciler) reconcileRBAC(ctx context.Context, s *registryScope
 
 // reconcileAuthDelegator binds registryd to system:auth-delegator (TokenReview
 // and SubjectAccessReview) only in kubernetes auth mode. The binding is
-// cluster-scoped, so labels and the finalizer, not an owner reference, tie it
-// to the Registry.
+// cluster-scoped, so labels, not an owner reference, tie it to the Registry,
+// and no finalizer: the operator deletes it when it sees the Registry gone,
+// now or at its next start.
 func (r *RegistryReconciler) reconcileAuthDelegator(ctx context.Context, s *registryScope) error {
-	if s.reg.Spec.Auth.Mode != v1.AuthKubernetes {
+	if !wantsAuthDelegator(s.reg) {
 		return r.deleteAuthDelegator(ctx, s.reg)
 	}
 	labels := childLabels(s.reg)
@@ -71,14 +76,25 @@ func (r *RegistryReconciler) reconcileAuthDelegator(ctx context.Context, s *regi
 		&rbacv1.ClusterRoleBinding{})
 }
 
+// deleteAuthDelegator deletes the Registry's binding, if there is one and
+// the operator made it for this Registry (its labels say so).
 func (r *RegistryReconciler) deleteAuthDelegator(ctx context.Context, reg *v1.Registry) error {
 	crb := &rbacv1.ClusterRoleBinding{}
 	// The cache first: most Registries never had a binding to delete.
 	if err := r.Get(ctx, client.ObjectKey{Name: authDelegatorName(reg)}, crb); err != nil {
 		return client.IgnoreNotFound(err)
 	}
-	if err := r.Delete(ctx, crb); client.IgnoreNotFound(err) != nil {
+	l := crb.Labels
+	if l[labelManagedBy] != fieldManager || l[labelRegistry] != reg.Name || l[labelRegistryNamespace] != reg.Namespace {
+		return nil
+	}
+	if err := r.Delete(ctx, crb, client.Preconditions{UID: &crb.UID}); client.IgnoreNotFound(err) != nil {
 		return fmt.Errorf("deleting ClusterRoleBinding %s: %w", crb.Name, err)
 	}
 	return nil
 }
+
+// wantsAuthDelegator reads the auth mode as registryd's flags do
+// (authMode): a Registry stored before the CRD defaulted the mode runs in
+// kubernetes mode, and needs its binding.
+func wantsAuthDelegator(reg *v1.Registry) bool { return authMode(reg) == v1.AuthKubernetes }

@@ -18,7 +18,7 @@ import (
 func (r *RegistryReconciler) reconcileHTTPSecret(ctx context.Context, s *registryScope) error {
 	key := client.ObjectKey{Namespace: s.reg.Namespace, Name: httpSecretName(s.reg)}
 	var existing corev1.Secret
-	err := r.Get(ctx, key, &existing)
+	err := r.APIReader.Get(ctx, key, &existing)
 	if err == nil {
 		return nil
 	}

@@ -1,14 +1,12 @@
 package controllers
 
 import (
-	"context"
 	"fmt"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 )
@@ -16,22 +14,16 @@ import (
 // indexRepositoryRegistry indexes Repositories by spec.registry.
 const indexRepositoryRegistry = "spec.registry"
 
-func (r *RegistryReconciler) reconcileRepositoryCount(ctx context.Context, s *registryScope) error {
-	var repos v1.RepositoryList
-	if err := r.List(ctx, &repos, client.InNamespace(s.reg.Namespace), client.MatchingFields{indexRepositoryRegistry: s.reg.Name}); err != nil {
-		return fmt.Errorf("listing repositories: %w", err)
-	}
-	s.status.Repositories = int32(len(repos.Items))
-	return nil
-}
-
 // summarize derives Available, Progressing, Degraded and Ready from the
 // Deployment and the phases' outcome.
 func (r *RegistryReconciler) summarize(s *registryScope, reconcileErr error) {
 	gen, conds := s.reg.Generation, &s.status.Conditions
 	d := s.deploy
+	// The scale subresource's status: an HPA reads the pods it selects.
+	s.status.Selector = metav1.FormatLabelSelector(&metav1.LabelSelector{MatchLabels: selectorLabels(s.reg)})
 	if d != nil {
 		s.status.ReadyReplicas = d.Status.ReadyReplicas
+		s.status.Replicas = d.Status.Replicas
 		setAvailable(conds, gen, d, replicas(s.reg))
 		setProgressing(conds, gen, d)
 	}
@@ -45,7 +37,7 @@ func (r *RegistryReconciler) summarize(s *registryScope, reconcileErr error) {
 		setCondition(conds, gen, v1.ConditionDegraded, metav1.ConditionFalse, ReasonAsExpected, "")
 	}
 
-	if s.reg.Spec.Auth.Mode == v1.AuthNone {
+	if authMode(s.reg) == v1.AuthNone {
 		setCondition(conds, gen, ConditionAuthDisabled, metav1.ConditionTrue, ReasonAuthDisabled,
 			"auth.mode is none: anyone who can reach the registry can push and delete; use htpasswd or kubernetes outside development")
 	} else {

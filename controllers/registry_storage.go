@@ -11,7 +11,6 @@ import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
-	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/internal/bucket"
@@ -83,8 +82,11 @@ func (r *RegistryReconciler) reconcileStorage(ctx context.Context, s *registrySc
 		s.requeue(wait)
 		return nil
 	}
-	s.status.Storage = &v1.StorageStatus{LastProbeTime: ptr.To(metav1.Now())}
-	env, err := storageEnv(ctx, r.Client, s.reg)
+	if s.status.Storage == nil {
+		s.status.Storage = &v1.StorageStatus{}
+	}
+	s.status.Storage.LastProbeTime = ptr.To(metav1.Now())
+	env, err := r.credentials.read(ctx, r.APIReader, s.reg)
 	if err != nil {
 		setCondition(&s.status.Conditions, gen, v1.ConditionStorageReady, metav1.ConditionFalse, ReasonCredentialsMissing, err.Error())
 		s.requeue(r.probeRetryInterval())
@@ -147,32 +149,11 @@ func (o Options) storageOutOfReach(reg *v1.Registry) bool {
 	return fileStorageDir(reg) != "" && !o.LocalStorageReachable
 }
 
-// openStorage opens a Registry's bucket with the credentials of its
+// openStorage opens a Registry's bucket with env, the keys of its
 // secretRef; bucket.ErrNoCredentials when it has none.
-func (o Options) openStorage(ctx context.Context, c client.Reader, reg *v1.Registry) (*blob.Bucket, error) {
+func (o Options) openStorage(ctx context.Context, reg *v1.Registry, env map[string]string) (*blob.Bucket, error) {
 	if usesPodIdentity(reg) {
 		return nil, fmt.Errorf("%w: storage.secretRef is not set, and the operator does not use its own identity", bucket.ErrNoCredentials)
 	}
-	env, err := storageEnv(ctx, c, reg)
-	if err != nil {
-		return nil, err
-	}
 	return bucket.Open(ctx, reg.Spec.Storage.URL, o.bucketOptions(reg, env))
-}
-
-// storageEnv reads the Secret named by storage.secretRef as environment variables.
-func storageEnv(ctx context.Context, c client.Reader, reg *v1.Registry) (map[string]string, error) {
-	ref := reg.Spec.Storage.SecretRef
-	if ref == nil {
-		return nil, nil
-	}
-	var secret corev1.Secret
-	if err := c.Get(ctx, client.ObjectKey{Namespace: reg.Namespace, Name: ref.Name}, &secret); err != nil {
-		return nil, fmt.Errorf("reading storage.secretRef %s: %w", ref.Name, err)
-	}
-	env := make(map[string]string, len(secret.Data))
-	for k, v := range secret.Data {
-		env[k] = string(v)
-	}
-	return env, nil
 }

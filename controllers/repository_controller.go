@@ -4,15 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	"gocloud.dev/blob"
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
+	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/controller/controllerutil"
+	"sigs.k8s.io/controller-runtime/pkg/event"
 	"sigs.k8s.io/controller-runtime/pkg/handler"
+	"sigs.k8s.io/controller-runtime/pkg/predicate"
 	"sigs.k8s.io/controller-runtime/pkg/reconcile"
 	"sigs.k8s.io/controller-runtime/pkg/recorder"
 
@@ -33,8 +39,15 @@ func repositoryPathKey(repo *v1.Repository) string { return repo.Spec.Registry +
 // counts its tags and applies its deletionPolicy.
 type RepositoryReconciler struct {
 	client.Client
-	Recorder recorder.EventRecorder
+	// APIReader reads user Secrets, which the operator does not cache.
+	APIReader client.Reader
+	Recorder  recorder.EventRecorder
 	Options
+
+	credentials *credentialSnapshots
+	// deleted holds the last state of Repositories seen deleted, for the
+	// tombstone of a Retain deletion (reconcileGone).
+	deleted sync.Map
 }
 
 type repositoryScope struct {
@@ -46,15 +59,19 @@ type repositoryScope struct {
 func (r *RepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (ctrl.Result, error) {
 	repo := &v1.Repository{}
 	if err := r.Get(ctx, req.NamespacedName, repo); err != nil {
-		return ctrl.Result{}, client.IgnoreNotFound(err)
+		if apierrors.IsNotFound(err) {
+			return ctrl.Result{}, r.reconcileGone(ctx, req.NamespacedName)
+		}
+		return ctrl.Result{}, err
 	}
+	r.deleted.Delete(req.NamespacedName) // a new object of the same name
 	if !repo.DeletionTimestamp.IsZero() {
 		return ctrl.Result{}, r.reconcileDelete(ctx, repo)
 	}
 	s := &repositoryScope{repo: repo, status: *repo.Status.DeepCopy()}
 	err := runPhases(ctx, s,
-		r.reconcileFinalizer,
 		r.reconcileRegistryRef,
+		r.reconcileMetadata,
 		r.reconcileConflict,
 		r.reconcileTagCount,
 	)
@@ -65,9 +82,23 @@ func (r *RepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	return ctrl.Result{}, err
 }
 
-// patchStatus writes conditions and counts once. Tags are registryd's: the
-// merge patch leaves them alone because this reconciler never changes them.
+// tagCountWrong passes a status write whose tagCount is not the number of
+// tags (a hand edit; registryd writes both together).
+func tagCountWrong() predicate.Funcs {
+	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
+		repo, ok := e.ObjectNew.(*v1.Repository)
+		return ok && int(repo.Status.TagCount) != len(repo.Status.Tags)
+	}}
+}
+
+// patchStatus writes conditions and counts once, and only when they changed.
+// Tags are registryd's: the merge patch leaves them alone because this
+// reconciler never changes them.
 func (r *RepositoryReconciler) patchStatus(ctx context.Context, s *repositoryScope) error {
+	if equality.Semantic.DeepEqual(s.repo.Status.Conditions, s.status.Conditions) &&
+		s.repo.Status.TagCount == s.status.TagCount && s.repo.Status.ObservedGeneration == s.status.ObservedGeneration {
+		return nil
+	}
 	base := s.repo.DeepCopy()
 	s.repo.Status.Conditions = s.status.Conditions
 	s.repo.Status.TagCount = s.status.TagCount
@@ -78,13 +109,48 @@ func (r *RepositoryReconciler) patchStatus(ctx context.Context, s *repositorySco
 	return nil
 }
 
-func (r *RepositoryReconciler) reconcileFinalizer(ctx context.Context, s *repositoryScope) error {
-	if controllerutil.ContainsFinalizer(s.repo, v1.RepositoryFinalizer) {
+// reconcileMetadata makes the Repository a dependent of its Registry (so
+// deleting the Registry deletes it) and keeps the deletion-policy finalizer
+// exactly where the operator must act before the object goes: Delete, on a
+// bucket the operator reaches. Everything else goes without the operator,
+// so a namespace deleted while it is away is not held up.
+func (r *RepositoryReconciler) reconcileMetadata(ctx context.Context, s *repositoryScope) error {
+	base := s.repo.DeepCopy()
+	if s.reg != nil && !hasOwner(s.repo, s.reg) {
+		s.repo.OwnerReferences = append(s.repo.OwnerReferences, v1.RegistryOwnerReference(s.reg))
+	}
+	if r.needsCleanup(s.reg, s.repo) {
+		controllerutil.AddFinalizer(s.repo, v1.RepositoryFinalizer)
+		// While the Secret is there: a deleted namespace may take it first.
+		if _, err := r.credentials.read(ctx, r.APIReader, s.reg); err != nil {
+			return err
+		}
+	} else {
+		controllerutil.RemoveFinalizer(s.repo, v1.RepositoryFinalizer)
+	}
+	if equality.Semantic.DeepEqual(base.ObjectMeta, s.repo.ObjectMeta) {
 		return nil
 	}
-	base := s.repo.DeepCopy()
-	controllerutil.AddFinalizer(s.repo, v1.RepositoryFinalizer)
-	return r.Patch(ctx, s.repo, client.MergeFrom(base))
+	if err := r.Patch(ctx, s.repo, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
+		return fmt.Errorf("updating owner and finalizers: %w", err)
+	}
+	return nil
+}
+
+// needsCleanup: deleting repo must delete what the bucket holds for it, and
+// the operator can reach that bucket.
+func (o Options) needsCleanup(reg *v1.Registry, repo *v1.Repository) bool {
+	return repo.Spec.DeletionPolicy == v1.DeletionDelete && reg != nil &&
+		!o.storageOutOfReach(reg) && !usesPodIdentity(reg)
+}
+
+func hasOwner(obj metav1.Object, reg *v1.Registry) bool {
+	for _, ref := range obj.GetOwnerReferences() {
+		if ref.UID == reg.UID {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *RepositoryReconciler) reconcileRegistryRef(ctx context.Context, s *repositoryScope) error {
@@ -152,7 +218,7 @@ func (r *RepositoryReconciler) summarize(s *repositoryScope, err error) {
 	}
 }
 
-// reconcileDelete applies deletionPolicy, then lets the object go.
+// reconcileDelete applies deletionPolicy: Delete, then lets the object go.
 func (r *RepositoryReconciler) reconcileDelete(ctx context.Context, repo *v1.Repository) error {
 	if !controllerutil.ContainsFinalizer(repo, v1.RepositoryFinalizer) {
 		return nil
@@ -162,26 +228,57 @@ func (r *RepositoryReconciler) reconcileDelete(ctx context.Context, repo *v1.Rep
 			r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonBucketCleanupFailed, "Delete", "%v", err)
 			return err
 		}
-	} else if err := r.markDeleted(ctx, repo); err != nil {
-		// Best effort: without the mark, a later journal import may bring
-		// the repository back; that must not keep the object from going.
-		r.Recorder.Eventf(repo, nil, corev1.EventTypeWarning, ReasonBucketCleanupFailed, "Delete",
-			"could not mark the retained repository deleted in the bucket: %v", err)
 	}
+	// Retain: a finalizer left from an older operator; nothing to do.
 	base := repo.DeepCopy()
 	controllerutil.RemoveFinalizer(repo, v1.RepositoryFinalizer)
 	return client.IgnoreNotFound(r.Patch(ctx, repo, client.MergeFrom(base)))
 }
 
-// markDeleted leaves a tombstone by the retained content, so the journal
-// import does not bring back a repository a person deleted.
-func (r *RepositoryReconciler) markDeleted(ctx context.Context, repo *v1.Repository) error {
-	b, err := r.openRegistryBucket(ctx, repo)
-	if err != nil || b == nil {
+// rememberDeleted keeps the last state of a deleted Repository for
+// reconcileGone, which only gets its name.
+func (r *RepositoryReconciler) rememberDeleted(obj client.Object) {
+	if repo, ok := obj.(*v1.Repository); ok && repo.Spec.DeletionPolicy != v1.DeletionDelete {
+		r.deleted.Store(client.ObjectKeyFromObject(repo), repo.DeepCopy())
+	}
+}
+
+// reconcileGone leaves a tombstone by the content of a Retain Repository a
+// person deleted, so a journal import does not bring it back. Not when its
+// Registry is gone or going too (deleted, or its namespace): then the
+// bucket's repositories are meant to come back with the next Registry on
+// it. Best effort, with no finalizer: a deletion the operator does not see
+// (it was not running) leaves no tombstone.
+func (r *RepositoryReconciler) reconcileGone(ctx context.Context, key client.ObjectKey) error {
+	last, ok := r.deleted.LoadAndDelete(key)
+	if !ok {
+		return nil
+	}
+	repo := last.(*v1.Repository)
+	reg := &v1.Registry{}
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Namespace: repo.Namespace, Name: repo.Spec.Registry}, reg); err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	if !reg.DeletionTimestamp.IsZero() || !hasOwner(repo, reg) || r.storageOutOfReach(reg) || usesPodIdentity(reg) {
+		return nil
+	}
+	ns := &corev1.Namespace{}
+	if err := r.APIReader.Get(ctx, client.ObjectKey{Name: repo.Namespace}, ns); err == nil && !ns.DeletionTimestamp.IsZero() {
+		return nil
+	}
+	env, err := r.credentials.read(ctx, r.APIReader, reg)
+	if err != nil {
+		return client.IgnoreNotFound(err)
+	}
+	b, err := r.openStorage(ctx, reg, env)
+	if err != nil {
 		return err
 	}
 	defer b.Close()
-	return tags.NewBucket(b).MarkDeleted(ctx, repo.Spec.Name)
+	if err := tags.NewBucket(b).MarkDeleted(ctx, repo.Spec.Name); err != nil {
+		return fmt.Errorf("marking the retained repository %s deleted in the bucket: %w", repo.Spec.Name, err)
+	}
+	return nil
 }
 
 // deleteBucketContent removes the repository's links, referrers and tag
@@ -203,7 +300,8 @@ func (r *RepositoryReconciler) deleteBucketContent(ctx context.Context, repo *v1
 
 // openRegistryBucket opens the bucket of the Repository's Registry; nil when
 // the operator cannot reach it (Registry gone, file:// in a pod), which it
-// reports as an Event.
+// reports as an Event. The storage Secret may already be gone with a
+// deleted namespace: the credentials read before then serve.
 func (r *RepositoryReconciler) openRegistryBucket(ctx context.Context, repo *v1.Repository) (*blob.Bucket, error) {
 	reg := &v1.Registry{}
 	if err := r.Get(ctx, client.ObjectKey{Namespace: repo.Namespace, Name: repo.Spec.Registry}, reg); err != nil {
@@ -224,16 +322,34 @@ func (r *RepositoryReconciler) openRegistryBucket(ctx context.Context, repo *v1.
 			"the Registry has no storage.secretRef: its bucket is reached with registryd's identity only, which the operator does not borrow")
 		return nil, nil
 	}
-	return r.openStorage(ctx, r.Client, reg)
+	env, err := r.credentials.readForCleanup(ctx, r.APIReader, reg)
+	if err != nil {
+		return nil, err
+	}
+	return r.openStorage(ctx, reg, env)
 }
 
 // SetupWithManager watches Repositories, their Registry, and their rivals for
 // the same path (a deleted owner hands the path to the next one).
 func (r *RepositoryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).
-		For(&v1.Repository{}).
+		// Not on tag pushes: registryd writes status (tags and tagCount
+		// together) on every push, and none of it is this reconciler's
+		// business, unless the count disagrees with the tags.
+		For(&v1.Repository{}, builder.WithPredicates(predicate.Or[client.Object](
+			predicate.GenerationChangedPredicate{}, deletionStarted(), tagCountWrong()))).
+		Watches(&v1.Repository{}, handler.Funcs{
+			// Handlers run in no set order: this one enqueues too, after
+			// remembering, so reconcileGone finds what it needs.
+			DeleteFunc: func(_ context.Context, e event.TypedDeleteEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				r.rememberDeleted(e.Object)
+				q.Add(reconcile.Request{NamespacedName: client.ObjectKeyFromObject(e.Object)})
+			},
+		}).
 		Watches(&v1.Repository{}, handler.EnqueueRequestsFromMapFunc(r.rivals)).
-		Watches(&v1.Registry{}, handler.EnqueueRequestsFromMapFunc(r.repositoriesOf)).
+		// A Registry's existence and spec matter here, not its status.
+		Watches(&v1.Registry{}, handler.EnqueueRequestsFromMapFunc(r.repositoriesOf),
+			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, deletionStarted()))).
 		Named("repository").
 		Complete(r)
 }

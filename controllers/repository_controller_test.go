@@ -169,11 +169,14 @@ func TestRepositoryDeletionPolicy(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			repo := createRepository(t, ns, tc.name, "main", tc.path, tc.policy)
-			eventually(t, "finalizer", func() error {
+			eventually(t, "owner reference and finalizer", func() error {
 				if err := get(repo, ns, tc.name); err != nil {
 					return err
 				}
-				if len(repo.Finalizers) == 0 {
+				if len(repo.OwnerReferences) == 0 {
+					return fmt.Errorf("no owner reference yet")
+				}
+				if tc.policy == v1.DeletionDelete && len(repo.Finalizers) == 0 {
 					return fmt.Errorf("no finalizer yet")
 				}
 				return nil

@@ -43,32 +43,48 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 		func(o client.Object) []string { return []string{repositoryPathKey(o.(*v1.Repository))} }); err != nil {
 		return err
 	}
+	// Both reconcilers share the storage credentials read for cleanup.
+	creds := &credentialSnapshots{}
 	if err := (&RegistryReconciler{
-		Client:    mgr.GetClient(),
-		APIReader: mgr.GetAPIReader(),
-		Recorder:  mgr.GetEventRecorder("stevedore-registry"),
-		Options:   opts,
+		Client:      mgr.GetClient(),
+		APIReader:   mgr.GetAPIReader(),
+		Recorder:    mgr.GetEventRecorder("stevedore-registry"),
+		Options:     opts,
+		credentials: creds,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}
 	return (&RepositoryReconciler{
-		Client:   mgr.GetClient(),
-		Recorder: mgr.GetEventRecorder("stevedore-repository"),
-		Options:  opts,
+		Client:      mgr.GetClient(),
+		APIReader:   mgr.GetAPIReader(),
+		Recorder:    mgr.GetEventRecorder("stevedore-repository"),
+		Options:     opts,
+		credentials: creds,
 	}).SetupWithManager(mgr)
 }
 
-// RBAC of the operator: exactly what the reconcilers read and create.
-// +kubebuilder:rbac:groups=stevedore.dev,resources=registries;repositories,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=stevedore.dev,resources=registries/status;repositories/status,verbs=get;update;patch
-// +kubebuilder:rbac:groups=stevedore.dev,resources=registries/finalizers;repositories/finalizers,verbs=update
-// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=services;serviceaccounts;secrets,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups="",resources=persistentvolumeclaims,verbs=get;list;watch;create;patch
+// RBAC of the operator: exactly what the reconcilers do. Children are
+// server-side applied (create, patch) and deleted only where a spec change
+// removes them (Ingress, PodDisruptionBudget); the rest go with their
+// Registry (owner references). User Secrets are read past the cache (get,
+// no list/watch); the only Secret created is the HTTP secret. The Role the
+// operator makes for registryd needs the operator to hold what it grants
+// (repositories create, repositories/status update, registries and events).
+// Leader election's Lease is in the operator's namespace only: a Role of
+// the chart and config/rbac, not a marker here.
+// +kubebuilder:rbac:groups=stevedore.dev,resources=registries,verbs=get;list;watch;patch
+// +kubebuilder:rbac:groups=stevedore.dev,resources=registries/status,verbs=patch
+// +kubebuilder:rbac:groups=stevedore.dev,resources=registries/finalizers,verbs=update
+// +kubebuilder:rbac:groups=stevedore.dev,resources=repositories,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=stevedore.dev,resources=repositories/status,verbs=update;patch
+// +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=services;serviceaccounts;persistentvolumeclaims,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create
+// +kubebuilder:rbac:groups="",resources=namespaces,verbs=get
 // +kubebuilder:rbac:groups="",resources=events,verbs=create;patch
 // +kubebuilder:rbac:groups=events.k8s.io,resources=events,verbs=create;patch
-// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings;clusterrolebindings,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=roles;rolebindings,verbs=get;list;watch;create;patch
+// +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterrolebindings,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=rbac.authorization.k8s.io,resources=clusterroles,verbs=bind,resourceNames=system:auth-delegator
-// +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;update;patch;delete
-// +kubebuilder:rbac:groups=coordination.k8s.io,resources=leases,verbs=get;list;watch;create;update;patch;delete
+// +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete

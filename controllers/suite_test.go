@@ -1,12 +1,14 @@
 package controllers_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/rest"
@@ -23,6 +26,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/config"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
+	"sigs.k8s.io/yaml"
 
 	"github.com/stevedore-dev/stevedore/controllers"
 	"github.com/stevedore-dev/stevedore/internal/testenv"
@@ -37,6 +41,9 @@ const testImage = "example.test/stevedore:test"
 func TestMain(m *testing.M) {
 	os.Exit(testenv.Main(m, func(e *testenv.Env) (func(), error) {
 		env = e
+		if err := bindOperatorRole(e); err != nil {
+			return nil, err
+		}
 		stop, err := startOperator(e)
 		operator.stop = stop
 		return func() { operator.stop() }, err
@@ -60,21 +67,26 @@ const probeRetryInterval = 2 * time.Second
 type apiRequests struct {
 	mu     sync.Mutex
 	writes map[string][]string
+	reads  map[string][]string // past the cache: GETs and LISTs, not watches
 }
 
 func (a *apiRequests) wrap(rt http.RoundTripper) http.RoundTripper {
 	return roundTripper(func(req *http.Request) (*http.Response, error) {
-		switch req.Method {
-		case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
-			parts := strings.Split(req.URL.Path, "/")
-			if i := slices.Index(parts, "namespaces"); i >= 0 && i+1 < len(parts) {
-				a.mu.Lock()
-				if a.writes == nil {
-					a.writes = map[string][]string{}
-				}
-				a.writes[parts[i+1]] = append(a.writes[parts[i+1]], req.Method+" "+req.URL.Path)
-				a.mu.Unlock()
+		parts := strings.Split(req.URL.Path, "/")
+		if i := slices.Index(parts, "namespaces"); i >= 0 && i+1 < len(parts) {
+			a.mu.Lock()
+			if a.writes == nil {
+				a.writes, a.reads = map[string][]string{}, map[string][]string{}
 			}
+			switch req.Method {
+			case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+				a.writes[parts[i+1]] = append(a.writes[parts[i+1]], req.Method+" "+req.URL.Path)
+			case http.MethodGet:
+				if req.URL.Query().Get("watch") == "" {
+					a.reads[parts[i+1]] = append(a.reads[parts[i+1]], req.Method+" "+req.URL.Path)
+				}
+			}
+			a.mu.Unlock()
 		}
 		return rt.RoundTrip(req)
 	})
@@ -87,9 +99,52 @@ func (a *apiRequests) writesIn(ns string) []string {
 	return slices.Clone(a.writes[ns])
 }
 
+// readsIn is every read the operator sent the API server in namespace ns.
+func (a *apiRequests) readsIn(ns string) []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return slices.Clone(a.reads[ns])
+}
+
 type roundTripper func(*http.Request) (*http.Response, error)
 
 func (f roundTripper) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
+
+const (
+	operatorNamespace = "stevedore-system"
+	operatorAccount   = "stevedore-operator"
+	operatorUser      = "system:serviceaccount:" + operatorNamespace + ":" + operatorAccount
+)
+
+// bindOperatorRole gives the operator's ServiceAccount the ClusterRole
+// controller-gen makes from the +kubebuilder:rbac markers (config/rbac/role.yaml).
+func bindOperatorRole(e *testenv.Env) error {
+	ctx := context.Background()
+	var role rbacv1.ClusterRole
+	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), "config", "rbac", "role.yaml"))
+	if err != nil {
+		return err
+	}
+	if err := yaml.UnmarshalStrict(bytes.TrimPrefix(b, []byte("---\n")), &role); err != nil {
+		return fmt.Errorf("config/rbac/role.yaml: %w", err)
+	}
+	role.Name = "stevedore-manager-role"
+	for _, obj := range []client.Object{
+		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: operatorNamespace}},
+		&corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: operatorAccount, Namespace: operatorNamespace}},
+		&role,
+		&rbacv1.ClusterRoleBinding{
+			ObjectMeta: metav1.ObjectMeta{Name: "stevedore-manager-rolebinding"},
+			RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
+			Subjects:   []rbacv1.Subject{{Kind: rbacv1.ServiceAccountKind, Name: operatorAccount, Namespace: operatorNamespace}},
+		},
+	} {
+		if err := e.Client.Create(ctx, obj); err != nil {
+			return fmt.Errorf("creating %T %s: %w", obj, obj.GetName(), err)
+		}
+	}
+	return nil
+}
 
 // stopOperator stops it until startOperatorAgain.
 func stopOperator() { operator.stop(); operator.stop = func() {} }
@@ -112,8 +167,13 @@ func startOperator(e *testenv.Env) (stop func(), err error) {
 	ctrl.SetLogger(zap.New(zap.WriteTo(logs), zap.UseDevMode(true)))
 	cfg := rest.CopyConfig(e.Config)
 	cfg.Wrap(operator.requests.wrap)
+	// As its ServiceAccount, with the generated ClusterRole: every test
+	// also checks that the operator's RBAC suffices.
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: operatorUser, Groups: []string{
+		"system:serviceaccounts", "system:serviceaccounts:" + operatorNamespace, "system:authenticated"}}
 	mgr, err := ctrl.NewManager(cfg, ctrl.Options{
 		Scheme: e.Scheme, Metrics: metricsserver.Options{BindAddress: "0"},
+		Cache: controllers.CacheOptions(), Client: controllers.ClientOptions(),
 		// Tests restart the operator within one process.
 		Controller: config.Controller{SkipNameValidation: ptr.To(true)},
 	})

@@ -101,6 +101,9 @@ type ServiceSpec struct {
 	// +kubebuilder:validation:Maximum=65535
 	// +optional
 	Port int32 `json:"port,omitempty"`
+	// Annotations of the Service (cloud load-balancer settings, say).
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // IngressSpec asks for an Ingress in front of the Service.
@@ -111,6 +114,11 @@ type IngressSpec struct {
 	ClassName *string `json:"className,omitempty"`
 	// +optional
 	TLSSecretName string `json:"tlsSecretName,omitempty"`
+	// Annotations of the Ingress, over the operator's own
+	// (nginx.ingress.kubernetes.io/proxy-body-size: "0"), which they may
+	// replace.
+	// +optional
+	Annotations map[string]string `json:"annotations,omitempty"`
 }
 
 // TLSSpec makes registryd serve HTTPS itself.
@@ -264,6 +272,43 @@ type RegistrySpec struct {
 	Tolerations []corev1.Toleration `json:"tolerations,omitempty"`
 	// +optional
 	Affinity *corev1.Affinity `json:"affinity,omitempty"`
+	// TopologySpreadConstraints of registryd's pods. Empty: with several
+	// replicas, a soft spread over nodes (kubernetes.io/hostname).
+	// +optional
+	TopologySpreadConstraints []corev1.TopologySpreadConstraint `json:"topologySpreadConstraints,omitempty"`
+	// +optional
+	PriorityClassName string `json:"priorityClassName,omitempty"`
+
+	// ImagePullSecrets for registryd's image.
+	// +optional
+	ImagePullSecrets []corev1.LocalObjectReference `json:"imagePullSecrets,omitempty"`
+	// ImagePullPolicy of registryd's image; empty: Kubernetes' default
+	// (Always for :latest, else IfNotPresent).
+	// +kubebuilder:validation:Enum=Always;IfNotPresent;Never
+	// +optional
+	ImagePullPolicy corev1.PullPolicy `json:"imagePullPolicy,omitempty"`
+
+	// PodLabels and PodAnnotations are added to registryd's pods; the
+	// operator's own labels (which select the pods) win over PodLabels.
+	// +optional
+	PodLabels map[string]string `json:"podLabels,omitempty"`
+	// +optional
+	PodAnnotations map[string]string `json:"podAnnotations,omitempty"`
+
+	// Env is added to registryd's container (after the operator's own
+	// variables, which it may not replace: TMPDIR).
+	// +optional
+	Env []corev1.EnvVar `json:"env,omitempty"`
+
+	// PodSecurityContext replaces the operator's (runAsNonRoot, seccomp
+	// RuntimeDefault, fsGroup 65532 for a file:// claim).
+	// +optional
+	PodSecurityContext *corev1.PodSecurityContext `json:"podSecurityContext,omitempty"`
+	// SecurityContext of registryd's container replaces the operator's
+	// (no privilege escalation, read-only root filesystem, non-root, all
+	// capabilities dropped).
+	// +optional
+	SecurityContext *corev1.SecurityContext `json:"securityContext,omitempty"`
 }
 
 // RegistryStatus is what the operator observed.
@@ -276,6 +321,13 @@ type RegistryStatus struct {
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
 	// +optional
 	ReadyReplicas int32 `json:"readyReplicas,omitempty"`
+	// Replicas is registryd's pod count (the scale subresource's status).
+	// +optional
+	Replicas int32 `json:"replicas,omitempty"`
+	// Selector selects registryd's pods, for the scale subresource (an
+	// HorizontalPodAutoscaler).
+	// +optional
+	Selector string `json:"selector,omitempty"`
 	// Endpoint is the in-cluster host:port of the registry.
 	// +optional
 	Endpoint string `json:"endpoint,omitempty"`
@@ -295,12 +347,19 @@ type StorageStatus struct {
 	// a success, 30s after a failure by default) or on a spec change.
 	// +optional
 	LastProbeTime *metav1.Time `json:"lastProbeTime,omitempty"`
+
+	// JournalImportedFrom is the storage location (url#prefix) whose tag
+	// journal the operator imported into Repositories: once per Registry
+	// and location, not again after an operator restart.
+	// +optional
+	JournalImportedFrom string `json:"journalImportedFrom,omitempty"`
 }
 
 // Registry is an OCI registry run by the operator.
 // +kubebuilder:object:root=true
 // +kubebuilder:validation:XValidation:rule="size(self.metadata.name) <= 54 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",message="a Registry name must be a DNS label of at most 54 characters, starting with a letter: its Service is named <name>-registry"
 // +kubebuilder:subresource:status
+// +kubebuilder:subresource:scale:specpath=.spec.replicas,statuspath=.status.replicas,selectorpath=.status.selector
 // +kubebuilder:resource:shortName=reg
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.status.endpoint`

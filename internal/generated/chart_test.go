@@ -13,8 +13,11 @@ import (
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
 
 	"github.com/stevedore-dev/stevedore/internal/testenv"
@@ -410,9 +413,37 @@ func TestChartApplies(t *testing.T) {
 		{"get", "nodes"},
 		{"create", "pods", "-n", "team-a"},
 		{"bind", "clusterroles.rbac.authorization.k8s.io/cluster-admin"},
+		// Leader election only in its own namespace; Secrets only read
+		// one by one and created.
+		{"create", "leases.coordination.k8s.io", "-n", "team-a"},
+		{"list", "secrets", "-n", "team-a"},
+		{"update", "secrets", "-n", "team-a"},
+		{"delete", "deployments.apps", "-n", "team-a"},
 	} {
 		if out := run("", false, append([]string{"auth", "can-i", sa}, cannot...)...); answer(out) != "no" {
 			t.Errorf("the operator's ServiceAccount may %v: %s", cannot, out)
+		}
+	}
+
+	// The uninstall hook's ServiceAccount may do what `manager
+	// delete-registries` does, in the release namespace, and nothing more.
+	hook := "--as=system:serviceaccount:" + chartNamespace + ":stevedore-uninstall"
+	for _, can := range [][]string{
+		{"list", "registries.stevedore.dev", "-n", chartNamespace},
+		{"delete", "registries.stevedore.dev", "-n", chartNamespace},
+		{"get", "clusterrolebindings.rbac.authorization.k8s.io/stevedore:" + chartNamespace + ":registry:auth-delegator"},
+	} {
+		if out := run("", true, append([]string{"auth", "can-i", hook}, can...)...); answer(out) != "yes" {
+			t.Errorf("the uninstall hook's ServiceAccount cannot %v: %s", can, out)
+		}
+	}
+	for _, cannot := range [][]string{
+		{"delete", "registries.stevedore.dev", "-n", "team-a"},
+		{"get", "clusterrolebindings.rbac.authorization.k8s.io/cluster-admin"},
+		{"delete", "repositories.stevedore.dev", "-n", chartNamespace},
+	} {
+		if out := run("", false, append([]string{"auth", "can-i", hook}, cannot...)...); answer(out) != "no" {
+			t.Errorf("the uninstall hook's ServiceAccount may %v: %s", cannot, out)
 		}
 	}
 
@@ -420,15 +451,65 @@ func TestChartApplies(t *testing.T) {
 	// its own namespace, beside the objects above), its NOTES, uninstall.
 	out, _ = runHelm(t, true, "install", "second", "charts/stevedore", "--kubeconfig", kubeconfig,
 		"-n", "second-system", "--create-namespace", "--set", "registry.enabled=true", "--set", "registry.auth.mode=none")
-	for _, want := range []string{"STATUS: deployed", "kubectl -n second-system wait --for=condition=Ready registry/registry", "port-forward svc/registry-registry"} {
+	for _, want := range []string{"STATUS: deployed", "kubectl -n second-system wait --for=condition=Ready registry/registry", "port-forward svc/registry-registry",
+		// --create-namespace makes a namespace without Pod Security labels.
+		"kubectl label namespace second-system pod-security.kubernetes.io/enforce=restricted"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("helm install printed no %q:\n%s", want, out)
 		}
 	}
+	if strings.Contains(out, "credentials yet") {
+		t.Errorf("the NOTES say an auth mode does not check credentials:\n%s", out)
+	}
 	run("", true, "-n", "second-system", "get", "deployment/second-stevedore-operator", "registry/registry",
 		"clusterrole/second-stevedore-manager-role")
-	runHelm(t, true, "uninstall", "second", "--kubeconfig", kubeconfig, "-n", "second-system", "--wait")
+	// --no-hooks: the pre-delete hook is a Job, and this API server has no
+	// node to run it (TestChartUninstallHook checks it, the real-node e2e
+	// runs it).
+	runHelm(t, true, "uninstall", "second", "--kubeconfig", kubeconfig, "-n", "second-system", "--wait", "--no-hooks")
 	if out := run("", false, "get", "clusterrole/second-stevedore-manager-role"); !strings.Contains(out, "NotFound") {
 		t.Errorf("helm uninstall left the ClusterRole: %s", out)
+	}
+}
+
+// TestChartUninstallHook: with registry.enabled, `helm uninstall` first runs
+// a pre-delete Job, `manager delete-registries`, selecting exactly the
+// chart's Registry, so the operator is still there while that Registry goes.
+func TestChartUninstallHook(t *testing.T) {
+	if _, ok := byKind(t, splitDocs(renderChart(t)))["Job"]; ok {
+		t.Error("an uninstall Job is rendered without registry.enabled: there is nothing for it to delete")
+	}
+	objs := byKind(t, splitDocs(renderChart(t, "registry.enabled=true", "image.tag=1.2.3")))
+	var job batchv1.Job
+	mustParse(t, objs["Job"], &job)
+	if job.Annotations["helm.sh/hook"] != "pre-delete" {
+		t.Errorf("the Job's hook is %q, want pre-delete", job.Annotations["helm.sh/hook"])
+	}
+	var reg struct {
+		Metadata metav1.ObjectMeta `json:"metadata"`
+	}
+	if err := yaml.Unmarshal([]byte(objs["Registry"]), &reg); err != nil {
+		t.Fatal(err)
+	}
+	c := job.Spec.Template.Spec.Containers[0]
+	if !slices.Equal(c.Command, []string{"/manager"}) || len(c.Args) == 0 || c.Args[0] != "delete-registries" ||
+		c.Image != "ghcr.io/stevedore-dev/stevedore:1.2.3" {
+		t.Fatalf("the Job runs %v %v from %s, want /manager delete-registries from the chart's image", c.Command, c.Args, c.Image)
+	}
+	flags := map[string]string{}
+	for _, a := range c.Args[1:] {
+		k, v, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+		flags[k] = v
+	}
+	sel, err := labels.Parse(flags["selector"])
+	if err != nil || sel.Empty() || !sel.Matches(labels.Set(reg.Metadata.Labels)) || flags["namespace"] != chartNamespace {
+		t.Errorf("the Job's --namespace=%s --selector=%s (%v) does not select the chart's Registry (labels %v)",
+			flags["namespace"], flags["selector"], err, reg.Metadata.Labels)
+	}
+	if sel.Matches(labels.Set{"app.kubernetes.io/instance": "other", "app.kubernetes.io/component": "registry"}) {
+		t.Errorf("the selector %s also matches another release's Registry", sel)
+	}
+	if job.Spec.Template.Spec.ServiceAccountName != chartRelease+"-uninstall" {
+		t.Errorf("the Job runs as %q", job.Spec.Template.Spec.ServiceAccountName)
 	}
 }

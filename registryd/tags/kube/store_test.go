@@ -114,6 +114,13 @@ func TestJournalAndStatus(t *testing.T) {
 	}
 	if repo.Spec.Name != "team/app" || repo.Status.TagCount != 1 || repo.Status.Tags[0].Digest != desc("one").Digest.String() {
 		t.Fatalf("Repository %+v / %+v", repo.Spec, repo.Status)
+	} // Owned by its Registry (deleting the Registry deletes it) and with no
+	// finalizer (a Retain Repository needs no operator to go).
+	if refs := repo.OwnerReferences; len(refs) != 1 || refs[0].UID != reg.UID || refs[0].Kind != "Registry" || refs[0].Name != reg.Name {
+		t.Errorf("owner references %+v, want the Registry %s (%s)", refs, reg.Name, reg.UID)
+	}
+	if len(repo.Finalizers) > 0 {
+		t.Errorf("finalizers %v, want none", repo.Finalizers)
 	}
 }
 

@@ -179,9 +179,11 @@ func (s *Store) createRepository(ctx context.Context, reg *v1.Registry, path str
 			Name:      v1.RepositoryObjectName(reg.Name, path),
 			Namespace: reg.Namespace,
 			Labels:    map[string]string{v1.LabelRegistry: reg.Name},
-			// Set now, not by the operator later: a deletion right after
-			// creation must still go through the deletion policy.
-			Finalizers: []string{v1.RepositoryFinalizer},
+			// Owned by the Registry, so deleting it deletes its Repositories.
+			// No finalizer: a new Repository keeps its content (Retain),
+			// which needs no operator at deletion, so a namespace deleted
+			// without an operator is not held up by it.
+			OwnerReferences: []metav1.OwnerReference{v1.RegistryOwnerReference(reg)},
 		},
 		Spec: v1.RepositorySpec{Registry: reg.Name, Name: path},
 	}

@@ -103,9 +103,12 @@ test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, co
 	go test -race -count=1 -timeout 30m $$(go list ./registryd/... | grep -v /registryd/hostile); phase "go test -race registryd (unit, envtest, e2e with real clients)"; \
 	go test -race -count=1 -timeout 30m -v ./registryd/hostile/ | grep -E '^(--- |    --- |ok|FAIL|PASS)|hostile_test.go'; phase "adversarial suite (-race, 3 replicas, file and versitygw)"; \
 	$(MAKE) --no-print-directory fuzz; phase "fuzz"; \
-	REGISTRYD="$$STEVEDORE_BIN_DIR/registryd" hack/conformance.sh; phase "OCI conformance"; \
 	wait $$node_assets || { cat "$$node_log"; exit 1; }; phase "node components (built in the background since the envtest assets)"; \
-	hack/node-e2e.sh; phase "end-to-end on a real node (test/node)"; \
+	e2e_log="$$(mktemp)"; hack/node-e2e.sh >"$$e2e_log" 2>&1 & node_e2e=$$!; \
+	REGISTRYD="$$STEVEDORE_BIN_DIR/registryd" hack/conformance.sh; phase "OCI conformance (beside the real node's suite)"; \
+	e2e_rc=0; wait $$node_e2e || e2e_rc=$$?; \
+	if [[ $$e2e_rc != 0 ]]; then cat "$$e2e_log"; exit 1; fi; \
+	grep -vE '^        ' "$$e2e_log"; rm -f "$$e2e_log"; phase "end-to-end on a real node (test/node; started before conformance)"; \
 	echo "== make test passed in $$(( SECONDS - start ))s"
 
 .PHONY: fuzz

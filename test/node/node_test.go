@@ -170,8 +170,10 @@ func TestREADME(t *testing.T) {
 	root := testenv.RepoRoot()
 
 	t.Log("helm install: the image `make image` built, under the chart's own name")
+	n.kc(t, "create", "namespace", "stevedore-system")
+	n.kc(t, "label", "namespace", "stevedore-system", "pod-security.kubernetes.io/enforce=restricted")
 	n.must(t, n.helm, "install", "stevedore", filepath.Join(root, "charts/stevedore"),
-		"-n", "stevedore-system", "--create-namespace", "--wait", "--timeout", "3m")
+		"-n", "stevedore-system", "--wait", "--timeout", "3m")
 	n.kc(t, "-n", "stevedore-system", "rollout", "status", "deploy/stevedore-operator", "--timeout=2m")
 	eventually(t, 60*time.Second, "the operator's Lease", func() error {
 		holder, err := n.run(t, n.kubectl, "-n", "stevedore-system", "get", "lease", "stevedore-operator.stevedore.dev", "-o", "jsonpath={.spec.holderIdentity}")

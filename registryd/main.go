@@ -182,11 +182,11 @@ func run(log *slog.Logger, c config) error {
 		api.ReadTimeout, api.WriteTimeout = c.limits.bodyTimeout, c.limits.bodyTimeout
 	}
 	if c.tlsCertFile != "" {
-		cert, err := tls.LoadX509KeyPair(c.tlsCertFile, c.tlsKeyFile)
+		certs, err := newCertReloader(c.tlsCertFile, c.tlsKeyFile, 10*time.Second)
 		if err != nil {
-			return fmt.Errorf("loading the TLS certificate: %w", err)
+			return err
 		}
-		api.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		api.TLSConfig = &tls.Config{GetCertificate: certs.GetCertificate, MinVersion: tls.VersionTLS12}
 	}
 	var draining atomic.Bool
 	var debug *http.Server

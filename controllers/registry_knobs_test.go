@@ -132,3 +132,31 @@ func TestRegistryScaleSubresource(t *testing.T) {
 		return nil
 	})
 }
+
+// TestIngressSpeaksHTTPSToATLSRegistry: with spec.tls registryd serves only
+// HTTPS, so the Ingress must tell the controller to speak HTTPS to it
+// (ingress-nginx otherwise sends plain HTTP and every request fails); without
+// spec.tls it must not.
+func TestIngressSpeaksHTTPSToATLSRegistry(t *testing.T) {
+	ns := newNamespace(t)
+	const key = "nginx.ingress.kubernetes.io/backend-protocol"
+	for _, tc := range []struct {
+		name string
+		tls  bool
+		want string
+	}{{"tls", true, "HTTPS"}, {"plain", false, ""}} {
+		t.Run(tc.name, func(t *testing.T) {
+			createRegistry(t, ns, tc.name, func(r *v1.Registry) {
+				r.Spec.Ingress = &v1.IngressSpec{Host: tc.name + ".example.com"}
+				if tc.tls {
+					r.Spec.TLS = &v1.TLSSpec{SecretName: "serving"}
+				}
+			})
+			var in networkingv1.Ingress
+			eventually(t, "Ingress", func() error { return get(&in, ns, tc.name+"-registry") })
+			if got := in.Annotations[key]; got != tc.want {
+				t.Errorf("%s = %q, want %q", key, got, tc.want)
+			}
+		})
+	}
+}

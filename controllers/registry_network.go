@@ -61,7 +61,7 @@ func (r *RegistryReconciler) reconcileIngress(ctx context.Context, s *registrySc
 	}
 	return r.apply(ctx, networkingv1ac.Ingress(childName(s.reg), s.reg.Namespace).
 		WithLabels(childLabels(s.reg)).
-		WithAnnotations(ingressAnnotations(in)).
+		WithAnnotations(ingressAnnotations(s.reg)).
 		WithOwnerReferences(ownerRef(s.reg)).
 		WithSpec(spec), &networkingv1.Ingress{})
 }
@@ -97,9 +97,14 @@ func (r *RegistryReconciler) deleteOwned(ctx context.Context, reg *v1.Registry, 
 }
 
 // ingressAnnotations lift the common ingress body-size limit (image layers
-// are large), under the user's spec.ingress.annotations.
-func ingressAnnotations(in *v1.IngressSpec) map[string]string {
+// are large) and, when registryd serves HTTPS itself (spec.tls), tell
+// ingress-nginx to speak HTTPS to it; the user's spec.ingress.annotations
+// win over both.
+func ingressAnnotations(reg *v1.Registry) map[string]string {
 	a := map[string]string{"nginx.ingress.kubernetes.io/proxy-body-size": "0"}
-	maps.Copy(a, in.Annotations)
+	if reg.Spec.TLS != nil {
+		a["nginx.ingress.kubernetes.io/backend-protocol"] = "HTTPS"
+	}
+	maps.Copy(a, reg.Spec.Ingress.Annotations)
 	return a
 }

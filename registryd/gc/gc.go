@@ -59,6 +59,9 @@ type Options struct {
 	Tags TagSource
 	// Logger gets a line per deleted key at debug level.
 	Logger *slog.Logger
+	// pause, in tests, holds each batch between its confirming mark and
+	// its deletes: a slow backend's window for racing writes, made wide.
+	pause time.Duration
 }
 
 // Report is what a run deleted (or, dry, would delete).
@@ -271,6 +274,9 @@ func (c *collector) sweepBatch(ctx context.Context, batch []digest.Digest, byDig
 				rep.Rescued++
 			}
 		}
+	}
+	if c.opts.pause > 0 {
+		time.Sleep(c.opts.pause)
 	}
 	// No delete leaves after the intents expire: a writer then no longer
 	// waits for them.

@@ -261,4 +261,3 @@ func TestCollectWhilePushing(t *testing.T) {
 			len(extra), strings.Join(extra, "\n"), len(missing), strings.Join(missing, "\n"))
 	}
 }
-

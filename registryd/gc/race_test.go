@@ -92,6 +92,7 @@ func TestHeadAndMountAgainstIntent(t *testing.T) {
 	d := digest.FromBytes(blob)
 	must(t, c.pushBlob(ctx, "app", blob))
 	e.age(t, time.Hour)
+	must(t, c.pushBlob(ctx, "third", blob))
 	must(t, store.PutIntent(ctx, d, storage.Intent{Run: "test", Expires: time.Now().Add(time.Minute)}))
 	if ok, err := c.exists(ctx, "app", d); err != nil || ok {
 		t.Fatalf("HEAD during an intent: exists=%v err=%v, want 404", ok, err)
@@ -101,6 +102,11 @@ func TestHeadAndMountAgainstIntent(t *testing.T) {
 		t.Fatalf("mount during an intent: %v, want 202 (an upload session)", err)
 	}
 	_ = resp
+	// A link fresher than the touch interval is not written again, but
+	// the blob is not vouched for either while the intent stands.
+	if ok, err := c.exists(ctx, "third", d); err != nil || ok {
+		t.Fatalf("HEAD of a fresh link during an intent: exists=%v err=%v, want 404", ok, err)
+	}
 	must(t, store.DeleteIntent(ctx, d))
 	if ok, err := c.exists(ctx, "app", d); err != nil || !ok {
 		t.Fatalf("HEAD: exists=%v err=%v, want 200", ok, err)

@@ -146,7 +146,8 @@ func (s *Store) ConfirmBlob(ctx context.Context, name string, d digest.Digest, w
 // exists: a link older than touchAfter is written again, so the collector
 // sees it fresh for the grace period, and then confirmed (ConfirmBlob,
 // without waiting). A fresher link is not written: HEAD storms cost
-// reads. touchAfter <= 0 touches every time.
+// reads (the link's attributes, the intent, the content's attributes).
+// touchAfter <= 0 touches every time.
 func (s *Store) StatBlobFresh(ctx context.Context, name string, d digest.Digest, touchAfter time.Duration) (BlobInfo, error) {
 	key := layerLinkKey(name, d)
 	attrs, err := s.bucket.Attributes(ctx, key)
@@ -163,6 +164,15 @@ func (s *Store) StatBlobFresh(ctx context.Context, name string, d digest.Digest,
 		}
 	}
 	if touchAfter > 0 && time.Since(attrs.ModTime) < touchAfter {
+		// Fresh already (another writer's link, maybe one that has yet to
+		// confirm): no write, but the same read of the intent, before the
+		// content is looked at, so a blob being deleted is never vouched for.
+		if err := s.AwaitIntents(ctx, false, d); err != nil {
+			if errors.Is(err, ErrCollected) {
+				return BlobInfo{}, fmt.Errorf("%w: %w", err, ErrNotFound)
+			}
+			return BlobInfo{}, err
+		}
 		return s.statContent(ctx, d)
 	}
 	if err := s.touch(ctx, key); err != nil {

@@ -15,7 +15,10 @@ import (
 	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/internal/testutil"
 )
 
@@ -285,4 +288,45 @@ func TestGCDryRunAndUploadsCLI(t *testing.T) {
 	}
 	do(t, "PATCH", loc, []byte("more"), nil, http.StatusNotFound)
 	run(t, home, crane, "validate", "--insecure", "--remote", reg.host+"/gc/dry:v1")
+}
+
+// TestGCReadsRepositoryStatus: in the kubernetes tag mode the tags that
+// count are the Repositories' status. A tag in status whose journal entry
+// is missing (the journal is written after status, and its write can fail)
+// keeps its image when `registryd gc --registry` runs; a run that read the
+// journal alone would delete it.
+func TestGCReadsRepositoryStatus(t *testing.T) {
+	env := kubeEnv(t)
+	crane := testutil.Client(t, "crane")
+	const ns, registry = "gckube", "reg"
+	if err := env.Client.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Create(t.Context(), &v1.Registry{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: registry},
+		Spec: v1.RegistrySpec{Storage: v1.StorageSpec{URL: "mem://"}}}); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	storage := "file://" + dir
+	kubeFlags := []string{"--registry", registry, "--namespace", ns, "--kubeconfig", kube.kubeconfig}
+	reg := startRegistryd(t, storage, kubeFlags...)
+	home := t.TempDir()
+	layer := filepath.Join(home, "layer.tar")
+	writeLayerTar(t, layer, map[string]string{"k.txt": "tagged in status only\n"})
+	ref := reg.host + "/team/app:v1"
+	run(t, home, crane, "append", "--insecure", "-f", layer, "-t", ref)
+	if err := os.Remove(filepath.Join(dir, "repos", "team", "app", "_tags", "v1")); err != nil {
+		t.Fatal(err)
+	}
+	journalOnly := gcRun(t, storage, "--grace", "0", "--delete-untagged", "--dry-run")
+	if !slices.ContainsFunc(journalOnly, func(l string) bool { return strings.Contains(l, "_manifests/") }) {
+		t.Fatalf("the journal alone should leave the manifest untagged: %v", journalOnly)
+	}
+	lines := gcRun(t, storage, append([]string{"--grace", "0", "--delete-untagged", "--list"}, kubeFlags...)...)
+	for _, l := range lines {
+		if strings.HasPrefix(l, "deleted ") {
+			t.Errorf("%s, tagged in Repository status", l)
+		}
+	}
+	run(t, home, crane, "validate", "--insecure", "--remote", ref)
 }

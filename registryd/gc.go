@@ -27,7 +27,7 @@ type gcConfig struct {
 	storageURL, prefix            string
 	grace, uploadLifetime, ttl    time.Duration
 	dryRun, deleteUntagged, list  bool
-	batch                         int
+	batch, workers                int
 	registry, namespace, kubeconf string
 	logFormat                     string
 }
@@ -41,6 +41,7 @@ func bindGCFlags(fs *flag.FlagSet, c *gcConfig) {
 	fs.DurationVar(&c.uploadLifetime, "upload-lifetime", uploads.DefaultLifetime, "delete uploads started longer ago (plus the grace); registryd's --upload-lifetime must match")
 	fs.DurationVar(&c.ttl, "intent-ttl", 2*time.Minute, "longest a batch of deletes may take; pushes of that content wait at most this long")
 	fs.IntVar(&c.batch, "batch-size", 1000, "digests per batch of deletes")
+	fs.IntVar(&c.workers, "workers", 16, "storage requests sent in parallel")
 	fs.BoolVar(&c.list, "list", false, "print every key deleted (always on with --dry-run)")
 	fs.StringVar(&c.registry, "registry", "", "name of the Registry whose Repository status holds tags (kubernetes tag mode)")
 	fs.StringVar(&c.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of --registry (default: $POD_NAMESPACE)")
@@ -92,7 +93,7 @@ func collect(ctx context.Context, log *slog.Logger, c gcConfig) (gc.Report, erro
 	}
 	defer b.Close()
 	opts := gc.Options{Grace: c.grace, NoGrace: c.grace <= 0, DeleteUntagged: c.deleteUntagged, UploadLifetime: c.uploadLifetime,
-		DryRun: c.dryRun, BatchSize: c.batch, IntentTTL: c.ttl, Logger: log}
+		DryRun: c.dryRun, BatchSize: c.batch, IntentTTL: c.ttl, Workers: c.workers, Logger: log}
 	if c.registry != "" {
 		kc, err := connectKube(config{registry: c.registry, namespace: c.namespace, kubeconfig: c.kubeconf}, prometheus.NewRegistry())
 		if err != nil {

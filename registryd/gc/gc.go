@@ -246,6 +246,11 @@ func (c *collector) sweep(ctx context.Context, p plan, mark func(context.Context
 
 func (c *collector) sweepBatch(ctx context.Context, batch []digest.Digest, byDigest map[digest.Digest][]item,
 	mark func(context.Context, *snapshot) (plan, error), rep *Report) error {
+	// The lock outlives every batch, so no second run can start and
+	// remove intents this one relies on.
+	if err := c.writeLock(ctx); err != nil {
+		return fmt.Errorf("renewing the lock: %w", err)
+	}
 	in := storage.Intent{Run: c.run, Expires: time.Now().Add(c.opts.IntentTTL)}
 	// Intents are removed however the batch ends; with a context of their
 	// own, so a cancelled run still clears them.
@@ -424,4 +429,10 @@ func (c *collector) lock(ctx context.Context) (func(), error) {
 		return nil, err
 	}
 	return func() { _ = c.bucket.Delete(context.WithoutCancel(ctx), storage.GCLockKey) }, nil
+}
+
+// writeLock renews the lock this run holds.
+func (c *collector) writeLock(ctx context.Context) error {
+	b, _ := json.Marshal(lockState{Run: c.run, Expires: time.Now().Add(lockTTL)})
+	return storage.WriteSmall(ctx, c.bucket, storage.GCLockKey, b, nil)
 }

@@ -176,7 +176,7 @@ func (c *collector) collect(ctx context.Context, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	if err := c.sweep(ctx, p1, c.markManifests, rep); err != nil {
+	if err := c.sweep(ctx, s, p1, c.markManifests, rep); err != nil {
 		return err
 	}
 	// Phase 2 decides on a listing taken after phase 1's deletes.
@@ -188,7 +188,7 @@ func (c *collector) collect(ctx context.Context, rep *Report) error {
 	if err != nil {
 		return err
 	}
-	if err := c.sweep(ctx, p2, markContent, rep); err != nil {
+	if err := c.sweep(ctx, s, p2, markContent, rep); err != nil {
 		return err
 	}
 	p3 := c.markUploads(s)
@@ -223,7 +223,7 @@ func (c *collector) dryRun(ctx context.Context, rep *Report) error {
 // sweep deletes the items of p in batches of digests. For each batch it
 // writes the intents (G1), marks again on a new listing (G2) and deletes
 // only what both marks call garbage (G3), before the intents expire.
-func (c *collector) sweep(ctx context.Context, p plan, mark func(context.Context, *snapshot) (plan, error), rep *Report) error {
+func (c *collector) sweep(ctx context.Context, first *snapshot, p plan, mark func(context.Context, *snapshot) (plan, error), rep *Report) error {
 	byDigest := map[digest.Digest][]item{}
 	for _, it := range p {
 		byDigest[it.d] = append(byDigest[it.d], it)
@@ -237,14 +237,14 @@ func (c *collector) sweep(ctx context.Context, p plan, mark func(context.Context
 		n := min(len(ds), c.opts.BatchSize)
 		batch := ds[:n]
 		ds = ds[n:]
-		if err := c.sweepBatch(ctx, batch, byDigest, mark, rep); err != nil {
+		if err := c.sweepBatch(ctx, first, batch, byDigest, mark, rep); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (c *collector) sweepBatch(ctx context.Context, batch []digest.Digest, byDigest map[digest.Digest][]item,
+func (c *collector) sweepBatch(ctx context.Context, first *snapshot, batch []digest.Digest, byDigest map[digest.Digest][]item,
 	mark func(context.Context, *snapshot) (plan, error), rep *Report) error {
 	// The lock outlives every batch, so no second run can start and
 	// remove intents this one relies on.
@@ -262,7 +262,7 @@ func (c *collector) sweepBatch(ctx context.Context, batch []digest.Digest, byDig
 	}); err != nil {
 		return fmt.Errorf("writing intents: %w", err)
 	}
-	s, err := c.scan(ctx)
+	s, err := c.rescan(ctx, first)
 	if err != nil {
 		return err
 	}

@@ -75,8 +75,22 @@ func newCache() *cache {
 
 // scan lists the whole bucket once and reads the tag journal entries it
 // has not read yet.
-func (c *collector) scan(ctx context.Context) (*snapshot, error) {
+func (c *collector) scan(ctx context.Context) (*snapshot, error) { return c.scanPrefix(ctx, "", nil) }
+
+// rescan is the confirming mark's listing: repos/ only, which holds every
+// reference a writer writes (links, referrer entries, tags). The blobs
+// come from the first listing: a blob that was a candidate there cannot
+// have changed since (content is written only if absent, and only this run,
+// holding the lock, deletes it).
+func (c *collector) rescan(ctx context.Context, first *snapshot) (*snapshot, error) {
+	return c.scanPrefix(ctx, "repos/", first)
+}
+
+func (c *collector) scanPrefix(ctx context.Context, prefix string, first *snapshot) (*snapshot, error) {
 	s := &snapshot{repos: map[string]*repoState{}, blobs: map[digest.Digest]object{}, uploads: map[string][]object{}}
+	if first != nil {
+		s.blobs, s.uploads, s.temps, s.intents = first.blobs, first.uploads, first.temps, first.intents
+	}
 	repo := func(name string) *repoState {
 		r := s.repos[name]
 		if r == nil {
@@ -87,7 +101,7 @@ func (c *collector) scan(ctx context.Context) (*snapshot, error) {
 	}
 	var tagKeys []object
 	var tagRepos []string
-	err := storage.Each(ctx, c.bucket, &blob.ListOptions{}, func(o *blob.ListObject) (bool, error) {
+	err := storage.Each(ctx, c.bucket, &blob.ListOptions{Prefix: prefix}, func(o *blob.ListObject) (bool, error) {
 		if o.IsDir {
 			return true, nil
 		}

@@ -42,7 +42,7 @@ func (p plan) add(it item) { p[it.key] = it }
 // referrers of it (by _referrers entry or by their subject field).
 func (c *collector) markManifests(ctx context.Context, s *snapshot) (plan, error) {
 	p := plan{}
-	for name, r := range s.repos {
+	for _, r := range s.repos {
 		bySubject := map[digest.Digest][]digest.Digest{}
 		for ref := range r.referrers {
 			bySubject[ref.subject] = append(bySubject[ref.subject], ref.d)
@@ -91,7 +91,6 @@ func (c *collector) markManifests(ctx context.Context, s *snapshot) (plan, error
 				p.add(item{key: o.key, d: ref.d, kind: kindReferrer})
 			}
 		}
-		_ = name
 	}
 	return p, nil
 }

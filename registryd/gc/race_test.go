@@ -267,3 +267,48 @@ func TestCollectWhilePushing(t *testing.T) {
 			len(extra), strings.Join(extra, "\n"), len(missing), strings.Join(missing, "\n"))
 	}
 }
+
+// TestUploadCommitAgainstIntent: an upload of content that is stored but
+// garbage (its old copy unreferenced) is committed while the collector
+// holds an intent on it and then deletes the old copy. The commit waits
+// for the intent, then writes the content from its parts (the old copy
+// gone), and answers 201 for a blob that is really there. (The retry of a
+// commit that sees the intent only after writing is not reached here: it
+// needs the intent to land between two reads of one request.)
+func TestUploadCommitAgainstIntent(t *testing.T) {
+	ctx := t.Context()
+	e := newEnv(t, 1, server.Options{})
+	c := client{e.servers[0]}
+	store := storage.New(e.bucket)
+	content := randomBytes(300)
+	d := digest.FromBytes(content)
+	must(t, c.pushBlob(ctx, "old", content))
+	must(t, store.DeleteBlob(ctx, "old", d)) // the stored copy is garbage now
+	resp, _, err := c.do(ctx, "POST", "/v2/app/blobs/uploads/", nil, http.StatusAccepted)
+	must(t, err)
+	resp, _, err = c.do(ctx, "PATCH", resp.Header.Get("Location"), content, http.StatusAccepted)
+	must(t, err)
+	loc := resp.Header.Get("Location")
+	must(t, store.PutIntent(ctx, d, storage.Intent{Run: "test", Expires: time.Now().Add(time.Minute)}))
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.do(ctx, "PUT", loc+"&digest="+d.String(), nil, http.StatusCreated)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("the commit answered (%v) while the collector held an intent on its content", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	// The collector deletes what it planned: the old copy (and the new
+	// link the commit wrote, which its first mark did not see).
+	must(t, e.bucket.Delete(ctx, storage.BlobKey(d)))
+	_ = store.DeleteBlob(ctx, "app", d)
+	must(t, store.DeleteIntent(ctx, d))
+	must(t, <-done)
+	_, got, err := c.do(ctx, "GET", "/v2/app/blobs/"+d.String(), nil, http.StatusOK)
+	must(t, err)
+	if digest.FromBytes(got) != d {
+		t.Fatal("the committed blob has the wrong bytes")
+	}
+}

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,6 +15,11 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 
 	"github.com/stevedore-dev/stevedore/internal/bucket"
 	"github.com/stevedore-dev/stevedore/registryd/gc"
@@ -86,7 +92,7 @@ func runGC(args []string, stdout io.Writer) int {
 	return 0
 }
 
-func collect(ctx context.Context, log *slog.Logger, c gcConfig) (gc.Report, error) {
+func collect(ctx context.Context, log *slog.Logger, c gcConfig) (rep gc.Report, err error) {
 	b, err := bucket.Open(ctx, fileDefaults(c.storageURL), bucket.Options{Prefix: c.prefix})
 	if err != nil {
 		return gc.Report{}, err
@@ -99,6 +105,7 @@ func collect(ctx context.Context, log *slog.Logger, c gcConfig) (gc.Report, erro
 		if err != nil {
 			return gc.Report{}, err
 		}
+		defer func() { recordRun(context.WithoutCancel(ctx), log, kc, c, rep, err) }()
 		store, err := kube.New(ctx, kc.cfg, kube.Options{Namespace: c.namespace, Registry: c.registry, Journal: tags.NewBucket(b), Logger: log})
 		if err != nil {
 			return gc.Report{}, err
@@ -109,6 +116,54 @@ func collect(ctx context.Context, log *slog.Logger, c gcConfig) (gc.Report, erro
 		opts.Tags = kubeTags{store}
 	}
 	return gc.Run(ctx, b, opts)
+}
+
+// Event reasons of a collection, on the Registry.
+const (
+	reasonCollected        = "GarbageCollected"
+	reasonCollectionFailed = "GarbageCollectionFailed"
+)
+
+// recordRun records the run's summary as an Event on the Registry, where
+// `kubectl describe registry` shows it. Best effort: the Job's log has it too.
+func recordRun(ctx context.Context, log *slog.Logger, kc *kubeConn, c gcConfig, rep gc.Report, runErr error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	reg, err := kc.cs.RESTClient().Get().AbsPath("/apis", v1.GroupVersion.Group, v1.GroupVersion.Version,
+		"namespaces", c.namespace, "registries", c.registry).DoRaw(ctx)
+	var meta struct {
+		Metadata metav1.ObjectMeta `json:"metadata"`
+	}
+	if err == nil {
+		err = json.Unmarshal(reg, &meta)
+	}
+	if err != nil {
+		log.Warn("reading the Registry to record the collection", "error", err)
+		return
+	}
+	typ, reason, note := corev1.EventTypeNormal, reasonCollected, rep.Summary()
+	if runErr != nil {
+		typ, reason, note = corev1.EventTypeWarning, reasonCollectionFailed, runErr.Error()+"; "+note
+	}
+	if len(note) > 1024 {
+		note = note[:1024]
+	}
+	now := metav1.NowMicro()
+	ev := &eventsv1.Event{
+		ObjectMeta:          metav1.ObjectMeta{GenerateName: c.registry + "-gc-", Namespace: c.namespace},
+		EventTime:           now,
+		ReportingController: "stevedore.dev/registryd-gc",
+		ReportingInstance:   "registryd-gc",
+		Action:              "Collect",
+		Reason:              reason,
+		Type:                typ,
+		Note:                note,
+		Regarding: corev1.ObjectReference{APIVersion: v1.GroupVersion.String(), Kind: "Registry",
+			Namespace: c.namespace, Name: c.registry, UID: meta.Metadata.UID},
+	}
+	if _, err := kc.cs.EventsV1().Events(c.namespace).Create(ctx, ev, metav1.CreateOptions{}); err != nil {
+		log.Warn("recording the collection as an Event", "error", err)
+	}
 }
 
 // waitReady waits for the kubernetes tag store's cache: marking on an

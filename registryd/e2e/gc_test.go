@@ -16,7 +16,9 @@ import (
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/internal/testutil"
@@ -329,4 +331,18 @@ func TestGCReadsRepositoryStatus(t *testing.T) {
 		}
 	}
 	run(t, home, crane, "validate", "--insecure", "--remote", ref)
+	// Each run with --registry leaves an Event on the Registry.
+	var events eventsv1.EventList
+	if err := env.Client.List(t.Context(), &events, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, ev := range events.Items {
+		if ev.Reason == "GarbageCollected" && ev.Regarding.Kind == "Registry" && ev.Regarding.Name == registry && strings.HasPrefix(ev.Note, "gc: deleted 0 manifests") {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("no GarbageCollected Event on the Registry among %d events", len(events.Items))
+	}
 }

@@ -251,14 +251,19 @@ func (c *collector) sweepBatch(ctx context.Context, first *snapshot, batch []dig
 	if err := c.writeLock(ctx); err != nil {
 		return fmt.Errorf("renewing the lock: %w", err)
 	}
-	in := storage.Intent{Run: c.run, Expires: time.Now().Add(c.opts.IntentTTL)}
+	expires := time.Now().Add(c.opts.IntentTTL)
+	shards := storage.IntentShards(batch)
+	keys := make([]string, 0, len(shards))
+	for k := range shards {
+		keys = append(keys, k)
+	}
 	// Intents are removed however the batch ends; with a context of their
 	// own, so a cancelled run still clears them.
-	defer c.parallel(context.WithoutCancel(ctx), len(batch), func(ctx context.Context, i int) error {
-		return c.store.DeleteIntent(ctx, batch[i])
+	defer c.parallel(context.WithoutCancel(ctx), len(keys), func(ctx context.Context, i int) error {
+		return c.store.DeleteIntent(ctx, keys[i])
 	})
-	if err := c.parallel(ctx, len(batch), func(ctx context.Context, i int) error {
-		return c.store.PutIntent(ctx, batch[i], in)
+	if err := c.parallel(ctx, len(keys), func(ctx context.Context, i int) error {
+		return c.store.PutIntent(ctx, keys[i], storage.Intent{Run: c.run, Expires: expires, Digests: shards[keys[i]]})
 	}); err != nil {
 		return fmt.Errorf("writing intents: %w", err)
 	}
@@ -285,7 +290,7 @@ func (c *collector) sweepBatch(ctx context.Context, first *snapshot, batch []dig
 	}
 	// No delete leaves after the intents expire: a writer then no longer
 	// waits for them.
-	dctx, cancel := context.WithDeadline(ctx, in.Expires)
+	dctx, cancel := context.WithDeadline(ctx, expires)
 	defer cancel()
 	return c.deleteAll(dctx, confirmed, rep)
 }

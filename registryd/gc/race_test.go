@@ -45,7 +45,7 @@ func TestManifestPutAgainstIntent(t *testing.T) {
 				must(t, c.pushBlob(ctx, "app", b))
 			}
 			layer := digest.FromBytes(img.layers[0])
-			must(t, store.PutIntent(ctx, layer, storage.Intent{Run: "test", Expires: time.Now().Add(time.Minute)}))
+			must(t, store.PutIntent(ctx, storage.IntentKey(layer), storage.Intent{Run: "test", Expires: time.Now().Add(time.Minute), Digests: []digest.Digest{layer}}))
 			done := make(chan error, 1)
 			go func() { done <- c.putManifest(ctx, "app", "v1", ocispec.MediaTypeImageManifest, img.manifest()) }()
 			select {
@@ -57,7 +57,7 @@ func TestManifestPutAgainstIntent(t *testing.T) {
 				must(t, store.DeleteBlob(ctx, "app", layer))
 				must(t, e.bucket.Delete(ctx, storage.BlobKey(layer)))
 			}
-			must(t, store.DeleteIntent(ctx, layer))
+			must(t, store.DeleteIntent(ctx, storage.IntentKey(layer)))
 			err := <-done
 			var ae *apiError
 			switch {
@@ -93,7 +93,7 @@ func TestHeadAndMountAgainstIntent(t *testing.T) {
 	must(t, c.pushBlob(ctx, "app", blob))
 	e.age(t, time.Hour)
 	must(t, c.pushBlob(ctx, "third", blob))
-	must(t, store.PutIntent(ctx, d, storage.Intent{Run: "test", Expires: time.Now().Add(time.Minute)}))
+	must(t, store.PutIntent(ctx, storage.IntentKey(d), storage.Intent{Run: "test", Expires: time.Now().Add(time.Minute), Digests: []digest.Digest{d}}))
 	if ok, err := c.exists(ctx, "app", d); err != nil || ok {
 		t.Fatalf("HEAD during an intent: exists=%v err=%v, want 404", ok, err)
 	}
@@ -107,7 +107,7 @@ func TestHeadAndMountAgainstIntent(t *testing.T) {
 	if ok, err := c.exists(ctx, "third", d); err != nil || ok {
 		t.Fatalf("HEAD of a fresh link during an intent: exists=%v err=%v, want 404", ok, err)
 	}
-	must(t, store.DeleteIntent(ctx, d))
+	must(t, store.DeleteIntent(ctx, storage.IntentKey(d)))
 	if ok, err := c.exists(ctx, "app", d); err != nil || !ok {
 		t.Fatalf("HEAD: exists=%v err=%v, want 200", ok, err)
 	}
@@ -289,7 +289,7 @@ func TestUploadCommitAgainstIntent(t *testing.T) {
 	resp, _, err = c.do(ctx, "PATCH", resp.Header.Get("Location"), content, http.StatusAccepted)
 	must(t, err)
 	loc := resp.Header.Get("Location")
-	must(t, store.PutIntent(ctx, d, storage.Intent{Run: "test", Expires: time.Now().Add(time.Minute)}))
+	must(t, store.PutIntent(ctx, storage.IntentKey(d), storage.Intent{Run: "test", Expires: time.Now().Add(time.Minute), Digests: []digest.Digest{d}}))
 	done := make(chan error, 1)
 	go func() {
 		_, _, err := c.do(ctx, "PUT", loc+"&digest="+d.String(), nil, http.StatusCreated)
@@ -304,7 +304,7 @@ func TestUploadCommitAgainstIntent(t *testing.T) {
 	// link the commit wrote, which its first mark did not see).
 	must(t, e.bucket.Delete(ctx, storage.BlobKey(d)))
 	_ = store.DeleteBlob(ctx, "app", d)
-	must(t, store.DeleteIntent(ctx, d))
+	must(t, store.DeleteIntent(ctx, storage.IntentKey(d)))
 	must(t, <-done)
 	_, got, err := c.do(ctx, "GET", "/v2/app/blobs/"+d.String(), nil, http.StatusOK)
 	must(t, err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -14,7 +15,8 @@ import (
 
 // Garbage collection's side of the bucket (docs/gc.md):
 //
-//	_stevedore/gc/intents/<alg>/<hex>   the collector is about to delete d
+//	_stevedore/gc/intents/<alg>/<hh>    the collector is about to delete the
+//	                                    digests it lists, all starting with hh
 //	_stevedore/gc/lock                  one collector at a time
 //	_stevedore/tmp/                     fileblob's temp files in a pod (TMPDIR)
 const (
@@ -33,8 +35,12 @@ const IntentSkew = time.Minute
 // content is gone, so callers answering "unknown" need not know about it.
 var ErrCollected = errors.New("deleted by garbage collection")
 
-// IntentKey is the intent object of digest d.
-func IntentKey(d digest.Digest) string { return IntentsPrefix + digestPath(d) }
+// IntentKey is the intent object that covers digest d: one per algorithm
+// and first two hex digits, so a batch of a thousand digests costs the
+// collector at most 256 writes, and a writer still one read.
+func IntentKey(d digest.Digest) string {
+	return IntentsPrefix + d.Algorithm().String() + "/" + d.Encoded()[:2]
+}
 
 // ParseDigestPath is the digest of "<alg>/<hex>", or "" when it names none.
 func ParseDigestPath(p string) digest.Digest {
@@ -45,28 +51,51 @@ func ParseDigestPath(p string) digest.Digest {
 	return d
 }
 
-// Intent says a collector run may delete everything of one digest (its
-// blob, links and referrer entries) until Expires.
+// Intent says a collector run may delete everything of the digests it
+// lists (their blobs, links and referrer entries) until Expires.
 type Intent struct {
-	Run     string    `json:"run"`
-	Expires time.Time `json:"expires"`
+	Run     string          `json:"run"`
+	Expires time.Time       `json:"expires"`
+	Digests []digest.Digest `json:"digests"`
 }
 
 // Live reports whether the intent still binds at now.
 func (in Intent) Live(now time.Time) bool { return now.Before(in.Expires.Add(IntentSkew)) }
 
-// PutIntent records in for d.
-func (s *Store) PutIntent(ctx context.Context, d digest.Digest, in Intent) error {
+// IntentShards groups ds by the intent object that covers them.
+func IntentShards(ds []digest.Digest) map[string][]digest.Digest {
+	out := map[string][]digest.Digest{}
+	for _, d := range ds {
+		out[IntentKey(d)] = append(out[IntentKey(d)], d)
+	}
+	return out
+}
+
+// PutIntent writes the intent object key (an IntentKey) naming in.Digests,
+// which must all map to key.
+func (s *Store) PutIntent(ctx context.Context, key string, in Intent) error {
 	b, err := json.Marshal(in)
 	if err != nil {
 		return err
 	}
-	return WriteSmall(ctx, s.bucket, IntentKey(d), b, &blob.WriterOptions{ContentType: "application/json"})
+	return WriteSmall(ctx, s.bucket, key, b, &blob.WriterOptions{ContentType: "application/json"})
 }
 
-// ReadIntent returns the intent of d; ok is false when there is none.
-// Always read from the bucket: this is the read of the Dekker pair.
+// ReadIntent returns the intent covering d; ok is false when there is none
+// or it does not list d. Always read from the bucket: this is the read of
+// the Dekker pair.
 func (s *Store) ReadIntent(ctx context.Context, d digest.Digest) (Intent, bool, error) {
+	in, ok, err := s.readIntentKey(ctx, d)
+	if err != nil || !ok {
+		return in, ok, err
+	}
+	if in.Digests != nil && !slices.Contains(in.Digests, d) {
+		return Intent{}, false, nil
+	}
+	return in, true, nil
+}
+
+func (s *Store) readIntentKey(ctx context.Context, d digest.Digest) (Intent, bool, error) {
 	b, err := s.bucket.ReadAll(ctx, IntentKey(d))
 	if err != nil {
 		err = classify(err, IntentKey(d))
@@ -84,9 +113,9 @@ func (s *Store) ReadIntent(ctx context.Context, d digest.Digest) (Intent, bool, 
 	return in, true, nil
 }
 
-// DeleteIntent removes the intent of d.
-func (s *Store) DeleteIntent(ctx context.Context, d digest.Digest) error {
-	err := s.delete(ctx, IntentKey(d))
+// DeleteIntent removes the intent object key.
+func (s *Store) DeleteIntent(ctx context.Context, key string) error {
+	err := s.delete(ctx, key)
 	if errors.Is(err, ErrNotFound) {
 		return nil
 	}

@@ -169,6 +169,11 @@ storage-servers: ## Install versitygw, Azurite and fake-gcs-server for the stora
 bench: build ## Side by side with distribution (installs it, crane, wrk, ab), then bench-storage; writes docs/benchmarks.md; ~6-8 min. Not part of test.
 	hack/bench.sh
 
+.PHONY: bench-gc
+bench-gc: build ## registryd gc sweeping BENCH_GC_BLOBS (10000) unreferenced blobs among BENCH_GC_IMAGES (1000) images on versitygw while clients push.
+	STEVEDORE_STORAGE_SERVERS="$$(hack/storage-servers.sh install)" REGISTRYD=bin/registryd \
+	  go test -run '^$$' -bench '^BenchmarkGCSweep$$' -benchtime 1x -timeout 30m ./registryd/e2e/
+
 .PHONY: bench-storage
 bench-storage: build ## Push/pull MB/s of registryd on each storage backend next to the file backend.
 	hack/bench-storage.sh

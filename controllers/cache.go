@@ -2,6 +2,7 @@ package controllers
 
 import (
 	appsv1 "k8s.io/api/apps/v1"
+	batchv1 "k8s.io/api/batch/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -32,6 +33,7 @@ func CacheOptions() cache.Options {
 			&rbacv1.ClusterRoleBinding{}:    mine,
 			&networkingv1.Ingress{}:         mine,
 			&policyv1.PodDisruptionBudget{}: mine,
+			&batchv1.CronJob{}:              mine,
 		},
 	}
 }

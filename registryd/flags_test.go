@@ -136,3 +136,29 @@ func TestAPIResource(t *testing.T) {
 		}
 	}
 }
+
+// TestOperatorGCArgsParse checks that the operator's `registryd gc`
+// arguments (its CronJob) are flags `registryd gc` knows, meaning what the
+// Registry's spec.gc says.
+func TestOperatorGCArgsParse(t *testing.T) {
+	reg := v1.Registry{
+		ObjectMeta: metav1.ObjectMeta{Name: "main", Namespace: "team"},
+		Spec: v1.RegistrySpec{Storage: v1.StorageSpec{URL: "s3://bucket", Prefix: "a/"},
+			GC: &v1.GCSpec{Schedule: "@daily", GracePeriod: &metav1.Duration{Duration: 20 * time.Minute}, DeleteUntagged: true}},
+	}
+	args := controllers.GCArgs(&reg)
+	if args[0] != "gc" {
+		t.Fatalf("args %q: want the gc subcommand first", args)
+	}
+	fs := flag.NewFlagSet("gc", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	var c gcConfig
+	bindGCFlags(fs, &c)
+	if err := fs.Parse(args[1:]); err != nil {
+		t.Fatalf("registryd gc refuses the operator's args %q: %v", args, err)
+	}
+	if c.registry != "main" || c.namespace != "team" || c.storageURL != "s3://bucket" || c.prefix != "a/" ||
+		c.grace != 20*time.Minute || !c.deleteUntagged || c.dryRun {
+		t.Errorf("config %+v", c)
+	}
+}

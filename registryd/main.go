@@ -54,6 +54,8 @@ type config struct {
 	authCacheTTL, authOutageGrace       time.Duration
 	tokenMaxScopes                      int
 	loginThrottle                       bool
+	// Uploads and garbage collection (docs/gc.md).
+	uploadLifetime, gcTouchInterval time.Duration
 	// Serve net/http/pprof on --debug-addr.
 	pprof bool
 	// HTTP server limits and graceful drain (docs/registryd.md, "Limits
@@ -114,12 +116,17 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 	fs.IntVar(&c.tokenMaxScopes, "token-max-scopes", 16, "most accesses one /token request may ask for")
 	fs.BoolVar(&c.loginThrottle, "login-throttle", true, "answer 429 to clients after repeated failed logins, without checking their credentials")
 	fs.DurationVar(&c.redirectTTL, "redirect-ttl", 0, "answer blob GETs with a redirect to a URL signed for this long, where the storage can sign (0: serve the bytes)")
+	fs.DurationVar(&c.uploadLifetime, "upload-lifetime", 24*time.Hour, "refuse to resume uploads started longer ago (BLOB_UPLOAD_UNKNOWN); registryd gc deletes them after this plus its grace")
+	fs.DurationVar(&c.gcTouchInterval, "gc-touch-interval", time.Minute, "a blob HEAD rewrites a repository link older than this, so garbage collection's grace runs from the HEAD (negative: every HEAD)")
 	bindLimitFlags(fs, &c.limits)
 }
 
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "scrub" {
 		os.Exit(runScrub(os.Args[2:], os.Stdout))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "gc" {
+		os.Exit(runGC(os.Args[2:], os.Stdout))
 	}
 	var c config
 	bindFlags(flag.CommandLine, &c)
@@ -169,6 +176,7 @@ func run(log *slog.Logger, c config) error {
 		MaxManifestBytes: c.maxManifestBytes, Secret: secret, ChunkMinLength: c.chunkMinLength,
 		RedirectTTL: c.redirectTTL, BeforeSign: bucket.BeforeSign(c.storageURL, nil), Logger: log, Registerer: reg, Authorizer: guard,
 		MaxConcurrentRequests: c.limits.maxConcurrentRequests, BodyTimeout: c.limits.bodyTimeout, BodyMinBytes: c.limits.bodyMinBytes,
+		UploadLifetime: c.uploadLifetime, GCTouchInterval: c.gcTouchInterval,
 	}), guard.TokenHandler())
 	if (c.tlsCertFile == "") != (c.tlsKeyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")

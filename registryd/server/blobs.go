@@ -19,7 +19,14 @@ func (s *server) getBlob(w http.ResponseWriter, r *http.Request, p pathParams) e
 	if err != nil {
 		return err
 	}
-	info, err := s.store.StatBlob(r.Context(), p.name, d)
+	var info storage.BlobInfo
+	if r.Method == http.MethodHead {
+		// A 200 here lets the client skip the upload: keep the link
+		// fresh for the garbage collector (docs/gc.md).
+		info, err = s.store.StatBlobFresh(r.Context(), p.name, d, s.opts.GCTouchInterval)
+	} else {
+		info, err = s.store.StatBlob(r.Context(), p.name, d)
+	}
 	if err != nil {
 		return storageErr(err, errcode.BlobUnknown, d)
 	}

@@ -52,6 +52,13 @@ func (s *server) getManifest(w http.ResponseWriter, r *http.Request, p pathParam
 	}
 	h := w.Header()
 	if r.Method == http.MethodHead {
+		if ref.Digest != "" {
+			// An index naming this manifest may follow: keep its link
+			// fresh for the garbage collector (docs/gc.md).
+			if err := s.freshenManifest(r, p.name, d); err != nil {
+				return storageErr(err, errcode.ManifestUnknown, ref.String())
+			}
+		}
 		desc, err := s.store.StatManifest(r.Context(), p.name, d)
 		if err != nil {
 			return storageErr(err, errcode.ManifestUnknown, ref.String())
@@ -128,6 +135,9 @@ func (s *server) putManifest(w http.ResponseWriter, r *http.Request, p pathParam
 	if err := s.storeManifest(r, p.name, desc, m, body); err != nil {
 		return err
 	}
+	if err := s.confirmManifest(r, p.name, desc, m, body); err != nil {
+		return err
+	}
 	for _, tag := range tagList {
 		if err := s.tags.Put(r.Context(), p.name, tag, desc); err != nil {
 			return storageErr(err, errcode.ManifestUnknown, tag)
@@ -151,6 +161,9 @@ func (s *server) putManifest(w http.ResponseWriter, r *http.Request, p pathParam
 		switch {
 		case errors.Is(err, storage.ErrNotFound):
 			if err := s.storeManifest(r, p.name, desc, m, body); err != nil {
+				return err
+			}
+			if err := s.confirmManifest(r, p.name, desc, m, body); err != nil {
 				return err
 			}
 		case err != nil:
@@ -204,6 +217,99 @@ func (s *server) checkReferences(r *http.Request, name string, m *manifest.Manif
 		if err := checkSize(c, desc.Size); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// confirmManifest is steps W2 and W3 of docs/gc.md for a manifest just
+// stored (W1): it waits while the garbage collector holds an intent on the
+// manifest or anything it names, then checks that all of it is still
+// there. When a blob or child manifest was collected meanwhile, the PUT
+// lost the race: the manifest link and referrer entry it wrote are
+// removed, so nothing claims the manifest is complete, and the client
+// gets MANIFEST_BLOB_UNKNOWN; pushing again uploads the blob again. When
+// only the manifest's own content went, it is stored again.
+func (s *server) confirmManifest(r *http.Request, name string, desc ocispec.Descriptor, m *manifest.Manifest, body []byte) error {
+	ctx := r.Context()
+	ds := []digest.Digest{desc.Digest}
+	for _, b := range m.Blobs {
+		ds = append(ds, b.Digest)
+	}
+	for _, c := range m.Manifests {
+		ds = append(ds, c.Digest)
+	}
+	const attempts = 3
+	for attempt := 1; ; attempt++ {
+		if err := s.store.AwaitIntents(ctx, true, ds...); err != nil {
+			return storageErr(err, errcode.ManifestUnknown, desc.Digest)
+		}
+		lost, err := s.missingReference(r, name, m)
+		if err != nil {
+			return storageErr(err, errcode.ManifestUnknown, desc.Digest)
+		}
+		if lost != "" {
+			s.unstoreManifest(r, name, desc.Digest, m)
+			s.log.WarnContext(ctx, "manifest push lost a race with garbage collection", "repository", name, "digest", desc.Digest, "collected", lost)
+			return errcode.ManifestBlobUnknown.Wrap(storage.ErrCollected,
+				fmt.Sprintf("%s was deleted by garbage collection while this manifest was pushed; push it again", lost))
+		}
+		_, err = s.store.StatBlob(ctx, name, desc.Digest)
+		switch {
+		case err == nil:
+			return nil
+		case !errors.Is(err, storage.ErrNotFound) || attempt == attempts:
+			return storageErr(err, errcode.ManifestUnknown, desc.Digest)
+		}
+		if err := s.storeManifest(r, name, desc, m, body); err != nil {
+			return err
+		}
+	}
+}
+
+// missingReference names the first blob or child manifest of m that
+// repository name no longer holds ("" when all are there).
+func (s *server) missingReference(r *http.Request, name string, m *manifest.Manifest) (digest.Digest, error) {
+	for _, b := range m.Blobs {
+		if _, err := s.store.StatBlob(r.Context(), name, b.Digest); errors.Is(err, storage.ErrNotFound) {
+			return b.Digest, nil
+		} else if err != nil {
+			return "", err
+		}
+	}
+	for _, c := range m.Manifests {
+		if _, err := s.store.StatBlob(r.Context(), name, c.Digest); errors.Is(err, storage.ErrNotFound) {
+			return c.Digest, nil
+		} else if err != nil {
+			return "", err
+		}
+	}
+	return "", nil
+}
+
+// unstoreManifest removes what storeManifest wrote, for a PUT that lost
+// its race with the collector; failures leave garbage for the next run.
+func (s *server) unstoreManifest(r *http.Request, name string, d digest.Digest, m *manifest.Manifest) {
+	if err := s.store.DeleteManifest(r.Context(), name, d); err != nil && !errors.Is(err, storage.ErrNotFound) {
+		s.log.WarnContext(r.Context(), "removing the link of a manifest whose blobs were collected", "repository", name, "digest", d, "error", err)
+	}
+	if m.Subject != nil {
+		_ = s.store.DeleteReferrer(r.Context(), name, m.Subject.Digest, d)
+	}
+}
+
+// freshenManifest renews manifest d's link for a HEAD by digest when it is
+// older than the touch interval, and then answers "unknown" while the
+// collector holds an intent on it.
+func (s *server) freshenManifest(r *http.Request, name string, d digest.Digest) error {
+	touched, err := s.store.TouchManifest(r.Context(), name, d, s.opts.GCTouchInterval)
+	if err != nil || !touched {
+		return err
+	}
+	if err := s.store.AwaitIntents(r.Context(), false, d); err != nil {
+		if errors.Is(err, storage.ErrCollected) {
+			return fmt.Errorf("%w: %w", err, storage.ErrNotFound)
+		}
+		return err
 	}
 	return nil
 }

@@ -62,6 +62,14 @@ type Options struct {
 	// negative BodyTimeout: off.
 	BodyTimeout  time.Duration
 	BodyMinBytes int64
+	// UploadLifetime refuses to resume an upload started longer ago
+	// (BLOB_UPLOAD_UNKNOWN); the garbage collector sweeps it after that.
+	// Default 24h.
+	UploadLifetime time.Duration
+	// GCTouchInterval: a HEAD that finds a repository link older than
+	// this writes it again, so the garbage collector's grace period runs
+	// from the HEAD (docs/gc.md). Default 1m; negative: every HEAD.
+	GCTouchInterval time.Duration
 }
 
 // Authorizer decides whether a request may perform an access; it returns
@@ -74,6 +82,7 @@ type Authorizer interface {
 const (
 	defaultMaxManifestBytes = 4 << 20
 	defaultPageSize         = 1000
+	defaultGCTouchInterval  = time.Minute
 )
 
 type routeKey struct {
@@ -131,7 +140,10 @@ func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
 		s.log = slog.Default()
 	}
 	s.store.WithBeforeSign(s.opts.BeforeSign)
-	s.uploads = uploads.NewManager(s.store, s.opts.Secret)
+	if s.opts.GCTouchInterval == 0 {
+		s.opts.GCTouchInterval = defaultGCTouchInterval
+	}
+	s.uploads = uploads.NewManager(s.store, s.opts.Secret, s.opts.UploadLifetime)
 	s.metrics = newMetrics(s.opts.Registerer)
 	methods := map[endpoint][]string{}
 	for _, rt := range routeTable() {

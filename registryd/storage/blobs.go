@@ -91,12 +91,30 @@ func (r rawReader) WriteTo(w io.Writer) (int64, error) {
 // content is verified while it streams and written with IfNotExist: on a
 // digest or size mismatch (size < 0: unknown), or when ctx ends, the
 // writer's context is cancelled so nothing partial becomes visible.
+//
+// The 201 that follows vouches for d, so the write is confirmed against
+// the garbage collector (ConfirmBlob, docs/gc.md). The body is consumed by
+// then: content the collector took meanwhile cannot be written again, and
+// the push fails as unavailable, for the client to retry.
 func (s *Store) PutBlob(ctx context.Context, name string, d digest.Digest, size int64, r io.Reader) (BlobInfo, error) {
+	// Waiting out a collection of d first makes losing it rare.
+	if err := s.AwaitIntents(ctx, true, d); err != nil {
+		return BlobInfo{}, err
+	}
 	n, err := s.WriteContent(ctx, d, size, r)
 	if err != nil {
 		return BlobInfo{}, err
 	}
-	return BlobInfo{Digest: d, Size: n}, s.LinkBlob(ctx, name, d)
+	if err := s.LinkBlob(ctx, name, d); err != nil {
+		return BlobInfo{}, err
+	}
+	if _, err := s.ConfirmBlob(ctx, name, d, true); err != nil {
+		if errors.Is(err, ErrCollected) {
+			return BlobInfo{}, fmt.Errorf("%s was garbage-collected while it was pushed: %w", d, ErrUnavailable)
+		}
+		return BlobInfo{}, err
+	}
+	return BlobInfo{Digest: d, Size: n}, nil
 }
 
 // WriteContent writes verified content to blobs/ without linking it.
@@ -218,12 +236,16 @@ func (s *Store) LinkBlob(ctx context.Context, name string, d digest.Digest) erro
 }
 
 // MountBlob links blob d, linked in repository from, into repository name.
+// Content the garbage collector is taking is refused at once (ErrNotFound,
+// ErrCollected): the client then uploads it, which is always correct.
 func (s *Store) MountBlob(ctx context.Context, name, from string, d digest.Digest) (BlobInfo, error) {
-	info, err := s.StatBlob(ctx, from, d)
-	if err != nil {
+	if _, err := s.StatBlob(ctx, from, d); err != nil {
 		return BlobInfo{}, err
 	}
-	return info, s.LinkBlob(ctx, name, d)
+	if err := s.LinkBlob(ctx, name, d); err != nil {
+		return BlobInfo{}, err
+	}
+	return s.ConfirmBlob(ctx, name, d, false)
 }
 
 // MountAnonymous links blob d into repository name when its content is

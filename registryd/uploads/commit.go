@@ -2,6 +2,7 @@ package uploads
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 
@@ -16,7 +17,33 @@ import (
 // its parts (State.Last, chained), and a part key is written once by one
 // request, so the parts read are the bytes that were hashed. One part is
 // copied server-side to its final key; several are streamed into it.
+//
+// The 201 vouches for d, so the commit is confirmed against the garbage
+// collector (docs/gc.md): should it have taken d's content (which existed,
+// unreferenced, so nothing was written) while the link was written, the
+// parts are still here and the commit runs again.
 func (m *Manager) Commit(ctx context.Context, st State, d digest.Digest) (storage.BlobInfo, error) {
+	const attempts = 3
+	var err error
+	for range attempts {
+		var info storage.BlobInfo
+		info, err = m.commitOnce(ctx, st, d)
+		if err == nil {
+			// The blob is in place; a failed cleanup only leaves garbage for GC.
+			_ = m.store.DeleteUpload(ctx, st.ID)
+			return info, nil
+		}
+		if !errors.Is(err, storage.ErrCollected) {
+			return storage.BlobInfo{}, err
+		}
+	}
+	return storage.BlobInfo{}, fmt.Errorf("committing upload %s: %w", st.ID, storage.ErrUnavailable)
+}
+
+func (m *Manager) commitOnce(ctx context.Context, st State, d digest.Digest) (storage.BlobInfo, error) {
+	if err := m.store.AwaitIntents(ctx, true, d); err != nil {
+		return storage.BlobInfo{}, err
+	}
 	keys, err := m.partKeys(ctx, st)
 	if err != nil {
 		return storage.BlobInfo{}, err
@@ -38,8 +65,9 @@ func (m *Manager) Commit(ctx context.Context, st State, d digest.Digest) (storag
 	if err := m.store.LinkBlob(ctx, st.Repo, d); err != nil {
 		return storage.BlobInfo{}, err
 	}
-	// The blob is in place; a failed cleanup only leaves garbage for GC.
-	_ = m.store.DeleteUpload(ctx, st.ID)
+	if _, err := m.store.ConfirmBlob(ctx, st.Repo, d, true); err != nil {
+		return storage.BlobInfo{}, err
+	}
 	return storage.BlobInfo{Digest: d, Size: st.Offset}, nil
 }
 

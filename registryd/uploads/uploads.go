@@ -44,13 +44,22 @@ func ValidID(id string) bool { return idRE.MatchString(id) }
 
 // Manager runs uploads over a store. It keeps no state between calls.
 type Manager struct {
-	store  *storage.Store
-	signer *Signer
+	store    *storage.Store
+	signer   *Signer
+	lifetime time.Duration
 }
 
-// NewManager returns a Manager signing tokens with secret.
-func NewManager(store *storage.Store, secret []byte) *Manager {
-	return &Manager{store: store, signer: NewSigner(secret)}
+// DefaultLifetime is how long an upload may run when NewManager is not
+// told otherwise; the garbage collector sweeps it after that (docs/gc.md).
+const DefaultLifetime = 24 * time.Hour
+
+// NewManager returns a Manager signing tokens with secret, refusing uploads
+// that started more than lifetime ago (<= 0: DefaultLifetime).
+func NewManager(store *storage.Store, secret []byte, lifetime time.Duration) *Manager {
+	if lifetime <= 0 {
+		lifetime = DefaultLifetime
+	}
+	return &Manager{store: store, signer: NewSigner(secret), lifetime: lifetime}
 }
 
 // Token is the signed form of st, for the Location header.
@@ -100,6 +109,10 @@ func (m *Manager) Resume(ctx context.Context, repo, id, token string) (State, er
 	}
 	if _, err := newHash(st.Alg); err != nil {
 		return State{}, fmt.Errorf("%w: %w", ErrInvalidToken, err)
+	}
+	if st.Duration() > m.lifetime {
+		// The garbage collector may be deleting its parts: never resume.
+		return State{}, fmt.Errorf("%w: %s expired after %s", ErrUnknown, id, m.lifetime)
 	}
 	ok, err := m.store.Bucket().Exists(ctx, storage.UploadMarkerKey(id))
 	if err != nil {

@@ -1,0 +1,299 @@
+package gc_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+
+	"github.com/stevedore-dev/stevedore/registryd/gc"
+	"github.com/stevedore-dev/stevedore/registryd/server"
+	"github.com/stevedore-dev/stevedore/registryd/storage"
+)
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func index(children ...image) []byte {
+	idx := ocispec.Index{MediaType: ocispec.MediaTypeImageIndex}
+	idx.SchemaVersion = 2
+	for _, c := range children {
+		idx.Manifests = append(idx.Manifests, ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: c.digest(), Size: int64(len(c.manifest()))})
+	}
+	b, _ := json.Marshal(idx)
+	return b
+}
+
+// referrerOf is an artifact manifest (empty config, no layers) whose
+// subject is d.
+func referrerOf(d digest.Digest, size int64, note string) []byte {
+	empty := []byte("{}")
+	m := ocispec.Manifest{
+		MediaType:    ocispec.MediaTypeImageManifest,
+		ArtifactType: "application/vnd.example.sbom",
+		Config:       ocispec.Descriptor{MediaType: "application/vnd.oci.empty.v1+json", Digest: digest.FromBytes(empty), Size: 2},
+		Layers:       []ocispec.Descriptor{},
+		Subject:      &ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: d, Size: size},
+		Annotations:  map[string]string{"note": note},
+	}
+	m.SchemaVersion = 2
+	b, _ := json.Marshal(m)
+	return b
+}
+
+// TestRunMarkSweep pushes content through registryd, ages the bucket past
+// the grace, collects, and checks what pulls and what is gone.
+func TestRunMarkSweep(t *testing.T) {
+	type outcome struct {
+		pull []string        // refs (repo@digest or repo:tag) that must pull completely
+		gone []digest.Digest // blobs whose content must be gone from the bucket
+		kept []digest.Digest // blobs whose content must stay
+	}
+	shared := randomBytes(300)
+	tests := []struct {
+		name  string
+		opts  gc.Options
+		age   time.Duration
+		setup func(t *testing.T, ctx context.Context, c client) outcome
+	}{
+		{"a deleted manifest frees its own layers, not shared ones", gc.Options{Grace: time.Hour}, 2 * time.Hour,
+			func(t *testing.T, ctx context.Context, c client) outcome {
+				a, b := newImage(shared), newImage(shared)
+				must(t, c.push(ctx, "app", "a", a))
+				must(t, c.push(ctx, "app", "b", b))
+				must(t, c.deleteManifest(ctx, "app", b.digest()))
+				return outcome{pull: []string{"app:a"}, gone: []digest.Digest{digest.FromBytes(b.layers[1]), digest.FromBytes(b.config), b.digest()},
+					kept: []digest.Digest{digest.FromBytes(shared), a.digest()}}
+			}},
+		{"untagged manifests stay without deleteUntagged", gc.Options{Grace: time.Hour}, 2 * time.Hour,
+			func(t *testing.T, ctx context.Context, c client) outcome {
+				old, cur := newImage(), newImage()
+				must(t, c.push(ctx, "app", "latest", old))
+				must(t, c.push(ctx, "app", "latest", cur))
+				return outcome{pull: []string{"app:latest", "app@" + old.digest().String()}, kept: []digest.Digest{digest.FromBytes(old.layers[0])}}
+			}},
+		{"deleteUntagged frees an untagged image", gc.Options{Grace: time.Hour, DeleteUntagged: true}, 2 * time.Hour,
+			func(t *testing.T, ctx context.Context, c client) outcome {
+				old, cur := newImage(shared), newImage(shared)
+				must(t, c.push(ctx, "app", "latest", old))
+				must(t, c.push(ctx, "app", "latest", cur))
+				return outcome{pull: []string{"app:latest"}, gone: []digest.Digest{old.digest(), digest.FromBytes(old.layers[1])},
+					kept: []digest.Digest{digest.FromBytes(shared)}}
+			}},
+		{"the grace keeps fresh garbage", gc.Options{Grace: time.Hour, DeleteUntagged: true}, 0,
+			func(t *testing.T, ctx context.Context, c client) outcome {
+				b := newImage()
+				must(t, c.push(ctx, "app", "b", b))
+				must(t, c.deleteManifest(ctx, "app", b.digest()))
+				must(t, c.pushBlob(ctx, "app", b.layers[0]))
+				return outcome{kept: []digest.Digest{b.digest(), digest.FromBytes(b.layers[0])}}
+			}},
+		{"a blob no manifest names is freed", gc.Options{Grace: time.Hour}, 2 * time.Hour,
+			func(t *testing.T, ctx context.Context, c client) outcome {
+				orphan := randomBytes(100)
+				must(t, c.pushBlob(ctx, "app", orphan))
+				return outcome{gone: []digest.Digest{digest.FromBytes(orphan)}}
+			}},
+		{"an index keeps its children, a subject its referrers", gc.Options{Grace: time.Hour, DeleteUntagged: true}, 2 * time.Hour,
+			func(t *testing.T, ctx context.Context, c client) outcome {
+				c1, c2, lone := newImage(), newImage(shared), newImage()
+				for _, img := range []image{c1, c2, lone} {
+					must(t, c.push(ctx, "app", img.digest().String(), img))
+				}
+				idx := index(c1, c2)
+				must(t, c.putManifest(ctx, "app", "multi", ocispec.MediaTypeImageIndex, idx))
+				must(t, c.pushBlob(ctx, "app", []byte("{}")))
+				ref := referrerOf(c1.digest(), int64(len(c1.manifest())), "kept")
+				orphanRef := referrerOf(lone.digest(), int64(len(lone.manifest())), "gone")
+				for _, r := range [][]byte{ref, orphanRef} {
+					must(t, c.putManifest(ctx, "app", digest.FromBytes(r).String(), ocispec.MediaTypeImageManifest, r))
+				}
+				return outcome{
+					pull: []string{"app@" + c1.digest().String(), "app@" + c2.digest().String()},
+					gone: []digest.Digest{lone.digest(), digest.FromBytes(lone.layers[0]), digest.FromBytes(orphanRef)},
+					kept: []digest.Digest{digest.FromBytes(idx), digest.FromBytes(ref), digest.FromBytes([]byte("{}"))},
+				}
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := t.Context()
+			e := newEnv(t, 1, server.Options{})
+			c := client{e.servers[0]}
+			want := tt.setup(t, ctx, c)
+			e.age(t, tt.age)
+			rep, err := gc.Run(ctx, e.bucket, tt.opts)
+			must(t, err)
+			t.Log(rep.Summary())
+			for _, ref := range want.pull {
+				repo, r, ok := strings.Cut(ref, "@")
+				if !ok {
+					repo, r, _ = strings.Cut(ref, ":")
+				}
+				if err := c.pull(ctx, repo, r); err != nil {
+					t.Errorf("pull %s after gc: %v", ref, err)
+				}
+			}
+			keys := e.keys(t)
+			for _, d := range want.gone {
+				if keys[storage.BlobKey(d)] {
+					t.Errorf("%s survived the collection", d)
+				}
+				for k := range keys {
+					if strings.HasSuffix(k, d.Encoded()) {
+						t.Errorf("%s survived the collection", k)
+					}
+				}
+			}
+			for _, d := range want.kept {
+				if !keys[storage.BlobKey(d)] {
+					t.Errorf("%s was collected", d)
+				}
+			}
+			if len(want.gone) == 0 && len(rep.Deleted) > 0 {
+				t.Errorf("deleted %v, want nothing", rep.Deleted)
+			}
+		})
+	}
+}
+
+// TestDryRunMatchesRun: a dry run lists exactly what the real run that
+// follows deletes.
+func TestDryRunMatchesRun(t *testing.T) {
+	ctx := t.Context()
+	e := newEnv(t, 1, server.Options{})
+	c := client{e.servers[0]}
+	shared := randomBytes(200)
+	var doomed []image
+	for i := range 4 {
+		img := newImage(shared)
+		must(t, c.push(ctx, "team/app", "v1", img)) // each push untags the last
+		if i%2 == 0 {
+			doomed = append(doomed, img)
+		}
+	}
+	must(t, c.deleteManifest(ctx, "team/app", doomed[0].digest()))
+	must(t, c.pushBlob(ctx, "other", randomBytes(50)))
+	resp, _, err := c.do(ctx, "POST", "/v2/other/blobs/uploads/", nil, http.StatusAccepted)
+	must(t, err)
+	_, _, err = c.do(ctx, "PATCH", resp.Header.Get("Location"), randomBytes(10), http.StatusAccepted)
+	must(t, err)
+	e.age(t, 48*time.Hour)
+	opts := gc.Options{Grace: time.Hour, DeleteUntagged: true, DryRun: true}
+	dry, err := gc.Run(ctx, e.bucket, opts)
+	must(t, err)
+	if len(dry.Deleted) == 0 {
+		t.Fatal("the dry run found nothing")
+	}
+	if got := e.keys(t); len(got) == 0 || !got[dry.Deleted[0]] {
+		t.Fatalf("the dry run deleted %s", dry.Deleted[0])
+	}
+	opts.DryRun = false
+	real, err := gc.Run(ctx, e.bucket, opts)
+	must(t, err)
+	if !slices.Equal(dry.Deleted, real.Deleted) {
+		t.Errorf("dry run listed %d keys:\n%s\nthe run deleted %d:\n%s", len(dry.Deleted), strings.Join(dry.Deleted, "\n"),
+			len(real.Deleted), strings.Join(real.Deleted, "\n"))
+	}
+	if dry.Uploads == 0 || dry.Manifests == 0 || dry.Blobs == 0 || dry.LayerLinks == 0 {
+		t.Errorf("dry run %s: want every kind", dry.Summary())
+	}
+	must(t, c.pull(ctx, "team/app", "v1"))
+}
+
+// TestAbandonedUpload: an upload past its lifetime is deleted by the next
+// run and its token refused; a younger one is left alone.
+func TestAbandonedUpload(t *testing.T) {
+	tests := []struct {
+		name     string
+		lifetime time.Duration
+		wantGone bool
+	}{
+		{"past its lifetime", 300 * time.Millisecond, true},
+		{"within its lifetime", time.Hour, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx := t.Context()
+			e := newEnv(t, 1, server.Options{UploadLifetime: tt.lifetime})
+			c := client{e.servers[0]}
+			resp, _, err := c.do(ctx, "POST", "/v2/app/blobs/uploads/", nil, http.StatusAccepted)
+			must(t, err)
+			resp, _, err = c.do(ctx, "PATCH", resp.Header.Get("Location"), randomBytes(10), http.StatusAccepted)
+			must(t, err)
+			loc := resp.Header.Get("Location")
+			time.Sleep(400 * time.Millisecond)
+			rep, err := gc.Run(ctx, e.bucket, gc.Options{NoGrace: true, UploadLifetime: tt.lifetime})
+			must(t, err)
+			left := 0
+			for k := range e.keys(t) {
+				if strings.HasPrefix(k, "uploads/") {
+					left++
+				}
+			}
+			if gone := left == 0; gone != tt.wantGone || (rep.Uploads > 0) != tt.wantGone {
+				t.Errorf("%d upload objects left, %d deleted; want gone=%v", left, rep.Uploads, tt.wantGone)
+			}
+			_, _, err = c.do(ctx, "PATCH", loc, randomBytes(10), http.StatusAccepted)
+			var ae *apiError
+			switch {
+			case tt.wantGone && (!errors.As(err, &ae) || ae.status != http.StatusNotFound || ae.code != "BLOB_UPLOAD_UNKNOWN"):
+				t.Errorf("resuming an expired upload: %v, want 404 BLOB_UPLOAD_UNKNOWN", err)
+			case !tt.wantGone && err != nil:
+				t.Errorf("resuming a live upload: %v", err)
+			}
+		})
+	}
+}
+
+// TestRePushAfterCollection is the stale-link case of distribution #2094
+// and #3254: once a run deleted an image's layers, a client asking whether
+// they exist is told no, pushes them again, and the image pulls.
+func TestRePushAfterCollection(t *testing.T) {
+	ctx := t.Context()
+	e := newEnv(t, 1, server.Options{})
+	c := client{e.servers[0]}
+	img := newImage()
+	must(t, c.push(ctx, "app", "v1", img))
+	must(t, c.deleteManifest(ctx, "app", img.digest()))
+	e.age(t, 2*time.Hour)
+	rep, err := gc.Run(ctx, e.bucket, gc.Options{Grace: time.Hour})
+	must(t, err)
+	if rep.Blobs != 3 {
+		t.Fatalf("%s: want the manifest, config and layer collected", rep.Summary())
+	}
+	for _, b := range img.blobs() {
+		ok, err := c.exists(ctx, "app", digest.FromBytes(b))
+		must(t, err)
+		if ok {
+			t.Fatalf("HEAD says collected blob %s exists", digest.FromBytes(b))
+		}
+	}
+	must(t, c.push(ctx, "app", "v1", img))
+	must(t, c.pull(ctx, "app", "v1"))
+}
+
+// TestLockKeepsRunsApart: a second run while one holds the lock refuses.
+func TestLockKeepsRunsApart(t *testing.T) {
+	e := newEnv(t, 0, server.Options{})
+	ctx := t.Context()
+	must(t, e.bucket.WriteAll(ctx, storage.GCLockKey, []byte(`{"run":"other","expires":"`+time.Now().Add(time.Minute).Format(time.RFC3339Nano)+`"}`), nil))
+	if _, err := gc.Run(ctx, e.bucket, gc.Options{}); !errors.Is(err, gc.ErrBusy) {
+		t.Fatalf("got %v, want ErrBusy", err)
+	}
+	must(t, e.bucket.WriteAll(ctx, storage.GCLockKey, []byte(`{"run":"dead","expires":"`+time.Now().Add(-time.Minute).Format(time.RFC3339Nano)+`"}`), nil))
+	if _, err := gc.Run(ctx, e.bucket, gc.Options{}); err != nil {
+		t.Fatalf("an expired lock still kept the run out: %v", err)
+	}
+}

@@ -53,6 +53,7 @@ var (
 		"clusterrolebindings.rbac.authorization.k8s.io [] [] [create delete get list patch watch]",
 		"clusterroles.rbac.authorization.k8s.io [] [system:auth-delegator] [bind]",
 		"clustertrustbundles.certificates.k8s.io [] [] [get list watch]",
+		"cronjobs.batch [] [] [create delete get list patch watch]",
 		"deployments.apps [] [] [create get list patch watch]",
 		"events [] [] [create patch]",
 		"events.events.k8s.io [] [] [create patch]",

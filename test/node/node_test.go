@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -671,6 +672,55 @@ func pushChunked(t *testing.T, base, repo string, data []byte, chunk int, onChun
 		t.Fatalf("GET the blob back: %s, %d bytes, %v; sha256:%x, want %s", resp.Status, size, err, h.Sum(nil), digest)
 	}
 	return retries
+}
+
+// TestGarbageCollection: spec.gc makes a CronJob that runs `registryd gc`
+// with registryd's own identity, volume and RBAC under the restricted
+// profile; a run started from it frees the layer of a deleted image, keeps
+// every tagged one pullable, and records an Event. Runs after TestREADME.
+func TestGarbageCollection(t *testing.T) {
+	n := setup(t)
+	n.dumpOnFailure(t)
+	host := n.registry(t, "demo", "registry-registry")
+	var m struct {
+		Layers []struct{ Digest string } `json:"layers"`
+	}
+	ref := host + "/demo/load:0"
+	if err := json.Unmarshal([]byte(n.must(t, n.crane, "manifest", "--insecure", ref)), &m); err != nil || len(m.Layers) == 0 {
+		t.Fatalf("manifest of %s: %v", ref, err)
+	}
+	layer := m.Layers[len(m.Layers)-1].Digest // the random layer only load:0 has
+	dgst := strings.TrimSpace(n.must(t, n.crane, "digest", "--insecure", ref))
+	n.must(t, n.crane, "delete", "--insecure", host+"/demo/load@"+dgst)
+
+	n.kc(t, "-n", "demo", "patch", "registry", "registry", "--type=merge", "-p",
+		`{"spec":{"gc":{"schedule":"0 3 * * *","gracePeriod":"1s"}}}`)
+	eventually(t, time.Minute, "the collector's CronJob", func() error {
+		_, err := n.run(t, n.kubectl, "-n", "demo", "get", "cronjob", "registry-registry")
+		return err
+	})
+	n.kc(t, "-n", "demo", "create", "job", "gc-now", "--from=cronjob/registry-registry")
+	n.kc(t, "-n", "demo", "wait", "--for=condition=Complete", "job/gc-now", "--timeout=3m")
+	t.Log(strings.TrimSpace(n.kc(t, "-n", "demo", "logs", "job/gc-now", "--tail", "3")))
+
+	resp, err := http.Head("http://" + host + "/v2/demo/load/blobs/" + layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("the deleted image's own layer %s after collection: %s, want 404", layer, resp.Status)
+	}
+	for _, tag := range []string{"/demo/hello:v1", "/demo/load:1"} {
+		n.must(t, n.crane, "pull", "--insecure", host+tag, filepath.Join(t.TempDir(), "img.tar"))
+	}
+	eventually(t, 30*time.Second, "the GarbageCollected Event", func() error {
+		out, err := n.run(t, n.kubectl, "-n", "demo", "get", "events", "--field-selector", "reason=GarbageCollected", "-o", "name")
+		if err != nil || strings.TrimSpace(out) == "" {
+			return fmt.Errorf("none: %v", err)
+		}
+		return nil
+	})
 }
 
 // TestUninstall follows the README's Uninstall section, with one namespace

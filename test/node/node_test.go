@@ -279,33 +279,19 @@ spec:
 	n.must(t, n.crane, "pull", "--insecure", image, filepath.Join(t.TempDir(), "v1.tar"))
 }
 
-// workload runs image as a Deployment under the restricted profile and waits
-// until it is available: the kubelet pulled it through containerd.
-func (n *node) workload(t *testing.T, ns, name, image string, extra ...string) {
+// workload runs image as a Deployment under the restricted profile, in a
+// namespace of its own, and waits until it is available: the kubelet
+// pulled it through containerd.
+func (n *node) workload(t *testing.T, ns, name, image string) {
 	t.Helper()
 	n.apply(t, fmt.Sprintf(`
 apiVersion: v1
 kind: Namespace
 metadata:
-  name: %[1]s
+  name: %s
   labels: {pod-security.kubernetes.io/enforce: restricted}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: %[2]s, namespace: %[1]s}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: %[2]s}}
-  template:
-    metadata: {labels: {app: %[2]s}}
-    spec:
-      %[4]s
-      securityContext: {runAsNonRoot: true, seccompProfile: {type: RuntimeDefault}}
-      containers:
-      - name: app
-        image: %[3]s
-        securityContext: {allowPrivilegeEscalation: false, capabilities: {drop: [ALL]}}
-`, ns, name, image, strings.Join(extra, "\n      ")))
+`, ns))
+	n.workloadAs(t, ns, name, "default", image)
 	n.kc(t, "-n", ns, "rollout", "status", "deploy/"+name, "--timeout=2m")
 }
 

@@ -513,3 +513,61 @@ func TestChartUninstallHook(t *testing.T) {
 		t.Errorf("the Job runs as %q", job.Spec.Template.Spec.ServiceAccountName)
 	}
 }
+
+// TestChartKnobs: each of the chart's operator settings reaches the object
+// it is for, and the defaults stay the restricted profile
+// (TestChartRestrictedPodSecurity).
+func TestChartKnobs(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		set   []string
+		check func(t *testing.T, objs map[string]string, d *appsv1.Deployment)
+	}{
+		{"serviceAccount.create=false with a name", []string{"serviceAccount.create=false", "serviceAccount.name=platform-operator"},
+			func(t *testing.T, objs map[string]string, d *appsv1.Deployment) {
+				if _, ok := objs["ServiceAccount"]; ok {
+					t.Error("a ServiceAccount was rendered")
+				}
+				if d.Spec.Template.Spec.ServiceAccountName != "platform-operator" {
+					t.Errorf("serviceAccountName %q", d.Spec.Template.Spec.ServiceAccountName)
+				}
+				if !strings.Contains(objs["ClusterRoleBinding"], "name: platform-operator") || !strings.Contains(objs["RoleBinding"], "name: platform-operator") {
+					t.Error("the bindings do not name the given ServiceAccount")
+				}
+			}},
+		{"rbac.create=false", []string{"rbac.create=false"},
+			func(t *testing.T, objs map[string]string, _ *appsv1.Deployment) {
+				for _, k := range []string{"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} {
+					if _, ok := objs[k]; ok {
+						t.Errorf("a %s was rendered", k)
+					}
+				}
+			}},
+		{"extraArgs and extraEnv", []string{"operator.extraArgs={--max-concurrent-reconciles=4}", "operator.extraEnv[0].name=GOMEMLIMIT", "operator.extraEnv[0].value=200MiB"},
+			func(t *testing.T, _ map[string]string, d *appsv1.Deployment) {
+				c := d.Spec.Template.Spec.Containers[0]
+				if !slices.Contains(c.Args, "--max-concurrent-reconciles=4") {
+					t.Errorf("args %v", c.Args)
+				}
+				if !slices.Contains(c.Env, corev1.EnvVar{Name: "GOMEMLIMIT", Value: "200MiB"}) {
+					t.Errorf("env %v", c.Env)
+				}
+			}},
+		{"security contexts replaced", []string{"operator.podSecurityContext.runAsUser=1000650000", "operator.securityContext.readOnlyRootFilesystem=false"},
+			func(t *testing.T, _ map[string]string, d *appsv1.Deployment) {
+				if u := d.Spec.Template.Spec.SecurityContext.RunAsUser; u == nil || *u != 1000650000 {
+					t.Errorf("pod runAsUser %v", u)
+				}
+				if r := d.Spec.Template.Spec.Containers[0].SecurityContext.ReadOnlyRootFilesystem; r == nil || *r {
+					t.Errorf("readOnlyRootFilesystem %v", r)
+				}
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			objs := byKind(t, splitDocs(renderChart(t, tc.set...)))
+			var d appsv1.Deployment
+			mustParse(t, objs["Deployment"], &d)
+			tc.check(t, objs, &d)
+		})
+	}
+}

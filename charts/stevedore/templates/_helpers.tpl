@@ -39,3 +39,8 @@ app.kubernetes.io/name: {{ include "stevedore.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: operator
 {{- end }}
+
+{{/* The operator's ServiceAccount: made by the chart, or named by the user. */}}
+{{- define "stevedore.serviceAccountName" -}}
+{{- default (include "stevedore.operatorName" .) .Values.serviceAccount.name -}}
+{{- end -}}

@@ -97,7 +97,9 @@ func GCArgs(reg *v1.Registry) []string {
 		args = append(args, "--storage-prefix="+reg.Spec.Storage.Prefix)
 	}
 	if gc := reg.Spec.GC; gc != nil {
-		if gc.GracePeriod != nil && gc.GracePeriod.Duration > 0 {
+		// An explicit 0s means no grace, as `registryd gc --grace=0` does;
+		// unset keeps the CRD's default.
+		if gc.GracePeriod != nil {
 			args = append(args, "--grace="+gc.GracePeriod.Duration.String())
 		}
 		if gc.DeleteUntagged {

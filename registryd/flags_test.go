@@ -141,10 +141,16 @@ func TestAPIResource(t *testing.T) {
 // arguments (its CronJob) are flags `registryd gc` knows, meaning what the
 // Registry's spec.gc says.
 func TestOperatorGCArgsParse(t *testing.T) {
+	for _, grace := range []time.Duration{20 * time.Minute, 0} {
+		t.Run(grace.String(), func(t *testing.T) { testOperatorGCArgsParse(t, grace) })
+	}
+}
+
+func testOperatorGCArgsParse(t *testing.T, grace time.Duration) {
 	reg := v1.Registry{
 		ObjectMeta: metav1.ObjectMeta{Name: "main", Namespace: "team"},
 		Spec: v1.RegistrySpec{Storage: v1.StorageSpec{URL: "s3://bucket", Prefix: "a/"},
-			GC: &v1.GCSpec{Schedule: "@daily", GracePeriod: &metav1.Duration{Duration: 20 * time.Minute}, DeleteUntagged: true}},
+			GC: &v1.GCSpec{Schedule: "@daily", GracePeriod: &metav1.Duration{Duration: grace}, DeleteUntagged: true}},
 	}
 	args := controllers.GCArgs(&reg)
 	if args[0] != "gc" {
@@ -158,7 +164,7 @@ func TestOperatorGCArgsParse(t *testing.T) {
 		t.Fatalf("registryd gc refuses the operator's args %q: %v", args, err)
 	}
 	if c.registry != "main" || c.namespace != "team" || c.storageURL != "s3://bucket" || c.prefix != "a/" ||
-		c.grace != 20*time.Minute || !c.deleteUntagged || c.dryRun {
+		c.grace != grace || !c.deleteUntagged || c.dryRun {
 		t.Errorf("config %+v", c)
 	}
 }

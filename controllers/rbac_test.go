@@ -24,12 +24,12 @@ import (
 // prints them (columns: resources, non-resource URLs, resource names,
 // verbs; whitespace collapsed, sorted). The operator's come from
 // config/rbac/role.yaml; registryd's from the Role and binding the operator
-// makes for a Registry "main" in auth mode kubernetes. The lines without a
-// resource group and the non-resource URLs are what the API server grants
-// every authenticated user (system:basic-user, system:discovery,
-// system:public-info-viewer, system:service-account-issuer-discovery).
+// makes for a Registry "main" in auth mode kubernetes.
 var (
-	operatorPermissions = []string{
+	// What the API server grants every authenticated user
+	// (system:basic-user, system:discovery, system:public-info-viewer,
+	// system:service-account-issuer-discovery): both lists hold it.
+	everyUser = []string{
 		"[/.well-known/openid-configuration/] [] [get]",
 		"[/.well-known/openid-configuration] [] [get]",
 		"[/api/*] [] [get]",
@@ -50,9 +50,14 @@ var (
 		"[/version/] [] [get]",
 		"[/version] [] [get]",
 		"[/version] [] [get]",
+		"clustertrustbundles.certificates.k8s.io [] [] [get list watch]",
+		"selfsubjectaccessreviews.authorization.k8s.io [] [] [create]",
+		"selfsubjectreviews.authentication.k8s.io [] [] [create]",
+		"selfsubjectrulesreviews.authorization.k8s.io [] [] [create]",
+	}
+	operatorPermissions = slices.Concat(everyUser, []string{
 		"clusterrolebindings.rbac.authorization.k8s.io [] [] [create delete get list patch watch]",
 		"clusterroles.rbac.authorization.k8s.io [] [system:auth-delegator] [bind]",
-		"clustertrustbundles.certificates.k8s.io [] [] [get list watch]",
 		"cronjobs.batch [] [] [create delete get list patch watch]",
 		"deployments.apps [] [] [create get list patch watch]",
 		"events [] [] [create patch]",
@@ -69,45 +74,18 @@ var (
 		"rolebindings.rbac.authorization.k8s.io [] [] [create get list patch watch]",
 		"roles.rbac.authorization.k8s.io [] [] [create get list patch watch]",
 		"secrets [] [] [create get]",
-		"selfsubjectaccessreviews.authorization.k8s.io [] [] [create]",
-		"selfsubjectreviews.authentication.k8s.io [] [] [create]",
-		"selfsubjectrulesreviews.authorization.k8s.io [] [] [create]",
 		"serviceaccounts [] [] [create get list patch watch]",
 		"services [] [] [create get list patch watch]",
-	}
-	registrydPermissions = []string{
-		"[/.well-known/openid-configuration/] [] [get]",
-		"[/.well-known/openid-configuration] [] [get]",
-		"[/api/*] [] [get]",
-		"[/api] [] [get]",
-		"[/apis/*] [] [get]",
-		"[/apis] [] [get]",
-		"[/healthz] [] [get]",
-		"[/healthz] [] [get]",
-		"[/livez] [] [get]",
-		"[/livez] [] [get]",
-		"[/openapi/*] [] [get]",
-		"[/openapi] [] [get]",
-		"[/openid/v1/jwks/] [] [get]",
-		"[/openid/v1/jwks] [] [get]",
-		"[/readyz] [] [get]",
-		"[/readyz] [] [get]",
-		"[/version/] [] [get]",
-		"[/version/] [] [get]",
-		"[/version] [] [get]",
-		"[/version] [] [get]",
-		"clustertrustbundles.certificates.k8s.io [] [] [get list watch]",
+	})
+	registrydPermissions = slices.Concat(everyUser, []string{
 		"events [] [] [create patch]",
 		"events.events.k8s.io [] [] [create patch]",
 		"registries.stevedore.dev [] [main] [get list watch]",
 		"repositories.stevedore.dev [] [] [get list watch create]",
 		"repositories.stevedore.dev/status [] [] [update]",
-		"selfsubjectaccessreviews.authorization.k8s.io [] [] [create]",
-		"selfsubjectreviews.authentication.k8s.io [] [] [create]",
-		"selfsubjectrulesreviews.authorization.k8s.io [] [] [create]",
 		"subjectaccessreviews.authorization.k8s.io [] [] [create]",
 		"tokenreviews.authentication.k8s.io [] [] [create]",
-	}
+	})
 )
 
 // TestServiceAccountPermissions runs the real kubectl's `auth can-i --list`

@@ -24,10 +24,8 @@ all: build
 ##@ Build
 
 .PHONY: build
-build: ## Build the operator (bin/manager), the daemon (bin/registryd) and the kubelet credential provider.
-	$(GOBUILD) -o $(LOCALBIN)/manager .
-	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
-	$(GOBUILD) -o $(LOCALBIN)/stevedore-credential-provider ./cmd/stevedore-credential-provider
+build: ## Build the image's binaries for this machine: bin/manager, bin/registryd, bin/stevedore-credential-provider.
+	@for b in $(IMAGE_BINARIES); do echo "build $${b%%=*}"; $(GOBUILD) -o $(LOCALBIN)/$${b%%=*} $${b#*=}; done
 
 IMG ?= ghcr.io/stevedore-dev/stevedore:$(VERSION)
 PLATFORMS ?= linux/amd64 linux/arm64

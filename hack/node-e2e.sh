@@ -14,15 +14,13 @@ start=$SECONDS
 make --no-print-directory image PLATFORMS="linux/$arch" >/dev/null
 # The next release, for the upgrade under load: the same sources stamped
 # with another version, so every binary and the image digest differ.
-make --no-print-directory build-platforms PLATFORMS="linux/$arch" VERSION=0.1.1-e2e LOCALBIN="$DIR/next" >/dev/null
-go run ./hack/mkimage -bin-dir "$DIR/next" -platforms "linux/$arch" -version 0.1.1-e2e \
-  -ref ghcr.io/stevedore-dev/stevedore:0.1.1-e2e -tarball "$DIR/next.tar" -tarball-platform "linux/$arch" >/dev/null
+make --no-print-directory image PLATFORMS="linux/$arch" VERSION=0.1.1-e2e LOCALBIN="$DIR/next" >/dev/null
 echo "node-e2e: image built in $((SECONDS - start))s" >&2
 go test -c -o "$DIR/node.test" ./test/node
 # test/node's TestWorkloadIdentity: Registry ident/registry on NodePort 30500.
 export NODE_CREDENTIAL_PROVIDER="bin/linux_$arch/stevedore-credential-provider"
 export NODE_CREDENTIAL_PROVIDER_MATCH="10.200.0.1:30500" NODE_CREDENTIAL_PROVIDER_AUDIENCE="stevedore.dev/registry/ident/registry"
-hack/node.sh up "$DIR" "bin/image/stevedore-linux-$arch.tar" "$DIR/next.tar"
+hack/node.sh up "$DIR" "bin/image/stevedore-linux-$arch.tar" "$DIR/next/image/stevedore-linux-$arch.tar"
 # shellcheck disable=SC1091
 source "$DIR/env"
 STEVEDORE_NODE_DIR="$DIR" hack/node.sh exec "$DIR" "$DIR/node.test" -test.v -test.count=1 -test.timeout=25m "$@"

@@ -193,13 +193,7 @@ func TestREADME(t *testing.T) {
 	if err := os.Chown(pv, 65532, 65532); err != nil {
 		t.Fatal(err)
 	}
-	n.apply(t, fmt.Sprintf(`
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: demo
-  labels: {pod-security.kubernetes.io/enforce: restricted}
----
+	n.apply(t, restrictedNamespace("demo")+fmt.Sprintf(`---
 apiVersion: v1
 kind: PersistentVolume
 metadata: {name: demo-registry}
@@ -279,18 +273,23 @@ spec:
 	n.must(t, n.crane, "pull", "--insecure", image, filepath.Join(t.TempDir(), "v1.tar"))
 }
 
+// restrictedNamespace is a namespace enforcing the restricted Pod Security
+// profile, as a YAML document.
+func restrictedNamespace(name string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata:
+  name: %s
+  labels: {pod-security.kubernetes.io/enforce: restricted}
+`, name)
+}
+
 // workload runs image as a Deployment under the restricted profile, in a
 // namespace of its own, and waits until it is available: the kubelet
 // pulled it through containerd.
 func (n *node) workload(t *testing.T, ns, name, image string) {
 	t.Helper()
-	n.apply(t, fmt.Sprintf(`
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: %s
-  labels: {pod-security.kubernetes.io/enforce: restricted}
-`, ns))
+	n.apply(t, restrictedNamespace(ns))
 	n.workloadAs(t, ns, name, "default", image)
 	n.kc(t, "-n", ns, "rollout", "status", "deploy/"+name, "--timeout=2m")
 }
@@ -370,13 +369,7 @@ func TestWorkloadIdentity(t *testing.T) {
 		t.Fatalf("the node's kubelet has no credential provider for ident/registry: %q %q", host, audience)
 	}
 	_, port, _ := strings.Cut(host, ":")
-	n.apply(t, fmt.Sprintf(`
-apiVersion: v1
-kind: Namespace
-metadata:
-  name: ident
-  labels: {pod-security.kubernetes.io/enforce: restricted}
----
+	n.apply(t, restrictedNamespace("ident")+fmt.Sprintf(`---
 apiVersion: stevedore.dev/v1alpha1
 kind: Registry
 metadata: {name: registry, namespace: ident}

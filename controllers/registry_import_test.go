@@ -111,10 +111,15 @@ func TestJournalImport(t *testing.T) {
 			return nil
 		})
 	}
+	// The import is recorded in the status patch at the end of the pass
+	// that created the Repositories, so it may land just after them.
 	var reg v1.Registry
-	if err := get(&reg, ns, "main"); err != nil || reg.Status.Storage == nil || reg.Status.Storage.JournalImportedFrom != storageURL+"#" {
-		t.Fatalf("status.storage %+v (%v), want journalImportedFrom %s#", reg.Status.Storage, err, storageURL)
-	}
+	eventually(t, "import recorded", func() error {
+		if err := get(&reg, ns, "main"); err != nil || reg.Status.Storage == nil || reg.Status.Storage.JournalImportedFrom != storageURL+"#" {
+			return fmt.Errorf("status.storage %+v (%v), want journalImportedFrom %s#", reg.Status.Storage, err, storageURL)
+		}
+		return nil
+	})
 	stopOperator()
 	deleteAll()
 	startOperatorAgain(t)

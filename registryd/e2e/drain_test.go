@@ -50,6 +50,7 @@ func startProcess(t *testing.T, flags ...string) *process {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 		_ = logf.Close()
+		checkRaces(t, p.log)
 		if t.Failed() {
 			b, _ := os.ReadFile(p.log)
 			t.Logf("registryd log (tail):\n%s", tail(string(b), 4000))

@@ -43,7 +43,10 @@ func runMain(m *testing.M) int {
 		}
 		defer os.RemoveAll(dir)
 		registrydBin = filepath.Join(dir, "registryd")
-		cmd := exec.Command("go", "build", "-o", registrydBin, "github.com/stevedore-dev/stevedore/registryd")
+		// -race in the processes under test, where the server's goroutines
+		// run; the harness itself needs no race detector (make test runs
+		// this package without -race, with REGISTRYD built the same way).
+		cmd := exec.Command("go", "build", "-race", "-o", registrydBin, "github.com/stevedore-dev/stevedore/registryd")
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
 		if err := cmd.Run(); err != nil {
 			fmt.Fprintln(os.Stderr, "building registryd:", err)
@@ -102,6 +105,7 @@ func startRegistrydEnv(t testing.TB, storage string, env []string, flags ...stri
 			_ = cmd.Process.Kill()
 		}
 		_ = logf.Close()
+		checkRaces(t, r.log)
 		if t.Failed() {
 			b, _ := os.ReadFile(r.log)
 			t.Logf("registryd %s log (tail):\n%s", r.host, tail(string(b), 4000))
@@ -121,6 +125,21 @@ func startRegistrydEnv(t testing.TB, storage string, env []string, flags ...stri
 	}
 	t.Fatalf("registryd on %s did not become ready", r.host)
 	return nil
+}
+
+// checkRaces fails the test when the race detector in a registryd built
+// with -race reported a data race into its log.
+func checkRaces(t testing.TB, log string) {
+	t.Helper()
+	b, err := os.ReadFile(log)
+	if err != nil {
+		t.Errorf("reading registryd log: %v", err)
+		return
+	}
+	if i := strings.Index(string(b), "WARNING: DATA RACE"); i >= 0 {
+		report := string(b[i:])
+		t.Errorf("registryd reported a data race:\n%s", report[:min(len(report), 8000)])
+	}
 }
 
 // ready reports whether /readyz on debugAddr answers 200 ("": not asked).

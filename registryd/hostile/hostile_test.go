@@ -9,10 +9,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -23,17 +25,31 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
+	"github.com/go-logr/logr"
 	"github.com/opencontainers/go-digest"
 	"github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/prometheus/client_golang/prometheus"
 	"gocloud.dev/blob"
+	"golang.org/x/crypto/bcrypt"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	k8srand "k8s.io/apimachinery/pkg/util/rand"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 
 	"github.com/stevedore-dev/stevedore/internal/bucket"
+	"github.com/stevedore-dev/stevedore/internal/testenv"
 	"github.com/stevedore-dev/stevedore/internal/testutil/storageservers"
+	"github.com/stevedore-dev/stevedore/registryd/auth"
 	"github.com/stevedore-dev/stevedore/registryd/server"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
+	"github.com/stevedore-dev/stevedore/registryd/tags/kube"
 )
 
 // iterations scales every case; HOSTILE_ITERATIONS overrides the default
@@ -49,6 +65,14 @@ func iterations(t *testing.T, def int) int {
 	return def
 }
 
+// env is the API server of the kubernetes-mode cases, shared by the package.
+var env *testenv.Env
+
+func TestMain(m *testing.M) {
+	ctrllog.SetLogger(logr.Discard())
+	os.Exit(testenv.Main(m, func(e *testenv.Env) (func(), error) { env = e; return nil, nil }))
+}
+
 // cluster is three replicas over one bucket.
 type cluster struct {
 	t       *testing.T
@@ -59,15 +83,30 @@ type cluster struct {
 	counter atomic.Int64
 	// dir is the bucket's directory on file://, "" elsewhere.
 	dir string
+	// namespace holds the Registry of the kube backend ("" elsewhere),
+	// whose Repository status must equal the journal in the bucket.
+	namespace string
+}
+
+// clusterOptions changes what newCluster builds.
+type clusterOptions struct {
+	// authorizer, if set, gives replica i its own Authorizer, as each pod
+	// has its own guard and throttle.
+	authorizer func(i int) server.Authorizer
 }
 
 func newCluster(t *testing.T, backend string) *cluster {
+	t.Helper()
+	return newClusterWith(t, backend, clusterOptions{})
+}
+
+func newClusterWith(t *testing.T, backend string, o clusterOptions) *cluster {
 	t.Helper()
 	ctx := context.Background()
 	var open func() *blob.Bucket
 	fileDir := ""
 	switch backend {
-	case "file":
+	case "file", "kube":
 		dir := t.TempDir()
 		fileDir = dir
 		open = func() *blob.Bucket {
@@ -95,16 +134,106 @@ func newCluster(t *testing.T, backend string) *cluster {
 	c := &cluster{t: t, open: open, client: &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
 	c.dir = fileDir
 	t.Cleanup(c.client.CloseIdleConnections)
+	if backend == "kube" {
+		c.namespace = newRegistry(t)
+	}
 	secret := []byte("hostile shared secret")
-	for range 3 {
+	for i := range 3 {
 		b := open()
-		srv := httptest.NewServer(server.New(b, tags.NewBucket(b), &server.Options{
-			Secret: secret, Logger: slog.New(slog.DiscardHandler),
-		}))
+		var store tags.Store = tags.NewBucket(b)
+		if backend == "kube" {
+			store = kubeReplica(t, c.namespace, store)
+		}
+		opts := &server.Options{Secret: secret, Logger: slog.New(slog.DiscardHandler)}
+		if o.authorizer != nil {
+			opts.Authorizer = o.authorizer(i)
+		}
+		srv := httptest.NewServer(server.New(b, store, opts))
 		t.Cleanup(srv.Close)
 		c.urls = append(c.urls, srv.URL)
 	}
 	return c
+}
+
+// newRegistry makes a namespace with a Registry "main" for the kube backend.
+func newRegistry(t *testing.T) string {
+	t.Helper()
+	ctx := context.Background()
+	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "hostile-" + k8srand.String(8)}}
+	if err := env.Client.Create(ctx, ns); err != nil {
+		t.Fatal(err)
+	}
+	reg := &v1.Registry{
+		ObjectMeta: metav1.ObjectMeta{Name: "main", Namespace: ns.Name},
+		Spec:       v1.RegistrySpec{Storage: v1.StorageSpec{URL: "mem://"}},
+	}
+	if err := env.Client.Create(ctx, reg); err != nil {
+		t.Fatal(err)
+	}
+	return ns.Name
+}
+
+// kubeReplica is one replica's tag store on Repository status, with the
+// bucket as its journal, as registryd runs with --registry.
+func kubeReplica(t *testing.T, namespace string, journal tags.Store) tags.Store {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	s, err := kube.New(ctx, env.Config, kube.Options{Namespace: namespace, Registry: "main", Journal: journal, Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); s.Ready() != nil; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("kube tag store not ready: %v", s.Ready())
+		}
+	}
+	return s
+}
+
+// statusMatchesJournal checks that every Repository's status holds exactly
+// the tags the bucket's journal holds, with the same digests: the journal
+// gets only writes status committed, and gets all of them.
+func (c *cluster) statusMatchesJournal() {
+	c.t.Helper()
+	ctx := context.Background()
+	var list v1.RepositoryList
+	if err := env.Client.List(ctx, &list, client.InNamespace(c.namespace)); err != nil {
+		c.t.Fatal(err)
+	}
+	journal := tags.NewBucket(c.open())
+	compared := 0
+	for _, repo := range list.Items {
+		inStatus := map[string]string{}
+		for _, tag := range repo.Status.Tags {
+			inStatus[tag.Name] = tag.Digest
+		}
+		names, err := journal.List(ctx, repo.Spec.Name, 0, "")
+		if err != nil {
+			c.t.Fatalf("journal of %s: %v", repo.Spec.Name, err)
+		}
+		inJournal := map[string]string{}
+		for _, name := range names {
+			desc, err := journal.Get(ctx, repo.Spec.Name, name)
+			if err != nil {
+				c.t.Errorf("journal %s:%s listed but %v", repo.Spec.Name, name, err)
+				continue
+			}
+			inJournal[name] = desc.Digest.String()
+		}
+		for name, d := range inStatus {
+			if inJournal[name] != d {
+				c.t.Errorf("%s:%s is %s in status, %q in the journal", repo.Spec.Name, name, d, inJournal[name])
+			}
+		}
+		for name, d := range inJournal {
+			if _, ok := inStatus[name]; !ok {
+				c.t.Errorf("%s:%s is %s in the journal, not in status", repo.Spec.Name, name, d)
+			}
+		}
+		compared += len(inStatus)
+	}
+	c.t.Logf("status equals journal: %d repositories, %d tags compared", len(list.Items), compared)
 }
 
 type answer struct {
@@ -171,6 +300,9 @@ func parallel(n, width int, f func(i int)) {
 // finish scrubs the bucket and checks no answer was a 5xx but 503.
 func (c *cluster) finish(name string, iters int) {
 	c.t.Helper()
+	if c.namespace != "" {
+		c.statusMatchesJournal()
+	}
 	rep, err := storage.Scrub(context.Background(), c.open())
 	if err != nil {
 		c.t.Fatalf("scrub: %v", err)
@@ -198,7 +330,12 @@ func random(n int) []byte {
 	return b
 }
 
-var backends = []string{"file", "s3"}
+// backends of the blob cases; the tag cases add kube (tags in Repository
+// status over envtest, the bucket as journal).
+var (
+	backends    = []string{"file", "s3"}
+	tagBackends = []string{"file", "s3", "kube"}
+)
 
 // TestRacingChunks: two PATCHes with the same upload state, one carrying
 // X and one Y, race; each state that got 202 is committed with its own
@@ -334,7 +471,7 @@ func (c *cluster) pushImage(i int, repo string, config []byte) ([]byte, digest.D
 // manifests/<digest> of the same manifest on other replicas. Either may
 // win, but a tag that is listed afterwards must be pullable.
 func TestDeleteManifestRacingTagPut(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range tagBackends {
 		t.Run(backend, func(t *testing.T) {
 			c := newCluster(t, backend)
 			n := iterations(t, 300)
@@ -397,7 +534,7 @@ func getTag(c *cluster, i int, repo, tag string) (bool, error) {
 // every replica then answers A. Then a storm of concurrent overwrites from
 // all three: afterwards all replicas agree on one of the pushed digests.
 func TestTagOverwritesAcrossReplicas(t *testing.T) {
-	for _, backend := range backends {
+	for _, backend := range tagBackends {
 		t.Run(backend, func(t *testing.T) {
 			c := newCluster(t, backend)
 			n := iterations(t, 200)
@@ -418,14 +555,37 @@ func TestTagOverwritesAcrossReplicas(t *testing.T) {
 				a := c.do(replica, "HEAD", "/v2/"+repo+"/manifests/"+tag, nil, "Accept", ocispec.MediaTypeImageManifest)
 				return digest.Digest(a.header.Get("Docker-Content-Digest"))
 			}
+			// The bucket store reads live: every replica answers the last
+			// write at once. Repository status is read from each replica's
+			// watch cache: another replica's write shows once the watch
+			// event arrives (docs/operator.md), bounded here.
+			lagAllowed := time.Duration(0)
+			if c.namespace != "" {
+				lagAllowed = 5 * time.Second
+			}
+			var maxLag atomic.Int64
+			converge := func(r int, tag string, want digest.Digest) digest.Digest {
+				start := time.Now()
+				for attempt := 0; ; attempt++ {
+					got := resolve(r, tag)
+					lag := time.Since(start)
+					if got == want || lag >= lagAllowed {
+						if got == want && attempt > 0 && int64(lag) > maxLag.Load() {
+							maxLag.Store(int64(lag))
+						}
+						return got
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
 			parallel(n, 4, func(i int) {
 				tag := fmt.Sprintf("seq%d", i)
 				put(i, 0, tag)   // X -> A
 				put(i+1, 1, tag) // Y -> B
 				put(i, 0, tag)   // X -> A
 				for r := range 3 {
-					if got := resolve(r, tag); got != digests[0] {
-						t.Errorf("replica %d resolves %s to %s after X→A, Y→B, X→A; want A %s", r, tag, got, digests[0])
+					if got := converge(r, tag, digests[0]); got != digests[0] {
+						t.Errorf("replica %d resolves %s to %s %v after X→A, Y→B, X→A; want A %s", r, tag, got, lagAllowed, digests[0])
 					}
 				}
 			})
@@ -433,11 +593,154 @@ func TestTagOverwritesAcrossReplicas(t *testing.T) {
 			parallel(n, 12, func(i int) { put(i, i%3, "storm") })
 			first := resolve(0, "storm")
 			for r := 1; r < 3; r++ {
-				if got := resolve(r, "storm"); got != first {
+				if got := converge(r, "storm", first); got != first {
 					t.Errorf("after the storm replica %d resolves %s, replica 0 %s", r, got, first)
 				}
 			}
+			t.Logf("longest wait for a stale replica to answer the last write: %v", time.Duration(maxLag.Load()).Round(time.Millisecond))
 			c.finish("tag overwrites", 2*n)
 		})
 	}
+}
+
+// failedChecks reads registryd_auth_failures_total{reason="invalid_credentials"}
+// from reg: the password checks that failed, each a bcrypt comparison paid.
+func failedChecks(t *testing.T, reg *prometheus.Registry) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != "registryd_auth_failures_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "reason" && l.GetValue() == "invalid_credentials" {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// TestBadPasswordStorm: htpasswd auth on each replica (its own guard and
+// throttle, as each pod has), a storm of bad passwords for one user from
+// one address spread over the three replicas. Once each replica's
+// throttle engages, the rest cost no password check; meanwhile the same
+// user, logged in before the storm, pushes and pulls through every
+// replica, and a user logging in for the first time from another address
+// gets in.
+func TestBadPasswordStorm(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "htpasswd")
+	var entries []byte
+	for _, u := range []string{"alice", "carol"} {
+		// The lowest cost: the suite counts checks, the e2e TestLoginStorm
+		// measures what a real-cost check costs a real process.
+		h, err := bcrypt.GenerateFromPassword([]byte(u+"-right-pw"), bcrypt.MinCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		entries = append(entries, u+":"+string(h)+"\n"...)
+	}
+	if err := os.WriteFile(file, entries, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	metrics := make([]*prometheus.Registry, 3)
+	c := newClusterWith(t, "file", clusterOptions{authorizer: func(i int) server.Authorizer {
+		h, err := auth.NewHtpasswd(auth.HtpasswdOptions{File: file, Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		metrics[i] = prometheus.NewRegistry()
+		g, err := auth.New(auth.Options{Mode: auth.Htpasswd, Backend: h, Registerer: metrics[i],
+			Secret: []byte("hostile shared secret"), Logger: slog.New(slog.DiscardHandler)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g
+	}})
+	basic := func(user, pass string) []string {
+		return []string{"Authorization", "Basic " + base64.StdEncoding.EncodeToString([]byte(user+":"+pass))}
+	}
+	checks := func() (n float64) {
+		for _, m := range metrics {
+			n += failedChecks(t, m)
+		}
+		return n
+	}
+	alice := basic("alice", "alice-right-pw")
+	for i := range 3 {
+		c.must(c.do(i, "GET", "/v2/", nil, alice...), 200, "alice before the storm")
+	}
+	// Engage every replica's throttle.
+	for i := range 3 {
+		engaged := false
+		for k := 0; k < 40 && !engaged; k++ {
+			a := c.do(i, "GET", "/v2/", nil, basic("alice", fmt.Sprint("guess-", k))...)
+			engaged = a.status == http.StatusTooManyRequests
+			if !engaged && a.status != http.StatusUnauthorized {
+				t.Fatalf("bad password on replica %d: %d", i, a.status)
+			}
+		}
+		if !engaged {
+			t.Fatalf("replica %d: 40 bad passwords, no throttle", i)
+		}
+	}
+	before := checks()
+	storm := iterations(t, 1000)
+	var throttled, legit atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		other := &http.Client{Transport: &http.Transport{DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}}).DialContext}}
+		defer other.CloseIdleConnections()
+		for i := 0; ; i++ {
+			// alice pushes and pulls through every replica in turn.
+			blob := random(4 << 10)
+			d := digest.FromBytes(blob)
+			if c.must(c.do(i, "POST", "/v2/storm/alice/blobs/uploads/?digest="+d.String(), blob, append(alice, "Content-Type", "application/octet-stream")...), 201, "alice pushes during the storm") &&
+				c.must(c.do(i+1, "GET", "/v2/storm/alice/blobs/"+d.String(), nil, alice...), 200, "alice pulls during the storm") {
+				legit.Add(1)
+			}
+			// carol, from another address, logs in for the first time.
+			req, _ := http.NewRequest("GET", c.urls[i%3]+"/v2/", nil)
+			req.SetBasicAuth("carol", "carol-right-pw")
+			if resp, err := other.Do(req); err != nil || resp.StatusCode != 200 {
+				t.Errorf("carol from 127.0.0.2 during the storm: %v %v", resp, err)
+			} else {
+				resp.Body.Close()
+			}
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+		}
+	})
+	parallel(storm, 8, func(i int) {
+		a := c.do(i, "GET", "/v2/", nil, basic("alice", "storm")...)
+		switch a.status {
+		case http.StatusTooManyRequests:
+			throttled.Add(1)
+		case http.StatusUnauthorized:
+		default:
+			t.Errorf("bad password: %d", a.status)
+		}
+	})
+	close(stop)
+	wg.Wait()
+	paid := checks() - before
+	t.Logf("bad-password storm: %d bad passwords over 3 replicas after their throttles engaged: %d answered 429, %.0f failed password checks paid; alice pushed and pulled %d times meanwhile",
+		storm, throttled.Load(), paid, legit.Load())
+	// Each replica refills one check per 12 s for the (address, user) pair.
+	if paid > 3*3 {
+		t.Errorf("the storm cost %.0f password checks, want at most a refill's few", paid)
+	}
+	if legit.Load() == 0 {
+		t.Error("alice never pushed during the storm")
+	}
+	c.finish("bad-password storm", storm)
 }

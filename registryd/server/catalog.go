@@ -2,15 +2,40 @@ package server
 
 import (
 	"context"
+	"slices"
 
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
 
-// repositories lists every repository for _catalog: from the tag store when
-// it keeps a catalog (found by type assertion), else from the bucket layout.
-func (s *server) repositories(ctx context.Context) ([]string, error) {
+// catalogPage returns up to n repositories after last, and whether more
+// follow: from the tag store when it keeps a catalog (found by type
+// assertion; it holds every name in memory), else from the bucket layout,
+// listing only what the page needs.
+func (s *server) catalogPage(ctx context.Context, last string, n int) ([]string, bool, error) {
 	if c, ok := s.tags.(tags.Catalog); ok {
-		return c.Repositories(ctx)
+		all, err := c.Repositories(ctx)
+		if err != nil {
+			return nil, false, err
+		}
+		i, _ := slices.BinarySearch(all, last)
+		if i < len(all) && all[i] == last {
+			i++
+		}
+		page := all[i:]
+		if len(page) > n {
+			return append([]string{}, page[:n]...), true, nil
+		}
+		return append([]string{}, page...), false, nil
 	}
-	return s.store.Repositories(ctx)
+	page, err := s.store.RepositoriesPage(ctx, last, n+1)
+	if err != nil {
+		return nil, false, err
+	}
+	if page == nil {
+		page = []string{}
+	}
+	if len(page) > n {
+		return page[:n], true, nil
+	}
+	return page, false, nil
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/base64"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 
@@ -79,25 +78,19 @@ func (s *server) getCatalog(w http.ResponseWriter, r *http.Request, _ pathParams
 	if err != nil {
 		return err
 	}
-	all, err := s.repositories(r.Context())
-	if err != nil {
-		return storageErr(err, errcode.NameUnknown, nil)
-	}
-	last := q.Get("last")
-	i, _ := slices.BinarySearch(all, last)
-	if i < len(all) && all[i] == last {
-		i++
-	}
-	page := all[i:]
-	if len(page) > n {
-		page = page[:n]
-		if n > 0 { // n=0 asks for nothing, not for a page to follow
+	page := []string{}
+	if n > 0 { // n=0 asks for nothing, not for a page to follow
+		var more bool
+		if page, more, err = s.catalogPage(r.Context(), q.Get("last"), n); err != nil {
+			return storageErr(err, errcode.NameUnknown, nil)
+		}
+		if more {
 			setNextLink(w, r.URL.Path, n, page[n-1], nil)
 		}
 	}
 	writeJSON(w, r, http.StatusOK, "application/json", struct {
 		Repositories []string `json:"repositories"`
-	}{append([]string{}, page...)})
+	}{page})
 	return nil
 }
 

@@ -110,6 +110,11 @@ test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, co
 	grep -vE '^        ' "$$e2e_log"; rm -f "$$e2e_log"; phase "end-to-end on a real node (test/node; started before conformance)"; \
 	echo "== make test passed in $$(( SECONDS - start ))s"
 
+.PHONY: test-outage
+test-outage: envtest ## registryd loses its API server for 60 s while crane pulls and pushes (make test runs 10 s).
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" STEVEDORE_CLIENTS="$$(hack/install-clients.sh)" E2E_API_OUTAGE=60s \
+		go test -count=1 -v -run '^TestAPIServerOutage$$' ./registryd/e2e/ | grep -E '^(--- |ok|FAIL)|outage_test.go:[0-9]+: [^c]'
+
 .PHONY: fuzz
 # Execution counts, not durations: a -fuzztime duration races Go 1.26's fuzz
 # coordinator at the deadline and fails with "context deadline exceeded" on a

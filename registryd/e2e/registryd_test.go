@@ -12,7 +12,6 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"github.com/stevedore-dev/stevedore/internal/testutil"
 	"net/http"
 	"os"
 	"os/exec"
@@ -21,11 +20,17 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-logr/logr"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/stevedore-dev/stevedore/internal/testutil"
 )
 
 var registrydBin string
 
 func TestMain(m *testing.M) {
+	ctrllog.SetLogger(logr.Discard()) // envtest logs through it
 	os.Exit(runMain(m))
 }
 

@@ -37,15 +37,15 @@ const setupNotes = `## How the two are set up
   directory, with ` + "`TMPDIR`" + ` inside it; the directory is removed afterwards.
 - **registryd**: ` + "`registryd --storage file://DIR --auth none`" + `, the gocloud
   fileblob driver. fileblob writes each object to a temp file, then renames it
-  into place; it does **not** fsync. It computes an MD5 of every object it
-  writes, for its attributes sidecar.
+  into place; registryd fsyncs the file's data before the rename and the
+  directory after it (durable commits, ` + "`registryd/storage/durable.go`" + `). It computes
+  an MD5 of every object it writes, for its attributes sidecar.
 - **distribution v3.1.2**: filesystem driver on DIR, in-memory blob descriptor
   cache (as its shipped config), access log off so that both log one line per
   request. Its filesystem driver **fsyncs** every file it commits (upload data
   and small files, and the directory after a small file's rename), then renames.
-  So distribution pays for durability that registryd on fileblob does not ask
-  for; the machine's fsync and no-fsync disk rates are in the limits table to
-  read the difference against.
+  Both pay for durability; the machine's fsync and no-fsync disk rates are in
+  the limits table to read the cost against.
 - **Clients**: go-containerregistry's remote package in the harness process
   (four concurrent blob uploads, its default; pulls verify every digest),
   ` + "`crane`" + ` as a process (push of an OCI layout; pull as a tarball into

@@ -115,6 +115,11 @@ test-outage: envtest ## registryd loses its API server for 60 s while crane pull
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" STEVEDORE_CLIENTS="$$(hack/install-clients.sh)" E2E_API_OUTAGE=60s \
 		go test -count=1 -v -run '^TestAPIServerOutage$$' ./registryd/e2e/ | grep -E '^(--- |ok|FAIL)|outage_test.go:[0-9]+: [^c]'
 
+.PHONY: test-full-size
+test-full-size: build ## registryd (no -race) under the full-size hostile loads: 1 GiB push+pull beside 500 slowloris connections; SIGTERM during a 1 GiB push.
+	REGISTRYD=$(LOCALBIN)/registryd E2E_SLOWLORIS_MIB=1024 E2E_SLOWLORIS_CONNS=500 E2E_DRAIN_MIB=1024 E2E_DRAIN_RATE_MIB=100 \
+		go test -count=1 -v -timeout 30m -run '^(TestSlowloris|TestDrainOnSIGTERM)$$' ./registryd/e2e/ | grep -E '^(--- |ok|FAIL)|_test.go:[0-9]+: '
+
 .PHONY: fuzz
 # Execution counts, not durations: a -fuzztime duration races Go 1.26's fuzz
 # coordinator at the deadline and fails with "context deadline exceeded" on a

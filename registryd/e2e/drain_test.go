@@ -118,21 +118,22 @@ func (p *paced) Read(b []byte) (int, error) {
 // TestDrainOnSIGTERM: SIGTERM in the middle of a 256 MiB push. /readyz
 // fails at once, registryd keeps serving through --shutdown-delay, then
 // stops accepting connections but lets the push finish with 201, and exits
-// within delay + timeout.
+// within delay + timeout. E2E_DRAIN_MIB and E2E_DRAIN_RATE_MIB change the
+// push (`make test-full-size`: 1 GiB at 100 MiB/s).
 func TestDrainOnSIGTERM(t *testing.T) {
 	const (
-		size    = 256 << 20
-		rate    = 40 << 20 // bytes a second: the push takes about 6.4 s
 		delay   = 2 * time.Second
 		timeout = 20 * time.Second
 	)
+	size := int64(envInt("E2E_DRAIN_MIB", 256)) << 20
+	rate := envInt("E2E_DRAIN_RATE_MIB", 40) << 20 // bytes a second: 256 MiB take about 6.4 s
 	p := startProcess(t, "--shutdown-delay", delay.String(), "--shutdown-timeout", timeout.String())
 	d := seededDigest(size, 0)
 
 	pushed := make(chan error, 1)
 	status := make(chan int, 1)
 	go func() {
-		req, _ := http.NewRequest("POST", p.url()+"/v2/drain/blobs/uploads/?digest="+d.String(), newPaced(size, rate))
+		req, _ := http.NewRequest("POST", p.url()+"/v2/drain/blobs/uploads/?digest="+d.String(), newPaced(size, float64(rate)))
 		req.ContentLength = size
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {

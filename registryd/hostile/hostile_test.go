@@ -93,6 +93,10 @@ type clusterOptions struct {
 	// authorizer, if set, gives replica i its own Authorizer, as each pod
 	// has its own guard and throttle.
 	authorizer func(i int) server.Authorizer
+	// timeouts, if set, are the header, idle and body deadlines each
+	// replica's server enforces (registryd's --read-header-timeout,
+	// --idle-timeout and --body-timeout); off otherwise.
+	timeouts time.Duration
 }
 
 func newCluster(t *testing.T, backend string) *cluster {
@@ -148,7 +152,14 @@ func newClusterWith(t *testing.T, backend string, o clusterOptions) *cluster {
 		if o.authorizer != nil {
 			opts.Authorizer = o.authorizer(i)
 		}
-		srv := httptest.NewServer(server.New(b, store, opts))
+		if o.timeouts > 0 {
+			opts.BodyTimeout = o.timeouts
+		}
+		srv := httptest.NewUnstartedServer(server.New(b, store, opts))
+		if o.timeouts > 0 {
+			srv.Config.ReadHeaderTimeout, srv.Config.IdleTimeout = o.timeouts, o.timeouts
+		}
+		srv.Start()
 		t.Cleanup(srv.Close)
 		c.urls = append(c.urls, srv.URL)
 	}
@@ -743,4 +754,88 @@ func TestBadPasswordStorm(t *testing.T) {
 		t.Error("alice never pushed during the storm")
 	}
 	c.finish("bad-password storm", storm)
+}
+
+// TestSlowloris: 150 connections spread over the three replicas trickle
+// request headers or PATCH bodies a byte a second, redialling whenever a
+// replica cuts them, while honest clients push chunked uploads and
+// manifests through every replica. Each replica cuts the tricklers at its
+// deadlines (2 s here), every honest request succeeds, and the bucket
+// scrubs clean: nothing a trickled PATCH sent is committed.
+func TestSlowloris(t *testing.T) {
+	const conns, deadline = 150, 2 * time.Second
+	c := newClusterWith(t, "file", clusterOptions{timeouts: deadline})
+	start := c.do(0, "POST", "/v2/slow/trickled/blobs/uploads/", nil)
+	if !c.must(start, 202, "start the trickled upload") {
+		t.FailNow()
+	}
+	trickled, err := url.Parse(start.header.Get("Location"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var opened, cut atomic.Int64
+	var wg sync.WaitGroup
+	for i := range conns {
+		host := strings.TrimPrefix(c.urls[i%3], "http://")
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", host)
+				if err != nil {
+					continue
+				}
+				opened.Add(1)
+				if i%2 == 0 {
+					fmt.Fprintf(conn, "GET /v2/ HTTP/1.1\r\nHost: x\r\n")
+				} else {
+					fmt.Fprintf(conn, "PATCH %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Range: 0-999999\r\nContent-Length: 1000000\r\n\r\n", trickled.RequestURI())
+				}
+				for ctx.Err() == nil {
+					select {
+					case <-ctx.Done():
+					case <-time.After(time.Second):
+					}
+					if _, err := conn.Write([]byte("x")); err != nil {
+						cut.Add(1)
+						break
+					}
+				}
+				conn.Close()
+			}
+		})
+	}
+	n := iterations(t, 100)
+	began := time.Now()
+	parallel(n, 6, func(i int) {
+		repo := fmt.Sprintf("slow/honest%d", i%3)
+		st := c.do(i, "POST", "/v2/"+repo+"/blobs/uploads/", nil)
+		if !c.must(st, 202, "start upload") {
+			return
+		}
+		content := random(64 << 10)
+		p := c.do(i+1, "PATCH", st.header.Get("Location"), content,
+			"Content-Range", fmt.Sprintf("0-%d", len(content)-1), "Content-Type", "application/octet-stream")
+		if !c.must(p, 202, "PATCH") {
+			return
+		}
+		c.must(c.do(i+2, "PUT", withDigest(p.header.Get("Location"), digest.FromBytes(content)), nil), 201, "commit")
+		c.pushImage(i, repo, []byte(fmt.Sprintf(`{"slow":%d}`, i)))
+	})
+	honest := time.Since(began)
+	// Every trickler outlives at least two deadlines before it is stopped.
+	time.Sleep(time.Until(began.Add(3 * deadline)))
+	cancel()
+	wg.Wait()
+	t.Logf("slowloris: %d connections trickling over 3 replicas (%d opened, %d cut by a deadline); %d honest uploads and image pushes took %v",
+		conns, opened.Load(), cut.Load(), n, honest.Round(time.Millisecond))
+	if cut.Load() < conns/2 {
+		t.Errorf("only %d trickling connections were cut", cut.Load())
+	}
+	// Nothing a trickler sent was stored: a PATCH cut off mid-body leaves
+	// no part, and the honest uploads were committed and cleaned up.
+	parts, _ := filepath.Glob(filepath.Join(c.dir, "uploads", "*", "part-*"))
+	if len(parts) > 0 {
+		t.Errorf("%d upload parts left after the storm (first %s)", len(parts), parts[0])
+	}
+	c.finish("slowloris", n)
 }

@@ -120,6 +120,11 @@ test-full-size: build ## registryd (no -race) under the full-size hostile loads:
 	REGISTRYD=$(LOCALBIN)/registryd E2E_SLOWLORIS_MIB=1024 E2E_SLOWLORIS_CONNS=500 E2E_DRAIN_MIB=1024 E2E_DRAIN_RATE_MIB=100 \
 		go test -count=1 -v -timeout 30m -run '^(TestSlowloris|TestDrainOnSIGTERM)$$' ./registryd/e2e/ | grep -E '^(--- |ok|FAIL)|_test.go:[0-9]+: '
 
+.PHONY: test-gc-torture
+test-gc-torture: ## The GC torture test (3 replicas, pushers, deleters, re-pushers) until the collector has run 1,000 cycles, on file:// and versitygw, under -race.
+	STEVEDORE_STORAGE_SERVERS="$$(hack/storage-servers.sh install)" GC_TORTURE_RUNS=1000 \
+		go test -race -count=1 -v -timeout 60m -run '^TestCollectWhilePushing$$' ./registryd/gc/ | grep -E '^(--- |    --- |ok|FAIL)|race_test.go:[0-9]+: '
+
 .PHONY: fuzz
 # Execution counts, not durations: a -fuzztime duration races Go 1.26's fuzz
 # coordinator at the deadline and fails with "context deadline exceeded" on a

@@ -25,24 +25,33 @@ import (
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
 
-// env is a file bucket and registryd replicas serving it, each over a
-// bucket handle of its own, as separate processes would be.
+// env is a bucket and registryd replicas serving it, each over a bucket
+// handle of its own, as separate processes would be.
 type env struct {
-	dir     string
+	dir     string // the file bucket's directory; "" on S3
 	bucket  *blob.Bucket
 	servers []string
 }
 
 func newEnv(t *testing.T, replicas int, opts server.Options) *env {
 	t.Helper()
-	e := &env{dir: t.TempDir()}
-	e.bucket = openBucket(t, e.dir)
+	dir := t.TempDir()
+	e := newEnvOver(t, replicas, opts, func() *blob.Bucket { return openBucket(t, dir) })
+	e.dir = dir
+	return e
+}
+
+// newEnvOver is newEnv over the buckets open returns: one per replica and
+// one for the test, all on the same storage.
+func newEnvOver(t *testing.T, replicas int, opts server.Options, open func() *blob.Bucket) *env {
+	t.Helper()
+	e := &env{bucket: open()}
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	opts.Secret = []byte("shared secret of the replicas")
 	for range replicas {
-		b := openBucket(t, e.dir)
+		b := open()
 		srv := httptest.NewServer(server.New(b, tags.NewBucket(b), &opts))
 		t.Cleanup(srv.Close)
 		e.servers = append(e.servers, srv.URL)

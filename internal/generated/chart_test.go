@@ -111,8 +111,8 @@ type object struct {
 	} `json:"metadata"`
 }
 
-// byKind parses the rendered documents and indexes them by kind (one each,
-// the chart renders no kind twice).
+// byKind parses the rendered documents and indexes them by kind (the first
+// of each kind) and by kind/name.
 func byKind(t *testing.T, docs []string) map[string]string {
 	t.Helper()
 	m := map[string]string{}
@@ -124,11 +124,10 @@ func byKind(t *testing.T, docs []string) map[string]string {
 		if o.Kind == "" || o.Metadata.Name == "" {
 			t.Fatalf("rendered document without kind or name:\n%s", d)
 		}
-		key := o.Kind
-		if _, dup := m[key]; dup {
-			key = o.Kind + "/" + o.Metadata.Name
+		if _, dup := m[o.Kind]; !dup {
+			m[o.Kind] = d
 		}
-		m[key] = d
+		m[o.Kind+"/"+o.Metadata.Name] = d
 	}
 	return m
 }
@@ -175,9 +174,18 @@ func TestChartFilesAreGenerated(t *testing.T) {
 	t.Run("rendered ClusterRole has the generated rules", func(t *testing.T) {
 		var generated, rendered rbacv1.ClusterRole
 		mustParse(t, string(readFile(t, "config", "rbac", "role.yaml")), &generated)
-		mustParse(t, byKind(t, splitDocs(renderChart(t)))["ClusterRole"], &rendered)
+		mustParse(t, byKind(t, splitDocs(renderChart(t)))["ClusterRole/"+chartRelease+"-manager-role"], &rendered)
 		if len(generated.Rules) == 0 || !reflect.DeepEqual(generated.Rules, rendered.Rules) {
 			t.Errorf("the chart's ClusterRole rules differ from config/rbac/role.yaml: run `make manifests`\nchart: %+v\ngenerated: %+v", rendered.Rules, generated.Rules)
+		}
+	})
+	t.Run("metrics-reader ClusterRole is config/rbac's", func(t *testing.T) {
+		var base, rendered rbacv1.ClusterRole
+		mustParse(t, string(readFile(t, "config", "rbac", "metrics_reader_role.yaml")), &base)
+		mustParse(t, byKind(t, splitDocs(renderChart(t)))["ClusterRole/"+chartRelease+"-metrics-reader"], &rendered)
+		want := []rbacv1.PolicyRule{{NonResourceURLs: []string{"/metrics"}, Verbs: []string{"get"}}}
+		if !reflect.DeepEqual(base.Rules, want) || !reflect.DeepEqual(rendered.Rules, want) {
+			t.Errorf("metrics-reader rules: config/rbac %+v, chart %+v, want %+v", base.Rules, rendered.Rules, want)
 		}
 	})
 }
@@ -316,8 +324,13 @@ func TestChartServiceMonitor(t *testing.T) {
 				MatchNames []string `json:"matchNames"`
 			} `json:"namespaceSelector"`
 			Endpoints []struct {
-				Port string `json:"port"`
-				Path string `json:"path"`
+				Port            string `json:"port"`
+				Path            string `json:"path"`
+				Scheme          string `json:"scheme"`
+				BearerTokenFile string `json:"bearerTokenFile"`
+				TLSConfig       struct {
+					InsecureSkipVerify bool `json:"insecureSkipVerify"`
+				} `json:"tlsConfig"`
 			} `json:"endpoints"`
 		} `json:"spec"`
 	}
@@ -334,6 +347,11 @@ func TestChartServiceMonitor(t *testing.T) {
 	if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "metrics" || sm.Spec.Endpoints[0].Path != "/metrics" ||
 		len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "metrics" || !slices.Equal(sm.Spec.NamespaceSelector.MatchNames, []string{chartNamespace}) {
 		t.Errorf("ServiceMonitor endpoints %+v do not scrape Service ports %+v", sm.Spec.Endpoints, svc.Spec.Ports)
+	}
+	// The operator serves metrics over HTTPS (self-signed) to a token
+	// allowed `get /metrics`: Prometheus must send its own.
+	if e := sm.Spec.Endpoints[0]; e.Scheme != "https" || e.BearerTokenFile != "/var/run/secrets/kubernetes.io/serviceaccount/token" || !e.TLSConfig.InsecureSkipVerify {
+		t.Errorf("ServiceMonitor endpoint %+v: want https, the ServiceAccount token and insecureSkipVerify", e)
 	}
 	var d appsv1.Deployment
 	mustParse(t, objs["Deployment"], &d)

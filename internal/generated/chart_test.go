@@ -304,6 +304,21 @@ func TestChartRestrictedPodSecurity(t *testing.T) {
 			t.Errorf("the chart's operator lacks env %s", e.Name)
 		}
 	}
+
+	// A startup probe holds readiness and liveness back while the manager
+	// starts, and every probe uses the plain-HTTP probe port, never the
+	// authenticated metrics port.
+	if c.StartupProbe == nil {
+		t.Error("the operator has no startup probe")
+	}
+	for _, p := range []*corev1.Probe{c.StartupProbe, c.ReadinessProbe, c.LivenessProbe} {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Port.String() != "probes" {
+			t.Errorf("probe %+v: want an HTTP GET on port probes", p)
+		}
+	}
+	if !reflect.DeepEqual(c.StartupProbe, bc.StartupProbe) || !reflect.DeepEqual(c.ReadinessProbe, bc.ReadinessProbe) || !reflect.DeepEqual(c.LivenessProbe, bc.LivenessProbe) {
+		t.Error("the chart's operator probes differ from config/manager's")
+	}
 }
 
 // TestChartServiceMonitor checks the optional ServiceMonitor scrapes the

@@ -16,8 +16,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	certutil "k8s.io/client-go/util/cert"
 	"sigs.k8s.io/controller-runtime/pkg/client"
+	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/internal/testenv"
@@ -191,4 +194,58 @@ func eventually(t *testing.T, logFile string, check func() error) {
 	}
 	logs, _ := os.ReadFile(logFile)
 	t.Fatalf("%v\noperator log:\n%s", err, logs)
+}
+
+// TestMetricsCertDir: --metrics-cert-dir's keypair is the one the metrics
+// endpoint serves; without it, a self-signed one for localhost.
+func TestMetricsCertDir(t *testing.T) {
+	dir := t.TempDir()
+	crt, key, err := certutil.GenerateSelfSignedCertKey("metrics.stevedore.test", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tls.crt"), crt, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "tls.key"), key, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, certDir, want string
+	}{
+		{"cert dir", dir, "metrics.stevedore.test"},
+		{"self-signed", "", "localhost"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			addr := testutil.FreeAddr(t)
+			// The filter builds its API clients without contacting the
+			// API server; no request here gets that far.
+			srv, err := metricsserver.NewServer(metricsFlags{addr: addr, secure: true, certDir: tc.certDir}.options(),
+				&rest.Config{Host: "https://127.0.0.1:1"}, http.DefaultClient)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- srv.Start(ctx) }()
+			defer func() { cancel(); <-done }()
+			var conn *tls.Conn
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+				if conn, err = tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2", "http/1.1"}}); err == nil || time.Now().After(deadline) { //nolint:gosec // reading the served certificate
+					break
+				}
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			state := conn.ConnectionState()
+			if cn := state.PeerCertificates[0].Subject.CommonName; !strings.HasPrefix(cn, tc.want) {
+				t.Errorf("served certificate for %q, want %q", cn, tc.want)
+			}
+			if state.NegotiatedProtocol == "h2" {
+				t.Error("HTTP/2 negotiated; the metrics port serves HTTP/1.1 only")
+			}
+		})
+	}
 }

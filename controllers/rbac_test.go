@@ -76,6 +76,9 @@ var (
 		"secrets [] [] [create get]",
 		"serviceaccounts [] [] [create get list patch watch]",
 		"services [] [] [create get list patch watch]",
+		// The metrics endpoint's authentication and authorization.
+		"subjectaccessreviews.authorization.k8s.io [] [] [create]",
+		"tokenreviews.authentication.k8s.io [] [] [create]",
 	})
 	registrydPermissions = slices.Concat(everyUser, []string{
 		"events [] [] [create patch]",

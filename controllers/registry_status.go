@@ -57,23 +57,25 @@ func (r *RegistryReconciler) summarize(s *registryScope, reconcileErr error) {
 	}
 	setCondition(conds, gen, v1.ConditionReady, boolStatus(ready), reason, msg)
 
-	if reconcileErr == nil {
-		s.status.ObservedGeneration = gen
-	}
+	// The conditions above describe this generation, failed or not:
+	// kstatus reads them only when observedGeneration is the generation,
+	// so a spec change that fails must still be recorded as observed, or
+	// it would show as InProgress for ever instead of Failed.
+	s.status.ObservedGeneration = gen
 	setKstatus(conds, gen)
 }
 
 // setKstatus sets Reconciling and Stalled, kstatus's abnormal-true
-// conditions, from the others: Stalled when Degraded (a failing phase, a
-// rollout past its deadline), Reconciling while not Ready for any other
-// reason (a rollout in progress, pods starting, storage not yet probed).
+// conditions, from the others: Stalled while the Registry cannot become
+// Ready without someone acting (stalledBy), Reconciling while not Ready for
+// any other reason (a rollout in progress, pods starting, storage not yet
+// probed).
 func setKstatus(conds *[]metav1.Condition, gen int64) {
-	degraded := meta.FindStatusCondition(*conds, v1.ConditionDegraded)
 	ready := isConditionTrue(*conds, v1.ConditionReady)
-	switch {
-	case degraded != nil && degraded.Status == metav1.ConditionTrue:
-		setCondition(conds, gen, v1.ConditionStalled, metav1.ConditionTrue, degraded.Reason, degraded.Message)
-		setCondition(conds, gen, v1.ConditionReconciling, metav1.ConditionFalse, degraded.Reason, "")
+	switch cause := stalledBy(*conds); {
+	case cause != nil:
+		setCondition(conds, gen, v1.ConditionStalled, metav1.ConditionTrue, cause.Reason, cause.Type+": "+cause.Message)
+		setCondition(conds, gen, v1.ConditionReconciling, metav1.ConditionFalse, cause.Reason, "")
 	case !ready:
 		setCondition(conds, gen, v1.ConditionStalled, metav1.ConditionFalse, ReasonAsExpected, "")
 		setCondition(conds, gen, v1.ConditionReconciling, metav1.ConditionTrue, ReasonNotReady, notReadyMessage(*conds))
@@ -81,6 +83,25 @@ func setKstatus(conds *[]metav1.Condition, gen int64) {
 		setCondition(conds, gen, v1.ConditionStalled, metav1.ConditionFalse, ReasonAsExpected, "")
 		setCondition(conds, gen, v1.ConditionReconciling, metav1.ConditionFalse, ReasonReady, "")
 	}
+}
+
+// stalledBy is the condition that stalls the Registry, nil when none does:
+// Degraded (a failing phase, a rollout past its deadline), storage whose
+// credentials are missing or whose probe fails, an htpasswd Secret missing
+// or invalid. The operator keeps retrying each; Stalled goes False when one
+// succeeds.
+func stalledBy(conds []metav1.Condition) *metav1.Condition {
+	if c := meta.FindStatusCondition(conds, v1.ConditionDegraded); c != nil && c.Status == metav1.ConditionTrue {
+		return c
+	}
+	if c := meta.FindStatusCondition(conds, v1.ConditionStorageReady); c != nil && c.Status == metav1.ConditionFalse &&
+		(c.Reason == ReasonCredentialsMissing || c.Reason == ReasonStorageProbeFailed) {
+		return c
+	}
+	if c := meta.FindStatusCondition(conds, ConditionAuthReady); c != nil && c.Status == metav1.ConditionFalse {
+		return c
+	}
+	return nil
 }
 
 func setAvailable(conds *[]metav1.Condition, gen int64, d *appsv1.Deployment, want int32) {

@@ -111,8 +111,8 @@ type object struct {
 	} `json:"metadata"`
 }
 
-// byKind parses the rendered documents and indexes them by kind (one each,
-// the chart renders no kind twice).
+// byKind parses the rendered documents and indexes them by kind (the first
+// of each kind) and by kind/name.
 func byKind(t *testing.T, docs []string) map[string]string {
 	t.Helper()
 	m := map[string]string{}
@@ -124,11 +124,10 @@ func byKind(t *testing.T, docs []string) map[string]string {
 		if o.Kind == "" || o.Metadata.Name == "" {
 			t.Fatalf("rendered document without kind or name:\n%s", d)
 		}
-		key := o.Kind
-		if _, dup := m[key]; dup {
-			key = o.Kind + "/" + o.Metadata.Name
+		if _, dup := m[o.Kind]; !dup {
+			m[o.Kind] = d
 		}
-		m[key] = d
+		m[o.Kind+"/"+o.Metadata.Name] = d
 	}
 	return m
 }
@@ -175,9 +174,18 @@ func TestChartFilesAreGenerated(t *testing.T) {
 	t.Run("rendered ClusterRole has the generated rules", func(t *testing.T) {
 		var generated, rendered rbacv1.ClusterRole
 		mustParse(t, string(readFile(t, "config", "rbac", "role.yaml")), &generated)
-		mustParse(t, byKind(t, splitDocs(renderChart(t)))["ClusterRole"], &rendered)
+		mustParse(t, byKind(t, splitDocs(renderChart(t)))["ClusterRole/"+chartRelease+"-manager-role"], &rendered)
 		if len(generated.Rules) == 0 || !reflect.DeepEqual(generated.Rules, rendered.Rules) {
 			t.Errorf("the chart's ClusterRole rules differ from config/rbac/role.yaml: run `make manifests`\nchart: %+v\ngenerated: %+v", rendered.Rules, generated.Rules)
+		}
+	})
+	t.Run("metrics-reader ClusterRole is config/rbac's", func(t *testing.T) {
+		var base, rendered rbacv1.ClusterRole
+		mustParse(t, string(readFile(t, "config", "rbac", "metrics_reader_role.yaml")), &base)
+		mustParse(t, byKind(t, splitDocs(renderChart(t)))["ClusterRole/"+chartRelease+"-metrics-reader"], &rendered)
+		want := []rbacv1.PolicyRule{{NonResourceURLs: []string{"/metrics"}, Verbs: []string{"get"}}}
+		if !reflect.DeepEqual(base.Rules, want) || !reflect.DeepEqual(rendered.Rules, want) {
+			t.Errorf("metrics-reader rules: config/rbac %+v, chart %+v, want %+v", base.Rules, rendered.Rules, want)
 		}
 	})
 }
@@ -296,6 +304,21 @@ func TestChartRestrictedPodSecurity(t *testing.T) {
 			t.Errorf("the chart's operator lacks env %s", e.Name)
 		}
 	}
+
+	// A startup probe holds readiness and liveness back while the manager
+	// starts, and every probe uses the plain-HTTP probe port, never the
+	// authenticated metrics port.
+	if c.StartupProbe == nil {
+		t.Error("the operator has no startup probe")
+	}
+	for _, p := range []*corev1.Probe{c.StartupProbe, c.ReadinessProbe, c.LivenessProbe} {
+		if p == nil || p.HTTPGet == nil || p.HTTPGet.Port.String() != "probes" {
+			t.Errorf("probe %+v: want an HTTP GET on port probes", p)
+		}
+	}
+	if !reflect.DeepEqual(c.StartupProbe, bc.StartupProbe) || !reflect.DeepEqual(c.ReadinessProbe, bc.ReadinessProbe) || !reflect.DeepEqual(c.LivenessProbe, bc.LivenessProbe) {
+		t.Error("the chart's operator probes differ from config/manager's")
+	}
 }
 
 // TestChartServiceMonitor checks the optional ServiceMonitor scrapes the
@@ -316,8 +339,13 @@ func TestChartServiceMonitor(t *testing.T) {
 				MatchNames []string `json:"matchNames"`
 			} `json:"namespaceSelector"`
 			Endpoints []struct {
-				Port string `json:"port"`
-				Path string `json:"path"`
+				Port            string `json:"port"`
+				Path            string `json:"path"`
+				Scheme          string `json:"scheme"`
+				BearerTokenFile string `json:"bearerTokenFile"`
+				TLSConfig       struct {
+					InsecureSkipVerify bool `json:"insecureSkipVerify"`
+				} `json:"tlsConfig"`
 			} `json:"endpoints"`
 		} `json:"spec"`
 	}
@@ -334,6 +362,11 @@ func TestChartServiceMonitor(t *testing.T) {
 	if len(sm.Spec.Endpoints) != 1 || sm.Spec.Endpoints[0].Port != "metrics" || sm.Spec.Endpoints[0].Path != "/metrics" ||
 		len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "metrics" || !slices.Equal(sm.Spec.NamespaceSelector.MatchNames, []string{chartNamespace}) {
 		t.Errorf("ServiceMonitor endpoints %+v do not scrape Service ports %+v", sm.Spec.Endpoints, svc.Spec.Ports)
+	}
+	// The operator serves metrics over HTTPS (self-signed) to a token
+	// allowed `get /metrics`: Prometheus must send its own.
+	if e := sm.Spec.Endpoints[0]; e.Scheme != "https" || e.BearerTokenFile != "/var/run/secrets/kubernetes.io/serviceaccount/token" || !e.TLSConfig.InsecureSkipVerify {
+		t.Errorf("ServiceMonitor endpoint %+v: want https, the ServiceAccount token and insecureSkipVerify", e)
 	}
 	var d appsv1.Deployment
 	mustParse(t, objs["Deployment"], &d)

@@ -16,7 +16,8 @@ func TestKustomizeBasesApply(t *testing.T) {
 	_, run := startAPIServer(t)
 	root := testenv.RepoRoot()
 	rendered := run("", true, "kustomize", filepath.Join(root, "config", "default"))
-	for _, want := range []string{"kind: Deployment", "name: stevedore-operator", "name: stevedore-manager-role", "namespace: stevedore-system"} {
+	for _, want := range []string{"kind: Deployment", "name: stevedore-operator", "name: stevedore-manager-role", "namespace: stevedore-system",
+		"name: stevedore-metrics-reader", "name: stevedore-operator-metrics"} {
 		if !strings.Contains(rendered, want) {
 			t.Errorf("config/default renders without %q", want)
 		}

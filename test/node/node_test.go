@@ -10,6 +10,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -184,6 +185,21 @@ func TestREADME(t *testing.T) {
 		return nil
 	})
 
+	t.Log("the operator's metrics: HTTPS on its Service, only for a token allowed get /metrics")
+	n.kc(t, "-n", "stevedore-system", "create", "serviceaccount", "scraper")
+	n.kc(t, "create", "clusterrolebinding", "stevedore-scraper", "--clusterrole=stevedore-metrics-reader", "--serviceaccount=stevedore-system:scraper")
+	token := strings.TrimSpace(n.kc(t, "-n", "stevedore-system", "create", "token", "scraper"))
+	ip := strings.TrimSpace(n.kc(t, "-n", "stevedore-system", "get", "service", "stevedore-operator-metrics", "-o", "jsonpath={.spec.clusterIP}"))
+	metricsURL := "https://" + ip + ":8443/metrics"
+	for _, c := range []struct {
+		token string
+		want  int
+	}{{"", http.StatusUnauthorized}, {token, http.StatusOK}} {
+		eventually(t, 60*time.Second, fmt.Sprintf("metrics answering %d", c.want), func() error {
+			return scrape(metricsURL, c.token, c.want)
+		})
+	}
+
 	t.Log("a Registry with 3 replicas on one PVC, under the restricted Pod Security profile")
 	pv := filepath.Join(n.dir, "pv", "demo")
 	if err := os.MkdirAll(pv, 0o755); err != nil {
@@ -271,6 +287,48 @@ spec:
 	})
 	t.Log("blobs pushed before the upgrade still pull, from the same PVC")
 	n.must(t, n.crane, "pull", "--insecure", image, filepath.Join(t.TempDir(), "v1.tar"))
+
+	t.Log("two operator pods started (install, upgrade): no failed readiness or liveness probe")
+	events := n.kc(t, "-n", "stevedore-system", "get", "events", "--field-selector", "reason=Unhealthy",
+		"-o", `jsonpath={range .items[*]}{.involvedObject.name}: {.message}{"\n"}{end}`)
+	for _, line := range strings.Split(strings.TrimSpace(events), "\n") {
+		if strings.Contains(line, "Readiness probe failed") || strings.Contains(line, "Liveness probe failed") {
+			t.Errorf("the operator's pod logged %s", line)
+		} else if line != "" {
+			t.Logf("probe event: %s", line)
+		}
+	}
+}
+
+// scrape GETs the operator's metrics with token (none when empty) and
+// wants the status want; a 200 must hold controller-runtime's metrics.
+func scrape(url, token string, want int) error {
+	req, err := http.NewRequest(http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	// The operator's certificate is self-signed, as the chart's
+	// ServiceMonitor expects.
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // self-signed
+	resp, err := c.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != want {
+		return fmt.Errorf("%s: %s, want %d: %.200s", url, resp.Status, want, body)
+	}
+	if want == http.StatusOK && !bytes.Contains(body, []byte("controller_runtime_reconcile_total{")) {
+		return fmt.Errorf("%s: no controller_runtime_reconcile_total in %.500s", url, body)
+	}
+	return nil
 }
 
 // restrictedNamespace is a namespace enforcing the restricted Pod Security

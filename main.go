@@ -20,11 +20,11 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
-	"sigs.k8s.io/controller-runtime/pkg/metrics/filters"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	stevedorev1alpha1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/controllers"
+	"github.com/stevedore-dev/stevedore/internal/metricsauth"
 	"github.com/stevedore-dev/stevedore/internal/version"
 )
 
@@ -105,15 +105,16 @@ type metricsFlags struct {
 	certDir string
 }
 
-// options serve the metrics as kubebuilder's scaffold does: HTTPS, each
-// request's bearer token checked with a TokenReview and `get` on its path
-// with a SubjectAccessReview (the operator's ClusterRole may create both).
+// options serve the metrics as the Kubernetes components serve theirs:
+// HTTPS, each request's bearer token checked with a TokenReview and `get` on
+// its path with a SubjectAccessReview (the operator's ClusterRole may create
+// both; internal/metricsauth says why not controller-runtime's filter).
 func (f metricsFlags) options() metricsserver.Options {
 	o := metricsserver.Options{BindAddress: f.addr, SecureServing: f.secure}
 	if !f.secure {
 		return o
 	}
-	o.FilterProvider = filters.WithAuthenticationAndAuthorization
+	o.FilterProvider = metricsauth.FilterProvider(metricsauth.Options{})
 	o.CertDir = f.certDir
 	o.TLSOpts = []func(*tls.Config){func(c *tls.Config) {
 		// HTTP/1.1 only: HTTP/2's stream resets (CVE-2023-44487, CVE-2023-39325)

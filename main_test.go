@@ -95,9 +95,7 @@ func TestManagerBinary(t *testing.T) {
 			want        int
 		}{
 			{"no token", "", http.StatusUnauthorized},
-			// controller-runtime's filter answers a token the TokenReview
-			// refuses with 500 (kube-apiserver: 401); refused either way.
-			{"a token that is none", "not-a-token", http.StatusInternalServerError},
+			{"a token that is none", "not-a-token", http.StatusUnauthorized},
 			{"a ServiceAccount without metrics-reader", stranger, http.StatusForbidden},
 			{"a ServiceAccount with metrics-reader", scraper, http.StatusOK},
 		} {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -47,7 +48,10 @@ func newEnvOver(t *testing.T, replicas int, opts server.Options, open func() *bl
 	t.Helper()
 	e := &env{bucket: open()}
 	if opts.Logger == nil {
-		opts.Logger = slog.New(slog.DiscardHandler)
+		// Errors only (a 500 says why), into the test's log.
+		w := &testLog{t: t}
+		t.Cleanup(func() { w.done.Store(true) }) // runs last: after the servers close
+		opts.Logger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelError}))
 	}
 	opts.Secret = []byte("shared secret of the replicas")
 	for range replicas {
@@ -264,4 +268,17 @@ func (c client) deleteManifest(ctx context.Context, repo string, d digest.Digest
 func (c client) deleteTag(ctx context.Context, repo, tag string) error {
 	_, _, err := c.do(ctx, "DELETE", "/v2/"+repo+"/manifests/"+tag, nil, http.StatusAccepted)
 	return err
+}
+
+// testLog writes registryd's log lines into the test's log while it runs.
+type testLog struct {
+	t    *testing.T
+	done atomic.Bool
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	if !l.done.Load() {
+		l.t.Log(strings.TrimSpace(string(p)))
+	}
+	return len(p), nil
 }

@@ -78,6 +78,9 @@ type Report struct {
 	// Rescued counts what one mark called garbage and the confirming
 	// mark kept: writes that raced the run and won.
 	Rescued int
+	// Deferred counts confirmed garbage left for the next run because its
+	// batch's intents expired (IntentTTL) before the deletes were sent.
+	Deferred int
 	// Repositories and live manifests seen by the first mark.
 	Repositories int
 }
@@ -88,8 +91,12 @@ func (r Report) Summary() string {
 	if r.DryRun {
 		verb = "would delete"
 	}
-	return fmt.Sprintf("gc: %s %d manifests, %d referrer entries, %d layer links, %d blobs, %d upload objects, %d temp files (%d bytes) in %d repositories; %d rescued by racing writes; took %s",
-		verb, r.Manifests, r.Referrers, r.LayerLinks, r.Blobs, r.Uploads, r.TempFiles, r.Bytes, r.Repositories, r.Rescued, r.Duration.Round(time.Millisecond))
+	deferred := ""
+	if r.Deferred > 0 {
+		deferred = fmt.Sprintf("; %d left for the next run (intents expired)", r.Deferred)
+	}
+	return fmt.Sprintf("gc: %s %d manifests, %d referrer entries, %d layer links, %d blobs, %d upload objects, %d temp files (%d bytes) in %d repositories; %d rescued by racing writes%s; took %s",
+		verb, r.Manifests, r.Referrers, r.LayerLinks, r.Blobs, r.Uploads, r.TempFiles, r.Bytes, r.Repositories, r.Rescued, deferred, r.Duration.Round(time.Millisecond))
 }
 
 func (r *Report) count(it item) {
@@ -289,10 +296,17 @@ func (c *collector) sweepBatch(ctx context.Context, first *snapshot, batch []dig
 		time.Sleep(c.opts.pause)
 	}
 	// No delete leaves after the intents expire: a writer then no longer
-	// waits for them.
+	// waits for them. What was not deleted by then is left for the next
+	// run (Deferred), not an error: a slow batch is safe, only late.
 	dctx, cancel := context.WithDeadline(ctx, expires)
 	defer cancel()
-	return c.deleteAll(dctx, confirmed, rep)
+	before := len(rep.Deleted)
+	err = c.deleteAll(dctx, confirmed, rep)
+	if err != nil && ctx.Err() == nil && errors.Is(dctx.Err(), context.DeadlineExceeded) {
+		rep.Deferred += len(confirmed) - (len(rep.Deleted) - before)
+		return nil
+	}
+	return err
 }
 
 // deleteAll deletes items, referring objects before content (kind order).

@@ -284,6 +284,33 @@ func TestRePushAfterCollection(t *testing.T) {
 	must(t, c.pull(ctx, "app", "v1"))
 }
 
+// TestExpiredIntentsDefer: a batch whose intents expire before its deletes
+// are sent (a slow run: here a pause longer than IntentTTL) deletes
+// nothing, reports the garbage as left for the next run, and is no error;
+// the next run collects it. (It was "context deadline exceeded" from the
+// whole run, found by make test-gc-torture on a loaded machine.)
+func TestExpiredIntentsDefer(t *testing.T) {
+	ctx := t.Context()
+	e := newEnv(t, 1, server.Options{})
+	c := client{e.servers[0]}
+	img := newImage()
+	must(t, c.push(ctx, "app", "v1", img))
+	must(t, c.deleteManifest(ctx, "app", img.digest()))
+	e.age(t, 2*time.Hour)
+	rep, err := gc.Run(ctx, e.bucket, gc.WithPause(gc.Options{Grace: time.Hour, IntentTTL: 50 * time.Millisecond}, 200*time.Millisecond))
+	if err != nil {
+		t.Fatalf("a run whose intents expired: %v", err)
+	}
+	if len(rep.Deleted) != 0 || rep.Deferred == 0 {
+		t.Fatalf("%s: want nothing deleted and the garbage deferred", rep.Summary())
+	}
+	rep, err = gc.Run(ctx, e.bucket, gc.Options{Grace: time.Hour})
+	must(t, err)
+	if rep.Blobs != 3 || rep.Deferred != 0 {
+		t.Fatalf("the next run: %s; want the manifest, config and layer collected", rep.Summary())
+	}
+}
+
 // TestLockKeepsRunsApart: a second run while one holds the lock refuses.
 func TestLockKeepsRunsApart(t *testing.T) {
 	e := newEnv(t, 0, server.Options{})

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -24,6 +25,11 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/random"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	stevedorev1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 
 	"github.com/stevedore-dev/stevedore/internal/testutil"
 )
@@ -400,4 +406,71 @@ func (c *containerd) pull(t *testing.T, ref, mirror, upstream string) {
 		t.Fatalf("ctr images pull %s: %v\n%s", ref, err, out)
 	}
 	t.Logf("ctr images pull %s through %s: ok", ref, mirror)
+}
+
+// TestMirrorRepositories: in kubernetes mode, what the mirror caches shows
+// up as Repositories named after where it came from, pulled by tag (with
+// the tag in its status) or by digest only.
+func TestMirrorRepositories(t *testing.T) {
+	env := kubeEnv(t)
+	const ns, registryName = "mirror", "cache"
+	if err := env.Client.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Create(t.Context(), &stevedorev1.Registry{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: registryName},
+		Spec: stevedorev1.RegistrySpec{Storage: stevedorev1.StorageSpec{URL: "mem://"}}}); err != nil {
+		t.Fatal(err)
+	}
+	fast := []string{"--shutdown-delay", "0s"}
+	upstream := startRegistryd(t, "file://"+t.TempDir(), fast...)
+	cfg, _ := json.Marshal(map[string]any{"upstreams": []map[string]any{{"host": "docker.io", "endpoint": upstream.url()}}})
+	m := startRegistryd(t, "file://"+t.TempDir(), append([]string{"--mirror", string(cfg), "--registry", registryName, "--namespace", ns,
+		"--kubeconfig", kube.kubeconfig}, fast...)...)
+
+	byTag := mustPush(t, upstream.host+"/library/alpine:3", multiArch(t), authn.Anonymous)
+	byDigest := mustPush(t, upstream.host+"/team/tool:1", multiArch(t), authn.Anonymous)
+	// containerd's names: docker.io/alpine:3 is library/alpine upstream.
+	nsClient := func(ref string) (v1.Hash, error) {
+		r, err := name.ParseReference(ref)
+		if err != nil {
+			return v1.Hash{}, err
+		}
+		idx, err := remote.Index(r, remote.WithTransport(nsTransport{m.host}), remote.WithContext(t.Context()))
+		if err != nil {
+			return v1.Hash{}, err
+		}
+		return idx.Digest()
+	}
+	if got, err := nsClient("docker.io/alpine:3"); err != nil || got != byTag {
+		t.Fatalf("pull by tag: %v %v, want %s", got, err, byTag)
+	}
+	if got, err := nsClient("docker.io/team/tool@" + byDigest.String()); err != nil || got != byDigest {
+		t.Fatalf("pull by digest: %v %v, want %s", got, err, byDigest)
+	}
+	for _, tc := range []struct {
+		path, tag string
+	}{
+		{"docker.io/library/alpine", "3"},
+		{"docker.io/team/tool", ""},
+	} {
+		t.Run(tc.path, func(t *testing.T) {
+			var repo stevedorev1.Repository
+			key := client.ObjectKey{Namespace: ns, Name: stevedorev1.RepositoryObjectName(registryName, tc.path)}
+			deadline := time.Now().Add(10 * time.Second)
+			for {
+				err := env.Client.Get(t.Context(), key, &repo)
+				if err == nil && (tc.tag == "" || slices.ContainsFunc(repo.Status.Tags, func(s stevedorev1.TagStatus) bool { return s.Name == tc.tag })) {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("Repository %s: %v, tags %+v", key.Name, err, repo.Status.Tags)
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+			if repo.Spec.Name != tc.path || repo.Spec.Registry != registryName {
+				t.Fatalf("Repository spec %+v", repo.Spec)
+			}
+		})
+	}
+	t.Logf("kubectl get repositories:\n%s", kubectl(t, env, "get", "repositories", "-n", ns))
 }

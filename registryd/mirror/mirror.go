@@ -130,7 +130,13 @@ func (m *Mirror) Route(ns, name string) (*Route, error) {
 	var c *client
 	remote := name
 	if ns != "" {
-		c = m.byHost[strings.ToLower(ns)]
+		ns = strings.ToLower(ns)
+		if ns == "index.docker.io" || ns == "registry-1.docker.io" {
+			// Docker Hub's other names (go-containerregistry says
+			// index.docker.io where containerd says docker.io).
+			ns = dockerHub
+		}
+		c = m.byHost[ns]
 		if c == nil {
 			return nil, fmt.Errorf("upstream %q: %w", ns, ErrNotMirrored)
 		}

@@ -2,8 +2,13 @@ package controllers
 
 import (
 	"encoding/json"
+	"fmt"
+	"net"
 	"path"
 	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
 
 	corev1ac "k8s.io/client-go/applyconfigurations/core/v1"
 
@@ -97,4 +102,51 @@ func mirrorVolumes(reg *v1.Registry) ([]*corev1ac.VolumeApplyConfiguration, []*c
 		}
 	}
 	return vs, ms
+}
+
+// certsDir is where containerd looks for hosts.toml (config_path).
+const certsDir = "/etc/containerd/certs.d"
+
+// mirrorStatus is the hosts.toml of each upstream, naming the Service's
+// ClusterIP (nodes cannot resolve Service names; kube-proxy serves the
+// ClusterIP on every node). Nil without spec.mirror or before the Service
+// has an IP.
+func mirrorStatus(reg *v1.Registry, svc *corev1.Service) *v1.MirrorStatus {
+	m := reg.Spec.Mirror
+	ip := svc.Spec.ClusterIP
+	if m == nil || ip == "" || ip == corev1.ClusterIPNone {
+		return nil
+	}
+	scheme := "http"
+	if reg.Spec.TLS != nil {
+		scheme = "https"
+	}
+	mirrorURL := scheme + "://" + net.JoinHostPort(ip, strconv.Itoa(int(servicePort(reg))))
+	st := &v1.MirrorStatus{}
+	for _, u := range m.Upstreams {
+		st.Hosts = append(st.Hosts, v1.MirrorHostConfig{Host: u.Host, Path: path.Join(certsDir, u.Host, "hosts.toml"), HostsTOML: HostsTOML(reg, u, mirrorURL)})
+	}
+	return st
+}
+
+// HostsTOML is containerd's hosts.toml making mirrorURL (the Registry) the
+// first host tried for upstream u, the upstream itself the fallback; the
+// e2e tests hand it to a real containerd.
+func HostsTOML(reg *v1.Registry, u v1.MirrorUpstream, mirrorURL string) string {
+	server := u.Endpoint
+	if server == "" {
+		server = "https://" + u.Host
+		if u.Host == "docker.io" {
+			server = "https://registry-1.docker.io"
+		}
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# Registry %s/%s mirrors %s.\n", reg.Namespace, reg.Name, u.Host)
+	fmt.Fprintf(&b, "server = %q\n\n", strings.TrimSuffix(server, "/"))
+	fmt.Fprintf(&b, "[host.%q]\n  capabilities = [\"pull\", \"resolve\"]\n", mirrorURL)
+	if reg.Spec.TLS != nil {
+		fmt.Fprintf(&b, "  # The CA that signed secret %s, copied to the node:\n  ca = %q\n", reg.Spec.TLS.SecretName,
+			path.Join(certsDir, u.Host, "stevedore-ca.crt"))
+	}
+	return b.String()
 }

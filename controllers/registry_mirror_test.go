@@ -89,6 +89,35 @@ func TestRegistryMirror(t *testing.T) {
 		})
 	}
 
+	t.Run("status gives each node's hosts.toml", func(t *testing.T) {
+		var svc corev1.Service
+		var reg v1.Registry
+		eventually(t, "status.mirror", func() error {
+			if err := get(&svc, ns, "main-registry"); err != nil {
+				return err
+			}
+			if err := get(&reg, ns, "main"); err != nil {
+				return err
+			}
+			if reg.Status.Mirror == nil || len(reg.Status.Mirror.Hosts) != 3 {
+				return errorf("status.mirror %+v", reg.Status.Mirror)
+			}
+			return nil
+		})
+		mirrorLine := `[host."http://` + svc.Spec.ClusterIP + `:5000"]`
+		for i, want := range []struct{ host, path, server string }{
+			{"docker.io", "/etc/containerd/certs.d/docker.io/hosts.toml", `server = "https://registry-1.docker.io"`},
+			{"ghcr.io", "/etc/containerd/certs.d/ghcr.io/hosts.toml", `server = "https://ghcr.io"`},
+			{"registry.example.com:5000", "/etc/containerd/certs.d/registry.example.com:5000/hosts.toml", `server = "http://10.0.0.7:5000"`},
+		} {
+			h := reg.Status.Mirror.Hosts[i]
+			if h.Host != want.host || h.Path != want.path || !strings.Contains(h.HostsTOML, want.server) ||
+				!strings.Contains(h.HostsTOML, mirrorLine) || !strings.Contains(h.HostsTOML, `capabilities = ["pull", "resolve"]`) {
+				t.Errorf("hosts[%d] = %+v\n%s\nwant %+v and %s", i, h, h.HostsTOML, want, mirrorLine)
+			}
+		}
+	})
+
 	t.Run("tagTTL and offline set", func(t *testing.T) {
 		updateRegistry(t, ns, "main", func(r *v1.Registry) {
 			r.Spec.Mirror.TagTTL = &metav1.Duration{Duration: 30 * time.Second}
@@ -114,6 +143,10 @@ func TestRegistryMirror(t *testing.T) {
 				return err
 			}
 			c := registrydContainer(&d)
+			var reg v1.Registry
+			if err := get(&reg, ns, "main"); err != nil || reg.Status.Mirror != nil {
+				return errorf("status.mirror %+v (%v)", reg.Status.Mirror, err)
+			}
 			if slices.ContainsFunc(c.Args, func(a string) bool { return strings.HasPrefix(a, "--mirror") }) ||
 				slices.ContainsFunc(d.Spec.Template.Spec.Volumes, func(v corev1.Volume) bool { return strings.HasPrefix(v.Name, "mirror-") }) {
 				return errorf("still mirrored: %v", c.Args)

@@ -412,6 +412,31 @@ type RegistryStatus struct {
 	// Storage is what the operator last learned about the bucket.
 	// +optional
 	Storage *StorageStatus `json:"storage,omitempty"`
+	// Mirror tells nodes how to pull through the Registry (spec.mirror).
+	// +optional
+	Mirror *MirrorStatus `json:"mirror,omitempty"`
+}
+
+// MirrorStatus holds what each node's containerd needs to use the
+// Registry as its mirror (docs/mirror.md rolls it out).
+type MirrorStatus struct {
+	// Hosts has one entry per upstream.
+	// +listType=map
+	// +listMapKey=host
+	// +optional
+	Hosts []MirrorHostConfig `json:"hosts,omitempty"`
+}
+
+// MirrorHostConfig is containerd's configuration for one upstream.
+type MirrorHostConfig struct {
+	// Host is the upstream, as in spec.mirror.upstreams.
+	Host string `json:"host"`
+	// Path is where the file goes on each node (config_path
+	// /etc/containerd/certs.d, containerd's default in 2.x).
+	Path string `json:"path"`
+	// HostsTOML is the file: the Registry's Service (ClusterIP, which
+	// kube-proxy serves on every node) first, the upstream after it.
+	HostsTOML string `json:"hostsToml"`
 }
 
 // StorageStatus records the operator's bucket probes, so they are spaced out

@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	stevedorev1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/controllers"
 
 	"github.com/stevedore-dev/stevedore/internal/testutil"
 )
@@ -394,7 +395,9 @@ func (c *containerd) pull(t *testing.T, ref, mirror, upstream string) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	hosts := fmt.Sprintf("server = \"http://%s\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", upstream, mirror)
+	// The file the operator gives in status.mirror.
+	reg := &stevedorev1.Registry{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "cache"}}
+	hosts := controllers.HostsTOML(reg, stevedorev1.MirrorUpstream{Host: upstream, Endpoint: "http://" + upstream}, "http://"+mirror)
 	if err := os.WriteFile(filepath.Join(dir, "hosts.toml"), []byte(hosts), 0o644); err != nil {
 		t.Fatal(err)
 	}

@@ -2,8 +2,10 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -36,6 +38,18 @@ type upstream struct {
 	counts map[string]int // "GET blobs", "HEAD manifests", …
 	// lie, when set, replaces every blob body with itself (same length).
 	lie []byte
+	// pace, when set, sleeps this long before each write of a blob body.
+	pace time.Duration
+}
+
+type pacedWriter struct {
+	http.ResponseWriter
+	pace time.Duration
+}
+
+func (p pacedWriter) Write(b []byte) (int, error) {
+	time.Sleep(p.pace)
+	return p.ResponseWriter.Write(b)
 }
 
 func newUpstream(t *testing.T, user, pass string) *upstream {
@@ -61,8 +75,11 @@ func newUpstream(t *testing.T, user, pass string) *upstream {
 		}
 		u.mu.Lock()
 		u.counts[r.Method+" "+kind]++
-		lie := u.lie
+		lie, pace := u.lie, u.pace
 		u.mu.Unlock()
+		if pace > 0 && kind == "blobs" && r.Method == http.MethodGet {
+			w = pacedWriter{ResponseWriter: w, pace: pace}
+		}
 		if lie != nil && kind == "blobs" && r.Method == http.MethodGet {
 			w.Header().Set("Content-Length", fmt.Sprint(len(lie)))
 			_, _ = w.Write(lie)
@@ -364,4 +381,41 @@ func TestMirrorNeverStoresUnverifiedBytes(t *testing.T) {
 	up.lie = nil
 	up.mu.Unlock()
 	pullImage(t, m, "app", "1", q, map[digest.Digest][]byte{d: layer})
+}
+
+// TestMirrorFetchOutlivesTheFirstClient: the client whose request started
+// an upstream fetch hangs up early; the fetch goes on, and a client asking
+// meanwhile gets the blob from it, without a second upstream GET.
+func TestMirrorFetchOutlivesTheFirstClient(t *testing.T) {
+	up := newUpstream(t, "", "")
+	config, layer := []byte(`{"v":5}`), randomBytes(2<<20)
+	up.push.pushImage("app", "1", config, layer)
+	up.pace = time.Millisecond // about 64 writes of 32 KiB: 64 ms and more
+	mirrors, bucket := newMirrors(t, 1, mirror.Config{Upstreams: []mirror.Upstream{{Host: up.host(), Endpoint: up.url}}}, nil)
+	m, q := mirrors[0], "?ns="+up.host()
+	d := digest.FromBytes(layer)
+
+	ctx, hangUp := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, "GET", m.url+"/v2/app/blobs/"+d.String()+q, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(resp.Body, make([]byte, 1024)); err != nil {
+		t.Fatal(err)
+	}
+	hangUp()
+	resp.Body.Close()
+
+	second := m.do("GET", "/v2/app/blobs/"+d.String()+q, nil)
+	m.expect(second, http.StatusOK, "")
+	if !bytes.Equal(second.body, layer) {
+		t.Fatalf("second client got %d bytes, not the blob", len(second.body))
+	}
+	if got := up.count("GET blobs"); got != 1 {
+		t.Fatalf("upstream blob GETs: %d, want 1", got)
+	}
+	if len(keys(t, bucket, storage.BlobKey(d))) != 1 {
+		t.Fatal("the blob was not stored")
+	}
 }

@@ -2,8 +2,10 @@ package e2e
 
 import (
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"fmt"
+	"hash"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -477,3 +479,69 @@ func TestMirrorRepositories(t *testing.T) {
 	}
 	t.Logf("kubectl get repositories:\n%s", kubectl(t, env, "get", "repositories", "-n", ns))
 }
+
+// TestMirrorThroughput measures one blob of $MIRROR_BENCH_MIB MiB pulled
+// from the upstream directly, through a cold mirror and from its warm
+// cache (all processes on this machine, file buckets). Skipped unless set.
+func TestMirrorThroughput(t *testing.T) {
+	mib := os.Getenv("MIRROR_BENCH_MIB")
+	if mib == "" {
+		t.Skip("set MIRROR_BENCH_MIB")
+	}
+	var n int
+	if _, err := fmt.Sscan(mib, &n); err != nil || n <= 0 {
+		t.Fatalf("MIRROR_BENCH_MIB=%q", mib)
+	}
+	fast := []string{"--shutdown-delay", "0s"}
+	upstream := startRegistryd(t, "file://"+t.TempDir(), fast...)
+	cfg, _ := json.Marshal(map[string]any{"upstreams": []map[string]any{{"host": upstream.host, "endpoint": upstream.url()}}})
+	m := startRegistryd(t, "file://"+t.TempDir(), append([]string{"--mirror", string(cfg)}, fast...)...)
+
+	// A blob of n MiB, pushed from a file so the test holds no copy.
+	f, err := os.Create(filepath.Join(t.TempDir(), "blob"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := digestWriter()
+	chunk := make([]byte, 1<<20)
+	for i := range n {
+		for j := range chunk {
+			chunk[j] = byte(i*31 + j*7)
+		}
+		_, _ = f.Write(chunk)
+		_, _ = h.Write(chunk)
+	}
+	d := "sha256:" + fmt.Sprintf("%x", h.Sum(nil))
+	if _, err := f.Seek(0, 0); err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequestWithContext(t.Context(), "POST", upstream.url()+"/v2/bench/blobs/uploads/?digest="+d, f)
+	req.ContentLength = int64(n) << 20
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != 201 {
+		t.Fatalf("push: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	f.Close()
+
+	pull := func(u string) float64 {
+		start := time.Now()
+		resp, err := http.Get(u)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %v %v", u, resp, err)
+		}
+		got, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if got != int64(n)<<20 {
+			t.Fatalf("GET %s: %d bytes", u, got)
+		}
+		return float64(got) / (1 << 20) / time.Since(start).Seconds()
+	}
+	direct := pull(upstream.url() + "/v2/bench/blobs/" + d)
+	cold := pull(m.url() + "/v2/bench/blobs/" + d + "?ns=" + upstream.host)
+	warm := pull(m.url() + "/v2/bench/blobs/" + d + "?ns=" + upstream.host)
+	t.Logf("%d MiB: direct %.0f MiB/s, cold mirror %.0f MiB/s (%.0f%%), warm mirror %.0f MiB/s (%.0f%%)",
+		n, direct, cold, 100*cold/direct, warm, 100*warm/direct)
+}
+
+func digestWriter() hash.Hash { return sha256.New() }

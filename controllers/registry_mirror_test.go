@@ -12,9 +12,11 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/utils/ptr"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/internal/testutil"
 )
 
 // TestRegistryMirror: spec.mirror reaches registryd as --mirror, with each
@@ -194,4 +196,41 @@ func jsonEqual(a, b any) bool {
 	x, _ := json.Marshal(a)
 	y, _ := json.Marshal(b)
 	return string(x) == string(y)
+}
+
+// TestMirrorDocExample applies docs/mirror.md's Secret and Registry: the
+// API server takes them, and the status names a hosts.toml per upstream.
+func TestMirrorDocExample(t *testing.T) {
+	ctx := context.Background()
+	doc := testutil.DocYAML(t, "docs/mirror.md")
+	ns := ""
+	for _, kind := range []string{"Secret", "Registry"} {
+		for _, o := range testutil.DocKind(t, doc, kind) {
+			u := &unstructured.Unstructured{}
+			if err := u.UnmarshalJSON(o.JSON); err != nil {
+				t.Fatal(err)
+			}
+			if ns == "" {
+				ns = u.GetNamespace()
+				if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := env.Client.Create(ctx, u); err != nil {
+				t.Fatalf("applying the page's %s %s: %v", kind, u.GetName(), err)
+			}
+			t.Cleanup(func() { _ = env.Client.Delete(ctx, u) })
+		}
+	}
+	eventually(t, "status.mirror of the page's Registry", func() error {
+		var reg v1.Registry
+		if err := get(&reg, ns, "cache"); err != nil {
+			return err
+		}
+		if reg.Status.Mirror == nil || len(reg.Status.Mirror.Hosts) != 3 ||
+			!strings.Contains(reg.Status.Mirror.Hosts[0].HostsTOML, `server = "https://registry-1.docker.io"`) {
+			return errorf("status.mirror %+v", reg.Status.Mirror)
+		}
+		return nil
+	})
 }

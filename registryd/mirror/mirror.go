@@ -185,6 +185,10 @@ func (m *Mirror) ResolveTag(ctx context.Context, rt *Route, tag string) (digest.
 		d, err = m.checkTag(ctx, rt, tag)
 		return err
 	})
+	if errors.Is(err, context.Canceled) && ctx.Err() == nil {
+		// The request that led the check went away; this one has not.
+		d, err = m.checkTag(ctx, rt, tag)
+	}
 	if err == nil && d == "" {
 		// Another request of this process checked it meanwhile.
 		desc, gerr := m.tags.Get(ctx, rt.Local, tag)

@@ -40,6 +40,8 @@ type upstream struct {
 	lie []byte
 	// pace, when set, sleeps this long before each write of a blob body.
 	pace time.Duration
+	// headDelay, when set, delays every manifest HEAD.
+	headDelay time.Duration
 }
 
 type pacedWriter struct {
@@ -75,8 +77,11 @@ func newUpstream(t *testing.T, user, pass string) *upstream {
 		}
 		u.mu.Lock()
 		u.counts[r.Method+" "+kind]++
-		lie, pace := u.lie, u.pace
+		lie, pace, headDelay := u.lie, u.pace, u.headDelay
 		u.mu.Unlock()
+		if headDelay > 0 && kind == "manifests" && r.Method == http.MethodHead {
+			time.Sleep(headDelay)
+		}
 		if pace > 0 && kind == "blobs" && r.Method == http.MethodGet {
 			w = pacedWriter{ResponseWriter: w, pace: pace}
 		}
@@ -417,5 +422,31 @@ func TestMirrorFetchOutlivesTheFirstClient(t *testing.T) {
 	}
 	if len(keys(t, bucket, storage.BlobKey(d))) != 1 {
 		t.Fatal("the blob was not stored")
+	}
+}
+
+// TestMirrorTagCheckOutlivesItsLeader: requests for one tag share one
+// upstream HEAD; when the request leading it goes away, the others still
+// get their answer.
+func TestMirrorTagCheckOutlivesItsLeader(t *testing.T) {
+	up := newUpstream(t, "", "")
+	d := up.push.pushImage("app", "1", []byte(`{"v":6}`), randomBytes(100))
+	up.headDelay = 300 * time.Millisecond
+	mirrors, _ := newMirrors(t, 1, mirror.Config{Upstreams: []mirror.Upstream{{Host: up.host(), Endpoint: up.url}}}, nil)
+	m, q := mirrors[0], "?ns="+up.host()
+
+	ctx, hangUp := context.WithTimeout(t.Context(), 100*time.Millisecond)
+	defer hangUp()
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, "GET", m.url+"/v2/app/manifests/1"+q, nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	time.Sleep(30 * time.Millisecond)
+	resp := m.do("GET", "/v2/app/manifests/1"+q, nil)
+	m.expect(resp, http.StatusOK, "")
+	if resp.header.Get("Docker-Content-Digest") != d.String() {
+		t.Fatalf("got %s, want %s", resp.header.Get("Docker-Content-Digest"), d)
 	}
 }

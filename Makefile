@@ -162,7 +162,7 @@ node-down: ## Stop the node of `make node` and remove everything it made.
 	hack/node.sh down $(NODE_DIR)
 
 .PHONY: conformance
-conformance: ## The OCI conformance suite (1.1 and dev) against registryd: file bucket, mem://, kubernetes tag store (auth off and on), htpasswd auth (basic and bearer), s3, azure, gcs.
+conformance: ## The OCI conformance suite (1.1 and dev) against registryd: file bucket, mem://, kubernetes tag store (auth off and on), htpasswd auth (basic and bearer), with a mirror configured, s3, azure, gcs.
 	$(GOBUILD) -o $(LOCALBIN)/registryd ./registryd
 	REGISTRYD=$(LOCALBIN)/registryd hack/conformance.sh
 

@@ -212,7 +212,7 @@ func RegistrydArgs(reg *v1.Registry) []string {
 	if ttl := redirectTTL(reg); ttl > 0 {
 		args = append(args, "--redirect-ttl="+ttl.String())
 	}
-	return args
+	return append(args, mirrorArgs(reg)...)
 }
 
 // authMode is the Registry's auth mode; an object written before defaulting
@@ -311,7 +311,8 @@ func volumes(reg *v1.Registry) []*corev1ac.VolumeApplyConfiguration {
 	if ref := htpasswdSecret(reg); ref != "" {
 		vs = append(vs, corev1ac.Volume().WithName("htpasswd").WithSecret(corev1ac.SecretVolumeSource().WithSecretName(ref)))
 	}
-	return vs
+	mvs, _ := mirrorVolumes(reg)
+	return append(vs, mvs...)
 }
 
 func volumeMounts(reg *v1.Registry) []*corev1ac.VolumeMountApplyConfiguration {
@@ -330,7 +331,8 @@ func volumeMounts(reg *v1.Registry) []*corev1ac.VolumeMountApplyConfiguration {
 		// rotated Secret, and registryd re-reads it without a restart.
 		ms = append(ms, corev1ac.VolumeMount().WithName("htpasswd").WithMountPath(htpasswdDir).WithReadOnly(true))
 	}
-	return ms
+	_, mms := mirrorVolumes(reg)
+	return append(ms, mms...)
 }
 
 // htpasswdSecret is the Secret of htpasswd entries, in htpasswd mode.

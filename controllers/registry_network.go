@@ -27,6 +27,7 @@ func (r *RegistryReconciler) reconcileService(ctx context.Context, s *registrySc
 	if a := s.reg.Spec.Service.Annotations; len(a) > 0 {
 		svc.WithAnnotations(a)
 	}
+	applied := &corev1.Service{}
 	err := r.apply(ctx, svc.
 		WithLabels(childLabels(s.reg)).
 		WithOwnerReferences(ownerRef(s.reg)).
@@ -34,11 +35,12 @@ func (r *RegistryReconciler) reconcileService(ctx context.Context, s *registrySc
 			WithType(svcType).
 			WithSelector(selectorLabels(s.reg)).
 			WithPorts(corev1ac.ServicePort().WithName("http").WithPort(servicePort(s.reg)).WithTargetPort(intstr.FromString("http")))),
-		&corev1.Service{})
+		applied)
 	if err != nil {
 		return err
 	}
 	s.status.Endpoint = fmt.Sprintf("%s.%s.svc:%d", childName(s.reg), s.reg.Namespace, servicePort(s.reg))
+	s.status.Mirror = mirrorStatus(s.reg, applied)
 	return nil
 }
 

@@ -29,7 +29,11 @@
 # `kubectl create token --audience stevedore.dev/registry/default/team` (the
 # Registry's own audience) that RBAC allows pull, push, delete and list.
 #
-# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube kube-auth htpasswd htpasswd-bearer s3 azure gcs"),
+# Storage "mirror" is "file" with a pull-through mirror configured
+# (docs/mirror.md; its upstream never answers): the registry's own
+# repositories must behave exactly as without one.
+#
+# Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube kube-auth htpasswd htpasswd-bearer mirror s3 azure gcs"),
 #      CONFORMANCE_SPECS ("1.1 dev"), REGISTRYD (binary), STEVEDORE_CACHE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +42,7 @@ version="${CONFORMANCE_VERSION:-v0.0.0-20260831232431-97274622c111}"
 cache="${STEVEDORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stevedore}"
 suite="$cache/tools/oci-conformance-$version"
 registryd="${REGISTRYD:-bin/registryd}"
-storages="${CONFORMANCE_STORAGES:-file mem kube kube-auth htpasswd htpasswd-bearer s3 azure gcs}"
+storages="${CONFORMANCE_STORAGES:-file mem kube kube-auth htpasswd htpasswd-bearer mirror s3 azure gcs}"
 specs="${CONFORMANCE_SPECS:-1.1 dev}"
 
 if [[ ! -x "$suite" ]]; then
@@ -141,6 +145,9 @@ run_one() {
     flags=(); creds=(); regenv=()
     case "$storage" in
       file) url="file://$dir/bucket" ;;
+      mirror)
+        url="file://$dir/bucket"
+        flags=(--mirror '{"upstreams":[{"host":"docker.io","endpoint":"http://127.0.0.1:9"},{"host":"ghcr.io","endpoint":"http://127.0.0.1:9"}]}') ;;
       mem) url="mem://" ;;
       kube) url="kube" ;;
       kube-auth) url="kube-auth" ;; # credentials: a token, once the API server is up

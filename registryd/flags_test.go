@@ -12,6 +12,7 @@ import (
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/controllers"
+	"github.com/stevedore-dev/stevedore/registryd/mirror"
 )
 
 // TestOperatorArgsParse checks that every argument the operator puts in
@@ -82,6 +83,36 @@ func TestOperatorArgsParse(t *testing.T) {
 		{"tls", func(r *v1.Registry) { r.Spec.TLS = &v1.TLSSpec{SecretName: "cert"} }, func(t *testing.T, c config) {
 			if c.tlsCertFile == "" || c.tlsKeyFile == "" {
 				t.Errorf("config %+v", c)
+			}
+		}},
+		{"no mirror by default", nil, func(t *testing.T, c config) {
+			if c.mirror != "" {
+				t.Errorf("--mirror %q without spec.mirror", c.mirror)
+			}
+		}},
+		{"mirror", func(r *v1.Registry) {
+			r.Spec.Mirror = &v1.MirrorSpec{TagTTL: &metav1.Duration{Duration: 90 * time.Second}, Offline: ptr.To(false),
+				Upstreams: []v1.MirrorUpstream{
+					{Host: "docker.io", Repositories: []string{"library/*"}},
+					{Host: "registry.example.com:5000", Endpoint: "http://10.0.0.1:5000",
+						CredentialsSecretRef: &corev1.LocalObjectReference{Name: "creds"},
+						CABundle:             &v1.CABundleSource{ConfigMapKeyRef: &corev1.ConfigMapKeySelector{LocalObjectReference: corev1.LocalObjectReference{Name: "ca"}, Key: "bundle.pem"}}},
+				}}
+		}, func(t *testing.T, c config) {
+			cfg, err := mirror.ParseConfig(c.mirror)
+			if err != nil {
+				t.Fatalf("registryd refuses --mirror %s: %v", c.mirror, err)
+			}
+			if cfg.TagTTL.Duration != 90*time.Second || *cfg.Offline || len(cfg.Upstreams) != 2 {
+				t.Fatalf("config %+v", cfg)
+			}
+			dh, own := cfg.Upstreams[0], cfg.Upstreams[1]
+			if dh.Host != "docker.io" || dh.Endpoint != "https://registry-1.docker.io" || dh.Repositories[0] != "library/*" || dh.UsernameFile != "" || dh.CAFile != "" {
+				t.Errorf("docker.io upstream %+v", dh)
+			}
+			if own.Endpoint != "http://10.0.0.1:5000" || own.UsernameFile != "/etc/stevedore/mirror/1/credentials/username" ||
+				own.PasswordFile != "/etc/stevedore/mirror/1/credentials/password" || own.CAFile != "/etc/stevedore/mirror/1/ca/ca.crt" {
+				t.Errorf("second upstream %+v", own)
 			}
 		}},
 	}

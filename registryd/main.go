@@ -58,6 +58,9 @@ type config struct {
 	uploadLifetime, gcTouchInterval time.Duration
 	// Serve net/http/pprof on --debug-addr.
 	pprof bool
+	// Pull-through cache of other registries (docs/mirror.md): JSON, or
+	// @file.
+	mirror string
 	// HTTP server limits and graceful drain (docs/registryd.md, "Limits
 	// and timeouts").
 	limits serverLimits
@@ -118,6 +121,7 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 	fs.DurationVar(&c.redirectTTL, "redirect-ttl", 0, "answer blob GETs with a redirect to a URL signed for this long, where the storage can sign (0: serve the bytes)")
 	fs.DurationVar(&c.uploadLifetime, "upload-lifetime", 24*time.Hour, "refuse to resume uploads started longer ago (BLOB_UPLOAD_UNKNOWN); registryd gc deletes them after this plus its grace")
 	fs.DurationVar(&c.gcTouchInterval, "gc-touch-interval", time.Minute, "a blob HEAD rewrites a repository link older than this, so garbage collection's grace runs from the HEAD (negative: every HEAD)")
+	fs.StringVar(&c.mirror, "mirror", "", "pull-through cache of other registries: JSON ({\"tagTTL\":\"5m\",\"offline\":true,\"upstreams\":[{\"host\":\"docker.io\"}]}) or @file holding it; see docs/mirror.md (empty: none)")
 	bindLimitFlags(fs, &c.limits)
 }
 
@@ -172,11 +176,15 @@ func run(log *slog.Logger, c config) error {
 	if err != nil {
 		return err
 	}
+	mirrors, err := newMirror(log, c, b, tagStore)
+	if err != nil {
+		return err
+	}
 	handler := withTokenEndpoint(server.New(b, tagStore, &server.Options{
 		MaxManifestBytes: c.maxManifestBytes, Secret: secret, ChunkMinLength: c.chunkMinLength,
 		RedirectTTL: c.redirectTTL, BeforeSign: bucket.BeforeSign(c.storageURL, nil), Logger: log, Registerer: reg, Authorizer: guard,
 		MaxConcurrentRequests: c.limits.maxConcurrentRequests, BodyTimeout: c.limits.bodyTimeout, BodyMinBytes: c.limits.bodyMinBytes,
-		UploadLifetime: c.uploadLifetime, GCTouchInterval: c.gcTouchInterval,
+		UploadLifetime: c.uploadLifetime, GCTouchInterval: c.gcTouchInterval, Mirror: mirrors,
 	}), guard.TokenHandler())
 	if (c.tlsCertFile == "") != (c.tlsKeyFile == "") {
 		return errors.New("--tls-cert-file and --tls-key-file go together")

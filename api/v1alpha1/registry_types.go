@@ -206,6 +206,77 @@ type GCSpec struct {
 	DeleteUntagged bool `json:"deleteUntagged,omitempty"`
 }
 
+// MirrorSpec makes the Registry a pull-through cache of other registries
+// (docs/mirror.md): nodes name it as the mirror of each upstream in
+// containerd's hosts.toml; pulls are served from the Registry's storage,
+// or fetched from the upstream once and kept. Cached content lives in the
+// repositories <host>/<path> (docker.io/library/alpine; a port's ':'
+// becomes '_'), which take no pushes.
+type MirrorSpec struct {
+	// Upstreams are the registries mirrored, each under its host name.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=32
+	// +listType=map
+	// +listMapKey=host
+	Upstreams []MirrorUpstream `json:"upstreams"`
+
+	// TagTTL is how long a cached tag is served before the upstream is
+	// asked again, with a HEAD (which Docker Hub does not count as a
+	// pull). Pulls by digest never ask again.
+	// +kubebuilder:default="5m"
+	// +optional
+	TagTTL *metav1.Duration `json:"tagTTL,omitempty"`
+
+	// Offline serves the cached copy of a tag when the upstream fails or
+	// no longer has it; false answers 503 then, once the TTL is over.
+	// +kubebuilder:default=true
+	// +optional
+	Offline *bool `json:"offline,omitempty"`
+}
+
+// MirrorUpstream is one registry mirrored.
+type MirrorUpstream struct {
+	// Host as containerd names it, the ?ns= of its requests: docker.io,
+	// ghcr.io, registry.example.com:5000.
+	// +kubebuilder:validation:MaxLength=200
+	// +kubebuilder:validation:Pattern=`^[a-z0-9]([a-z0-9.-]*[a-z0-9])?(:[0-9]{1,5})?$`
+	Host string `json:"host"`
+
+	// Endpoint is the upstream's base URL; default https://<host>
+	// (https://registry-1.docker.io for docker.io). http:// is plain HTTP.
+	// +kubebuilder:validation:Pattern=`^https?://[^/?#@]+/?$`
+	// +optional
+	Endpoint string `json:"endpoint,omitempty"`
+
+	// CredentialsSecretRef names a Secret with the keys username and
+	// password registryd pulls from the upstream with. They are mounted
+	// into registryd only, read when it starts (a rotated Secret takes
+	// effect with the next rollout), and never logged or returned.
+	// +optional
+	CredentialsSecretRef *corev1.LocalObjectReference `json:"credentialsSecretRef,omitempty"`
+
+	// CABundle is a PEM bundle trusted for the upstream's TLS, on top of
+	// the system's roots.
+	// +optional
+	CABundle *CABundleSource `json:"caBundle,omitempty"`
+
+	// Repositories are globs (path.Match: * stops at /) of the upstream's
+	// repository names to cache, such as library/*; empty: all. Other
+	// names get 404, so nodes pull them from the upstream directly.
+	// +kubebuilder:validation:MaxItems=64
+	// +optional
+	Repositories []string `json:"repositories,omitempty"`
+}
+
+// CABundleSource is a key of a ConfigMap or of a Secret.
+// +kubebuilder:validation:XValidation:rule="has(self.configMapKeyRef) != has(self.secretKeyRef)",message="caBundle takes exactly one of configMapKeyRef and secretKeyRef"
+type CABundleSource struct {
+	// +optional
+	ConfigMapKeyRef *corev1.ConfigMapKeySelector `json:"configMapKeyRef,omitempty"`
+	// +optional
+	SecretKeyRef *corev1.SecretKeySelector `json:"secretKeyRef,omitempty"`
+}
+
 // ServiceAccountSpec shapes registryd's ServiceAccount.
 type ServiceAccountSpec struct {
 	// Annotations give registryd's pods a cloud identity of their own:
@@ -263,6 +334,10 @@ type RegistrySpec struct {
 
 	// +optional
 	GC *GCSpec `json:"gc,omitempty"`
+
+	// Mirror makes the Registry a pull-through cache of other registries.
+	// +optional
+	Mirror *MirrorSpec `json:"mirror,omitempty"`
 
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
@@ -337,6 +412,31 @@ type RegistryStatus struct {
 	// Storage is what the operator last learned about the bucket.
 	// +optional
 	Storage *StorageStatus `json:"storage,omitempty"`
+	// Mirror tells nodes how to pull through the Registry (spec.mirror).
+	// +optional
+	Mirror *MirrorStatus `json:"mirror,omitempty"`
+}
+
+// MirrorStatus holds what each node's containerd needs to use the
+// Registry as its mirror (docs/mirror.md rolls it out).
+type MirrorStatus struct {
+	// Hosts has one entry per upstream.
+	// +listType=map
+	// +listMapKey=host
+	// +optional
+	Hosts []MirrorHostConfig `json:"hosts,omitempty"`
+}
+
+// MirrorHostConfig is containerd's configuration for one upstream.
+type MirrorHostConfig struct {
+	// Host is the upstream, as in spec.mirror.upstreams.
+	Host string `json:"host"`
+	// Path is where the file goes on each node (config_path
+	// /etc/containerd/certs.d, containerd's default in 2.x).
+	Path string `json:"path"`
+	// HostsTOML is the file: the Registry's Service (ClusterIP, which
+	// kube-proxy serves on every node) first, the upstream after it.
+	HostsTOML string `json:"hostsToml"`
 }
 
 // StorageStatus records the operator's bucket probes, so they are spaced out

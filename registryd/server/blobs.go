@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
+	"github.com/stevedore-dev/stevedore/registryd/mirror"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
 )
 
@@ -19,6 +20,11 @@ func (s *server) getBlob(w http.ResponseWriter, r *http.Request, p pathParams) e
 	if err != nil {
 		return err
 	}
+	if p.mirror != nil && r.Method == http.MethodGet {
+		if done, err := s.getMirroredBlob(w, r, p.mirror, d); done || err != nil {
+			return err
+		}
+	}
 	var info storage.BlobInfo
 	if r.Method == http.MethodHead {
 		// A 200 here lets the client skip the upload: keep the link
@@ -26,6 +32,11 @@ func (s *server) getBlob(w http.ResponseWriter, r *http.Request, p pathParams) e
 		info, err = s.store.StatBlobFresh(r.Context(), p.name, d, s.opts.GCTouchInterval)
 	} else {
 		info, err = s.store.StatBlob(r.Context(), p.name, d)
+	}
+	if p.mirror != nil && errors.Is(err, storage.ErrNotFound) {
+		// A HEAD does not fetch: the upstream's answer is enough.
+		info.Digest = d
+		info.Size, err = s.opts.Mirror.BlobSize(r.Context(), p.mirror, d)
 	}
 	if err != nil {
 		return storageErr(err, errcode.BlobUnknown, d)
@@ -66,6 +77,36 @@ func (s *server) getBlob(w http.ResponseWriter, r *http.Request, p pathParams) e
 	// sees a short read against Content-Length.
 	_, _ = io.Copy(w, rd)
 	return nil
+}
+
+// getMirroredBlob makes blob d of a mirrored repository available, fetching
+// it upstream once however many ask. The request that causes the fetch
+// gets the bytes as they are stored (done true); every other one is then
+// served from the bucket as usual.
+func (s *server) getMirroredBlob(w http.ResponseWriter, r *http.Request, rt *mirror.Route, d digest.Digest) (done bool, err error) {
+	var first func(int64) io.Writer
+	if r.Header.Get("Range") == "" {
+		first = func(size int64) io.Writer {
+			h := w.Header()
+			h.Set("Docker-Content-Digest", d.String())
+			h.Set("Accept-Ranges", "bytes")
+			h.Set("Content-Type", "application/octet-stream")
+			h.Set("Etag", `"`+d.String()+`"`)
+			h.Set("Content-Length", strconv.FormatInt(size, 10))
+			w.WriteHeader(http.StatusOK)
+			return w
+		}
+	}
+	streamed, err := s.opts.Mirror.EnsureBlob(r.Context(), rt, d, first)
+	if streamed && err != nil {
+		// The client has a prefix of bytes that did not verify (nothing
+		// was stored): cut the response short.
+		panic(http.ErrAbortHandler)
+	}
+	if err != nil {
+		return false, storageErr(err, errcode.BlobUnknown, d)
+	}
+	return streamed, nil
 }
 
 // redirect sends the client to a signed URL of blob d when configured and

@@ -12,6 +12,7 @@ import (
 
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
 	"github.com/stevedore-dev/stevedore/registryd/manifest"
+	"github.com/stevedore-dev/stevedore/registryd/mirror"
 	"github.com/stevedore-dev/stevedore/registryd/reference"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
@@ -30,9 +31,15 @@ func parseRef(s string) (reference.Reference, error) {
 }
 
 // resolve returns the digest ref points to in repository name.
-func (s *server) resolve(r *http.Request, name string, ref reference.Reference) (digest.Digest, error) {
+// In a mirrored repository (rt not nil) a tag is checked upstream once its
+// TTL is over.
+func (s *server) resolve(r *http.Request, name string, rt *mirror.Route, ref reference.Reference) (digest.Digest, error) {
 	if ref.Digest != "" {
 		return ref.Digest, nil
+	}
+	if rt != nil {
+		d, err := s.opts.Mirror.ResolveTag(r.Context(), rt, ref.Tag)
+		return d, storageErr(err, errcode.ManifestUnknown, ref.Tag)
 	}
 	desc, err := s.tags.Get(r.Context(), name, ref.Tag)
 	if err != nil {
@@ -46,9 +53,15 @@ func (s *server) getManifest(w http.ResponseWriter, r *http.Request, p pathParam
 	if err != nil {
 		return err
 	}
-	d, err := s.resolve(r, p.name, ref)
+	d, err := s.resolve(r, p.name, p.mirror, ref)
 	if err != nil {
 		return err
+	}
+	if p.mirror != nil {
+		// Cached manifests are never asked for again: digests do not change.
+		if err := s.opts.Mirror.EnsureManifest(r.Context(), p.mirror, d); err != nil {
+			return storageErr(err, errcode.ManifestUnknown, ref.String())
+		}
 	}
 	h := w.Header()
 	if r.Method == http.MethodHead {

@@ -12,6 +12,7 @@ import (
 	specs "github.com/opencontainers/image-spec/specs-go"
 
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
+	"github.com/stevedore-dev/stevedore/registryd/mirror"
 	"github.com/stevedore-dev/stevedore/registryd/reference"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
@@ -37,7 +38,7 @@ func storageErr(err error, notFound errcode.Code, detail any) error {
 		return nil
 	case errors.As(err, &e):
 		return err
-	case errors.Is(err, storage.ErrNotFound), errors.Is(err, tags.ErrNotFound):
+	case errors.Is(err, storage.ErrNotFound), errors.Is(err, tags.ErrNotFound), errors.Is(err, mirror.ErrUpstreamNotFound):
 		return notFound.Wrap(err, detail)
 	case errors.Is(err, storage.ErrDigestMismatch), errors.Is(err, uploads.ErrDigestMismatch):
 		return errcode.DigestInvalid.Wrap(err, detail)
@@ -50,6 +51,9 @@ func storageErr(err error, notFound errcode.Code, detail any) error {
 		return errcode.BlobUploadUnknown.Wrap(err, detail)
 	case errors.Is(err, uploads.ErrInvalidToken):
 		return errcode.BlobUploadInvalid.Wrap(err, detail)
+	case errors.Is(err, mirror.ErrUpstreamUnavailable):
+		// Not worth a retry here: containerd goes on to the next host.
+		return errcode.Unavailable.Wrap(err, "the upstream registry did not answer")
 	case errors.Is(err, storage.ErrUnavailable), errors.Is(err, context.DeadlineExceeded):
 		return &errcode.Error{Code: errcode.Unavailable, RetryAfter: 1, Err: err}
 	}

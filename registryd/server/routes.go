@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	"github.com/stevedore-dev/stevedore/registryd/auth"
+	"github.com/stevedore-dev/stevedore/registryd/mirror"
 )
 
 // endpoint is the shape of a path; the route table pairs it with methods.
@@ -26,6 +27,9 @@ const (
 type pathParams struct {
 	name string // repository name
 	arg  string // manifest reference, blob digest, upload id or subject
+	// mirror is set when the repository caches an upstream (name is then
+	// the local repository, mirror.Local).
+	mirror *mirror.Route
 }
 
 type handlerFunc func(s *server, w http.ResponseWriter, r *http.Request, p pathParams) error

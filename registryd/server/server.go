@@ -20,6 +20,7 @@ import (
 
 	"github.com/stevedore-dev/stevedore/registryd/auth"
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
+	"github.com/stevedore-dev/stevedore/registryd/mirror"
 	"github.com/stevedore-dev/stevedore/registryd/reference"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
@@ -70,6 +71,10 @@ type Options struct {
 	// this writes it again, so the garbage collector's grace period runs
 	// from the HEAD (docs/gc.md). Default 1m; negative: every HEAD.
 	GCTouchInterval time.Duration
+	// Mirror, when set, serves pulls of its upstreams (containerd's ?ns=,
+	// or the path form <host>/<repo>) from the cache or the upstream, and
+	// refuses pushes into their repositories (docs/mirror.md).
+	Mirror *mirror.Mirror
 }
 
 // Authorizer decides whether a request may perform an access; it returns
@@ -253,6 +258,16 @@ func (s *server) dispatch(w http.ResponseWriter, r *http.Request, name *string) 
 	if ep != epBase && ep != epCatalog {
 		if err := reference.ValidateName(p.name); err != nil {
 			return rt.name, errcode.NameInvalid.Wrap(err, p.name)
+		}
+		mrt, err := s.mirrorRoute(r, p.name)
+		if err != nil {
+			return rt.name, err
+		}
+		if mrt != nil {
+			if rt.action == auth.Push {
+				return rt.name, errcode.Denied.With(mrt.Local + " caches " + mrt.Upstream() + ": push to the upstream instead")
+			}
+			p.name, p.mirror = mrt.Local, mrt
 		}
 	}
 	w.Header().Set("Docker-Distribution-API-Version", "registry/2.0")

@@ -264,6 +264,20 @@ type RegistrySpec struct {
 	// +optional
 	GC *GCSpec `json:"gc,omitempty"`
 
+	// ImmutableTags are regular expressions (RE2, anchored at both ends)
+	// naming tags that, once they exist in any repository of this
+	// Registry, can be neither moved, nor deleted, nor removed with their
+	// manifest. A Repository's own spec.immutableTags add to these. They
+	// take effect on running registryd pods within seconds, without a
+	// restart (docs/operator.md says exactly when).
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=256
+	// +kubebuilder:validation:XValidation:rule="self.all(p, ''.matches(p) || !''.matches(p))",message="spec.immutableTags: every entry must be a valid regular expression (RE2 syntax)"
+	// +listType=atomic
+	// +optional
+	ImmutableTags []string `json:"immutableTags,omitempty"`
+
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`
 	// +optional

@@ -15,15 +15,6 @@ const (
 	DeletionDelete DeletionPolicy = "Delete"
 )
 
-// RetentionSpec prunes old tags.
-type RetentionSpec struct {
-	// +kubebuilder:validation:Minimum=1
-	// +optional
-	KeepLast *int32 `json:"keepLast,omitempty"`
-	// +optional
-	MaxAge *metav1.Duration `json:"maxAge,omitempty"`
-}
-
 // RepositorySpec names one OCI repository of a Registry.
 type RepositorySpec struct {
 	// Registry is the name of the Registry in the same namespace.
@@ -38,12 +29,19 @@ type RepositorySpec struct {
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.name is immutable"
 	Name string `json:"name"`
 
-	// ImmutableTags refuses to move a tag once it points at a manifest.
+	// ImmutableTags are regular expressions (RE2, anchored at both ends:
+	// "v[0-9]+[.].*" matches v1.2 but not dev-v1.2) naming tags that, once
+	// they exist, can be neither moved to another manifest, nor deleted,
+	// nor removed with the manifest they point at. They add to the
+	// Registry's spec.immutableTags. Pushing a tag again with the same
+	// manifest is allowed.
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=256
+	// +kubebuilder:validation:XValidation:rule="self.all(p, ''.matches(p) || !''.matches(p))",message="spec.immutableTags: every entry must be a valid regular expression (RE2 syntax)"
+	// +listType=atomic
 	// +optional
-	ImmutableTags bool `json:"immutableTags,omitempty"`
-
-	// +optional
-	Retention *RetentionSpec `json:"retention,omitempty"`
+	ImmutableTags []string `json:"immutableTags,omitempty"`
 
 	// +kubebuilder:default=Retain
 	// +optional

@@ -35,6 +35,7 @@ import (
 	"github.com/stevedore-dev/stevedore/internal/version"
 	"github.com/stevedore-dev/stevedore/registryd/server"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
+	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
 
 type config struct {
@@ -58,6 +59,8 @@ type config struct {
 	uploadLifetime, gcTouchInterval time.Duration
 	// Serve net/http/pprof on --debug-addr.
 	pprof bool
+	// Immutable-tag patterns of the bucket tag store (standalone mode).
+	immutableTags []string
 	// HTTP server limits and graceful drain (docs/registryd.md, "Limits
 	// and timeouts").
 	limits serverLimits
@@ -118,6 +121,13 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 	fs.DurationVar(&c.redirectTTL, "redirect-ttl", 0, "answer blob GETs with a redirect to a URL signed for this long, where the storage can sign (0: serve the bytes)")
 	fs.DurationVar(&c.uploadLifetime, "upload-lifetime", 24*time.Hour, "refuse to resume uploads started longer ago (BLOB_UPLOAD_UNKNOWN); registryd gc deletes them after this plus its grace")
 	fs.DurationVar(&c.gcTouchInterval, "gc-touch-interval", time.Minute, "a blob HEAD rewrites a repository link older than this, so garbage collection's grace runs from the HEAD (negative: every HEAD)")
+	fs.Func("immutable-tags", "standalone mode: a tag matching this regular expression (RE2, matching the whole tag) cannot be moved or deleted once pushed; repeatable; every replica needs the same list (with --registry: the Registry's and Repositories' spec.immutableTags instead)", func(p string) error {
+		if _, err := tags.CompileImmutable(p); err != nil {
+			return err
+		}
+		c.immutableTags = append(c.immutableTags, p)
+		return nil
+	})
 	bindLimitFlags(fs, &c.limits)
 }
 

@@ -59,13 +59,17 @@ var (
 		"clusterrolebindings.rbac.authorization.k8s.io [] [] [create delete get list patch watch]",
 		"clusterroles.rbac.authorization.k8s.io [] [system:auth-delegator] [bind]",
 		"cronjobs.batch [] [] [create delete get list patch watch]",
+		// Retention's in-use protection: list, never watch, every workload.
+		"daemonsets.apps [] [] [list]",
 		"deployments.apps [] [] [create get list patch watch]",
 		"events [] [] [create patch]",
 		"events.events.k8s.io [] [] [create patch]",
 		"ingresses.networking.k8s.io [] [] [create delete get list patch watch]",
+		"jobs.batch [] [] [list]",
 		"namespaces [] [] [get]",
 		"persistentvolumeclaims [] [] [create get list patch watch]",
 		"poddisruptionbudgets.policy [] [] [create delete get list patch watch]",
+		"pods [] [] [list]",
 		"registries.stevedore.dev [] [] [get list patch watch]",
 		"registries.stevedore.dev/finalizers [] [] [update]",
 		"registries.stevedore.dev/status [] [] [patch]",
@@ -76,6 +80,7 @@ var (
 		"secrets [] [] [create get]",
 		"serviceaccounts [] [] [create get list patch watch]",
 		"services [] [] [create get list patch watch]",
+		"statefulsets.apps [] [] [list]",
 	})
 	registrydPermissions = slices.Concat(everyUser, []string{
 		"events [] [] [create patch]",

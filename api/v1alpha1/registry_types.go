@@ -206,6 +206,17 @@ type GCSpec struct {
 	DeleteUntagged bool `json:"deleteUntagged,omitempty"`
 }
 
+// RegistryRetention is the retention of the repositories whose path
+// matches Repositories, unless a Repository has its own.
+type RegistryRetention struct {
+	// Repositories is a glob over repository paths: * within one path
+	// segment, ** across segments ("team/*", "ci/**", "**").
+	// +kubebuilder:validation:MinLength=1
+	Repositories string `json:"repositories"`
+
+	RetentionSpec `json:",inline"`
+}
+
 // ServiceAccountSpec shapes registryd's ServiceAccount.
 type ServiceAccountSpec struct {
 	// Annotations give registryd's pods a cloud identity of their own:
@@ -277,6 +288,14 @@ type RegistrySpec struct {
 	// +listType=atomic
 	// +optional
 	ImmutableTags []string `json:"immutableTags,omitempty"`
+
+	// Retention policies for the repositories, by path: the first entry
+	// whose glob matches a repository applies to it; a Repository's own
+	// spec.retention wins over all of them.
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=atomic
+	// +optional
+	Retention []RegistryRetention `json:"retention,omitempty"`
 
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`

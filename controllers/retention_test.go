@@ -11,7 +11,9 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 
@@ -255,6 +257,12 @@ func TestRetentionRegistryGlob(t *testing.T) {
 	}
 }
 
+// persistent retries conflicts as registryd's group commit does: until
+// it gets through, not four times.
+func persistent() wait.Backoff {
+	return wait.Backoff{Steps: 200, Duration: 5 * time.Millisecond, Factor: 1.5, Jitter: 0.5, Cap: 100 * time.Millisecond}
+}
+
 func bumpRegistry(t *testing.T, ns, name string) {
 	t.Helper()
 	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
@@ -272,7 +280,7 @@ func bumpRegistry(t *testing.T, ns, name string) {
 
 func setRetention(t *testing.T, ns, name string, policy *v1.RetentionSpec, immutable []string) {
 	t.Helper()
-	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+	err := retry.RetryOnConflict(persistent(), func() error {
 		var cur v1.Repository
 		if err := get(&cur, ns, name); err != nil {
 			return err
@@ -308,4 +316,103 @@ func diff(got, want []string) []string {
 		}
 	}
 	return out[:min(len(out), 10)]
+}
+
+// TestRetentionRacesPushes: tags pushed while retention runs (as registryd
+// does: read, add, update with the resourceVersion, retry on conflict)
+// are never lost to retention's own status update, and retention still
+// deletes every tag it should.
+func TestRetentionRacesPushes(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	createRegistry(t, ns, "main", func(r *v1.Registry) { r.Spec.Limits.MaxTagsPerRepository = 1000 })
+	createRepository(t, ns, "app", "main", "app", v1.DeletionRetain)
+	old := time.Now().Add(-30 * 24 * time.Hour)
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var cur v1.Repository
+		if err := get(&cur, ns, "app"); err != nil {
+			return err
+		}
+		for i := range 300 {
+			cur.Status.SetTag(v1.TagStatus{Name: fmt.Sprintf("old-%d", i), Digest: fakeDigest(fmt.Sprintf("old-%d", i)), PushedAt: metav1.NewTime(old)})
+		}
+		return env.Client.Status().Update(ctx, &cur)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const pushes = 100
+	var pushed []string // acknowledged pushes; read after done
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := range pushes {
+			name := fmt.Sprintf("new-%d", i)
+			err := retry.RetryOnConflict(persistent(), func() error {
+				var cur v1.Repository
+				if err := get(&cur, ns, "app"); err != nil {
+					return err
+				}
+				cur.Status.SetTag(v1.TagStatus{Name: name, Digest: fakeDigest(name), PushedAt: metav1.Now()})
+				// And one for retention to delete, so every run deletes
+				// something and writes the tag list.
+				old := fmt.Sprintf("old-x%d", i)
+				cur.Status.SetTag(v1.TagStatus{Name: old, Digest: fakeDigest(old), PushedAt: metav1.NewTime(time.Now().Add(-30 * 24 * time.Hour))})
+				return env.Client.Status().Update(ctx, &cur)
+			})
+			if err == nil {
+				pushed = append(pushed, name) // a client told 201 (registryd answers 503 otherwise)
+			}
+		}
+	}()
+	defer func() { <-done }() // no push outlives the test
+	// Retention runs again on every spec change: several runs race the pushes.
+	for k := 0; ; k++ {
+		select {
+		case <-done:
+		default:
+			// One attempt: a conflict with a push only skips this run.
+			var cur v1.Repository
+			if err := get(&cur, ns, "app"); err != nil {
+				t.Fatal(err)
+			}
+			cur.Spec.Retention = &v1.RetentionSpec{Rules: []v1.RetentionRule{
+				{Tags: []string{"old-.*", "new-.*"}, PushedWithin: &metav1.Duration{Duration: time.Duration(24*60+k) * time.Minute}},
+			}}
+			if err := env.Client.Update(ctx, &cur); err != nil && !apierrors.IsConflict(err) {
+				t.Fatal(err)
+			}
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		t.Logf("%d retention spec changes while %d tags were pushed", k, pushes)
+		break
+	}
+	<-done
+	eventually(t, "retention after the pushes", func() error {
+		var cur v1.Repository
+		if err := get(&cur, ns, "app"); err != nil {
+			return err
+		}
+		olds := 0
+		for _, tg := range cur.Status.Tags {
+			if tg.Name[:4] == "old-" {
+				olds++
+			}
+		}
+		if r := cur.Status.Retention; r == nil || r.ObservedGeneration != cur.Generation || olds != 0 {
+			return fmt.Errorf("%d old tags left, status.retention %+v", olds, r)
+		}
+		var lost []string
+		for _, name := range pushed {
+			if _, ok := cur.Status.FindTag(name); !ok {
+				lost = append(lost, name)
+			}
+		}
+		if len(pushed) < pushes/2 || len(lost) > 0 {
+			t.Fatalf("%d tags acknowledged during retention runs, %d of them lost: %v", len(pushed), len(lost), lost)
+		}
+		t.Logf("%d of %d pushes acknowledged while retention ran, none lost", len(pushed), pushes)
+		return nil
+	})
 }

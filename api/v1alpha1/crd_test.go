@@ -98,6 +98,14 @@ func TestValidationMessages(t *testing.T) {
 			"spec.immutableTags: every entry must be a valid regular expression"},
 		{"registry immutable tag pattern that is no regular expression", newRegistry("badre", func(r *v1.Registry) { r.Spec.ImmutableTags = []string{"ok", "(x"} }),
 			"spec.immutableTags: every entry must be a valid regular expression"},
+		{"retention tag pattern that is no regular expression", newRegistry("badret", func(r *v1.Registry) {
+			r.Spec.Retention = []v1.RegistryRetention{{Repositories: "**", RetentionSpec: v1.RetentionSpec{Rules: []v1.RetentionRule{{Tags: []string{"ci-("}}}}}}
+		}), "retention tags: every entry must be a valid regular expression"},
+		{"retention without rules", func() client.Object {
+			r := newRepository("norules", "x")
+			r.Spec.Retention = &v1.RetentionSpec{}
+			return r
+		}(), "spec.retention.rules"},
 		{"empty immutable tag pattern", withImmutable(newRepository("emptyre", "x"), ""),
 			"spec.immutableTags[0] in body should be at least 1 chars long"},
 	}

@@ -20,6 +20,7 @@ require (
 	github.com/prometheus/client_model v0.6.3
 	gocloud.dev v0.47.0
 	golang.org/x/crypto v0.57.0
+	golang.org/x/mod v0.41.0
 	golang.org/x/oauth2 v0.37.0
 	google.golang.org/api v0.297.0
 	k8s.io/api v0.37.2

@@ -39,6 +39,7 @@ func main() {
 		leaderElectNS  string
 		registrydImage string
 		allowedNets    string
+		retentionEvery time.Duration
 	)
 	flag.StringVar(&metrics.addr, "metrics-bind-address", ":8443", "Address the metrics endpoint binds to; 0 disables it.")
 	flag.BoolVar(&metrics.secure, "metrics-secure", true,
@@ -51,6 +52,7 @@ func main() {
 	flag.StringVar(&registrydImage, "registryd-image", defaultImage(), "Image of registryd when a Registry does not name one; defaults to the operator's own.")
 	flag.StringVar(&allowedNets, "storage-allowed-networks", "",
 		"Comma-separated CIDRs a Registry's storage endpoint may reach although refused by default (loopback, link-local: cloud metadata).")
+	flag.DurationVar(&retentionEvery, "retention-interval", time.Hour, "How often retention runs on each Repository with a policy; a spec change runs it at once.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -84,7 +86,7 @@ func main() {
 		log.Error(err, "invalid --storage-allowed-networks")
 		os.Exit(1)
 	}
-	if err := controllers.SetupWithManager(mgr, controllers.Options{RegistrydImage: registrydImage, StorageAllowedNetworks: nets}); err != nil {
+	if err := controllers.SetupWithManager(mgr, controllers.Options{RegistrydImage: registrydImage, StorageAllowedNetworks: nets, RetentionInterval: retentionEvery}); err != nil {
 		log.Error(err, "unable to set up controllers")
 		os.Exit(1)
 	}

@@ -31,6 +31,9 @@ type Options struct {
 	// endpoint even when the endpoint policy refuses them by default
 	// (loopback, link-local: cloud metadata services). bucket.DialPolicy.
 	StorageAllowedNetworks []netip.Prefix
+	// RetentionInterval spaces retention runs of one Repository (default
+	// 1h); a spec change runs it at once.
+	RetentionInterval time.Duration
 }
 
 // SetupWithManager registers every reconciler with mgr.
@@ -51,6 +54,14 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 		Recorder:    mgr.GetEventRecorder("stevedore-registry"),
 		Options:     opts,
 		credentials: creds,
+	}).SetupWithManager(mgr); err != nil {
+		return err
+	}
+	if err := (&RetentionReconciler{
+		Client:    mgr.GetClient(),
+		APIReader: mgr.GetAPIReader(),
+		Recorder:  mgr.GetEventRecorder("stevedore-retention"),
+		Options:   opts,
 	}).SetupWithManager(mgr); err != nil {
 		return err
 	}

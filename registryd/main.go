@@ -35,6 +35,7 @@ import (
 	"github.com/stevedore-dev/stevedore/internal/version"
 	"github.com/stevedore-dev/stevedore/registryd/server"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
+	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
 
 type config struct {
@@ -61,6 +62,8 @@ type config struct {
 	// Pull-through cache of other registries (docs/mirror.md): JSON, or
 	// @file.
 	mirror string
+	// Immutable-tag patterns of the bucket tag store (standalone mode).
+	immutableTags []string
 	// HTTP server limits and graceful drain (docs/registryd.md, "Limits
 	// and timeouts").
 	limits serverLimits
@@ -122,6 +125,13 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 	fs.DurationVar(&c.uploadLifetime, "upload-lifetime", 24*time.Hour, "refuse to resume uploads started longer ago (BLOB_UPLOAD_UNKNOWN); registryd gc deletes them after this plus its grace")
 	fs.DurationVar(&c.gcTouchInterval, "gc-touch-interval", time.Minute, "a blob HEAD rewrites a repository link older than this, so garbage collection's grace runs from the HEAD (negative: every HEAD)")
 	fs.StringVar(&c.mirror, "mirror", "", "pull-through cache of other registries: JSON ({\"tagTTL\":\"5m\",\"offline\":true,\"upstreams\":[{\"host\":\"docker.io\"}]}) or @file holding it; see docs/mirror.md (empty: none)")
+	fs.Func("immutable-tags", "standalone mode: a tag matching this regular expression (RE2, matching the whole tag) cannot be moved or deleted once pushed; repeatable; every replica needs the same list (with --registry: the Registry's and Repositories' spec.immutableTags instead)", func(p string) error {
+		if _, err := tags.CompileImmutable(p); err != nil {
+			return err
+		}
+		c.immutableTags = append(c.immutableTags, p)
+		return nil
+	})
 	bindLimitFlags(fs, &c.limits)
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"strings"
@@ -21,11 +22,19 @@ import (
 // Registry (--registry), with the bucket journal beneath it; else the bucket.
 // kc is nil exactly when there is no --registry.
 func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket, reg prometheus.Registerer, kc *kubeConn) (tags.Store, error) {
-	journal := tags.NewBucket(b)
 	if kc == nil {
-		log.Info("tags live in the bucket (standalone mode)")
-		return journal, nil
+		rules, err := tags.MustRules("flag --immutable-tags", c.immutableTags)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("tags live in the bucket (standalone mode)", "immutableTags", c.immutableTags)
+		return tags.NewBucketWith(b, tags.BucketOptions{ImmutableTags: rules}), nil
 	}
+	if len(c.immutableTags) > 0 {
+		// One source of rules: the objects, which change without a restart.
+		return nil, errors.New("--immutable-tags is for standalone mode; with --registry, set spec.immutableTags on the Registry or its Repositories")
+	}
+	journal := tags.NewBucket(b)
 	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: kc.cs.EventsV1()})
 	if err := broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
 		return nil, err

@@ -94,6 +94,20 @@ func TestValidationMessages(t *testing.T) {
 			"spec.name must be a valid OCI repository path"},
 		{"repository name with ..", newRepository("dots", "../x"),
 			"spec.name must be a valid OCI repository path"},
+		{"repository immutable tag pattern that is no regular expression", withImmutable(newRepository("badre", "x"), "v[0-9"),
+			"spec.immutableTags: every entry must be a valid regular expression"},
+		{"registry immutable tag pattern that is no regular expression", newRegistry("badre", func(r *v1.Registry) { r.Spec.ImmutableTags = []string{"ok", "(x"} }),
+			"spec.immutableTags: every entry must be a valid regular expression"},
+		{"retention tag pattern that is no regular expression", newRegistry("badret", func(r *v1.Registry) {
+			r.Spec.Retention = []v1.RegistryRetention{{Repositories: "**", RetentionSpec: v1.RetentionSpec{Rules: []v1.RetentionRule{{Tags: []string{"ci-("}}}}}}
+		}), "retention tags: every entry must be a valid regular expression"},
+		{"retention without rules", func() client.Object {
+			r := newRepository("norules", "x")
+			r.Spec.Retention = &v1.RetentionSpec{}
+			return r
+		}(), "spec.retention.rules"},
+		{"empty immutable tag pattern", withImmutable(newRepository("emptyre", "x"), ""),
+			"spec.immutableTags[0] in body should be at least 1 chars long"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -112,6 +126,24 @@ func newRepository(objName, path string) *v1.Repository {
 	return &v1.Repository{
 		ObjectMeta: metav1.ObjectMeta{Name: objName, Namespace: "default"},
 		Spec:       v1.RepositorySpec{Registry: "main", Name: path},
+	}
+}
+
+func withImmutable(r *v1.Repository, patterns ...string) *v1.Repository {
+	r.Spec.ImmutableTags = patterns
+	return r
+}
+
+// TestImmutableTagPatternsAccepted: valid patterns pass the CEL check that
+// refuses invalid ones.
+func TestImmutableTagPatternsAccepted(t *testing.T) {
+	ctx := context.Background()
+	patterns := []string{"latest", "v[0-9]+[.][0-9]+[.][0-9]+", `^release-.*$`, `v\d+(\.\d+)*`, ".*"}
+	if err := env.Client.Create(ctx, withImmutable(newRepository("goodre", "goodre"), patterns...)); err != nil {
+		t.Fatalf("Repository with valid patterns refused: %v", err)
+	}
+	if err := env.Client.Create(ctx, newRegistry("goodre", func(r *v1.Registry) { r.Spec.ImmutableTags = patterns })); err != nil {
+		t.Fatalf("Registry with valid patterns refused: %v", err)
 	}
 }
 

@@ -277,6 +277,17 @@ type CABundleSource struct {
 	SecretKeyRef *corev1.SecretKeySelector `json:"secretKeyRef,omitempty"`
 }
 
+// RegistryRetention is the retention of the repositories whose path
+// matches Repositories, unless a Repository has its own.
+type RegistryRetention struct {
+	// Repositories is a glob over repository paths: * within one path
+	// segment, ** across segments ("team/*", "ci/**", "**").
+	// +kubebuilder:validation:MinLength=1
+	Repositories string `json:"repositories"`
+
+	RetentionSpec `json:",inline"`
+}
+
 // ServiceAccountSpec shapes registryd's ServiceAccount.
 type ServiceAccountSpec struct {
 	// Annotations give registryd's pods a cloud identity of their own:
@@ -338,6 +349,27 @@ type RegistrySpec struct {
 	// Mirror makes the Registry a pull-through cache of other registries.
 	// +optional
 	Mirror *MirrorSpec `json:"mirror,omitempty"`
+	// ImmutableTags are regular expressions (RE2, anchored at both ends)
+	// naming tags that, once they exist in any repository of this
+	// Registry, can be neither moved, nor deleted, nor removed with their
+	// manifest. A Repository's own spec.immutableTags add to these. They
+	// take effect on running registryd pods within seconds, without a
+	// restart (docs/operator.md says exactly when).
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=256
+	// +kubebuilder:validation:XValidation:rule="self.all(p, ''.matches(p) || !''.matches(p))",message="spec.immutableTags: every entry must be a valid regular expression (RE2 syntax)"
+	// +listType=atomic
+	// +optional
+	ImmutableTags []string `json:"immutableTags,omitempty"`
+
+	// Retention policies for the repositories, by path: the first entry
+	// whose glob matches a repository applies to it; a Repository's own
+	// spec.retention wins over all of them.
+	// +kubebuilder:validation:MaxItems=16
+	// +listType=atomic
+	// +optional
+	Retention []RegistryRetention `json:"retention,omitempty"`
 
 	// +optional
 	Resources corev1.ResourceRequirements `json:"resources,omitempty"`

@@ -15,13 +15,83 @@ const (
 	DeletionDelete DeletionPolicy = "Delete"
 )
 
-// RetentionSpec prunes old tags.
+// RetentionSpec deletes the tags its rules select but do not keep. A tag
+// is kept when any rule keeps it, when no rule selects it, when it is
+// immutable, when a workload in the cluster uses it or its digest, and
+// when it points at a digest another kept tag points at. docs/operator.md,
+// "Retention".
 type RetentionSpec struct {
+	// Rules are OR'ed: a tag any of them keeps is kept.
+	// +kubebuilder:validation:MinItems=1
+	// +kubebuilder:validation:MaxItems=32
+	// +listType=atomic
+	Rules []RetentionRule `json:"rules"`
+
+	// DryRun lists in status.retention what a run would delete, and
+	// deletes nothing.
+	// +optional
+	DryRun bool `json:"dryRun,omitempty"`
+}
+
+// RetentionRule selects tags and keeps those of them that meet any of its
+// conditions; a rule with no condition keeps every tag it selects.
+type RetentionRule struct {
+	// Tags are regular expressions (RE2, matching the whole tag) that
+	// select the rule's tags; empty: every tag.
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=256
+	// +kubebuilder:validation:XValidation:rule="self.all(p, ''.matches(p) || !''.matches(p))",message="retention tags: every entry must be a valid regular expression (RE2 syntax)"
+	// +listType=atomic
+	// +optional
+	Tags []string `json:"tags,omitempty"`
+
+	// PushedWithin keeps the selected tags pushed less than this long ago.
+	// +optional
+	PushedWithin *metav1.Duration `json:"pushedWithin,omitempty"`
+
+	// MostRecent keeps the N most recently pushed selected tags.
 	// +kubebuilder:validation:Minimum=1
 	// +optional
-	KeepLast *int32 `json:"keepLast,omitempty"`
+	MostRecent *int32 `json:"mostRecent,omitempty"`
+
+	// HighestSemver keeps the N selected tags with the highest semantic
+	// versions (1.2.3 or v1.2.3; a pre-release sorts below its release);
+	// tags that are no semantic version are not kept by it.
+	// +kubebuilder:validation:Minimum=1
 	// +optional
-	MaxAge *metav1.Duration `json:"maxAge,omitempty"`
+	HighestSemver *int32 `json:"highestSemver,omitempty"`
+}
+
+// RetentionStatus is the outcome of the last retention run.
+type RetentionStatus struct {
+	// LastRunTime is when retention last ran on this repository.
+	LastRunTime metav1.Time `json:"lastRunTime"`
+	// DryRun: the run deleted nothing, and Tags is what it would delete.
+	// +optional
+	DryRun bool `json:"dryRun,omitempty"`
+	// Policy names the policy applied: "Repository" or
+	// "Registry <name> repositories <glob>".
+	// +optional
+	Policy string `json:"policy,omitempty"`
+	// Tags the run deleted (or, in a dry run, would delete), sorted; at
+	// most 1000 names, Count has them all.
+	// +listType=atomic
+	// +optional
+	Tags []string `json:"tags,omitempty"`
+	// Count of the tags deleted or to delete.
+	// +optional
+	Count int32 `json:"count,omitempty"`
+	// ObservedGeneration and RegistryGeneration are the generations of
+	// the Repository and its Registry the run applied: a spec change of
+	// either runs retention again at once.
+	// +optional
+	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// +optional
+	RegistryGeneration int64 `json:"registryGeneration,omitempty"`
+	// Error is why the run failed, if it did (nothing is deleted then).
+	// +optional
+	Error string `json:"error,omitempty"`
 }
 
 // RepositorySpec names one OCI repository of a Registry.
@@ -38,10 +108,21 @@ type RepositorySpec struct {
 	// +kubebuilder:validation:XValidation:rule="self == oldSelf",message="spec.name is immutable"
 	Name string `json:"name"`
 
-	// ImmutableTags refuses to move a tag once it points at a manifest.
+	// ImmutableTags are regular expressions (RE2, anchored at both ends:
+	// "v[0-9]+[.].*" matches v1.2 but not dev-v1.2) naming tags that, once
+	// they exist, can be neither moved to another manifest, nor deleted,
+	// nor removed with the manifest they point at. They add to the
+	// Registry's spec.immutableTags. Pushing a tag again with the same
+	// manifest is allowed.
+	// +kubebuilder:validation:MaxItems=32
+	// +kubebuilder:validation:items:MinLength=1
+	// +kubebuilder:validation:items:MaxLength=256
+	// +kubebuilder:validation:XValidation:rule="self.all(p, ''.matches(p) || !''.matches(p))",message="spec.immutableTags: every entry must be a valid regular expression (RE2 syntax)"
+	// +listType=atomic
 	// +optional
-	ImmutableTags bool `json:"immutableTags,omitempty"`
+	ImmutableTags []string `json:"immutableTags,omitempty"`
 
+	// Retention deletes old tags; it wins over the Registry's.
 	// +optional
 	Retention *RetentionSpec `json:"retention,omitempty"`
 
@@ -75,6 +156,9 @@ type RepositoryStatus struct {
 	Conditions []metav1.Condition `json:"conditions,omitempty"`
 	// +optional
 	ObservedGeneration int64 `json:"observedGeneration,omitempty"`
+	// Retention is the outcome of the last retention run.
+	// +optional
+	Retention *RetentionStatus `json:"retention,omitempty"`
 }
 
 // Repository is one OCI repository of a Registry; its status holds the tags.

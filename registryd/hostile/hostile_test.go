@@ -93,6 +93,8 @@ type clusterOptions struct {
 	// authorizer, if set, gives replica i its own Authorizer, as each pod
 	// has its own guard and throttle.
 	authorizer func(i int) server.Authorizer
+	// bucket configures each replica's bucket tag store (immutable tags).
+	bucket tags.BucketOptions
 	// timeouts, if set, are the header, idle and body deadlines each
 	// replica's server enforces (registryd's --read-header-timeout,
 	// --idle-timeout and --body-timeout); off otherwise.
@@ -144,7 +146,7 @@ func newClusterWith(t *testing.T, backend string, o clusterOptions) *cluster {
 	secret := []byte("hostile shared secret")
 	for i := range 3 {
 		b := open()
-		var store tags.Store = tags.NewBucket(b)
+		var store tags.Store = tags.NewBucketWith(b, o.bucket)
 		if backend == "kube" {
 			store = kubeReplica(t, c.namespace, store)
 		}
@@ -838,4 +840,89 @@ func TestSlowloris(t *testing.T) {
 		t.Errorf("%d upload parts left after the storm (first %s)", len(parts), parts[0])
 	}
 	c.finish("slowloris", n)
+}
+
+// TestImmutableDeleteRePush: with --immutable-tags, a client tries to move
+// an immutable tag by deleting it (by tag, and by the digest it points at)
+// while pushing another image under it, each on another replica; and two
+// clients race the first push of an immutable tag. Every removal and move
+// is refused with DENIED; of the racing first pushes exactly one wins; the
+// tag resolves to the same digest on every replica, and its manifest is
+// still there.
+func TestImmutableDeleteRePush(t *testing.T) {
+	rules, err := tags.MustRules("flag --immutable-tags", []string{"v[0-9]+.*"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, backend := range backends {
+		t.Run(backend, func(t *testing.T) {
+			c := newClusterWith(t, backend, clusterOptions{bucket: tags.BucketOptions{ImmutableTags: rules}})
+			n := iterations(t, 100)
+			var moved, races atomic.Int64
+			resolve := func(replica int, repo, tag string) digest.Digest {
+				a := c.do(replica, "HEAD", "/v2/"+repo+"/manifests/"+tag, nil, "Accept", ocispec.MediaTypeImageManifest)
+				return digest.Digest(a.header.Get("Docker-Content-Digest"))
+			}
+			denied := func(a answer, what string) {
+				if a.status != 403 || !bytes.Contains(a.body, []byte(`"code":"DENIED"`)) || !bytes.Contains(a.body, []byte("is immutable")) {
+					moved.Add(1)
+					t.Errorf("%s: %d %s, want 403 DENIED", what, a.status, bytes.TrimSpace(a.body))
+				}
+			}
+			parallel(n, 6, func(i int) {
+				repo := fmt.Sprintf("race/immutable%d", i%3)
+				tag := fmt.Sprintf("v%d", i)
+				a, ad, ok := c.pushImage(i, repo, []byte(fmt.Sprintf(`{"a":%d,"rand":%q}`, i, random(8))))
+				b, bd, okB := c.pushImage(i+1, repo, []byte(fmt.Sprintf(`{"b":%d,"rand":%q}`, i, random(8))))
+				if !ok || !okB || !c.must(c.do(i, "PUT", "/v2/"+repo+"/manifests/"+tag, a, "Content-Type", ocispec.MediaTypeImageManifest), 201, "first push") {
+					return
+				}
+				var delTag, delDigest, rePush answer
+				var wg sync.WaitGroup
+				wg.Go(func() { delTag = c.do(i+1, "DELETE", "/v2/"+repo+"/manifests/"+tag, nil) })
+				wg.Go(func() { delDigest = c.do(i+2, "DELETE", "/v2/"+repo+"/manifests/"+ad.String(), nil) })
+				wg.Go(func() {
+					rePush = c.do(i, "PUT", "/v2/"+repo+"/manifests/"+tag, b, "Content-Type", ocispec.MediaTypeImageManifest)
+				})
+				wg.Wait()
+				denied(delTag, "DELETE by tag")
+				denied(delDigest, "DELETE by digest")
+				denied(rePush, "push of another image under the tag")
+
+				// Racing first pushes of a new immutable tag.
+				race := tag + "-race"
+				var first [2]answer
+				for k, m := range [][]byte{a, b} {
+					wg.Go(func() {
+						first[k] = c.do(i+k, "PUT", "/v2/"+repo+"/manifests/"+race, m, "Content-Type", ocispec.MediaTypeImageManifest)
+					})
+				}
+				wg.Wait()
+				var want digest.Digest
+				switch {
+				case first[0].status == 201 && first[1].status == 403:
+					want = ad
+				case first[1].status == 201 && first[0].status == 403:
+					want = bd
+				default:
+					moved.Add(1)
+					t.Errorf("racing first pushes of %s: %d and %d, want one 201 and one 403", race, first[0].status, first[1].status)
+				}
+				races.Add(1)
+				for r := range 3 {
+					if got := resolve(r, repo, tag); got != ad {
+						moved.Add(1)
+						t.Errorf("replica %d resolves %s:%s to %s, want %s", r, repo, tag, got, ad)
+					}
+					if got := resolve(r, repo, race); want != "" && got != want {
+						moved.Add(1)
+						t.Errorf("replica %d resolves %s:%s to %s, the winner pushed %s", r, repo, race, got, want)
+					}
+					c.must(c.do(r, "GET", "/v2/"+repo+"/manifests/"+ad.String(), nil, "Accept", ocispec.MediaTypeImageManifest), 200, "GET the immutable tag's manifest by digest")
+				}
+			})
+			t.Logf("%d immutable tags attacked by delete+re-push, %d moved or removed; %d first-push races", n, moved.Load(), races.Load())
+			c.finish("immutable delete+re-push", n)
+		})
+	}
 }

@@ -3,9 +3,14 @@ package storage
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
+	"path/filepath"
 
 	"gocloud.dev/blob"
 )
@@ -136,4 +141,53 @@ func (g *guardedReader) fail(err error) error {
 	g.err = err
 	g.cancel(err)
 	return err
+}
+
+// CreateSmall writes content to key only if no object has that key,
+// atomically against every other writer, and answers ErrExists otherwise.
+// Object stores do it with a conditional write (IfNotExist). fileblob's
+// IfNotExist is a stat before a rename, under a lock of the one writer, so
+// two writers can both pass it; on a local directory the content is staged
+// under TempPrefix and hard-linked to key instead: link(2) fails when the
+// name exists, across processes and pods sharing the volume.
+func CreateSmall(ctx context.Context, local *SmallReader, key string, content []byte, opts *blob.WriterOptions) error {
+	o := *withContentType(opts)
+	o.IfNotExist = true
+	var dirInfo os.FileInfo
+	if !local.bucket.As(&dirInfo) || !plainKey(key) {
+		return WriteSmall(ctx, local.bucket, key, content, &o)
+	}
+	var suffix [12]byte
+	_, _ = rand.Read(suffix[:])
+	tmp := TempPrefix + "create-" + hex.EncodeToString(suffix[:])
+	o.IfNotExist = false
+	if err := WriteSmallDurable(ctx, local, tmp, content, &o); err != nil {
+		return err
+	}
+	// Removed whatever happens; one a crash leaves is swept by the
+	// garbage collector with the other temp files.
+	defer func() { _ = local.bucket.Delete(context.WithoutCancel(ctx), tmp) }()
+	root := local.learnedRoot()
+	if root == "" {
+		rd, err := local.bucket.NewReader(ctx, tmp, nil)
+		if err != nil {
+			return classify(err, tmp)
+		}
+		local.learn(rd, tmp)
+		_ = rd.Close()
+		if root = local.learnedRoot(); root == "" {
+			return fmt.Errorf("%s: cannot find the bucket's directory for an exclusive create", key)
+		}
+	}
+	dst := root + filepath.FromSlash(key)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o777); err != nil {
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	if err := os.Link(root+filepath.FromSlash(tmp), dst); err != nil {
+		if errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("%s: %w", key, ErrExists)
+		}
+		return fmt.Errorf("%s: %w", key, err)
+	}
+	return local.SyncDir(ctx, key)
 }

@@ -19,12 +19,29 @@ import (
 // target's descriptor JSON. It is the standalone tag store and, in cluster
 // mode, the journal written before the Repository status.
 type Bucket struct {
-	bucket *blob.Bucket
-	reader *storage.SmallReader // tag reads: straight from the file on file://
+	bucket    *blob.Bucket
+	reader    *storage.SmallReader // tag reads: straight from the file on file://
+	immutable ImmutableRules
+}
+
+// BucketOptions configure a bucket tag store.
+type BucketOptions struct {
+	// ImmutableTags are enforced by the store (standalone mode, from
+	// --immutable-tags): a matching tag is created with a conditional
+	// write, so of racing first pushes exactly one wins, and is never
+	// moved or deleted afterwards. Every replica must be given the same
+	// rules. The journal beneath the kubernetes store has none: status
+	// decides there.
+	ImmutableTags ImmutableRules
 }
 
 // NewBucket returns the bucket tag store over b.
-func NewBucket(b *blob.Bucket) *Bucket { return &Bucket{bucket: b, reader: storage.NewSmallReader(b)} }
+func NewBucket(b *blob.Bucket) *Bucket { return NewBucketWith(b, BucketOptions{}) }
+
+// NewBucketWith returns the bucket tag store over b with opts.
+func NewBucketWith(b *blob.Bucket, opts BucketOptions) *Bucket {
+	return &Bucket{bucket: b, reader: storage.NewSmallReader(b), immutable: opts.ImmutableTags}
+}
 
 var _ Store = (*Bucket)(nil)
 
@@ -48,13 +65,54 @@ func (s *Bucket) Put(ctx context.Context, repo, tag string, desc ocispec.Descrip
 	if err != nil {
 		return err
 	}
-	if err := storage.WriteSmallDurable(ctx, s.reader, storage.TagKey(repo, tag), b, &blob.WriterOptions{ContentType: "application/json"}); err != nil {
+	opts := &blob.WriterOptions{ContentType: "application/json"}
+	if rule, ok := s.immutable.Match(tag); ok {
+		return s.create(ctx, repo, tag, desc, rule, b, opts)
+	}
+	if err := storage.WriteSmallDurable(ctx, s.reader, storage.TagKey(repo, tag), b, opts); err != nil {
 		return fmt.Errorf("writing tag %s:%s: %w", repo, tag, err)
 	}
 	return nil
 }
 
+// create writes an immutable tag only if it does not exist; if it does,
+// the push succeeds only when it names the same manifest.
+func (s *Bucket) create(ctx context.Context, repo, tag string, desc ocispec.Descriptor, rule ImmutableRule, b []byte, opts *blob.WriterOptions) error {
+	err := storage.CreateSmall(ctx, s.reader, storage.TagKey(repo, tag), b, opts)
+	if !errors.Is(err, storage.ErrExists) {
+		if err != nil {
+			return fmt.Errorf("writing tag %s:%s: %w", repo, tag, err)
+		}
+		return nil
+	}
+	cur, err := s.Get(ctx, repo, tag)
+	if err != nil {
+		return err
+	}
+	if cur.Digest != desc.Digest {
+		return ErrImmutable(tag, rule, cur.Digest, ActionOverwritten)
+	}
+	return nil
+}
+
+// refuseImmutable is the refusal to remove tag when a rule covers it (nil
+// when none does, or the tag does not exist).
+func (s *Bucket) refuseImmutable(ctx context.Context, repo, tag, action string) error {
+	rule, ok := s.immutable.Match(tag)
+	if !ok {
+		return nil
+	}
+	cur, err := s.Get(ctx, repo, tag)
+	if err != nil {
+		return err
+	}
+	return ErrImmutable(tag, rule, cur.Digest, action)
+}
+
 func (s *Bucket) Delete(ctx context.Context, repo, tag string) error {
+	if err := s.refuseImmutable(ctx, repo, tag, ActionDeleted); err != nil {
+		return err
+	}
 	err := s.bucket.Delete(ctx, storage.TagKey(repo, tag))
 	if gcerrors.Code(err) == gcerrors.NotFound {
 		return fmt.Errorf("%s:%s: %w", repo, tag, ErrNotFound)
@@ -93,6 +151,31 @@ var _ DigestUntagger = (*Bucket)(nil)
 // reads each tag object itself (no cache); a tag written to d after the
 // listing is the manifest PUT's to reconcile (it re-checks the manifest
 // after writing its tags).
+//
+// When an immutable tag points at d it removes none and answers DENIED
+// (Delete refuses it again, should one be pushed meanwhile).
 func (s *Bucket) UntagDigest(ctx context.Context, repo string, d digest.Digest) ([]string, error) {
+	if len(s.immutable) > 0 {
+		all, err := s.List(ctx, repo, 0, "")
+		if err != nil {
+			return nil, err
+		}
+		for _, t := range all {
+			rule, ok := s.immutable.Match(t)
+			if !ok {
+				continue
+			}
+			desc, err := s.Get(ctx, repo, t)
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return nil, err
+			}
+			if desc.Digest == d {
+				return nil, ErrImmutable(t, rule, d, ActionUntagged)
+			}
+		}
+	}
 	return UntagAll(ctx, s, repo, d)
 }

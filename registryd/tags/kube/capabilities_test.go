@@ -54,7 +54,7 @@ func TestUntagDigest(t *testing.T) {
 			x, gate := frozenReplica(t, reg, j)
 			y := replica(t, reg, j)
 			if tc.immutable {
-				createRepository(t, reg, "app", true)
+				createRepository(t, reg, "app", ".*")
 			}
 			tc.setup(t, x, y)
 			if tc.frozen {
@@ -63,7 +63,7 @@ func TestUntagDigest(t *testing.T) {
 			}
 			removed, err := x.UntagDigest(ctx, "app", one)
 			if tc.wantDenied {
-				wantDenied(t, err, "immutableTags: true")
+				wantDenied(t, err, `tag "a" is immutable (rule ".*" of Repository main.app-`)
 			} else if err != nil {
 				t.Fatal(err)
 			}
@@ -96,7 +96,7 @@ func TestRepositoryExists(t *testing.T) {
 	if ok, err := s.RepositoryExists(ctx, "app"); err != nil || ok {
 		t.Fatalf("before: %v, %v", ok, err)
 	}
-	createRepository(t, reg, "app", false)
+	createRepository(t, reg, "app")
 	before := s.LiveReads()
 	if ok, err := s.RepositoryExists(ctx, "app"); err != nil || !ok {
 		t.Fatalf("just created: %v, %v", ok, err)

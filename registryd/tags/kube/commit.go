@@ -29,7 +29,9 @@ type change struct {
 	// apply edits repo and reports whether it changed it, and which tags
 	// the journal must then mirror from status (none when it refuses); err
 	// is meant for this request alone (immutable tag, limit, not found).
-	apply func(repo *v1.Repository, reg *v1.Registry) (changed bool, journal []string, err error)
+	// It calls rules for the immutable-tag rules whenever it is about to
+	// move or remove a tag that exists (see round).
+	apply func(repo *v1.Repository, reg *v1.Registry, rules func() tags.ImmutableRules) (changed bool, journal []string, err error)
 	// create allows creating the Repository (pushes, not deletes).
 	create bool
 	done   chan error
@@ -118,6 +120,13 @@ func (s *Store) drain(path string) {
 // be refused, so the round is run again on a live read.
 var errUndecided = errors.New("decided on the cache alone")
 
+// errRegistryStale: a round consulted the immutable-tag rules while the
+// Registry it holds came from the cache. The Repository's own rules are
+// covered by its status update's resourceVersion check (spec and status
+// share it), the Registry's are not, so the round is run again with the
+// Registry read live before anything is written.
+var errRegistryStale = errors.New("immutable-tag rules read from the cached Registry")
+
 // write applies a batch to the Repository of path in one status update,
 // then mirrors into the journal the tags that update (or a live read) made
 // final. On a conflict it re-reads live and re-applies, until the commit
@@ -141,11 +150,12 @@ func (s *Store) write(ctx context.Context, path string, batch []*change) (*v1.Re
 	delay := time.Millisecond
 	live := false
 	for attempt := 0; ; attempt++ {
-		repo, err := s.round(ctx, path, batch, reg, live)
+		repo, err := s.round(ctx, path, batch, reg, live, regLive)
 		live = true
 		// A refusal may rest on the cached Registry too (its tag limit,
-		// autoCreateRepositories): decide it again on the live one.
-		if !regLive && (errors.Is(err, errUndecided) && refused(batch) || isStoreError(err)) {
+		// autoCreateRepositories), and so may moving or removing a tag
+		// (its immutable-tag rules): decide it again on the live one.
+		if !regLive && (errors.Is(err, errUndecided) && refused(batch) || isStoreError(err) || errors.Is(err, errRegistryStale)) {
 			if reg, err = s.liveRegistry(ctx); err != nil {
 				return nil, err
 			}
@@ -182,7 +192,10 @@ func (s *Store) write(ctx context.Context, path string, batch []*change) (*v1.Re
 // round is one read-apply-update round; live forces a read from the API
 // server. A round on cached data stands only if its status update passes
 // the resourceVersion check; one that would write nothing is errUndecided.
-func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1.Registry, live bool) (*v1.Repository, error) {
+// regLive says reg was read from the API server in this write; a round
+// that consults the immutable-tag rules on a cached Registry is
+// errRegistryStale.
+func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1.Registry, live, regLive bool) (*v1.Repository, error) {
 	known, err := s.cached(ctx, path)
 	if err != nil {
 		return nil, err
@@ -205,11 +218,18 @@ func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1
 			return nil, err
 		}
 	}
-	changed := false
+	changed, consulted := false, false
+	rules := func() tags.ImmutableRules {
+		consulted = true
+		return s.immutableRules(repo, reg)
+	}
 	for _, c := range batch {
 		var did bool
-		did, c.journal, c.err = c.apply(repo, reg)
+		did, c.journal, c.err = c.apply(repo, reg, rules)
 		changed = changed || did
+	}
+	if consulted && !regLive {
+		return nil, errRegistryStale
 	}
 	if !changed {
 		if fromCache {

@@ -24,7 +24,7 @@ func TestDeleteManifestWithImmutableTag(t *testing.T) {
 	bucket := memblob.OpenBucket(nil)
 	t.Cleanup(func() { bucket.Close() })
 	s := replica(t, reg, tags.NewBucket(bucket))
-	createRepository(t, reg, "app", true)
+	createRepository(t, reg, "app", ".*")
 	srv := httptest.NewServer(server.New(bucket, s, &server.Options{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}))
 	t.Cleanup(srv.Close)
 	config := pushBlob(t, srv.URL, "app", []byte("{}"))

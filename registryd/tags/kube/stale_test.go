@@ -57,7 +57,7 @@ func TestStaleCacheNeverDecides(t *testing.T) {
 			mustPut(t, x, "app", "c", "c") // room for it: a limit refusal must be decided live
 		}, map[string]string{"a": a, "c": c}},
 		{"immutable refusal leaves no journal entry", nil, func(t *testing.T, reg *v1.Registry, x, y *kube.Store, freeze func(), _ tags.Store) {
-			createRepository(t, reg, "app", true)
+			createRepository(t, reg, "app", ".*")
 			mustPut(t, y, "app", "other", "c")
 			cachedSees(t, x, "app", "other", c)
 			freeze()
@@ -161,9 +161,9 @@ func TestImmutableTagDelete(t *testing.T) {
 	reg := newRegistry(t, nil)
 	j := journal(t)
 	s := replica(t, reg, j)
-	createRepository(t, reg, "app", true)
+	createRepository(t, reg, "app", ".*")
 	mustPut(t, s, "app", "v1", "one")
-	wantDenied(t, s.Delete(ctx, "app", "v1"), "immutableTags: true")
+	wantDenied(t, s.Delete(ctx, "app", "v1"), `tag "v1" is immutable (rule ".*" of Repository main.app-`)
 	wantDenied(t, s.Put(ctx, "app", "v1", desc("two")), "immutable")
 	want := map[string]string{"v1": desc("one").Digest.String()}
 	if got := statusTags(t, reg, "app"); !equalMaps(got, want) {

@@ -58,6 +58,7 @@ type Store struct {
 	liveReads prometheus.Counter
 	conflicts prometheus.Counter
 	committer committer
+	patterns  tags.Patterns // compiled immutable-tag patterns
 
 	ownMu sync.Mutex
 	own   map[string]ownWrite // by path: this replica's last write, until the cache has it

@@ -153,9 +153,9 @@ func TestRegistryRules(t *testing.T) {
 		message string
 	}{
 		{"immutable tag", nil, func(t *testing.T, reg *v1.Registry, s tags.Store) {
-			createRepository(t, reg, "app", true)
+			createRepository(t, reg, "app", ".*")
 			mustPut(t, s, "app", "v1", "one")
-		}, "v1", errcode.Denied, "tag v1 of repository app is immutable"},
+		}, "v1", errcode.Denied, `tag "v1" is immutable (rule ".*" of Repository main.app-`},
 		{"tag limit", func(r *v1.Registry) { r.Spec.Limits.MaxTagsPerRepository = 2 }, func(t *testing.T, reg *v1.Registry, s tags.Store) {
 			mustPut(t, s, "app", "a", "one")
 			mustPut(t, s, "app", "b", "two")
@@ -180,13 +180,13 @@ func TestRegistryRules(t *testing.T) {
 	t.Run("immutable tag may be pushed again unchanged", func(t *testing.T) {
 		reg := newRegistry(t, nil)
 		s := replica(t, reg, journal(t))
-		createRepository(t, reg, "app", true)
+		createRepository(t, reg, "app", ".*")
 		mustPut(t, s, "app", "v1", "one")
 		mustPut(t, s, "app", "v1", "one")
 	})
 }
 
-func createRepository(t *testing.T, reg *v1.Registry, path string, immutable bool) {
+func createRepository(t *testing.T, reg *v1.Registry, path string, immutable ...string) {
 	t.Helper()
 	repo := &v1.Repository{
 		ObjectMeta: metav1.ObjectMeta{Name: v1.RepositoryObjectName(reg.Name, path), Namespace: reg.Namespace},

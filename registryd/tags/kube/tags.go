@@ -69,16 +69,17 @@ func (s *Store) List(ctx context.Context, path string, n int, last string) ([]st
 // follows once status has the tag (see mirror).
 func (s *Store) Put(ctx context.Context, path, tag string, desc ocispec.Descriptor) error {
 	entry := v1.TagStatus{Name: tag, Digest: desc.Digest.String(), MediaType: desc.MediaType, Size: desc.Size, PushedAt: metav1.Now()}
-	repo, err := s.commit(ctx, path, &change{create: true, apply: func(repo *v1.Repository, reg *v1.Registry) (bool, []string, error) {
+	repo, err := s.commit(ctx, path, &change{create: true, apply: func(repo *v1.Repository, reg *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
 		old, exists := repo.Status.FindTag(tag)
 		if exists && old.Digest == entry.Digest {
 			// Nothing to change, but the journal is written again: this may
 			// be the retry of a push whose journal write failed.
 			return false, []string{tag}, nil
 		}
-		if exists && repo.Spec.ImmutableTags {
-			return false, nil, errcode.Denied.With(fmt.Sprintf("tag %s of repository %s is immutable (Repository %s has immutableTags: true) and points at %s",
-				tag, path, repo.Name, old.Digest))
+		if exists {
+			if rule, ok := rules().Match(tag); ok {
+				return false, nil, tags.ErrImmutable(tag, rule, digest.Digest(old.Digest), tags.ActionOverwritten)
+			}
 		}
 		if limit := reg.Spec.Limits.MaxTagsPerRepository; !exists && limit > 0 && int32(len(repo.Status.Tags)) >= limit {
 			return false, nil, errcode.Denied.With(fmt.Sprintf("repository %s holds %d tags, the limit of Registry %s (spec.limits.maxTagsPerRepository): delete tags or raise the limit",
@@ -93,29 +94,34 @@ func (s *Store) Put(ctx context.Context, path, tag string, desc ocispec.Descript
 	return err
 }
 
+// immutableRules are the immutable-tag rules that hold in repo: its
+// own and its Registry's.
+func (s *Store) immutableRules(repo *v1.Repository, reg *v1.Registry) tags.ImmutableRules {
+	own := s.patterns.Rules("Repository "+repo.Name, repo.Spec.ImmutableTags)
+	return append(own, s.patterns.Rules("Registry "+reg.Name, reg.Spec.ImmutableTags)...)
+}
+
 // EnsureRepository creates the Repository of path unless it exists (a push
 // by digest); through the group commit. That it exists is decided live.
 func (s *Store) EnsureRepository(ctx context.Context, path string) error {
-	_, err := s.commit(ctx, path, &change{create: true, apply: func(*v1.Repository, *v1.Registry) (bool, []string, error) {
+	_, err := s.commit(ctx, path, &change{create: true, apply: func(*v1.Repository, *v1.Registry, func() tags.ImmutableRules) (bool, []string, error) {
 		return false, nil, nil
 	}})
 	return err
 }
 
-// Delete removes a tag from the status, then from the journal. A tag of a
-// repository with immutable tags cannot be deleted: delete and push again
-// would move it.
+// Delete removes a tag from the status, then from the journal. An
+// immutable tag cannot be deleted: delete and push again would move it.
 func (s *Store) Delete(ctx context.Context, path, tag string) error {
-	repo, err := s.commit(ctx, path, &change{apply: func(repo *v1.Repository, _ *v1.Registry) (bool, []string, error) {
+	repo, err := s.commit(ctx, path, &change{apply: func(repo *v1.Repository, _ *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
 		old, exists := repo.Status.FindTag(tag)
 		if !exists {
 			// The journal entry goes too: the retry of a delete whose
 			// journal write failed.
 			return false, []string{tag}, tags.ErrNotFound
 		}
-		if repo.Spec.ImmutableTags {
-			return false, nil, errcode.Denied.With(fmt.Sprintf("tag %s of repository %s is immutable (Repository %s has immutableTags: true) and points at %s: it cannot be deleted",
-				tag, path, repo.Name, old.Digest))
+		if rule, ok := rules().Match(tag); ok {
+			return false, nil, tags.ErrImmutable(tag, rule, digest.Digest(old.Digest), tags.ActionDeleted)
 		}
 		repo.Status.RemoveTag(tag)
 		return true, []string{tag}, nil
@@ -131,10 +137,10 @@ var _ tags.DigestUntagger = (*Store)(nil)
 
 // UntagDigest removes every tag of path that points at d in one status
 // update decided on live state, then from the journal, and returns the
-// tags it removed (none when the repository does not exist). With
-// immutable tags it removes none and answers DENIED.
+// tags it removed (none when the repository does not exist). When an
+// immutable tag points at d it removes none and answers DENIED.
 func (s *Store) UntagDigest(ctx context.Context, path string, d digest.Digest) ([]string, error) {
-	c := &change{apply: func(repo *v1.Repository, _ *v1.Registry) (bool, []string, error) {
+	c := &change{apply: func(repo *v1.Repository, _ *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
 		var names []string
 		for _, t := range repo.Status.Tags {
 			if t.Digest == d.String() {
@@ -144,9 +150,11 @@ func (s *Store) UntagDigest(ctx context.Context, path string, d digest.Digest) (
 		if len(names) == 0 {
 			return false, nil, nil
 		}
-		if repo.Spec.ImmutableTags {
-			return false, nil, errcode.Denied.With(fmt.Sprintf("manifest %s is tagged %s in repository %s, whose tags are immutable (Repository %s has immutableTags: true): it cannot be untagged",
-				d, strings.Join(names, ", "), path, repo.Name))
+		rs := rules()
+		for _, name := range names {
+			if rule, ok := rs.Match(name); ok {
+				return false, nil, tags.ErrImmutable(name, rule, d, tags.ActionUntagged)
+			}
 		}
 		for _, name := range names {
 			repo.Status.RemoveTag(name)

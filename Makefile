@@ -99,7 +99,7 @@ test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, co
 	go vet ./...; phase "go vet"; \
 	go test -count=1 -timeout 30m $$(go list ./... | grep -v '/registryd'); phase "go test (operator, envtest, generated code)"; \
 	go test -race -count=1 -timeout 30m $$(go list ./registryd/... | grep -vE '/registryd/(hostile|e2e)$$'); phase "go test -race registryd (unit, envtest)"; \
-	go test -count=1 -timeout 30m ./registryd/e2e/; phase "registryd e2e with real clients (registryd processes built with -race)"; \
+	go test -count=1 -timeout 30m -parallel 3 ./registryd/e2e/; phase "registryd e2e with real clients (registryd processes built with -race)"; \
 	go test -race -count=1 -timeout 30m -v ./registryd/hostile/ | grep -E '^(--- |    --- |ok|FAIL|PASS)|hostile_test.go'; phase "adversarial suite (-race, 3 replicas, file and versitygw)"; \
 	$(MAKE) --no-print-directory fuzz; phase "fuzz"; \
 	wait $$node_assets || { cat "$$node_log"; exit 1; }; phase "node components (built in the background since the envtest assets)"; \

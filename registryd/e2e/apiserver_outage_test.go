@@ -30,6 +30,7 @@ import (
 // API server is back the same process takes pushes again, and every tag
 // from before is there.
 func TestAPIServerOutage(t *testing.T) {
+	t.Parallel()
 	outage := 10 * time.Second
 	if s := os.Getenv("E2E_API_OUTAGE"); s != "" {
 		d, err := time.ParseDuration(s)

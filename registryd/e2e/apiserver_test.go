@@ -26,6 +26,7 @@ import (
 // and tag requests are 503; once the API server answers, /readyz turns 200
 // and a push by tag works, with no restart.
 func TestStartsBeforeAPIServer(t *testing.T) {
+	t.Parallel()
 	env := kubeEnv(t)
 	ctx := context.Background()
 	ns := fmt.Sprintf("startup-%d", time.Now().UnixNano())

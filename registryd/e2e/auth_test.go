@@ -301,6 +301,7 @@ func expect(t *testing.T, what string, out string, err error, want *regexp.Regex
 // but gets 403 on push, and an anonymous client gets neither. No password
 // reaches registryd's log.
 func TestHtpasswdClients(t *testing.T) {
+	t.Parallel()
 	clients := authClients(t)
 	for _, challenge := range []string{"basic", "bearer"} {
 		t.Run(challenge, func(t *testing.T) {
@@ -348,6 +349,7 @@ func TestHtpasswdClients(t *testing.T) {
 // TestAnonymousPull: with --anonymous-pull, every client pulls without
 // credentials, and none can push without them.
 func TestAnonymousPull(t *testing.T) {
+	t.Parallel()
 	clients := authClients(t)
 	reg, _ := startHtpasswdRegistry(t, "--anonymous-pull")
 	for _, c := range clients {
@@ -386,6 +388,7 @@ func runSteps(t *testing.T, c authClient, host string, steps []step) {
 // TestHtpasswdRotation: a rewritten htpasswd file takes effect in the
 // running process: the old password stops working, the new one works.
 func TestHtpasswdRotation(t *testing.T) {
+	t.Parallel()
 	crane := testutil.Client(t, "crane")
 	reg, file := startHtpasswdRegistry(t)
 	layer := filepath.Join(t.TempDir(), "layer.tar")
@@ -418,6 +421,7 @@ func TestHtpasswdRotation(t *testing.T) {
 // TestAuthNoneWarns: mode none takes an anonymous push, and says loudly
 // that auth is off.
 func TestAuthNoneWarns(t *testing.T) {
+	t.Parallel()
 	crane := testutil.Client(t, "crane")
 	reg := startRegistryd(t, "mem://", "--auth", "none")
 	layer := filepath.Join(t.TempDir(), "layer.tar")

@@ -37,6 +37,7 @@ func lines(s string) []string { return strings.Fields(s) }
 
 // TestCrane: push an image, copy, tag, list, delete.
 func TestCrane(t *testing.T) {
+	t.Parallel()
 	crane := testutil.Client(t, "crane")
 	reg := startRegistryd(t, "file://"+t.TempDir())
 	home := t.TempDir()
@@ -71,6 +72,7 @@ func TestCrane(t *testing.T) {
 
 // TestOras: push an artifact, attach a referrer, discover it, pull back.
 func TestOras(t *testing.T) {
+	t.Parallel()
 	oras := testutil.Client(t, "oras")
 	reg := startRegistryd(t, "mem://")
 	home := t.TempDir()
@@ -106,6 +108,7 @@ func TestOras(t *testing.T) {
 
 // TestRegctl: image copy, manifest get, tag ls.
 func TestRegctl(t *testing.T) {
+	t.Parallel()
 	regctl := testutil.Client(t, "regctl")
 	crane := testutil.Client(t, "crane")
 	reg := startRegistryd(t, "file://"+t.TempDir())
@@ -174,6 +177,7 @@ func writeLayout(t *testing.T, dir string) ocispec.Descriptor {
 // TestSkopeo copies an OCI layout into the registry and back out. skopeo
 // re-serializes the manifest, so the layer is what must survive unchanged.
 func TestSkopeo(t *testing.T) {
+	t.Parallel()
 	skopeo := testutil.Client(t, "skopeo")
 	reg := startRegistryd(t, "file://"+t.TempDir())
 	home := t.TempDir()

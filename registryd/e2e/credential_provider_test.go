@@ -86,6 +86,7 @@ func runPlugin(t *testing.T, bin string, args []string, image, token string) (*c
 // page's Role lets pull gets the image; the other gets 403 DENIED, and
 // registryd's log says who was denied what.
 func TestCredentialProvider(t *testing.T) {
+	t.Parallel()
 	env := kubeEnv(t)
 	crane := testutil.Client(t, "crane")
 	plugin := credentialProviderBin(t)

@@ -93,6 +93,7 @@ func blobFiles(t *testing.T, dir string) []string {
 // Every crane command must succeed; afterwards every live image validates
 // on every replica, and the bucket's blobs are exactly the live images'.
 func TestGCWhileCranePushes(t *testing.T) {
+	t.Parallel()
 	crane := testutil.Client(t, "crane")
 	dir := t.TempDir()
 	storage := "file://" + dir
@@ -228,6 +229,7 @@ func TestGCWhileCranePushes(t *testing.T) {
 // "layer already exists" by a stale link: it uploads the layers and the
 // image validates.
 func TestGCRePushWithCrane(t *testing.T) {
+	t.Parallel()
 	crane := testutil.Client(t, "crane")
 	dir := t.TempDir()
 	storage := "file://" + dir
@@ -253,6 +255,7 @@ func TestGCRePushWithCrane(t *testing.T) {
 // the run that follows deletes, and an upload past registryd's
 // --upload-lifetime is deleted by it and its Location then refused.
 func TestGCDryRunAndUploadsCLI(t *testing.T) {
+	t.Parallel()
 	crane := testutil.Client(t, "crane")
 	dir := t.TempDir()
 	storage := "file://" + dir
@@ -298,6 +301,7 @@ func TestGCDryRunAndUploadsCLI(t *testing.T) {
 // keeps its image when `registryd gc --registry` runs; a run that read the
 // journal alone would delete it.
 func TestGCReadsRepositoryStatus(t *testing.T) {
+	t.Parallel()
 	env := kubeEnv(t)
 	crane := testutil.Client(t, "crane")
 	const ns, registry = "gckube", "reg"

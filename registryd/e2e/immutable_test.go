@@ -80,6 +80,7 @@ func wantDenied(t *testing.T, what string, status int, body, detail string) {
 // A rule added to the Registry holds on the next push, without a restart.
 // crane and oras show the refusal's message to their user.
 func TestImmutableTagsAcrossReplicas(t *testing.T) {
+	t.Parallel()
 	env := kubeEnv(t)
 	ctx := t.Context()
 	const ns, regName, repo, rule = "immutable", "reg", "team/app", "v[0-9]+([.][0-9]+)*"

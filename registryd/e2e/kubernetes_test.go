@@ -99,6 +99,7 @@ func grant(t *testing.T, env *testenv.Env, ns, name, sa string, verbs []string, 
 // another; a RoleBinding for push lets its next push through within the
 // decision cache's TTL.
 func TestKubernetesAuth(t *testing.T) {
+	t.Parallel()
 	env := kubeEnv(t)
 	crane := testutil.Client(t, "crane")
 	const ns, registry, cacheTTL = "kubeauth", "reg", 2 * time.Second

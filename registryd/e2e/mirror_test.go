@@ -180,6 +180,7 @@ func mustPush(t *testing.T, ref string, idx v1.ImageIndex, auth authn.Authentica
 // one bucket, mirroring two upstream registryd processes (one with
 // htpasswd, reached with credentials from files) behind counting proxies.
 func TestMirror(t *testing.T) {
+	t.Parallel()
 	// No drain delay: five processes stop one after another at the end.
 	fast := []string{"--shutdown-delay", "0s"}
 	upstream := startRegistryd(t, "file://"+t.TempDir(), fast...)
@@ -417,6 +418,7 @@ func (c *containerd) pull(t *testing.T, ref, mirror, upstream string) {
 // up as Repositories named after where it came from, pulled by tag (with
 // the tag in its status) or by digest only.
 func TestMirrorRepositories(t *testing.T) {
+	t.Parallel()
 	env := kubeEnv(t)
 	const ns, registryName = "mirror", "cache"
 	if err := env.Client.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {

@@ -29,6 +29,10 @@ import (
 
 var registrydBin string
 
+// Tests that start registryd processes of their own and mostly wait on
+// them call t.Parallel(); those that measure time or CPU (slowloris, the
+// login storm, the SIGTERM drain, the deadlines, the storage outage) do
+// not, so they run first, alone.
 func TestMain(m *testing.M) {
 	ctrllog.SetLogger(logr.Discard()) // envtest logs through it
 	os.Exit(runMain(m))

@@ -16,6 +16,7 @@ import (
 // bucket, sends each PATCH of one upload to a different process, and pulls
 // the blob from a fourth: the bytes must be identical.
 func TestUploadAcrossProcesses(t *testing.T) {
+	t.Parallel()
 	storage := "file://" + t.TempDir()
 	var procs []*registry
 	for range 4 {

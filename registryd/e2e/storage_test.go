@@ -22,6 +22,7 @@ import (
 // registryd's bytes-out metric for blobs grows by (next to) nothing while
 // the image's layers are megabytes.
 func TestRedirectPull(t *testing.T) {
+	t.Parallel()
 	crane := testutil.Client(t, "crane")
 	for _, kind := range storageservers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
@@ -120,6 +121,7 @@ func scrape(t *testing.T, addr string) map[string]float64 {
 // TestReadyzMissingBucket: registryd pointed at a bucket that does not
 // exist is not ready, on every backend; the same server's real bucket is.
 func TestReadyzMissingBucket(t *testing.T) {
+	t.Parallel()
 	for _, kind := range storageservers.Kinds {
 		t.Run(string(kind), func(t *testing.T) {
 			srv := storageservers.Start(t, kind)

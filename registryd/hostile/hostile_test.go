@@ -52,6 +52,16 @@ import (
 	"github.com/stevedore-dev/stevedore/registryd/tags/kube"
 )
 
+// backendIterations is iterations, halved for kube: each of its tag writes
+// is a Repository status update through the API server, about ten times
+// a bucket write.
+func backendIterations(t *testing.T, backend string, def int) int {
+	if backend == "kube" {
+		def /= 2
+	}
+	return iterations(t, def)
+}
+
 // iterations scales every case; HOSTILE_ITERATIONS overrides the default
 // (make test's short, real version).
 func iterations(t *testing.T, def int) int {
@@ -358,6 +368,7 @@ var (
 func TestRacingChunks(t *testing.T) {
 	for _, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
 			c := newCluster(t, backend)
 			n := iterations(t, 300)
 			var poisoned, committed atomic.Int64
@@ -439,6 +450,7 @@ func withDigest(loc string, d digest.Digest) string {
 func TestLyingMonolithicPush(t *testing.T) {
 	for _, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
 			c := newCluster(t, backend)
 			n := iterations(t, 200)
 			parallel(n, 6, func(i int) {
@@ -486,8 +498,9 @@ func (c *cluster) pushImage(i int, repo string, config []byte) ([]byte, digest.D
 func TestDeleteManifestRacingTagPut(t *testing.T) {
 	for _, backend := range tagBackends {
 		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
 			c := newCluster(t, backend)
-			n := iterations(t, 300)
+			n := backendIterations(t, backend, 300)
 			var unpullable, deleted atomic.Int64
 			parallel(n, 6, func(i int) {
 				repo := fmt.Sprintf("race/delete%d", i%3)
@@ -549,8 +562,9 @@ func getTag(c *cluster, i int, repo, tag string) (bool, error) {
 func TestTagOverwritesAcrossReplicas(t *testing.T) {
 	for _, backend := range tagBackends {
 		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
 			c := newCluster(t, backend)
-			n := iterations(t, 200)
+			n := backendIterations(t, backend, 200)
 			repo := "race/overwrite"
 			var images [][]byte
 			var digests []digest.Digest
@@ -856,6 +870,7 @@ func TestImmutableDeleteRePush(t *testing.T) {
 	}
 	for _, backend := range backends {
 		t.Run(backend, func(t *testing.T) {
+			t.Parallel()
 			c := newClusterWith(t, backend, clusterOptions{bucket: tags.BucketOptions{ImmutableTags: rules}})
 			n := iterations(t, 100)
 			var moved, races atomic.Int64

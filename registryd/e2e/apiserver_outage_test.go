@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -14,7 +13,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
@@ -57,23 +55,8 @@ func TestAPIServerOutage(t *testing.T) {
 	token := strings.TrimSpace(kubectl(t, env, "create", "token", "ci", "-n", ns, "--audience", auth.DefaultAudience(ns, "main")))
 
 	// registryd reaches the API server through a proxy the test switches off.
-	u, err := url.Parse(env.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := testutil.NewSwitchProxy(t, u.Host)
+	proxy, kubeconfig := proxiedKubeconfig(t, env)
 	proxy.On()
-	kc, err := clientcmd.LoadFromFile(kube.kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, cluster := range kc.Clusters {
-		cluster.Server = "https://" + proxy.Addr()
-	}
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
-		t.Fatal(err)
-	}
 	reg := startRegistryd(t, "file://"+t.TempDir(), "--registry", "main", "--namespace", ns, "--kubeconfig", kubeconfig,
 		"--auth", "kubernetes")
 

@@ -18,6 +18,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/internal/testenv"
 	"github.com/stevedore-dev/stevedore/internal/testutil"
 )
 
@@ -40,22 +41,7 @@ func TestStartsBeforeAPIServer(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The package's kubeconfig, pointed at a proxy that is off.
-	u, err := url.Parse(env.Config.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	proxy := testutil.NewSwitchProxy(t, u.Host)
-	kc, err := clientcmd.LoadFromFile(kube.kubeconfig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, cluster := range kc.Clusters {
-		cluster.Server = "https://" + proxy.Addr()
-	}
-	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
-	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
-		t.Fatal(err)
-	}
+	proxy, kubeconfig := proxiedKubeconfig(t, env)
 
 	// Another loopback address: FreeAddr may hand registryd's port out again.
 	debug := strings.Replace(testutil.FreeAddr(t), "127.0.0.1:", "127.0.0.2:", 1)
@@ -101,4 +87,27 @@ func TestStartsBeforeAPIServer(t *testing.T) {
 	}
 	pushTag(http.StatusCreated)
 	do(t, http.MethodGet, reg.url()+"/v2/app/manifests/v1", nil, map[string]string{"Accept": ocispec.MediaTypeImageManifest}, http.StatusOK)
+}
+
+// proxiedKubeconfig is the package's kubeconfig pointed at a proxy to the
+// API server that the test switches on and off (off to begin with).
+func proxiedKubeconfig(t *testing.T, env *testenv.Env) (*testutil.SwitchProxy, string) {
+	t.Helper()
+	u, err := url.Parse(env.Config.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := testutil.NewSwitchProxy(t, u.Host)
+	kc, err := clientcmd.LoadFromFile(kube.kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, cluster := range kc.Clusters {
+		cluster.Server = "https://" + proxy.Addr()
+	}
+	kubeconfig := filepath.Join(t.TempDir(), "kubeconfig")
+	if err := clientcmd.WriteToFile(*kc, kubeconfig); err != nil {
+		t.Fatal(err)
+	}
+	return proxy, kubeconfig
 }

@@ -262,12 +262,7 @@ func TestAbandonedUpload(t *testing.T) {
 // they exist is told no, pushes them again, and the image pulls.
 func TestRePushAfterCollection(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t, 1, server.Options{})
-	c := client{e.servers[0]}
-	img := newImage()
-	must(t, c.push(ctx, "app", "v1", img))
-	must(t, c.deleteManifest(ctx, "app", img.digest()))
-	e.age(t, 2*time.Hour)
+	e, c, img := deletedImage(t)
 	rep, err := gc.Run(ctx, e.bucket, gc.Options{Grace: time.Hour})
 	must(t, err)
 	if rep.Blobs != 3 {
@@ -291,12 +286,7 @@ func TestRePushAfterCollection(t *testing.T) {
 // whole run, found by make test-gc-torture on a loaded machine.)
 func TestExpiredIntentsDefer(t *testing.T) {
 	ctx := t.Context()
-	e := newEnv(t, 1, server.Options{})
-	c := client{e.servers[0]}
-	img := newImage()
-	must(t, c.push(ctx, "app", "v1", img))
-	must(t, c.deleteManifest(ctx, "app", img.digest()))
-	e.age(t, 2*time.Hour)
+	e, _, _ := deletedImage(t)
 	rep, err := gc.Run(ctx, e.bucket, gc.WithPause(gc.Options{Grace: time.Hour, IntentTTL: 50 * time.Millisecond}, 200*time.Millisecond))
 	if err != nil {
 		t.Fatalf("a run whose intents expired: %v", err)
@@ -309,6 +299,19 @@ func TestExpiredIntentsDefer(t *testing.T) {
 	if rep.Blobs != 3 || rep.Deferred != 0 {
 		t.Fatalf("the next run: %s; want the manifest, config and layer collected", rep.Summary())
 	}
+}
+
+// deletedImage is one replica over a bucket holding one image pushed as
+// app:v1, deleted, and aged two hours: garbage past an hour's grace.
+func deletedImage(t *testing.T) (*env, client, image) {
+	t.Helper()
+	e := newEnv(t, 1, server.Options{})
+	c := client{e.servers[0]}
+	img := newImage()
+	must(t, c.push(t.Context(), "app", "v1", img))
+	must(t, c.deleteManifest(t.Context(), "app", img.digest()))
+	e.age(t, 2*time.Hour)
+	return e, c, img
 }
 
 // TestLockKeepsRunsApart: a second run while one holds the lock refuses.

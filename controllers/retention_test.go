@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/internal/testutil"
 )
 
 func fakeDigest(s string) string {
@@ -163,7 +164,7 @@ func TestRetention5000(t *testing.T) {
 		return nil
 	})
 	if dry.Error != "" || !slices.Equal(dry.Tags, want) || int(dry.Count) != len(want) {
-		t.Fatalf("dry run lists %d tags (%s), want %d: first differences %v", dry.Count, dry.Error, len(want), diff(dry.Tags, want))
+		t.Fatalf("dry run lists %d tags (%s), want %d: first differences %v", dry.Count, dry.Error, len(want), testutil.FirstDifferences(dry.Tags, want))
 	}
 
 	policy.DryRun = false
@@ -188,7 +189,7 @@ func TestRetention5000(t *testing.T) {
 		}
 	}
 	if !slices.Equal(deleted, want) || !slices.Equal(real.Tags, dry.Tags) {
-		t.Fatalf("the real run deleted %d tags (status lists %d), the dry run listed %d: first differences %v", len(deleted), len(real.Tags), len(dry.Tags), diff(deleted, dry.Tags))
+		t.Fatalf("the real run deleted %d tags (status lists %d), the dry run listed %d: first differences %v", len(deleted), len(real.Tags), len(dry.Tags), testutil.FirstDifferences(deleted, dry.Tags))
 	}
 	for _, name := range []string{"ci-2998", "pr-0", "v0.0.1", "latest", "ci-2999"} {
 		if !slices.ContainsFunc(left, func(l v1.TagStatus) bool { return l.Name == name }) {
@@ -301,21 +302,6 @@ func compareStrings(a, b string) int {
 		return 1
 	}
 	return 0
-}
-
-func diff(got, want []string) []string {
-	var out []string
-	for _, g := range got {
-		if !slices.Contains(want, g) {
-			out = append(out, "+"+g)
-		}
-	}
-	for _, w := range want {
-		if !slices.Contains(got, w) {
-			out = append(out, "-"+w)
-		}
-	}
-	return out[:min(len(out), 10)]
 }
 
 // TestRetentionRacesPushes: tags pushed while retention runs (as registryd

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/stevedore-dev/stevedore/internal/retention"
+	"github.com/stevedore-dev/stevedore/internal/testutil"
 )
 
 var now = time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
@@ -168,22 +169,7 @@ func TestDecide5000(t *testing.T) {
 	}
 	slices.Sort(want)
 	if !slices.Equal(plan.Delete, want) {
-		t.Fatalf("deleted %d tags, expected %d; first differences: %v", len(plan.Delete), len(want), firstDiff(plan.Delete, want))
+		t.Fatalf("deleted %d tags, expected %d; first differences: %v", len(plan.Delete), len(want), testutil.FirstDifferences(plan.Delete, want))
 	}
 	t.Logf("5000 tags: %d deleted, %d kept", len(plan.Delete), len(plan.Kept))
-}
-
-func firstDiff(got, want []string) []string {
-	var out []string
-	for _, g := range got {
-		if !slices.Contains(want, g) {
-			out = append(out, "+"+g)
-		}
-	}
-	for _, w := range want {
-		if !slices.Contains(got, w) {
-			out = append(out, "-"+w)
-		}
-	}
-	return out[:min(len(out), 10)]
 }

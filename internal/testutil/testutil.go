@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -54,4 +55,21 @@ func Client(t testing.TB, name string) string {
 func isExecutable(p string) bool {
 	st, err := os.Stat(p)
 	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
+}
+
+// FirstDifferences lists up to ten names in got and not in want ("+name")
+// and in want and not in got ("-name"), for a failure message.
+func FirstDifferences(got, want []string) []string {
+	var out []string
+	for _, g := range got {
+		if !slices.Contains(want, g) {
+			out = append(out, "+"+g)
+		}
+	}
+	for _, w := range want {
+		if !slices.Contains(got, w) {
+			out = append(out, "-"+w)
+		}
+	}
+	return out[:min(len(out), 10)]
 }

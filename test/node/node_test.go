@@ -189,7 +189,9 @@ func TestREADME(t *testing.T) {
 	n.kc(t, "-n", "stevedore-system", "create", "serviceaccount", "scraper")
 	n.kc(t, "create", "clusterrolebinding", "stevedore-scraper", "--clusterrole=stevedore-metrics-reader", "--serviceaccount=stevedore-system:scraper")
 	// The test's own binding: TestUninstall counts every stevedore-* left.
-	t.Cleanup(func() { _, _ = n.run(t, n.kubectl, "delete", "clusterrolebinding", "stevedore-scraper", "--ignore-not-found") })
+	t.Cleanup(func() {
+		_, _ = n.run(t, n.kubectl, "delete", "clusterrolebinding", "stevedore-scraper", "--ignore-not-found")
+	})
 	token := strings.TrimSpace(n.kc(t, "-n", "stevedore-system", "create", "token", "scraper"))
 	ip := strings.TrimSpace(n.kc(t, "-n", "stevedore-system", "get", "service", "stevedore-operator-metrics", "-o", "jsonpath={.spec.clusterIP}"))
 	metricsURL := "https://" + ip + ":8443/metrics"

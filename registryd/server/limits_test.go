@@ -2,6 +2,7 @@ package server
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -9,17 +10,25 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 )
 
-// dialRegistry opens a raw connection to r.
+// dialRegistry opens a raw connection to r whose receive buffer is set
+// small before the handshake, so the window it advertises stays small and
+// a response the client does not read fills the buffers after a few MiB.
 func dialRegistry(t *testing.T, r *testRegistry) net.Conn {
 	t.Helper()
 	u, _ := url.Parse(r.url)
-	conn, err := net.Dial("tcp", u.Host)
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10) })
+		return errors.Join(err, serr)
+	}}
+	conn, err := d.Dial("tcp", u.Host)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +108,9 @@ func TestBodyProgressDeadlines(t *testing.T) {
 
 	t.Run("response to a client that stops reading is cut off", func(t *testing.T) {
 		r := newTestRegistry(t, opts)
-		big := []byte(strings.Repeat("0123456789abcdef", 4<<20)) // 64 MiB: more than the socket buffers
+		// 16 MiB: more than the server's send buffer (at most 4 MiB by
+		// Linux's default tcp_wmem) and the client's small receive buffer.
+		big := []byte(strings.Repeat("0123456789abcdef", 1<<20))
 		d := r.pushBlob("app", big)
 		conn := dialRegistry(t, r)
 		fmt.Fprintf(conn, "GET /v2/app/blobs/%s HTTP/1.1\r\nHost: x\r\n\r\n", d)

@@ -87,7 +87,9 @@ envtest: ## Build (or find cached) kube-apiserver, etcd and kubectl.
 
 .PHONY: test
 test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, conformance; times each phase.
-	@phase() { echo "== $$1: $$(( SECONDS - t0 ))s"; t0=$$SECONDS; }; t0=$$SECONDS; start=$$SECONDS; \
+	@cpu() { local st; read -r -a st </proc/$$$$/stat; echo $$(( (st[15] + st[16]) / $$(getconf CLK_TCK) )); }; \
+	phase() { local c; c=$$(cpu); echo "== $$1: $$(( SECONDS - t0 ))s ($$(( c - c0 ))s cpu)"; t0=$$SECONDS; c0=$$c; }; \
+	t0=$$SECONDS; c0=$$(cpu); start=$$SECONDS; \
 	export KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" CONTROLLER_GEN="$(CONTROLLER_GEN)"; phase "envtest assets"; \
 	node_log="$(CACHE)/node-assets.log"; mkdir -p "$(CACHE)"; hack/node-assets.sh >"$$node_log" 2>&1 & node_assets=$$!; \
 	export STEVEDORE_CLIENTS="$$(hack/install-clients.sh)"; phase "clients (crane, oras, regctl, skopeo)"; \
@@ -108,7 +110,7 @@ test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, co
 	e2e_rc=0; wait $$node_e2e || e2e_rc=$$?; \
 	if [[ $$e2e_rc != 0 ]]; then cat "$$e2e_log"; exit 1; fi; \
 	grep -vE '^        ' "$$e2e_log"; rm -f "$$e2e_log"; phase "end-to-end on a real node (test/node; started before conformance)"; \
-	echo "== make test passed in $$(( SECONDS - start ))s"
+	echo "== make test passed in $$(( SECONDS - start ))s ($$(cpu)s cpu)"
 
 .PHONY: test-outage
 test-outage: envtest ## registryd loses its API server for 60 s while crane pulls and pushes (make test runs 10 s).

@@ -43,6 +43,11 @@ type config struct {
 	maxManifestBytes, chunkMinLength                                  int64
 	// kubernetes tag store: the Registry registryd serves.
 	registry, namespace, kubeconfig string
+	// Client-side rate limit of registryd's API client (client-go's
+	// default, 5/s with bursts of 10, made every push to a new repository
+	// wait; the API server's priority and fairness protects it).
+	kubeQPS   float64
+	kubeBurst int
 	// HTTPS on the registry port when both are set.
 	tlsCertFile, tlsKeyFile string
 	// Blob GETs redirect to signed URLs valid this long (0: off).
@@ -107,6 +112,8 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.registry, "registry", "", "name of the Registry served: tags then live in its Repositories' status (empty: in the bucket)")
 	fs.StringVar(&c.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of the Registry (default: $POD_NAMESPACE)")
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig for --registry (default: $KUBECONFIG, else in-cluster)")
+	fs.Float64Var(&c.kubeQPS, "kube-api-qps", defaultKubeQPS, "requests per second registryd's API client may send on average")
+	fs.IntVar(&c.kubeBurst, "kube-api-burst", defaultKubeBurst, "requests registryd's API client may send at once above --kube-api-qps")
 	fs.StringVar(&c.tlsCertFile, "tls-cert-file", "", "serve HTTPS with this certificate (PEM), with --tls-key-file")
 	fs.StringVar(&c.tlsKeyFile, "tls-key-file", "", "private key (PEM) of --tls-cert-file")
 	fs.StringVar(&c.authMode, "auth", "none", "auth mode: none (everyone may push: development only), htpasswd or kubernetes")

@@ -82,7 +82,7 @@ func connectKube(c config, reg prometheus.Registerer) (*kubeConn, error) {
 	if c.registry == "" {
 		return nil, nil
 	}
-	cfg, err := kubeConfig(c.kubeconfig)
+	cfg, err := kubeConfig(c.kubeconfig, c.kubeQPS, c.kubeBurst)
 	if err != nil {
 		return nil, err
 	}
@@ -128,10 +128,31 @@ type roundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
+// The API client's rate limit unless flags say otherwise: kube-scheduler's
+// (50/s, bursts of 100). A push to a new repository costs a create, a
+// status write and an Event; at client-go's default of 5/s, eight CI
+// runners pushing to new repositories waited seconds per manifest.
+const (
+	defaultKubeQPS   = 50
+	defaultKubeBurst = 100
+)
+
 // kubeConfig is --kubeconfig when given, else $KUBECONFIG, else the pod's
-// in-cluster configuration.
-func kubeConfig(path string) (*rest.Config, error) {
+// in-cluster configuration, rate-limited to qps and burst (defaults when
+// zero).
+func kubeConfig(path string, qps float64, burst int) (*rest.Config, error) {
 	rules := clientcmd.NewDefaultClientConfigLoadingRules()
 	rules.ExplicitPath = path
-	return clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, &clientcmd.ConfigOverrides{}).ClientConfig()
+	if err != nil {
+		return nil, err
+	}
+	cfg.QPS, cfg.Burst = float32(qps), burst
+	if cfg.QPS <= 0 {
+		cfg.QPS = defaultKubeQPS
+	}
+	if cfg.Burst <= 0 {
+		cfg.Burst = defaultKubeBurst
+	}
+	return cfg, nil
 }

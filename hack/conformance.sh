@@ -34,7 +34,8 @@
 # repositories must behave exactly as without one.
 #
 # Env: CONFORMANCE_VERSION, CONFORMANCE_STORAGES ("file mem kube kube-auth htpasswd htpasswd-bearer mirror s3 azure gcs"),
-#      CONFORMANCE_SPECS ("1.1 dev"), REGISTRYD (binary), STEVEDORE_CACHE.
+#      CONFORMANCE_SPECS ("1.1 dev"), REGISTRYD (binary), STEVEDORE_CACHE;
+#      CONFORMANCE_ROWS ("file/1.1 s3/dev …"): these rows instead of storages × specs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -44,6 +45,9 @@ suite="$cache/tools/oci-conformance-$version"
 registryd="${REGISTRYD:-bin/registryd}"
 storages="${CONFORMANCE_STORAGES:-file mem kube kube-auth htpasswd htpasswd-bearer mirror s3 azure gcs}"
 specs="${CONFORMANCE_SPECS:-1.1 dev}"
+if [[ -n "${CONFORMANCE_ROWS:-}" ]]; then # the storages the rows use, for the setup below
+  storages="$(tr ' ' '\n' <<<"$CONFORMANCE_ROWS" | sed 's#/.*##' | sort -u | tr '\n' ' ')"
+fi
 
 if [[ ! -x "$suite" ]]; then
   hack/go-install-tool.sh "$suite" github.com/opencontainers/distribution-spec/conformance "$version"
@@ -197,13 +201,21 @@ run_one() {
 }
 
 jobs_max="${CONFORMANCE_JOBS:-3}"
-runs=()
-for storage in $storages; do
-  for spec in $specs; do
-    while (($(jobs -rp | wc -l) >= jobs_max)); do wait -n || true; done
-    run_one "$storage" "$spec" &
-    runs+=("$storage-$spec")
+# The rows: every storage × every spec, or CONFORMANCE_ROWS when given.
+rows=()
+if [[ -n "${CONFORMANCE_ROWS:-}" ]]; then
+  read -r -a rows <<<"$CONFORMANCE_ROWS"
+else
+  for storage in $storages; do
+    for spec in $specs; do rows+=("$storage/$spec"); done
   done
+fi
+runs=()
+for row in "${rows[@]}"; do
+  storage="${row%/*}" spec="${row#*/}"
+  while (($(jobs -rp | wc -l) >= jobs_max)); do wait -n || true; done
+  run_one "$storage" "$spec" &
+  runs+=("$storage-$spec")
 done
 wait || true
 failed=0

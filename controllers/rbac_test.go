@@ -73,6 +73,8 @@ var (
 		"registries.stevedore.dev [] [] [get list patch watch]",
 		"registries.stevedore.dev/finalizers [] [] [update]",
 		"registries.stevedore.dev/status [] [] [patch]",
+		"replicasets.apps [] [] [list]",
+		"replicationcontrollers [] [] [list]",
 		"repositories.stevedore.dev [] [] [create delete get list patch watch]",
 		"repositories.stevedore.dev/status [] [] [patch update]",
 		"rolebindings.rbac.authorization.k8s.io [] [] [create get list patch watch]",

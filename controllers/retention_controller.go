@@ -28,7 +28,8 @@ import (
 // Retention runs in the operator, per Repository: on a spec change of the
 // Repository or its Registry, and then every RetentionInterval. It decides
 // on a live read of the Repository and of every workload in the cluster
-// (pods and the pod templates of Deployments, StatefulSets, DaemonSets,
+// (pods and the pod templates of Deployments and their old ReplicaSets,
+// ReplicationControllers, StatefulSets, DaemonSets,
 // Jobs and CronJobs, listed past the cache: the operator caches only what
 // it made), and removes the tags in one status update conditional on the
 // resourceVersion it decided on, so a tag pushed or moved meanwhile is
@@ -56,8 +57,8 @@ type RetentionReconciler struct {
 	Options
 }
 
-// +kubebuilder:rbac:groups="",resources=pods,verbs=list
-// +kubebuilder:rbac:groups=apps,resources=deployments;statefulsets;daemonsets,verbs=list
+// +kubebuilder:rbac:groups="",resources=pods;replicationcontrollers,verbs=list
+// +kubebuilder:rbac:groups=apps,resources=deployments;replicasets;statefulsets;daemonsets,verbs=list
 // +kubebuilder:rbac:groups=batch,resources=jobs;cronjobs,verbs=list
 
 func (r *RetentionReconciler) interval() time.Duration {
@@ -220,11 +221,13 @@ func (r *RetentionReconciler) imagesInUse(ctx context.Context) (*retention.InUse
 		u.AddPod(&pods.Items[i])
 	}
 	var deps appsv1.DeploymentList
+	var rss appsv1.ReplicaSetList
+	var rcs corev1.ReplicationControllerList
 	var sts appsv1.StatefulSetList
 	var dss appsv1.DaemonSetList
 	var jobs batchv1.JobList
 	var crons batchv1.CronJobList
-	for _, list := range []client.ObjectList{&deps, &sts, &dss, &jobs, &crons} {
+	for _, list := range []client.ObjectList{&deps, &rss, &rcs, &sts, &dss, &jobs, &crons} {
 		if err := r.APIReader.List(ctx, list); err != nil {
 			return nil, fmt.Errorf("listing workloads for in-use protection: %w", err)
 		}
@@ -233,6 +236,16 @@ func (r *RetentionReconciler) imagesInUse(ctx context.Context) (*retention.InUse
 	// or finished, they may run their image again.
 	for i := range deps.Items {
 		u.AddPodSpec(&deps.Items[i].Spec.Template.Spec)
+	}
+	// A Deployment's old ReplicaSets are its rollback history: `kubectl
+	// rollout undo` runs their images again.
+	for i := range rss.Items {
+		u.AddPodSpec(&rss.Items[i].Spec.Template.Spec)
+	}
+	for i := range rcs.Items {
+		if t := rcs.Items[i].Spec.Template; t != nil {
+			u.AddPodSpec(&t.Spec)
+		}
 	}
 	for i := range sts.Items {
 		u.AddPodSpec(&sts.Items[i].Spec.Template.Spec)

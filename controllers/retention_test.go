@@ -102,6 +102,24 @@ func TestRetention5000(t *testing.T) {
 	if err := env.Client.Create(ctx, dep); err != nil {
 		t.Fatal(err)
 	}
+	// The Deployment's previous revision, an old ReplicaSet scaled to
+	// zero: `kubectl rollout undo` runs its image again.
+	old := &appsv1.ReplicaSet{
+		ObjectMeta: metav1.ObjectMeta{Name: "idle-1", Namespace: other},
+		Spec: appsv1.ReplicaSetSpec{
+			Replicas: ptr.To[int32](0),
+			Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "idle", "rev": "1"}},
+			Template: corev1.PodTemplateSpec{
+				ObjectMeta: metav1.ObjectMeta{Labels: map[string]string{"app": "idle", "rev": "1"}},
+				Spec: corev1.PodSpec{Containers: []corev1.Container{
+					{Name: "a", Image: "main-registry.team.svc:5000/team/app@" + fakeDigest("ci-2997")},
+				}},
+			},
+		},
+	}
+	if err := env.Client.Create(ctx, old); err != nil {
+		t.Fatal(err)
+	}
 
 	policy := &v1.RetentionSpec{DryRun: true, Rules: []v1.RetentionRule{
 		{Tags: []string{`v[0-9]+[.][0-9]+[.][0-9]+`}, HighestSemver: ptr.To[int32](20)},
@@ -139,6 +157,7 @@ func TestRetention5000(t *testing.T) {
 	}
 	keep["ci-2999"], keep["v0.0.5"] = true, true // digests of latest and stable
 	keep["ci-2998"], keep["pr-0"] = true, true   // the idle Deployment's
+	keep["ci-2997"] = true                       // its previous ReplicaSet's
 	keep["v0.0.1"] = true                        // immutable
 	var want []string
 	for _, tg := range all {
@@ -191,7 +210,7 @@ func TestRetention5000(t *testing.T) {
 	if !slices.Equal(deleted, want) || !slices.Equal(real.Tags, dry.Tags) {
 		t.Fatalf("the real run deleted %d tags (status lists %d), the dry run listed %d: first differences %v", len(deleted), len(real.Tags), len(dry.Tags), testutil.FirstDifferences(deleted, dry.Tags))
 	}
-	for _, name := range []string{"ci-2998", "pr-0", "v0.0.1", "latest", "ci-2999"} {
+	for _, name := range []string{"ci-2998", "ci-2997", "pr-0", "v0.0.1", "latest", "ci-2999"} {
 		if !slices.ContainsFunc(left, func(l v1.TagStatus) bool { return l.Name == name }) {
 			t.Errorf("%s was deleted", name)
 		}

@@ -287,7 +287,7 @@ func TestRePushAfterCollection(t *testing.T) {
 func TestExpiredIntentsDefer(t *testing.T) {
 	ctx := t.Context()
 	e, _, _ := deletedImage(t)
-	rep, err := gc.Run(ctx, e.bucket, gc.WithPause(gc.Options{Grace: time.Hour, IntentTTL: 50 * time.Millisecond}, 200*time.Millisecond))
+	rep, err := gc.Run(ctx, e.bucket, gc.WithPause(gc.Options{Grace: time.Hour, IntentTTL: time.Nanosecond}, 200*time.Millisecond))
 	if err != nil {
 		t.Fatalf("a run whose intents expired: %v", err)
 	}

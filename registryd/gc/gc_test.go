@@ -339,7 +339,7 @@ func TestLockKeepsRunsApart(t *testing.T) {
 func TestLockIsExclusive(t *testing.T) {
 	dir := t.TempDir()
 	const contenders = 8
-	for round := range 100 {
+	for round := range 60 {
 		var start, done sync.WaitGroup
 		start.Add(1)
 		var won atomic.Int64

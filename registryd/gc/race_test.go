@@ -162,6 +162,14 @@ func collectWhilePushing(t *testing.T, e *env, grace time.Duration) {
 	const (
 		pushers  = 4
 		duration = 6 * time.Second
+		// The working set stays bounded however long the test runs (1,000
+		// collector cycles in make test-gc-torture): a pusher with maxLive
+		// live images deletes instead of pushing a new one, and remembers
+		// at most maxKept images, forgetting the oldest deleted ones (the
+		// collector has them), so the bucket, and each cycle's listing,
+		// stays about the same size.
+		maxLive = 12
+		maxKept = 48
 	)
 	minRuns := int64(0)
 	if s := os.Getenv("GC_TORTURE_RUNS"); s != "" {
@@ -197,21 +205,40 @@ func collectWhilePushing(t *testing.T, e *env, grace time.Duration) {
 			rng := rand.New(rand.NewPCG(uint64(p), 1))
 			repo := fmt.Sprintf("team%d/app", p%2)
 			var mine []*pushed
+			live := 0
 			for n := 0; going() && failures.Load() == 0; n++ {
 				c := client{e.servers[rng.IntN(len(e.servers))]}
 				ops.Add(1)
+				for excess := len(mine) - maxKept; excess > 0; {
+					i := slices.IndexFunc(mine, func(x *pushed) bool { return !x.deleted.IsZero() })
+					if i < 0 {
+						break
+					}
+					mine = slices.Delete(mine, i, i+1)
+					excess--
+				}
 				switch r := rng.IntN(10); {
-				case r < 4 || len(mine) == 0: // a new image
+				case (r < 4 && live < maxLive) || len(mine) == 0: // a new image
 					x := &pushed{repo: repo, tag: fmt.Sprintf("p%d-%d", p, n), img: newImage(shared[rng.IntN(len(shared))])}
 					if err := c.push(ctx, x.repo, x.tag, x.img); err != nil {
 						fail("pushing a new image: %v", err)
 					}
 					mine = append(mine, x)
+					live++
 					mu.Lock()
 					all = append(all, x)
 					mu.Unlock()
-				case r < 7: // delete one
+				case r < 7 || live >= maxLive: // delete one
 					x := mine[rng.IntN(len(mine))]
+					if live >= maxLive {
+						var alive []*pushed
+						for _, y := range mine {
+							if y.deleted.IsZero() {
+								alive = append(alive, y)
+							}
+						}
+						x = alive[rng.IntN(len(alive))]
+					}
 					if !x.deleted.IsZero() {
 						continue
 					}
@@ -221,6 +248,7 @@ func collectWhilePushing(t *testing.T, e *env, grace time.Duration) {
 					mu.Lock()
 					x.deleted = time.Now()
 					mu.Unlock()
+					live--
 				default: // push a deleted one again, under a new tag, once the collector may take it
 					var ripe []*pushed
 					mu.Lock()
@@ -241,6 +269,7 @@ func collectWhilePushing(t *testing.T, e *env, grace time.Duration) {
 					mu.Lock()
 					x.deleted, x.tag = time.Time{}, tag
 					mu.Unlock()
+					live++
 				}
 				time.Sleep(time.Duration(rng.IntN(5)) * time.Millisecond)
 			}

@@ -189,7 +189,8 @@ func collectWhilePushing(t *testing.T, e *env, grace time.Duration) {
 	}
 	var mu sync.Mutex
 	var all []*pushed
-	stop := time.Now().Add(duration)
+	began := time.Now()
+	stop := began.Add(duration)
 	going := func() bool { return time.Now().Before(stop) || runs.Load() < minRuns }
 	var wg sync.WaitGroup
 	var failures atomic.Int64
@@ -279,12 +280,19 @@ func collectWhilePushing(t *testing.T, e *env, grace time.Duration) {
 	go func() {
 		defer wg.Done()
 		for going() && failures.Load() == 0 {
-			rep, err := gc.Run(ctx, e.bucket, gc.WithPause(gc.Options{Grace: grace, DeleteUntagged: true, BatchSize: 4, IntentTTL: 10 * time.Second}, 30*time.Millisecond))
+			// Batches of 16 digests, each held open 30 ms between its
+			// confirming mark and its deletes: many windows for racing
+			// writes, while a cycle still clears what the pushers
+			// left since the last one (batches of 4 fell behind, and
+			// the bucket and every cycle's listings grew without end).
+			rep, err := gc.Run(ctx, e.bucket, gc.WithPause(gc.Options{Grace: grace, DeleteUntagged: true, BatchSize: 16, IntentTTL: 10 * time.Second}, 30*time.Millisecond))
 			if err != nil {
 				fail("gc: %v", err)
 				return
 			}
-			runs.Add(1)
+			if n := runs.Add(1); n%100 == 0 {
+				t.Logf("%d collector runs, %d operations, %s; last run: %s", n, ops.Load(), time.Since(began).Round(time.Second), rep.Summary())
+			}
 			rescued.Add(int64(rep.Rescued))
 		}
 	}()

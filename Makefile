@@ -192,9 +192,8 @@ bench: build ## Side by side with distribution (installs it, crane, wrk, ab), th
 	hack/bench.sh
 
 .PHONY: bench-gc
-bench-gc: build ## registryd gc sweeping BENCH_GC_BLOBS (10000) unreferenced blobs among BENCH_GC_IMAGES (1000) images on versitygw while clients push.
-	STEVEDORE_STORAGE_SERVERS="$$(hack/storage-servers.sh install)" REGISTRYD=bin/registryd \
-	  go test -run '^$$' -bench '^BenchmarkGCSweep$$' -benchtime 1x -timeout 30m ./registryd/e2e/
+bench-gc: build ## Workload 7 of make bench alone: registryd gc on versitygw (BENCH_GC_BLOBS=10000 unreferenced blobs, BENCH_GC_IMAGES=1000 images) while clients push and pull, next to distribution's offline garbage-collect.
+	BENCH_ONLY=gc hack/bench.sh
 
 .PHONY: bench-storage
 bench-storage: build ## Push/pull MB/s of registryd on each storage backend next to the file backend.

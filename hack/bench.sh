@@ -5,7 +5,8 @@
 # kube-apiserver. Installs what it needs (distribution and crane with go
 # install, wrk and ab from Debian), all cached, and writes docs/benchmarks.md.
 # Not part of make test. Round counts and sizes: see BENCH_* in
-# docs/benchmarks.md.
+# docs/benchmarks.md. BENCH_ONLY=gc (make bench-gc) runs the garbage-
+# collection workload alone and prints it, leaving docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -27,8 +28,11 @@ apt_install() { # command package
 }
 apt_install wrk wrk
 apt_install ab apache2-utils
-KUBEBUILDER_ASSETS="${KUBEBUILDER_ASSETS:-$(hack/envtest-assets.sh)}"
-export KUBEBUILDER_ASSETS
+only="${BENCH_ONLY:-}"
+if [[ -z "$only" ]]; then
+  KUBEBUILDER_ASSETS="${KUBEBUILDER_ASSETS:-$(hack/envtest-assets.sh)}"
+  export KUBEBUILDER_ASSETS
+fi
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -37,9 +41,18 @@ trap 'rm -rf "$tmp"' EXIT
 # the servers would use (the repository's), not a tmpfs.
 mkdir -p .bench
 work="$(mktemp -d "$PWD/.bench/run-XXXXXX")"
-trap 'rm -rf "$tmp" "$work"' EXIT
+trap 'hack/storage-servers.sh stop "$work/s3"; rm -rf "$tmp" "$work"' EXIT
+# Workload 7 (garbage collection) collects a versitygw bucket.
+hack/storage-servers.sh start "$work/s3" s3
+# shellcheck disable=SC1091
+source "$work/s3/env"
 "$tmp/bench" -registryd bin/registryd -distribution "$distribution" -crane "$crane" -wrk "$(command -v wrk)" -ab "$(command -v ab)" \
-  -work-dir "$work" -kube-benchtime "${BENCH_TAGS:-600x}" -out docs/benchmarks.md -reproduce "make bench"
+  -work-dir "$work" -kube-benchtime "${BENCH_TAGS:-600x}" -out docs/benchmarks.md -reproduce "make bench" \
+  -gc-s3-url "$STORAGE_URL_S3" -gc-s3-env "$STORAGE_ENV_S3"
+if [[ -n "$only" ]]; then
+  echo "== make bench (BENCH_ONLY=$only) finished in $(( SECONDS - start ))s"
+  exit 0
+fi
 # Storage backends (issue 6): its own script, so this one can change freely.
 hack/bench-storage.sh
 echo "== make bench finished in $(( SECONDS - start ))s"

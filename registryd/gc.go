@@ -46,7 +46,7 @@ func bindGCFlags(fs *flag.FlagSet, c *gcConfig) {
 	fs.BoolVar(&c.deleteUntagged, "delete-untagged", false, "also delete manifests no tag, index or subject keeps (past the grace)")
 	fs.DurationVar(&c.uploadLifetime, "upload-lifetime", uploads.DefaultLifetime, "delete uploads started longer ago (plus the grace); registryd's --upload-lifetime must match")
 	fs.DurationVar(&c.ttl, "intent-ttl", 2*time.Minute, "longest a batch of deletes may take; pushes of that content wait at most this long")
-	fs.IntVar(&c.batch, "batch-size", 1000, "digests per batch of deletes")
+	fs.IntVar(&c.batch, "batch-size", 10000, "digests per batch of deletes")
 	fs.IntVar(&c.workers, "workers", 16, "storage requests sent in parallel")
 	fs.BoolVar(&c.list, "list", false, "print every key deleted (always on with --dry-run)")
 	fs.StringVar(&c.registry, "registry", "", "name of the Registry whose Repository status holds tags (kubernetes tag mode)")

@@ -48,6 +48,8 @@ type options struct {
 	skipCrane    bool
 	kubeTags     int      // BENCH_KUBE_TAGS: tags pushed over HTTP in kubernetes mode (0: skip)
 	prof         profiler // BENCH_PPROF_DIR
+	gc           gcOptions
+	only         string // BENCH_ONLY=gc: the garbage-collection workload alone
 }
 
 func envInt(name string, def int) int {
@@ -69,7 +71,16 @@ func main() {
 	flag.StringVar(&o.repoRoot, "repo", ".", "repository root, for the kubernetes tag-store benchmarks")
 	flag.StringVar(&o.kubeBenchtime, "kube-benchtime", "600x", "-benchtime of the kubernetes tag-store benchmarks (empty: skip them)")
 	flag.StringVar(&o.reproduce, "reproduce", "make bench", "the command line that reproduces this report")
+	flag.StringVar(&o.gc.s3URL, "gc-s3-url", "", "versitygw bucket URL for the garbage-collection workload (empty: skip it)")
+	gcEnv := flag.String("gc-s3-env", "", "space-separated KEY=VALUE credentials of -gc-s3-url")
 	flag.Parse()
+	o.gc.s3Env = strings.Fields(*gcEnv)
+	o.gc.images = envInt("BENCH_GC_IMAGES", 1000)
+	o.gc.garbage = envInt("BENCH_GC_BLOBS", 10000)
+	o.gc.clients = envInt("BENCH_GC_CLIENTS", 2)
+	o.gc.window = time.Duration(envInt("BENCH_GC_WINDOW_SECONDS", 10)) * time.Second
+	o.gc.workers = envInt("BENCH_GC_WORKERS", 16)
+	o.only = os.Getenv("BENCH_ONLY")
 	o.rounds = envInt("BENCH_ROUNDS", 3)
 	o.layers = envInt("BENCH_LAYERS", 4)
 	o.layerBytes = int64(envInt("BENCH_LAYER_MIB", 256)) << 20
@@ -110,6 +121,9 @@ func run(ctx context.Context, o options) error {
 		o.workDir = d
 	}
 	logf("machine: %s", machine)
+	if o.only == "gc" {
+		return runGCOnly(ctx, o)
+	}
 
 	logf("machine limits")
 	limits, err := measureLimits(ctx, o.workDir)
@@ -286,6 +300,14 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
+	if o.gc.s3URL != "" {
+		logf("workload 7: garbage collection")
+		res, err := gcWorkload(ctx, o)
+		if err != nil {
+			return err
+		}
+		kubeT += gcSection(o.gc, res)
+	}
 	report := renderReport(o, machine, started, []*table{limits, bigT, smallT, wrkT, chunkT}, kubeT)
 	fmt.Print(report)
 	if o.out != "" {
@@ -294,6 +316,20 @@ func run(ctx context.Context, o options) error {
 		}
 		logf("wrote %s", o.out)
 	}
+	return nil
+}
+
+// runGCOnly is BENCH_ONLY=gc (make bench-gc): workload 7 alone, printed,
+// docs/benchmarks.md left as it is.
+func runGCOnly(ctx context.Context, o options) error {
+	if o.gc.s3URL == "" {
+		return errors.New("BENCH_ONLY=gc needs -gc-s3-url (hack/bench.sh starts versitygw)")
+	}
+	res, err := gcWorkload(ctx, o)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("Machine: %s.\n\n%s", machineLine(), gcSection(o.gc, res))
 	return nil
 }
 

@@ -91,21 +91,27 @@ func startServer(ctx context.Context, k kind, bins binaries, workDir string) (*s
 	default:
 		return nil, fmt.Errorf("unknown server %q", k)
 	}
-	logf, err := os.Create(filepath.Join(dir, "server.log"))
+	return s, s.start(ctx)
+}
+
+// start starts s.cmd with its output in a log file in s.dir and waits until
+// the registry answers.
+func (s *server) start(ctx context.Context) error {
+	logf, err := os.Create(filepath.Join(s.dir, "server.log"))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	s.cmd.Stdout, s.cmd.Stderr = logf, logf
 	if err := s.cmd.Start(); err != nil {
 		logf.Close()
-		return nil, fmt.Errorf("starting %s: %w", k, err)
+		return fmt.Errorf("starting %s: %w", s.kind, err)
 	}
 	go func() { s.waitErr <- s.cmd.Wait(); logf.Close() }()
 	if err := s.waitReady(ctx); err != nil {
 		s.stop()
-		return nil, err
+		return err
 	}
-	return s, nil
+	return nil
 }
 
 // distributionConfig is distribution's filesystem storage on dir, with the

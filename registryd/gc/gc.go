@@ -47,7 +47,9 @@ type Options struct {
 	UploadLifetime time.Duration
 	// DryRun marks and reports, and changes nothing.
 	DryRun bool
-	// BatchSize is how many digests one intent batch covers. Default 1000.
+	// BatchSize is how many digests one intent batch covers. Default
+	// 10,000: a batch costs up to 256 intent writes and a listing of
+	// repos/ whatever its size, so fewer, larger batches cost less.
 	BatchSize int
 	// IntentTTL bounds a batch: no delete is sent after its intents
 	// expire, and writers stop waiting for them. Default 2m.
@@ -127,6 +129,9 @@ type collector struct {
 	cutoff time.Time
 	cache  *cache
 	log    *slog.Logger
+	// batch deletes up to 1,000 keys a request where the backend can
+	// (S3); nil: one request per key.
+	batch *storage.BatchDeleter
 }
 
 // Run collects the garbage of bucket once.
@@ -141,7 +146,7 @@ func Run(ctx context.Context, bucket *blob.Bucket, opts Options) (Report, error)
 		opts.UploadLifetime = uploads.DefaultLifetime
 	}
 	if opts.BatchSize <= 0 {
-		opts.BatchSize = 1000
+		opts.BatchSize = 10000
 	}
 	if opts.IntentTTL <= 0 {
 		opts.IntentTTL = 2 * time.Minute
@@ -158,7 +163,13 @@ func Run(ctx context.Context, bucket *blob.Bucket, opts Options) (Report, error)
 	}
 	c.cutoff = c.start.Add(-opts.Grace)
 	rep := Report{Started: c.start, DryRun: opts.DryRun}
-	err := c.collect(ctx, &rep)
+	var err error
+	if !opts.DryRun {
+		c.batch, err = storage.NewBatchDeleter(ctx, bucket)
+	}
+	if err == nil {
+		err = c.collect(ctx, &rep)
+	}
 	sort.Strings(rep.Deleted)
 	rep.Duration = time.Since(c.start)
 	return rep, err
@@ -173,6 +184,7 @@ func (c *collector) collect(ctx context.Context, rep *Report) error {
 		return err
 	}
 	defer release()
+	t := time.Now()
 	s, err := c.scan(ctx)
 	if err != nil {
 		return err
@@ -183,21 +195,39 @@ func (c *collector) collect(ctx context.Context, rep *Report) error {
 	if err != nil {
 		return err
 	}
+	c.log.Info("gc: phase 1 marked", "took", time.Since(t), "garbage", len(p1), "batchDelete", c.batch != nil)
+	t = time.Now()
 	if err := c.sweep(ctx, s, p1, c.markManifests, rep); err != nil {
 		return err
 	}
-	// Phase 2 decides on a listing taken after phase 1's deletes.
-	if s, err = c.scan(ctx); err != nil {
-		return err
+	c.log.Info("gc: phase 1 swept", "took", time.Since(t))
+	t = time.Now()
+	// Phase 2's candidates come from the first listing without what phase
+	// 1 deleted (as a dry run computes them): a second full listing would
+	// cost as much as the first and decide nothing, since each batch's
+	// confirming mark lists repos/ again after the intents, and that
+	// listing, taken after phase 1's deletes, is what decides.
+	gone := plan{}
+	deleted := map[string]bool{}
+	for _, k := range rep.Deleted {
+		deleted[k] = true
+	}
+	for k, it := range p1 {
+		if deleted[k] {
+			gone.add(it)
+		}
 	}
 	markContent := func(ctx context.Context, s *snapshot) (plan, error) { return c.markContent(ctx, s, nil) }
-	p2, err := markContent(ctx, s)
+	p2, err := c.markContent(ctx, s, gone)
 	if err != nil {
 		return err
 	}
+	c.log.Info("gc: phase 2 marked", "took", time.Since(t), "garbage", len(p2))
+	t = time.Now()
 	if err := c.sweep(ctx, s, p2, markContent, rep); err != nil {
 		return err
 	}
+	c.log.Info("gc: phase 2 swept", "took", time.Since(t))
 	p3 := c.markUploads(s)
 	return c.deleteAll(ctx, sortedItems(p3), rep)
 }
@@ -266,14 +296,13 @@ func (c *collector) sweepBatch(ctx context.Context, first *snapshot, batch []dig
 	}
 	// Intents are removed however the batch ends; with a context of their
 	// own, so a cancelled run still clears them.
-	defer c.parallel(context.WithoutCancel(ctx), len(keys), func(ctx context.Context, i int) error {
-		return c.store.DeleteIntent(ctx, keys[i])
-	})
+	defer c.deleteIntents(context.WithoutCancel(ctx), keys)
 	if err := c.parallel(ctx, len(keys), func(ctx context.Context, i int) error {
 		return c.store.PutIntent(ctx, keys[i], storage.Intent{Run: c.run, Expires: expires, Digests: shards[keys[i]]})
 	}); err != nil {
 		return fmt.Errorf("writing intents: %w", err)
 	}
+	t := time.Now()
 	s, err := c.rescan(ctx, first)
 	if err != nil {
 		return err
@@ -282,6 +311,7 @@ func (c *collector) sweepBatch(ctx context.Context, first *snapshot, batch []dig
 	if err != nil {
 		return err
 	}
+	c.log.Debug("gc: batch confirmed", "digests", len(batch), "intents", len(keys), "took", time.Since(t))
 	var confirmed []item
 	for _, d := range batch {
 		for _, it := range byDigest[d] {
@@ -309,6 +339,19 @@ func (c *collector) sweepBatch(ctx context.Context, first *snapshot, batch []dig
 	return err
 }
 
+// deleteIntents removes the intent objects keys: in one request where
+// the backend can.
+func (c *collector) deleteIntents(ctx context.Context, keys []string) {
+	if c.batch != nil && len(keys) <= storage.MaxBatchDelete {
+		if c.batch.Delete(ctx, keys) == nil {
+			return
+		}
+	}
+	_ = c.parallel(ctx, len(keys), func(ctx context.Context, i int) error {
+		return c.store.DeleteIntent(ctx, keys[i])
+	})
+}
+
 // deleteAll deletes items, referring objects before content (kind order).
 func (c *collector) deleteAll(ctx context.Context, items []item, rep *Report) error {
 	slices.SortFunc(items, func(a, b item) int {
@@ -327,27 +370,75 @@ func (c *collector) deleteAll(ctx context.Context, items []item, rep *Report) er
 			end++
 		}
 		group := items[start:end]
-		err := c.parallel(ctx, len(group), func(ctx context.Context, i int) error {
-			it := group[i]
-			err := c.bucket.Delete(ctx, it.key)
-			if err != nil {
-				if err = storage.Classify(err, it.key); !errors.Is(err, storage.ErrNotFound) {
-					return err
+		var err error
+		if c.batch != nil {
+			err = c.deleteBatched(ctx, group, rep, &mu)
+		} else {
+			err = c.parallel(ctx, len(group), func(ctx context.Context, i int) error {
+				it := group[i]
+				err := c.bucket.Delete(ctx, it.key)
+				if err != nil {
+					if err = storage.Classify(err, it.key); !errors.Is(err, storage.ErrNotFound) {
+						return err
+					}
+					return nil // gone already: not ours to count
 				}
-				return nil // gone already: not ours to count
-			}
-			c.log.Debug("deleted", "key", it.key)
-			mu.Lock()
-			rep.count(it)
-			mu.Unlock()
-			return nil
-		})
+				c.log.Debug("deleted", "key", it.key)
+				mu.Lock()
+				rep.count(it)
+				mu.Unlock()
+				return nil
+			})
+		}
 		if err != nil {
 			return err
 		}
 		start = end
 	}
 	return nil
+}
+
+// deleteBatched deletes items of one kind in requests of up to
+// storage.MaxBatchDelete keys, on the collector's workers. S3 does not say
+// whether a key was there: every key of a request that succeeded counts
+// (each was in both marks' listings moments ago).
+func (c *collector) deleteBatched(ctx context.Context, items []item, rep *Report, mu *sync.Mutex) error {
+	var chunks [][]item
+	for len(items) > 0 {
+		n := 0
+		for n < len(items) && n < storage.MaxBatchDelete && storage.Batchable(items[n].key) {
+			n++
+		}
+		if n == 0 { // a key gocloud would escape: on its own, through gocloud
+			if err := c.bucket.Delete(ctx, items[0].key); err == nil {
+				mu.Lock()
+				rep.count(items[0])
+				mu.Unlock()
+			} else if err = storage.Classify(err, items[0].key); !errors.Is(err, storage.ErrNotFound) {
+				return err
+			}
+			items = items[1:]
+			continue
+		}
+		chunks = append(chunks, items[:n])
+		items = items[n:]
+	}
+	return c.parallel(ctx, len(chunks), func(ctx context.Context, i int) error {
+		keys := make([]string, len(chunks[i]))
+		for j, it := range chunks[i] {
+			keys[j] = it.key
+		}
+		if err := c.batch.Delete(ctx, keys); err != nil {
+			return err
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		for _, it := range chunks[i] {
+			c.log.Debug("deleted", "key", it.key)
+			rep.count(it)
+		}
+		return nil
+	})
 }
 
 // parallel runs f for 0..n-1 on the collector's workers and returns the
@@ -424,8 +515,10 @@ type lockState struct {
 // lockTTL bounds how long a dead run's lock keeps others out.
 const lockTTL = time.Hour
 
-// lock takes the bucket's collector lock: written only if absent, or
-// replaced when expired (a run that died).
+// lock takes the bucket's collector lock: created only if absent, or
+// replaced when expired (a run that died). Two runs that both find it
+// expired may both delete it; the one whose create loses gets ErrBusy, and
+// a run whose lock another replaced finds out at its next batch (writeLock).
 func (c *collector) lock(ctx context.Context) (func(), error) {
 	raw, err := c.bucket.ReadAll(ctx, storage.GCLockKey)
 	switch err = storage.Classify(err, storage.GCLockKey); {
@@ -441,7 +534,9 @@ func (c *collector) lock(ctx context.Context) (func(), error) {
 		return nil, err
 	}
 	b, _ := json.Marshal(lockState{Run: c.run, Expires: time.Now().Add(lockTTL)})
-	if err := storage.WriteSmall(ctx, c.bucket, storage.GCLockKey, b, &blob.WriterOptions{IfNotExist: true}); err != nil {
+	// An exclusive create: a conditional write on object stores, a hard
+	// link on a directory (fileblob's IfNotExist lets two writers pass).
+	if err := storage.CreateSmall(ctx, storage.NewSmallReader(c.bucket), storage.GCLockKey, b, nil); err != nil {
 		if errors.Is(err, storage.ErrExists) {
 			return nil, ErrBusy
 		}
@@ -450,8 +545,17 @@ func (c *collector) lock(ctx context.Context) (func(), error) {
 	return func() { _ = c.bucket.Delete(context.WithoutCancel(ctx), storage.GCLockKey) }, nil
 }
 
-// writeLock renews the lock this run holds.
+// writeLock renews the lock this run holds, after checking that it still
+// holds it.
 func (c *collector) writeLock(ctx context.Context) error {
+	raw, err := c.bucket.ReadAll(ctx, storage.GCLockKey)
+	if err != nil {
+		return storage.Classify(err, storage.GCLockKey)
+	}
+	var held lockState
+	if json.Unmarshal(raw, &held) != nil || held.Run != c.run {
+		return fmt.Errorf("%w: the lock was taken over by run %q", ErrBusy, held.Run)
+	}
 	b, _ := json.Marshal(lockState{Run: c.run, Expires: time.Now().Add(lockTTL)})
 	return storage.WriteSmall(ctx, c.bucket, storage.GCLockKey, b, nil)
 }

@@ -4,15 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 
+	"github.com/stevedore-dev/stevedore/internal/bucket"
 	"github.com/stevedore-dev/stevedore/registryd/gc"
 	"github.com/stevedore-dev/stevedore/registryd/server"
 	"github.com/stevedore-dev/stevedore/registryd/storage"
@@ -325,5 +329,50 @@ func TestLockKeepsRunsApart(t *testing.T) {
 	must(t, e.bucket.WriteAll(ctx, storage.GCLockKey, []byte(`{"run":"dead","expires":"`+time.Now().Add(-time.Minute).Format(time.RFC3339Nano)+`"}`), nil))
 	if _, err := gc.Run(ctx, e.bucket, gc.Options{}); err != nil {
 		t.Fatalf("an expired lock still kept the run out: %v", err)
+	}
+}
+
+// TestLockIsExclusive: runs that start together on one bucket, each with
+// its own *blob.Bucket as separate processes would have, get the lock once
+// between them. fileblob's IfNotExist is a stat before a rename, which two
+// writers can both pass.
+func TestLockIsExclusive(t *testing.T) {
+	dir := t.TempDir()
+	const contenders = 8
+	for round := range 60 {
+		var start, done sync.WaitGroup
+		start.Add(1)
+		var won atomic.Int64
+		releases := make(chan func(), contenders)
+		for i := range contenders {
+			done.Add(1)
+			go func() {
+				defer done.Done()
+				b, err := bucket.Open(t.Context(), "file://"+dir, bucket.Options{})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				t.Cleanup(func() { _ = b.Close() }) // after the releases
+				start.Wait()
+				release, err := gc.TakeLock(t.Context(), b, fmt.Sprintf("run-%d-%d", round, i))
+				switch {
+				case err == nil:
+					won.Add(1)
+					releases <- release
+				case !errors.Is(err, gc.ErrBusy):
+					t.Errorf("taking the lock: %v", err)
+				}
+			}()
+		}
+		start.Done()
+		done.Wait()
+		close(releases)
+		if n := won.Load(); n != 1 {
+			t.Fatalf("round %d: %d runs took the lock, want 1", round, n)
+		}
+		for r := range releases {
+			r()
+		}
 	}
 }

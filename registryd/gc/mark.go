@@ -41,6 +41,9 @@ func (p plan) add(it item) { p[it.key] = it }
 // manifests are kept. A kept manifest keeps its index children and the
 // referrers of it (by _referrers entry or by their subject field).
 func (c *collector) markManifests(ctx context.Context, s *snapshot) (plan, error) {
+	if err := c.prefetchManifests(ctx, s); err != nil {
+		return nil, err
+	}
 	p := plan{}
 	for _, r := range s.repos {
 		bySubject := map[digest.Digest][]digest.Digest{}
@@ -102,6 +105,9 @@ func (c *collector) markManifests(ctx context.Context, s *snapshot) (plan, error
 // naming it exists, so a push that revives an unreachable manifest (an
 // index naming it) cannot find its layers gone.
 func (c *collector) markContent(ctx context.Context, s *snapshot, gone plan) (plan, error) {
+	if err := c.prefetchManifests(ctx, s); err != nil {
+		return nil, err
+	}
 	p := plan{}
 	linked := map[digest.Digest]bool{}
 	for _, r := range s.repos {

@@ -162,6 +162,14 @@ func collectWhilePushing(t *testing.T, e *env, grace time.Duration) {
 	const (
 		pushers  = 4
 		duration = 6 * time.Second
+		// The working set stays bounded however long the test runs (1,000
+		// collector cycles in make test-gc-torture): a pusher with maxLive
+		// live images deletes instead of pushing a new one, and remembers
+		// at most maxKept images, forgetting the oldest deleted ones (the
+		// collector has them), so the bucket, and each cycle's listing,
+		// stays about the same size.
+		maxLive = 12
+		maxKept = 48
 	)
 	minRuns := int64(0)
 	if s := os.Getenv("GC_TORTURE_RUNS"); s != "" {
@@ -181,7 +189,8 @@ func collectWhilePushing(t *testing.T, e *env, grace time.Duration) {
 	}
 	var mu sync.Mutex
 	var all []*pushed
-	stop := time.Now().Add(duration)
+	began := time.Now()
+	stop := began.Add(duration)
 	going := func() bool { return time.Now().Before(stop) || runs.Load() < minRuns }
 	var wg sync.WaitGroup
 	var failures atomic.Int64
@@ -197,21 +206,40 @@ func collectWhilePushing(t *testing.T, e *env, grace time.Duration) {
 			rng := rand.New(rand.NewPCG(uint64(p), 1))
 			repo := fmt.Sprintf("team%d/app", p%2)
 			var mine []*pushed
+			live := 0
 			for n := 0; going() && failures.Load() == 0; n++ {
 				c := client{e.servers[rng.IntN(len(e.servers))]}
 				ops.Add(1)
+				for excess := len(mine) - maxKept; excess > 0; {
+					i := slices.IndexFunc(mine, func(x *pushed) bool { return !x.deleted.IsZero() })
+					if i < 0 {
+						break
+					}
+					mine = slices.Delete(mine, i, i+1)
+					excess--
+				}
 				switch r := rng.IntN(10); {
-				case r < 4 || len(mine) == 0: // a new image
+				case (r < 4 && live < maxLive) || len(mine) == 0: // a new image
 					x := &pushed{repo: repo, tag: fmt.Sprintf("p%d-%d", p, n), img: newImage(shared[rng.IntN(len(shared))])}
 					if err := c.push(ctx, x.repo, x.tag, x.img); err != nil {
 						fail("pushing a new image: %v", err)
 					}
 					mine = append(mine, x)
+					live++
 					mu.Lock()
 					all = append(all, x)
 					mu.Unlock()
-				case r < 7: // delete one
+				case r < 7 || live >= maxLive: // delete one
 					x := mine[rng.IntN(len(mine))]
+					if live >= maxLive {
+						var alive []*pushed
+						for _, y := range mine {
+							if y.deleted.IsZero() {
+								alive = append(alive, y)
+							}
+						}
+						x = alive[rng.IntN(len(alive))]
+					}
 					if !x.deleted.IsZero() {
 						continue
 					}
@@ -221,6 +249,7 @@ func collectWhilePushing(t *testing.T, e *env, grace time.Duration) {
 					mu.Lock()
 					x.deleted = time.Now()
 					mu.Unlock()
+					live--
 				default: // push a deleted one again, under a new tag, once the collector may take it
 					var ripe []*pushed
 					mu.Lock()
@@ -241,6 +270,7 @@ func collectWhilePushing(t *testing.T, e *env, grace time.Duration) {
 					mu.Lock()
 					x.deleted, x.tag = time.Time{}, tag
 					mu.Unlock()
+					live++
 				}
 				time.Sleep(time.Duration(rng.IntN(5)) * time.Millisecond)
 			}
@@ -250,12 +280,19 @@ func collectWhilePushing(t *testing.T, e *env, grace time.Duration) {
 	go func() {
 		defer wg.Done()
 		for going() && failures.Load() == 0 {
-			rep, err := gc.Run(ctx, e.bucket, gc.WithPause(gc.Options{Grace: grace, DeleteUntagged: true, BatchSize: 4, IntentTTL: 10 * time.Second}, 30*time.Millisecond))
+			// Batches of 16 digests, each held open 30 ms between its
+			// confirming mark and its deletes: many windows for racing
+			// writes, while a cycle still clears what the pushers
+			// left since the last one (batches of 4 fell behind, and
+			// the bucket and every cycle's listings grew without end).
+			rep, err := gc.Run(ctx, e.bucket, gc.WithPause(gc.Options{Grace: grace, DeleteUntagged: true, BatchSize: 16, IntentTTL: 10 * time.Second}, 30*time.Millisecond))
 			if err != nil {
 				fail("gc: %v", err)
 				return
 			}
-			runs.Add(1)
+			if n := runs.Add(1); n%100 == 0 {
+				t.Logf("%d collector runs, %d operations, %s; last run: %s", n, ops.Load(), time.Since(began).Round(time.Second), rep.Summary())
+			}
 			rescued.Add(int64(rep.Rescued))
 		}
 	}()

@@ -155,11 +155,17 @@ func (c *collector) scanPrefix(ctx context.Context, prefix string, first *snapsh
 	if err != nil {
 		return nil, fmt.Errorf("listing the bucket: %w", err)
 	}
-	for i, o := range tagKeys {
-		d, err := c.tagDigest(ctx, o)
-		if err != nil {
-			return nil, err
-		}
+	// One read per tag the cache does not know, on the workers: a
+	// thousand serial reads are most of a mark's time otherwise.
+	tagged := make([]digest.Digest, len(tagKeys))
+	if err := c.parallel(ctx, len(tagKeys), func(ctx context.Context, i int) error {
+		d, err := c.tagDigest(ctx, tagKeys[i])
+		tagged[i] = d
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	for i, d := range tagged {
 		if d != "" {
 			s.repos[tagRepos[i]].tags[d] = true
 		}
@@ -204,6 +210,27 @@ func (c *collector) tagDigest(ctx context.Context, o object) (digest.Digest, err
 	c.cache.tags[o.key] = tagEntry{mod: o.mod, size: o.size, d: desc.Digest}
 	c.cache.mu.Unlock()
 	return desc.Digest, nil
+}
+
+// prefetchManifests reads, on the workers, every manifest a link of s
+// names that the cache lacks, so the marks that follow read none serially.
+func (c *collector) prefetchManifests(ctx context.Context, s *snapshot) error {
+	var missing []digest.Digest
+	seen := map[digest.Digest]bool{}
+	c.cache.mu.Lock()
+	for _, r := range s.repos {
+		for d := range r.manifests {
+			if _, ok := c.cache.manifests[d]; !ok && !seen[d] {
+				seen[d] = true
+				missing = append(missing, d)
+			}
+		}
+	}
+	c.cache.mu.Unlock()
+	return c.parallel(ctx, len(missing), func(ctx context.Context, i int) error {
+		_, err := c.manifestRefs(ctx, missing[i])
+		return err
+	})
 }
 
 // manifestRefs reads and parses manifest d (once per run). Content that is

@@ -98,7 +98,7 @@ test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, co
 	t0=$$SECONDS; c0=$$(cpu); start=$$SECONDS; \
 	export KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" CONTROLLER_GEN="$(CONTROLLER_GEN)"; phase "envtest assets"; \
 	node_log="$(CACHE)/node-assets.log"; mkdir -p "$(CACHE)"; hack/node-assets.sh >"$$node_log" 2>&1 & node_assets=$$!; \
-	export STEVEDORE_CLIENTS="$$(hack/install-clients.sh)"; phase "clients (crane, oras, regctl, skopeo)"; \
+	export STEVEDORE_CLIENTS="$$(hack/install-clients.sh)"; phase "clients (crane, oras, regctl, skopeo, distribution)"; \
 	export STEVEDORE_STORAGE_SERVERS="$$(hack/storage-servers.sh install)"; phase "storage servers (versitygw, Azurite, fake-gcs-server)"; \
 	$(MAKE) --no-print-directory helm; export HELM="$(HELM)"; phase "helm"; \
 	$(MAKE) --no-print-directory build-platforms PLATFORMS=linux/$$(go env GOARCH) >/dev/null; \
@@ -175,7 +175,7 @@ conformance: ## The OCI conformance suite (1.1 and dev) against registryd: file 
 	REGISTRYD=$(LOCALBIN)/registryd hack/conformance.sh
 
 .PHONY: clients
-clients: ## Install crane, oras, regctl and skopeo for the registryd e2e tests (cached); print their directory.
+clients: ## Install crane, oras, regctl, skopeo and distribution (the mirror tests' upstream) for the registryd e2e tests (cached); print their directory.
 	@hack/install-clients.sh
 
 .PHONY: test-minio

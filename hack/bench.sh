@@ -53,6 +53,14 @@ if [[ -n "$only" ]]; then
   echo "== make bench (BENCH_ONLY=$only) finished in $(( SECONDS - start ))s"
   exit 0
 fi
+# Pull-through mirror (issue 19): a BENCH_MIRROR_MIB (1 GiB) blob pulled
+# from distribution directly, through a cold mirror and from its warm cache
+# (median of BENCH_MIRROR_ROUNDS rounds); the goal is cold >= 80 % of direct.
+echo "== mirror throughput" >&2
+clients="$(hack/install-clients.sh)"
+(cd registryd/e2e && REGISTRYD="$OLDPWD/bin/registryd" STEVEDORE_CLIENTS="$clients" \
+  MIRROR_BENCH_MIB="${BENCH_MIRROR_MIB:-1024}" MIRROR_BENCH_ROUNDS="${BENCH_MIRROR_ROUNDS:-3}" \
+  go test -count=1 -run '^TestMirrorThroughput$' -v . | grep -E 'median|FAIL|^ok')
 # Storage backends (issue 6): its own script, so this one can change freely.
 hack/bench-storage.sh
 echo "== make bench finished in $(( SECONDS - start ))s"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # install-clients.sh: install the real registry clients the e2e tests drive
 # (crane, oras, regctl with go install from the module proxy, skopeo from
-# Debian) and print the directory holding them. Cached outside the repo,
+# Debian), and distribution's registry as the mirror tests' upstream (linked
+# as `distribution`, so it is never mistaken for another `registry` on PATH),
+# and print the directory holding them. Cached outside the repo,
 # keyed by version, so a second run does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,20 +11,23 @@ cd "$(dirname "$0")/.."
 CRANE_VERSION="${CRANE_VERSION:-v0.22.1}"
 ORAS_VERSION="${ORAS_VERSION:-v1.3.6}"
 REGCTL_VERSION="${REGCTL_VERSION:-v0.11.7}"
+DISTRIBUTION_VERSION="${DISTRIBUTION_VERSION:-v3.1.2}"
 
 cache="${STEVEDORE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/stevedore}"
 bin="$cache/clients"
 mkdir -p "$bin"
 
-install_go() { # name package version
+install_go() { # name package version [link name]
   local dest="$cache/tools/$1-$3"
   hack/go-install-tool.sh "$dest" "$2" "$3"
-  ln -sf "$dest" "$bin/$1"
+  ln -sf "$dest" "$bin/${4:-$1}"
 }
 
 install_go crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"
 install_go oras oras.land/oras/cmd/oras "$ORAS_VERSION"
 install_go regctl github.com/regclient/regclient/cmd/regctl "$REGCTL_VERSION"
+# The same cached file hack/bench.sh uses.
+install_go registry github.com/distribution/distribution/v3/cmd/registry "$DISTRIBUTION_VERSION" distribution
 
 if ! command -v skopeo >/dev/null 2>&1; then
   echo "installing skopeo (apt)" >&2

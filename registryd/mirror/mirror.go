@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -68,6 +69,7 @@ type Mirror struct {
 	byPrefix map[string]*client // by Prefix(Host)
 	flights  group[digest.Digest]
 	tagCalls group[string]
+	chunks   sync.Pool // []byte of chunkSize, for streamAndStore
 }
 
 // New returns a Mirror for cfg (validated) over bucket, keeping cached tags
@@ -326,9 +328,10 @@ func (m *Mirror) BlobSize(ctx context.Context, rt *Route, d digest.Digest) (int6
 // when no repository holds it, once however many ask at once (fetchOnce).
 // When this call is the one fetching and first is not nil, first is
 // called with the size once the upstream answers, and the bytes are
-// copied to the writer it returns as they are stored (streamed true);
-// a client that stops reading does not stop the fetch. The content is
-// verified before it becomes visible: a mismatch leaves nothing stored and
+// copied to the writer it returns as they arrive (streamed true), while
+// they are stored (streamAndStore); a client that stops reading does not
+// stop the fetch. The content is verified before it becomes visible, and
+// before the client has it whole: a mismatch leaves nothing stored and
 // returns an error after the bytes streamed, which the caller must turn
 // into a cut-short response.
 func (m *Mirror) EnsureBlob(ctx context.Context, rt *Route, d digest.Digest, first func(size int64) io.Writer) (streamed bool, err error) {
@@ -343,22 +346,16 @@ func (m *Mirror) EnsureBlob(ctx context.Context, rt *Route, d digest.Digest, fir
 			return err
 		}
 		defer body.Close()
-		var r io.Reader = body
-		var client *lenientWriter
 		if first != nil && size >= 0 {
-			client = &lenientWriter{w: first(size)}
-			r = io.TeeReader(body, client)
 			streamed = true
+			err = m.streamAndStore(ctx, rt, d, size, body, &lenientWriter{w: first(size)})
+		} else {
+			_, err = m.store.PutBlob(ctx, rt.Local, d, size, body)
 		}
-		_, err = m.store.PutBlob(ctx, rt.Local, d, size, r)
 		if err != nil {
 			m.log.WarnContext(ctx, "mirror: fetching a blob", "upstream", rt.Upstream(), "repository", rt.Remote, "digest", d, "error", err)
-			return err
 		}
-		if client != nil {
-			client.finish()
-		}
-		return nil
+		return err
 	})
 	if err != nil || streamed {
 		return streamed, err
@@ -399,5 +396,12 @@ func (l *lenientWriter) write(p []byte) {
 	}
 }
 
-// finish sends the byte held back.
-func (l *lenientWriter) finish() { l.write(l.held) }
+// finish sends the byte held back and flushes it, when w can (a Flush
+// method returning an error, as http.ResponseController's): the response is
+// then complete at the client.
+func (l *lenientWriter) finish() {
+	l.write(l.held)
+	if f, ok := l.w.(interface{ Flush() error }); ok && !l.failed {
+		_ = f.Flush()
+	}
+}

@@ -94,7 +94,7 @@ func (s *server) getMirroredBlob(w http.ResponseWriter, r *http.Request, rt *mir
 			h.Set("Etag", `"`+d.String()+`"`)
 			h.Set("Content-Length", strconv.FormatInt(size, 10))
 			w.WriteHeader(http.StatusOK)
-			return w
+			return flushingWriter{w}
 		}
 	}
 	streamed, err := s.opts.Mirror.EnsureBlob(r.Context(), rt, d, first)
@@ -108,6 +108,13 @@ func (s *server) getMirroredBlob(w http.ResponseWriter, r *http.Request, rt *mir
 	}
 	return streamed, nil
 }
+
+// flushingWriter is a response the mirror can flush (through the wrappers
+// of the middleware) once it sends the last byte: the client then has the
+// blob whole while the store finishes.
+type flushingWriter struct{ http.ResponseWriter }
+
+func (f flushingWriter) Flush() error { return http.NewResponseController(f.ResponseWriter).Flush() }
 
 // redirect sends the client to a signed URL of blob d when configured and
 // the backend can sign; otherwise the caller serves the bytes.

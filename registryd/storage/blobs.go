@@ -97,11 +97,28 @@ func (r rawReader) WriteTo(w io.Writer) (int64, error) {
 // then: content the collector took meanwhile cannot be written again, and
 // the push fails as unavailable, for the client to retry.
 func (s *Store) PutBlob(ctx context.Context, name string, d digest.Digest, size int64, r io.Reader) (BlobInfo, error) {
+	return s.putBlob(ctx, name, d, size, r, d.Verifier())
+}
+
+// PutVerifiedBlob is PutBlob for content its caller hashes as it reads it
+// (the mirror, streaming to a client): r must end with an error, not
+// io.EOF, when the content does not match d. It is not hashed again.
+func (s *Store) PutVerifiedBlob(ctx context.Context, name string, d digest.Digest, size int64, r io.Reader) (BlobInfo, error) {
+	return s.putBlob(ctx, name, d, size, r, verifiedByCaller{})
+}
+
+// verifiedByCaller is the Verifier of content its reader vouches for.
+type verifiedByCaller struct{}
+
+func (verifiedByCaller) Write(p []byte) (int, error) { return len(p), nil }
+func (verifiedByCaller) Verified() bool              { return true }
+
+func (s *Store) putBlob(ctx context.Context, name string, d digest.Digest, size int64, r io.Reader, verifier digest.Verifier) (BlobInfo, error) {
 	// Waiting out a collection of d first makes losing it rare.
 	if err := s.AwaitIntents(ctx, true, d); err != nil {
 		return BlobInfo{}, err
 	}
-	n, err := s.WriteContent(ctx, d, size, r)
+	n, err := s.writeContent(ctx, d, size, r, verifier)
 	if err != nil {
 		return BlobInfo{}, err
 	}
@@ -119,8 +136,11 @@ func (s *Store) PutBlob(ctx context.Context, name string, d digest.Digest, size 
 
 // WriteContent writes verified content to blobs/ without linking it.
 func (s *Store) WriteContent(ctx context.Context, d digest.Digest, size int64, r io.Reader) (int64, error) {
+	return s.writeContent(ctx, d, size, r, d.Verifier())
+}
+
+func (s *Store) writeContent(ctx context.Context, d digest.Digest, size int64, r io.Reader, verifier digest.Verifier) (int64, error) {
 	key := BlobKey(d)
-	verifier := d.Verifier()
 	if ok, err := s.exists(ctx, key); err != nil {
 		return 0, err
 	} else if ok {

@@ -455,6 +455,12 @@ func (c *collector) parallel(ctx context.Context, n int, f func(context.Context,
 		go func() {
 			defer wg.Done()
 			for i := range next {
+				// A select with both cases ready picks either, so an item
+				// can arrive after ctx ended: it is not started. (A delete
+				// sent once a batch's intents expired was this.)
+				if ctx.Err() != nil {
+					continue
+				}
 				if err := f(ctx, i); err != nil {
 					once.Do(func() { first = err; cancel() })
 				}

@@ -207,7 +207,7 @@ func run(log *slog.Logger, c config) error {
 		return errors.New("--tls-cert-file and --tls-key-file go together")
 	}
 	api := &http.Server{Addr: c.addr, Handler: handler, ReadHeaderTimeout: c.limits.readHeaderTimeout,
-		IdleTimeout: c.limits.idleTimeout, MaxHeaderBytes: c.limits.maxHeaderBytes}
+		IdleTimeout: c.limits.idleTimeout, MaxHeaderBytes: c.limits.maxHeaderBytes, ConnContext: server.ConnContext}
 	if c.limits.bodyTimeout > 0 {
 		// Absolute deadlines for what the registry handler does not pace
 		// itself (/token): the handler replaces them with progress

@@ -3,12 +3,14 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,6 +57,58 @@ func TestIdleAndHeaderTimeouts(t *testing.T) {
 				t.Fatalf("connection not closed by the server: %v after %s", err, time.Since(start))
 			}
 		})
+	}
+}
+
+// TestSlowSteadyPullIsServed: a client that reads a blob slowly but well
+// above the minimum rate is served to the end, though the server's send
+// buffer stays full and a write waits longer than one window for a third
+// of it to drain (registryd sets TCP_NOTSENT_LOWAT so it does not).
+func TestSlowSteadyPullIsServed(t *testing.T) {
+	p := startProcess(t, "--body-timeout", "500ms", "--body-min-bytes", "4096")
+	const size = 8 << 20
+	d := seededDigest(size, 7)
+	req, _ := http.NewRequest("POST", p.url()+"/v2/slow/blobs/uploads/?digest="+d.String(), seeded(size, 7))
+	req.ContentLength = size
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("push: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	// A small receive buffer, set before the handshake, keeps the window
+	// small: the bytes wait in the server's send buffer, not in ours.
+	dialer := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 16<<10) })
+		return errors.Join(err, serr)
+	}}
+	c, err := dialer.Dial("tcp", p.host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	fmt.Fprintf(c, "GET /v2/slow/blobs/%s HTTP/1.1\r\nHost: x\r\n\r\n", d)
+	_ = c.SetReadDeadline(time.Now().Add(time.Minute))
+	resp, err = http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	// 32 KiB every 40 ms, about 0.8 MB/s: 10 s, twenty windows.
+	v := d.Verifier()
+	var n int64
+	buf := make([]byte, 32<<10)
+	for {
+		m, err := io.ReadFull(resp.Body, buf)
+		n += int64(m)
+		_, _ = v.Write(buf[:m])
+		if err != nil {
+			break
+		}
+		time.Sleep(40 * time.Millisecond)
+	}
+	if n != size || !v.Verified() {
+		t.Fatalf("read %d of %d bytes (verified %v): a client reading far above the minimum rate was cut off", n, size, v.Verified())
 	}
 }
 

@@ -41,7 +41,9 @@ func serveBucket(t *testing.T, b *blob.Bucket, opts *Options) *testRegistry {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	srv := httptest.NewServer(New(b, tags.NewBucket(b), &o))
+	srv := httptest.NewUnstartedServer(New(b, tags.NewBucket(b), &o))
+	srv.Config.ConnContext = ConnContext
+	srv.Start()
 	t.Cleanup(srv.Close)
 	return &testRegistry{t: t, bucket: b, url: srv.URL}
 }

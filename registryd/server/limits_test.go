@@ -15,6 +15,9 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"gocloud.dev/blob"
+	"gocloud.dev/blob/fileblob"
+	"gocloud.dev/blob/memblob"
 )
 
 // dialRegistry opens a raw connection to r whose receive buffer is set
@@ -105,6 +108,55 @@ func TestBodyProgressDeadlines(t *testing.T) {
 			t.Fatalf("steady push: %d after %s", resp.StatusCode, time.Since(start))
 		}
 	})
+
+	// 12 MiB (more than the server's send buffer can take, at most 4 MiB
+	// by Linux's default tcp_wmem) read 32 KiB every 20 ms: about 8 s,
+	// sixteen windows, with the server's send buffer full all along: a
+	// write waits for the client's reads (see notSentLowWater).
+	for _, bucket := range []struct {
+		name string
+		open func(t *testing.T) *blob.Bucket
+	}{
+		{"memory", func(t *testing.T) *blob.Bucket { return memblob.OpenBucket(nil) }},
+		{"file", func(t *testing.T) *blob.Bucket {
+			b, err := fileblob.OpenBucket(t.TempDir(), &fileblob.Options{Metadata: fileblob.MetadataDontWrite})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}},
+	} {
+		t.Run("response from a "+bucket.name+" bucket to a slow steady reader passes", func(t *testing.T) {
+			b := bucket.open(t)
+			t.Cleanup(func() { _ = b.Close() })
+			r := serveBucket(t, b, opts)
+			big := []byte(strings.Repeat("fedcba9876543210", 12<<16))
+			d := r.pushBlob("app", big)
+			conn := dialRegistry(t, r)
+			fmt.Fprintf(conn, "GET /v2/app/blobs/%s HTTP/1.1\r\nHost: x\r\n\r\n", d)
+			_ = conn.SetReadDeadline(time.Now().Add(60 * time.Second))
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			v := d.Verifier()
+			var n int64
+			buf := make([]byte, 32<<10)
+			for {
+				m, err := io.ReadFull(resp.Body, buf)
+				n += int64(m)
+				_, _ = v.Write(buf[:m])
+				if err != nil {
+					break
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+			if n != int64(len(big)) || !v.Verified() {
+				t.Fatalf("read %d of %d bytes (verified %v): a reader that kept the minimum rate was cut off", n, len(big), v.Verified())
+			}
+		})
+	}
 
 	t.Run("response to a client that stops reading is cut off", func(t *testing.T) {
 		r := newTestRegistry(t, opts)

@@ -86,8 +86,11 @@ func TestLease(t *testing.T) {
 			if err := b.WriteAll(t.Context(), leaseKey(d), l, nil); err != nil {
 				t.Fatal(err)
 			}
+			holderDone := make(chan struct{})
 			if tc.holder != nil {
-				go tc.holder(context.WithoutCancel(t.Context()), b)
+				go func() { defer close(holderDone); tc.holder(context.WithoutCancel(t.Context()), b) }()
+			} else {
+				close(holderDone)
 			}
 			rt, err := m.Route(host, "app")
 			if err != nil {
@@ -103,6 +106,9 @@ func TestLease(t *testing.T) {
 			if got := gets.Load(); got != tc.wantGets {
 				t.Errorf("upstream GETs %d, want %d", got, tc.wantGets)
 			}
+			// The holder removes its lease after storing the content, which
+			// this replica may already have seen.
+			<-holderDone
 			if ok, _ := b.Exists(t.Context(), leaseKey(d)); ok != tc.leaseLeft {
 				t.Errorf("lease left behind: %v", ok)
 			}

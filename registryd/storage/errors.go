@@ -76,5 +76,14 @@ func transient(err error) bool {
 	case status >= 500, status == http.StatusRequestTimeout, status == http.StatusTooManyRequests:
 		return true
 	}
-	return false
+	return directoryRace(err)
+}
+
+// directoryRace: a backend that keeps objects as files (versitygw's posix
+// backend) removes a directory a delete left empty, and a PUT creating a
+// key under it at that moment answers 409 ExistingObjectIsDirectory. The
+// same PUT a moment later succeeds: the client gets 503 and retries.
+func directoryRace(err error) bool {
+	var api interface{ ErrorCode() string }
+	return errors.As(err, &api) && api.ErrorCode() == "ExistingObjectIsDirectory"
 }

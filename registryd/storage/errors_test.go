@@ -8,6 +8,7 @@ import (
 
 	"github.com/Azure/azure-sdk-for-go/sdk/azcore"
 	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/smithy-go"
 	smithyhttp "github.com/aws/smithy-go/transport/http"
 	"google.golang.org/api/googleapi"
 )
@@ -29,6 +30,12 @@ func TestTransient(t *testing.T) {
 		{"s3 500", s3err(500), true},
 		{"s3 416 InvalidRange", s3err(416), false},
 		{"s3 403", s3err(403), false},
+		{"s3 409 ExistingObjectIsDirectory (versitygw posix, a racing delete)", &awshttp.ResponseError{ResponseError: &smithyhttp.ResponseError{
+			Response: &smithyhttp.Response{Response: &http.Response{StatusCode: 409}},
+			Err:      &smithy.GenericAPIError{Code: "ExistingObjectIsDirectory", Message: "directory object already exists"}}}, true},
+		{"s3 409 BucketAlreadyExists", &awshttp.ResponseError{ResponseError: &smithyhttp.ResponseError{
+			Response: &smithyhttp.Response{Response: &http.Response{StatusCode: 409}},
+			Err:      &smithy.GenericAPIError{Code: "BucketAlreadyExists"}}}, false},
 		{"azure 503 ServerBusy", &azcore.ResponseError{StatusCode: 503}, true},
 		{"azure 400", &azcore.ResponseError{StatusCode: 400}, false},
 		{"gcs 429", &googleapi.Error{Code: 429}, true},

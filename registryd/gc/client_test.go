@@ -12,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -120,38 +121,52 @@ type apiError struct {
 
 func (e *apiError) Error() string { return fmt.Sprintf("%d %s: %s", e.status, e.code, e.body) }
 
+// do sends a request and reads its answer; 503 (a storage hiccup the
+// server calls transient) is retried after its Retry-After, up to four
+// times, as ggcr, containerd and docker retry it.
 func (c client) do(ctx context.Context, method, path string, body []byte, want int, header ...string) (*http.Response, []byte, error) {
 	u := path
 	if !strings.HasPrefix(u, "http") {
 		u = c.url + path
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
-	if err != nil {
-		return nil, nil, err
-	}
-	for i := 0; i+1 < len(header); i += 2 {
-		req.Header.Set(header[i], header[i+1])
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, nil, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return resp, nil, err
-	}
-	if resp.StatusCode != want {
-		var env struct {
-			Errors []struct{ Code string } `json:"errors"`
+	for attempt := 0; ; attempt++ {
+		req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
+		if err != nil {
+			return nil, nil, err
 		}
-		e := &apiError{status: resp.StatusCode, body: string(b)}
-		if json.Unmarshal(b, &env) == nil && len(env.Errors) > 0 {
-			e.code = env.Errors[0].Code
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
 		}
-		return resp, b, fmt.Errorf("%s %s: %w", method, path, e)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return nil, nil, err
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			return resp, nil, err
+		}
+		if resp.StatusCode == http.StatusServiceUnavailable && want != http.StatusServiceUnavailable && attempt < 4 {
+			wait, _ := strconv.Atoi(resp.Header.Get("Retry-After"))
+			select {
+			case <-ctx.Done():
+				return resp, b, ctx.Err()
+			case <-time.After(time.Duration(max(wait, 0))*time.Second + 50*time.Millisecond):
+			}
+			continue
+		}
+		if resp.StatusCode != want {
+			var env struct {
+				Errors []struct{ Code string } `json:"errors"`
+			}
+			e := &apiError{status: resp.StatusCode, body: string(b)}
+			if json.Unmarshal(b, &env) == nil && len(env.Errors) > 0 {
+				e.code = env.Errors[0].Code
+			}
+			return resp, b, fmt.Errorf("%s %s: %w", method, path, e)
+		}
+		return resp, b, nil
 	}
-	return resp, b, nil
 }
 
 // exists is a HEAD on a blob: what a client asks before skipping an upload.

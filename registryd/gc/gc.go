@@ -76,7 +76,9 @@ type Report struct {
 	// Counts by kind, and the bytes of the deleted blobs, uploads and
 	// temp files.
 	Manifests, Referrers, LayerLinks, Blobs, Uploads, TempFiles int
-	Bytes                                                       int64
+	// MirrorLeases counts the fetch leases of replicas that died.
+	MirrorLeases int
+	Bytes        int64
 	// Rescued counts what one mark called garbage and the confirming
 	// mark kept: writes that raced the run and won.
 	Rescued int
@@ -94,11 +96,19 @@ func (r Report) Summary() string {
 		verb = "would delete"
 	}
 	deferred := ""
+	if r.MirrorLeases > 0 {
+		deferred = fmt.Sprintf("; %d dead mirror leases", r.MirrorLeases)
+	}
 	if r.Deferred > 0 {
-		deferred = fmt.Sprintf("; %d left for the next run (intents expired)", r.Deferred)
+		deferred += fmt.Sprintf("; %d left for the next run (intents expired)", r.Deferred)
 	}
 	return fmt.Sprintf("gc: %s %d manifests, %d referrer entries, %d layer links, %d blobs, %d upload objects, %d temp files (%d bytes) in %d repositories; %d rescued by racing writes%s; took %s",
 		verb, r.Manifests, r.Referrers, r.LayerLinks, r.Blobs, r.Uploads, r.TempFiles, r.Bytes, r.Repositories, r.Rescued, deferred, r.Duration.Round(time.Millisecond))
+}
+
+func (r *Report) countLease(key string) {
+	r.Deleted = append(r.Deleted, key)
+	r.MirrorLeases++
 }
 
 func (r *Report) count(it item) {
@@ -191,6 +201,11 @@ func (c *collector) collect(ctx context.Context, rep *Report) error {
 	}
 	rep.Repositories = len(s.repos)
 	c.clearDeadIntents(ctx, s)
+	for _, o := range c.deadLeases(ctx, s) {
+		if err := c.bucket.Delete(ctx, o.key); err == nil {
+			rep.countLease(o.key)
+		}
+	}
 	p1, err := c.markManifests(ctx, s)
 	if err != nil {
 		return err
@@ -254,6 +269,11 @@ func (c *collector) dryRun(ctx context.Context, rep *Report) error {
 			c.log.Info("would delete", "key", it.key)
 		}
 	}
+	for _, o := range c.deadLeases(ctx, s) {
+		rep.countLease(o.key)
+		c.log.Info("would delete", "key", o.key)
+	}
+	sort.Strings(rep.Deleted)
 	return nil
 }
 
@@ -510,6 +530,32 @@ func (c *collector) clearDeadIntents(ctx context.Context, s *snapshot) {
 		}
 		_ = c.bucket.Delete(ctx, o.key)
 	}
+}
+
+// deadLeases are the mirror fetch leases of replicas that died mid-fetch
+// (docs/mirror.md): expired past the skew, and not rewritten for longer
+// than the grace. A live holder rewrites its lease every third of its TTL;
+// if one is rewritten between this read and the delete, the worst outcome
+// is that a second replica fetches the same blob from the upstream.
+func (c *collector) deadLeases(ctx context.Context, s *snapshot) []object {
+	var dead []object
+	for _, o := range s.leases {
+		if !o.mod.Before(c.cutoff) {
+			continue
+		}
+		b, err := c.bucket.ReadAll(ctx, o.key)
+		if err != nil {
+			continue
+		}
+		var l struct {
+			Expires time.Time `json:"expires"`
+		}
+		if json.Unmarshal(b, &l) == nil && !l.Expires.Add(storage.IntentSkew).Before(time.Now()) {
+			continue
+		}
+		dead = append(dead, o)
+	}
+	return dead
 }
 
 // lockState is the content of the bucket's collector lock.

@@ -376,3 +376,36 @@ func TestLockIsExclusive(t *testing.T) {
 		}
 	}
 }
+
+// TestDeadMirrorLeases: a mirror fetch lease left by a replica that died
+// (expired, not rewritten within the grace) is removed, in the dry run's
+// list and then by the run; a lease rewritten within the grace, or not yet
+// expired, is a fetch that may be in progress and stays.
+func TestDeadMirrorLeases(t *testing.T) {
+	ctx := t.Context()
+	e := newEnv(t, 0, server.Options{})
+	lease := func(expires time.Time) []byte {
+		return []byte(`{"holder":"r1","expires":"` + expires.Format(time.RFC3339Nano) + `"}`)
+	}
+	key := func(hex string) string { return storage.MirrorLeasesPrefix + "sha256/" + strings.Repeat(hex, 64) }
+	dead, live := key("a"), key("b")
+	must(t, e.bucket.WriteAll(ctx, dead, lease(time.Now().Add(-90*time.Minute)), nil))
+	must(t, e.bucket.WriteAll(ctx, live, lease(time.Now().Add(3*time.Hour)), nil)) // a clock ahead, or a long fetch
+	e.age(t, 2*time.Hour)
+	fresh := key("c") // expired, but written moments ago: a holder may be rewriting it
+	must(t, e.bucket.WriteAll(ctx, fresh, lease(time.Now().Add(-time.Second)), nil))
+
+	dry, err := gc.Run(ctx, e.bucket, gc.Options{Grace: time.Hour, DryRun: true})
+	must(t, err)
+	rep, err := gc.Run(ctx, e.bucket, gc.Options{Grace: time.Hour})
+	must(t, err)
+	for _, r := range []gc.Report{dry, rep} {
+		if !slices.Equal(r.Deleted, []string{dead}) || r.MirrorLeases != 1 {
+			t.Errorf("dry run %v: %s deleted %v, want only the dead lease", r.DryRun, r.Summary(), r.Deleted)
+		}
+	}
+	keys := e.keys(t)
+	if keys[dead] || !keys[live] || !keys[fresh] {
+		t.Fatalf("after the run: dead lease there %v, live %v, fresh %v", keys[dead], keys[live], keys[fresh])
+	}
+}

@@ -47,6 +47,7 @@ type snapshot struct {
 	uploads map[string][]object // by upload id
 	temps   []object
 	intents []object
+	leases  []object // mirror fetch leases
 }
 
 // refs is what a manifest names.
@@ -89,7 +90,7 @@ func (c *collector) rescan(ctx context.Context, first *snapshot) (*snapshot, err
 func (c *collector) scanPrefix(ctx context.Context, prefix string, first *snapshot) (*snapshot, error) {
 	s := &snapshot{repos: map[string]*repoState{}, blobs: map[digest.Digest]object{}, uploads: map[string][]object{}}
 	if first != nil {
-		s.blobs, s.uploads, s.temps, s.intents = first.blobs, first.uploads, first.temps, first.intents
+		s.blobs, s.uploads, s.temps, s.intents, s.leases = first.blobs, first.uploads, first.temps, first.intents, first.leases
 	}
 	repo := func(name string) *repoState {
 		r := s.repos[name]
@@ -149,6 +150,8 @@ func (c *collector) scanPrefix(ctx context.Context, prefix string, first *snapsh
 			s.temps = append(s.temps, obj)
 		case strings.HasPrefix(k, storage.IntentsPrefix):
 			s.intents = append(s.intents, obj)
+		case strings.HasPrefix(k, storage.MirrorLeasesPrefix):
+			s.leases = append(s.leases, obj)
 		}
 		return true, nil
 	})

@@ -18,7 +18,7 @@ import (
 // every replica sharing the bucket (docs/mirror.md):
 //
 //	_stevedore/mirror/leases/<alg>/<hex>   {"holder": …, "expires": …}
-const leasePrefix = "_stevedore/mirror/leases/"
+const leasePrefix = storage.MirrorLeasesPrefix
 
 func leaseKey(d digest.Digest) string {
 	return leasePrefix + d.Algorithm().String() + "/" + d.Encoded()

@@ -19,11 +19,15 @@ import (
 //	                                    digests it lists, all starting with hh
 //	_stevedore/gc/lock                  one collector at a time
 //	_stevedore/tmp/                     fileblob's temp files in a pod (TMPDIR)
+//	_stevedore/mirror/leases/<alg>/<hex> an upstream fetch in progress
+//	                                    (docs/mirror.md); the collector
+//	                                    removes those of replicas that died
 const (
-	GCPrefix      = "_stevedore/gc/"
-	IntentsPrefix = GCPrefix + "intents/"
-	GCLockKey     = GCPrefix + "lock"
-	TempPrefix    = "_stevedore/tmp/"
+	GCPrefix           = "_stevedore/gc/"
+	IntentsPrefix      = GCPrefix + "intents/"
+	GCLockKey          = GCPrefix + "lock"
+	TempPrefix         = "_stevedore/tmp/"
+	MirrorLeasesPrefix = "_stevedore/mirror/leases/"
 )
 
 // IntentSkew is how long past its expiry an intent still counts: the

@@ -107,17 +107,15 @@ test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, co
 	go vet ./...; phase "go vet"; \
 	go test -count=1 -timeout 30m $$(go list ./... | grep -v '/registryd'); phase "go test (operator, envtest, generated code)"; \
 	go test -race -count=1 -timeout 30m $$(go list ./registryd/... | grep -vE '/registryd/(hostile|e2e)$$'); phase "go test -race registryd (unit, envtest)"; \
+	go test -count=1 -timeout 30m -parallel 3 ./registryd/e2e/; phase "registryd e2e with real clients (registryd processes built with -race)"; \
+	go test -race -count=1 -timeout 30m -v ./registryd/hostile/ | grep -E '^(--- |    --- |ok|FAIL|PASS)|hostile_test.go'; phase "adversarial suite (-race, 3 replicas, file and versitygw)"; \
+	$(MAKE) --no-print-directory fuzz; phase "fuzz"; \
 	wait $$node_assets || { cat "$$node_log"; exit 1; }; phase "node components (built in the background since the envtest assets)"; \
 	e2e_log="$$(mktemp)"; hack/node-e2e.sh >"$$e2e_log" 2>&1 & node_e2e=$$!; \
-	go test -count=1 -timeout 30m -parallel 3 ./registryd/e2e/; phase "registryd e2e with real clients (registryd processes built with -race; beside the real node's suite)"; \
-	go test -race -count=1 -timeout 30m -v ./registryd/hostile/ | grep -E '^(--- |    --- |ok|FAIL|PASS)|hostile_test.go'; phase "adversarial suite (-race, 3 replicas, file and versitygw)"; \
-	conf_log="$$(mktemp)"; CONFORMANCE_ROWS="$(TEST_CONFORMANCE_ROWS)" REGISTRYD="$$STEVEDORE_BIN_DIR/registryd" hack/conformance.sh >"$$conf_log" 2>&1 & conf=$$!; \
-	$(MAKE) --no-print-directory fuzz; phase "fuzz (beside conformance)"; \
-	conf_rc=0; wait $$conf || conf_rc=$$?; cat "$$conf_log"; rm -f "$$conf_log"; [[ $$conf_rc == 0 ]] || exit 1; \
-	phase "OCI conformance, $(words $(TEST_CONFORMANCE_ROWS)) rows (started beside fuzz)"; \
+	CONFORMANCE_ROWS="$(TEST_CONFORMANCE_ROWS)" REGISTRYD="$$STEVEDORE_BIN_DIR/registryd" hack/conformance.sh; phase "OCI conformance, $(words $(TEST_CONFORMANCE_ROWS)) rows (beside the real node's suite)"; \
 	e2e_rc=0; wait $$node_e2e || e2e_rc=$$?; \
 	if [[ $$e2e_rc != 0 ]]; then cat "$$e2e_log"; exit 1; fi; \
-	grep -vE '^        ' "$$e2e_log"; rm -f "$$e2e_log"; phase "end-to-end on a real node (test/node; started before the registryd e2e)"; \
+	grep -vE '^        ' "$$e2e_log"; rm -f "$$e2e_log"; phase "end-to-end on a real node (test/node; started before conformance)"; \
 	echo "== make test passed in $$(( SECONDS - start ))s ($$(cpu)s cpu)"
 
 .PHONY: test-outage

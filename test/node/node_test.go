@@ -323,7 +323,7 @@ spec:
 		}
 		// A probe before the operator listens is refused: what the startup
 		// probe prevents. A probe that times out on this loaded machine
-		// (make test runs registryd's e2e beside) says nothing about start-up.
+		// (conformance runs beside in make test) says nothing about start-up.
 		startup := strings.Contains(line, "connection refused")
 		if startup && (strings.Contains(line, "Readiness probe failed") || strings.Contains(line, "Liveness probe failed")) {
 			t.Errorf("the operator's pod logged %s", line)

@@ -128,7 +128,10 @@ func (m *Mirror) leased(ctx context.Context, d digest.Digest, fetch func(ctx con
 // acquire creates d's lease; false when another holds it.
 func (m *Mirror) acquire(ctx context.Context, d digest.Digest) (bool, error) {
 	body, _ := json.Marshal(lease{Holder: m.id, Expires: time.Now().Add(m.opts.LeaseTTL)})
-	err := storage.WriteSmall(ctx, m.store.Bucket(), leaseKey(d), body, &blob.WriterOptions{IfNotExist: true, ContentType: "application/json"})
+	// CreateSmall, not WriteSmall with IfNotExist: fileblob's IfNotExist is
+	// a stat before a rename, which two replicas can both pass (then both
+	// fetched the blob; seen once in TestMirror on CI).
+	err := storage.CreateSmall(ctx, m.store.Local(), leaseKey(d), body, &blob.WriterOptions{ContentType: "application/json"})
 	switch {
 	case err == nil:
 		return true, nil

@@ -42,6 +42,9 @@ func (s *Store) WithBeforeSign(f func(asFunc func(any) bool) error) *Store {
 // share the layout.
 func (s *Store) Bucket() *blob.Bucket { return s.bucket }
 
+// Local is the store's SmallReader, for CreateSmall and the durable writes.
+func (s *Store) Local() *SmallReader { return s.local }
+
 // Ping checks the bucket answers, for /readyz.
 func (s *Store) Ping(ctx context.Context) error {
 	// A listing, not a HEAD: a HEAD of a missing key answers the same for a

@@ -20,6 +20,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	"sigs.k8s.io/controller-runtime/pkg/healthz"
 	"sigs.k8s.io/controller-runtime/pkg/log/zap"
+	crmetrics "sigs.k8s.io/controller-runtime/pkg/metrics"
 	metricsserver "sigs.k8s.io/controller-runtime/pkg/metrics/server"
 
 	stevedorev1alpha1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
@@ -86,7 +87,7 @@ func main() {
 		log.Error(err, "invalid --storage-allowed-networks")
 		os.Exit(1)
 	}
-	if err := controllers.SetupWithManager(mgr, controllers.Options{RegistrydImage: registrydImage, StorageAllowedNetworks: nets, RetentionInterval: retentionEvery}); err != nil {
+	if err := controllers.SetupWithManager(mgr, controllers.Options{RegistrydImage: registrydImage, StorageAllowedNetworks: nets, RetentionInterval: retentionEvery, Metrics: crmetrics.Registry}); err != nil {
 		log.Error(err, "unable to set up controllers")
 		os.Exit(1)
 	}

@@ -34,6 +34,7 @@ func CacheOptions() cache.Options {
 			&networkingv1.Ingress{}:         mine,
 			&policyv1.PodDisruptionBudget{}: mine,
 			&batchv1.CronJob{}:              mine,
+			&batchv1.Job{}:                  mine,
 		},
 	}
 }

@@ -65,7 +65,9 @@ var (
 		"events [] [] [create patch]",
 		"events.events.k8s.io [] [] [create patch]",
 		"ingresses.networking.k8s.io [] [] [create delete get list patch watch]",
-		"jobs.batch [] [] [list]",
+		// Collection Jobs asked for by annotation; their state fills
+		// status.gc (retention lists them too).
+		"jobs.batch [] [] [create get list patch watch]",
 		"namespaces [] [] [get]",
 		"persistentvolumeclaims [] [] [create get list patch watch]",
 		"poddisruptionbudgets.policy [] [] [create delete get list patch watch]",

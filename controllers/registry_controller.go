@@ -94,6 +94,8 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 		r.reconcileIngress,
 		r.reconcilePDB,
 		r.reconcileGC,
+		r.reconcileGCRequest,
+		r.reconcileGCStatus,
 	)
 	if namespaceTerminating(err) {
 		// The namespace is going away with the Registry: nothing to
@@ -226,9 +228,13 @@ func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Owns(&networkingv1.Ingress{}).
 		Owns(&policyv1.PodDisruptionBudget{}).
 		Owns(&batchv1.CronJob{}).
+		// Collection Jobs: the CronJob's own and those asked for by
+		// annotation (owned by the Registry), found by their labels;
+		// a finished one fills status.gc.
+		Watches(&batchv1.Job{}, handler.EnqueueRequestsFromMapFunc(registryOfLabelled)).
 		// The claim of a file:// bucket is labelled, not owned: it outlives
 		// the Registry.
-		Watches(&corev1.PersistentVolumeClaim{}, handler.EnqueueRequestsFromMapFunc(registryOfClaim)).
+		Watches(&corev1.PersistentVolumeClaim{}, handler.EnqueueRequestsFromMapFunc(registryOfLabelled)).
 		Watches(&rbacv1.ClusterRoleBinding{}, handler.EnqueueRequestsFromMapFunc(registryFromLabels)).
 		// Repositories come and go, change policy or lose their finalizer
 		// (count, cleanup finalizer); a tag push (a status write) is none
@@ -278,7 +284,9 @@ func registryFromLabels(_ context.Context, obj client.Object) []reconcile.Reques
 	return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: ns, Name: name}}}
 }
 
-func registryOfClaim(_ context.Context, obj client.Object) []reconcile.Request {
+// registryOfLabelled maps a namespaced object the operator labelled (a
+// claim, a collection Job) to its Registry.
+func registryOfLabelled(_ context.Context, obj client.Object) []reconcile.Request {
 	l := obj.GetLabels()
 	if l[labelManagedBy] != fieldManager || l[labelRegistry] == "" {
 		return nil

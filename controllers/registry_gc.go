@@ -27,27 +27,6 @@ func (r *RegistryReconciler) reconcileGC(ctx context.Context, s *registryScope) 
 	if gc == nil || gc.Schedule == "" {
 		return r.deleteOwned(ctx, s.reg, &batchv1.CronJob{})
 	}
-	pod := r.podTemplate(s.reg)
-	container := r.gcContainer(s.reg)
-	pod.Spec.Containers = nil
-	pod.Spec.WithContainers(container).
-		WithRestartPolicy(corev1.RestartPolicyNever).
-		WithTerminationGracePeriodSeconds(terminationGracePeriod)
-	pod.Spec.TopologySpreadConstraints = nil
-	// Not registryd's selector labels: the Service, the PodDisruptionBudget
-	// and the Deployment must not count a collector's pod.
-	pod.Labels = gcLabels(s.reg)
-	if storageClaimName(s.reg) != "" && !sharedVolume(s.reg) {
-		// A ReadWriteOnce claim mounts on one node only: run where
-		// registryd runs.
-		if pod.Spec.Affinity == nil {
-			pod.Spec.Affinity = corev1ac.Affinity()
-		}
-		pod.Spec.Affinity.WithPodAffinity(corev1ac.PodAffinity().
-			WithRequiredDuringSchedulingIgnoredDuringExecution(corev1ac.PodAffinityTerm().
-				WithTopologyKey(corev1.LabelHostname).
-				WithLabelSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(s.reg)))))
-	}
 	return r.apply(ctx, batchv1ac.CronJob(childName(s.reg), s.reg.Namespace).
 		WithLabels(childLabels(s.reg)).
 		WithOwnerReferences(ownerRef(s.reg)).
@@ -60,10 +39,34 @@ func (r *RegistryReconciler) reconcileGC(ctx context.Context, s *registryScope) 
 			WithFailedJobsHistoryLimit(gcJobHistory).
 			WithJobTemplate(batchv1ac.JobTemplateSpec().
 				WithLabels(gcLabels(s.reg)).
-				WithSpec(batchv1ac.JobSpec().
-					WithBackoffLimit(1).
-					WithTemplate(pod)))),
+				WithSpec(r.gcJobSpec(s.reg)))),
 		&batchv1.CronJob{})
+}
+
+// gcJobSpec is a collection's Job, scheduled or asked for.
+func (r *RegistryReconciler) gcJobSpec(reg *v1.Registry) *batchv1ac.JobSpecApplyConfiguration {
+	pod := r.podTemplate(reg)
+	container := r.gcContainer(reg)
+	pod.Spec.Containers = nil
+	pod.Spec.WithContainers(container).
+		WithRestartPolicy(corev1.RestartPolicyNever).
+		WithTerminationGracePeriodSeconds(terminationGracePeriod)
+	pod.Spec.TopologySpreadConstraints = nil
+	// Not registryd's selector labels: the Service, the PodDisruptionBudget
+	// and the Deployment must not count a collector's pod.
+	pod.Labels = gcLabels(reg)
+	if storageClaimName(reg) != "" && !sharedVolume(reg) {
+		// A ReadWriteOnce claim mounts on one node only: run where
+		// registryd runs.
+		if pod.Spec.Affinity == nil {
+			pod.Spec.Affinity = corev1ac.Affinity()
+		}
+		pod.Spec.Affinity.WithPodAffinity(corev1ac.PodAffinity().
+			WithRequiredDuringSchedulingIgnoredDuringExecution(corev1ac.PodAffinityTerm().
+				WithTopologyKey(corev1.LabelHostname).
+				WithLabelSelector(metav1ac.LabelSelector().WithMatchLabels(selectorLabels(reg)))))
+	}
+	return batchv1ac.JobSpec().WithBackoffLimit(1).WithTemplate(pod)
 }
 
 // gcLabels mark the collector's Jobs and pods.
@@ -81,6 +84,10 @@ func (r *RegistryReconciler) gcContainer(reg *v1.Registry) *corev1ac.ContainerAp
 	c.WithName("gc")
 	c.Args = GCArgs(reg)
 	c.Ports, c.StartupProbe, c.ReadinessProbe, c.LivenessProbe = nil, nil, nil, nil
+	// The report goes where the kubelet keeps a container's termination
+	// message, for reconcileGCStatus to read.
+	c.WithTerminationMessagePath(corev1.TerminationMessagePathDefault).
+		WithTerminationMessagePolicy(corev1.TerminationMessageReadFile)
 	return c
 }
 
@@ -92,6 +99,7 @@ func GCArgs(reg *v1.Registry) []string {
 		"--namespace=" + reg.Namespace,
 		"--storage=" + reg.Spec.Storage.URL,
 		"--log-format=json",
+		"--report-file=" + corev1.TerminationMessagePathDefault,
 	}
 	if reg.Spec.Storage.Prefix != "" {
 		args = append(args, "--storage-prefix="+reg.Spec.Storage.Prefix)
@@ -104,6 +112,9 @@ func GCArgs(reg *v1.Registry) []string {
 		}
 		if gc.DeleteUntagged {
 			args = append(args, "--delete-untagged")
+		}
+		if gc.DryRun {
+			args = append(args, "--dry-run")
 		}
 	}
 	return args

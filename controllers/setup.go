@@ -4,9 +4,11 @@ package controllers
 
 import (
 	"context"
+	"fmt"
 	"net/netip"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -34,6 +36,9 @@ type Options struct {
 	// RetentionInterval spaces retention runs of one Repository (default
 	// 1h); a spec change runs it at once.
 	RetentionInterval time.Duration
+	// Metrics, when set, gets the collectors of status-derived metrics
+	// (stevedore_gc_*); main passes controller-runtime's registry.
+	Metrics prometheus.Registerer
 }
 
 // SetupWithManager registers every reconciler with mgr.
@@ -45,6 +50,11 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 	if err := mgr.GetFieldIndexer().IndexField(context.Background(), &v1.Repository{}, indexRepositoryPath,
 		func(o client.Object) []string { return []string{repositoryPathKey(o.(*v1.Repository))} }); err != nil {
 		return err
+	}
+	if opts.Metrics != nil {
+		if err := opts.Metrics.Register(newGCCollector(mgr.GetClient())); err != nil {
+			return fmt.Errorf("registering the gc metrics: %w", err)
+		}
 	}
 	// Both reconcilers share the storage credentials read for cleanup.
 	creds := &credentialSnapshots{}
@@ -100,6 +110,7 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 // +kubebuilder:rbac:groups=networking.k8s.io,resources=ingresses,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=policy,resources=poddisruptionbudgets,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=batch,resources=cronjobs,verbs=get;list;watch;create;patch;delete
+// +kubebuilder:rbac:groups=batch,resources=jobs,verbs=get;list;watch;create;patch
 
 // The metrics endpoint (main.go) checks each scraper's token with a
 // TokenReview and its `get /metrics` with a SubjectAccessReview.

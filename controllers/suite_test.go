@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -56,6 +57,8 @@ func TestMain(m *testing.M) {
 var operator = struct {
 	stop     func()
 	requests *apiRequests
+	// metrics holds the running operator's status-derived metrics.
+	metrics *prometheus.Registry
 }{requests: &apiRequests{}}
 
 // probeRetryInterval is the test operator's ProbeRetryInterval, short so
@@ -180,8 +183,10 @@ func startOperator(e *testenv.Env) (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
+	operator.metrics = prometheus.NewRegistry()
 	if err := controllers.SetupWithManager(mgr, controllers.Options{
 		RegistrydImage: testImage, LocalStorageReachable: true, ProbeRetryInterval: probeRetryInterval,
+		Metrics: operator.metrics,
 		// The storage servers of the tests listen on 127.0.0.1.
 		StorageAllowedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 	}); err != nil {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"flag"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -172,16 +173,19 @@ func TestAPIResource(t *testing.T) {
 // arguments (its CronJob) are flags `registryd gc` knows, meaning what the
 // Registry's spec.gc says.
 func TestOperatorGCArgsParse(t *testing.T) {
-	for _, grace := range []time.Duration{20 * time.Minute, 0} {
-		t.Run(grace.String(), func(t *testing.T) { testOperatorGCArgsParse(t, grace) })
+	for _, tt := range []struct {
+		grace  time.Duration
+		dryRun bool
+	}{{20 * time.Minute, false}, {0, false}, {time.Hour, true}} {
+		t.Run(fmt.Sprintf("grace=%s,dryRun=%t", tt.grace, tt.dryRun), func(t *testing.T) { testOperatorGCArgsParse(t, tt.grace, tt.dryRun) })
 	}
 }
 
-func testOperatorGCArgsParse(t *testing.T, grace time.Duration) {
+func testOperatorGCArgsParse(t *testing.T, grace time.Duration, dryRun bool) {
 	reg := v1.Registry{
 		ObjectMeta: metav1.ObjectMeta{Name: "main", Namespace: "team"},
 		Spec: v1.RegistrySpec{Storage: v1.StorageSpec{URL: "s3://bucket", Prefix: "a/"},
-			GC: &v1.GCSpec{Schedule: "@daily", GracePeriod: &metav1.Duration{Duration: grace}, DeleteUntagged: true}},
+			GC: &v1.GCSpec{Schedule: "@daily", GracePeriod: &metav1.Duration{Duration: grace}, DeleteUntagged: true, DryRun: dryRun}},
 	}
 	args := controllers.GCArgs(&reg)
 	if args[0] != "gc" {
@@ -195,7 +199,7 @@ func testOperatorGCArgsParse(t *testing.T, grace time.Duration) {
 		t.Fatalf("registryd gc refuses the operator's args %q: %v", args, err)
 	}
 	if c.registry != "main" || c.namespace != "team" || c.storageURL != "s3://bucket" || c.prefix != "a/" ||
-		c.grace != grace || !c.deleteUntagged || c.dryRun {
+		c.grace != grace || !c.deleteUntagged || c.dryRun != dryRun || c.reportFile != "/dev/termination-log" {
 		t.Errorf("config %+v", c)
 	}
 }

@@ -22,6 +22,7 @@ import (
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 
 	"github.com/stevedore-dev/stevedore/internal/bucket"
+	"github.com/stevedore-dev/stevedore/internal/gcreport"
 	"github.com/stevedore-dev/stevedore/registryd/gc"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 	"github.com/stevedore-dev/stevedore/registryd/tags/kube"
@@ -35,7 +36,7 @@ type gcConfig struct {
 	dryRun, deleteUntagged, list  bool
 	batch, workers                int
 	registry, namespace, kubeconf string
-	logFormat                     string
+	logFormat, reportFile         string
 }
 
 func bindGCFlags(fs *flag.FlagSet, c *gcConfig) {
@@ -53,6 +54,7 @@ func bindGCFlags(fs *flag.FlagSet, c *gcConfig) {
 	fs.StringVar(&c.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of --registry (default: $POD_NAMESPACE)")
 	fs.StringVar(&c.kubeconf, "kubeconfig", "", "kubeconfig for --registry (default: $KUBECONFIG, else in-cluster)")
 	fs.StringVar(&c.logFormat, "log-format", "text", "log format: text or json")
+	fs.StringVar(&c.reportFile, "report-file", "", "write the run's counts as JSON here (the operator passes /dev/termination-log and reads them into status.gc)")
 }
 
 // runGC is `registryd gc`: one collection of the bucket (docs/gc.md),
@@ -85,11 +87,26 @@ func runGC(args []string, stdout io.Writer) int {
 		}
 	}
 	fmt.Fprintln(stdout, rep.Summary())
+	if c.reportFile != "" {
+		if werr := os.WriteFile(c.reportFile, report(rep, err).Marshal(), 0o644); werr != nil {
+			log.Warn("writing the report", "file", c.reportFile, "error", werr)
+		}
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "registryd gc:", err)
 		return 1
 	}
 	return 0
+}
+
+// report is the run's outcome as the operator reads it.
+func report(rep gc.Report, err error) gcreport.Report {
+	r := gcreport.Report{DryRun: rep.DryRun, DeletedObjects: int64(len(rep.Deleted)), Manifests: int64(rep.Manifests),
+		Blobs: int64(rep.Blobs), ReclaimedBytes: rep.Bytes, Message: rep.Summary()}
+	if err != nil {
+		r.Failed, r.Message = true, err.Error()+"; "+r.Message
+	}
+	return r
 }
 
 func collect(ctx context.Context, log *slog.Logger, c gcConfig) (rep gc.Report, err error) {

@@ -204,6 +204,63 @@ type GCSpec struct {
 	// DeleteUntagged also sweeps manifests no tag or index reaches.
 	// +optional
 	DeleteUntagged bool `json:"deleteUntagged,omitempty"`
+	// DryRun makes every run list what it would delete (in its Job's log;
+	// counts in status.gc.lastRun) and delete nothing.
+	// +optional
+	DryRun bool `json:"dryRun,omitempty"`
+}
+
+// GCRequestAnnotation on a Registry asks for one collection now, with or
+// without a schedule: each new value starts one Job (`kubectl annotate
+// registry NAME stevedore.dev/gc-request=$(date +%s) --overwrite`);
+// status.gc.lastRequest is the value last acted on.
+const GCRequestAnnotation = "stevedore.dev/gc-request"
+
+// GCStatus is what the garbage collector last did and will do next.
+type GCStatus struct {
+	// LastRun is the most recent collection that finished.
+	// +optional
+	LastRun *GCRun `json:"lastRun,omitempty"`
+	// NextRunTime is when spec.gc.schedule next starts a collection (the
+	// schedule read in UTC, as kube-controller-manager does unless its
+	// own time zone is another).
+	// +optional
+	NextRunTime *metav1.Time `json:"nextRunTime,omitempty"`
+	// LastRequest is the stevedore.dev/gc-request value last acted on.
+	// +optional
+	LastRequest string `json:"lastRequest,omitempty"`
+}
+
+// GCRun is one finished collection, from its Job and the report the
+// collector leaves as its container's termination message.
+type GCRun struct {
+	// Job that ran it.
+	Job string `json:"job"`
+	// Succeeded is false when the collection failed (Message says why).
+	Succeeded bool `json:"succeeded"`
+	// +optional
+	StartTime *metav1.Time `json:"startTime,omitempty"`
+	// +optional
+	CompletionTime *metav1.Time `json:"completionTime,omitempty"`
+	// DryRun: the counts are what the run would have deleted.
+	// +optional
+	DryRun bool `json:"dryRun,omitempty"`
+	// DeletedObjects counts every bucket object deleted (manifests, links,
+	// blobs, referrer entries, uploads, temp files, dead leases).
+	// +optional
+	DeletedObjects int64 `json:"deletedObjects,omitempty"`
+	// Manifests and Blobs deleted.
+	// +optional
+	Manifests int64 `json:"manifests,omitempty"`
+	// +optional
+	Blobs int64 `json:"blobs,omitempty"`
+	// ReclaimedBytes is the size of the blobs, uploads and temp files
+	// deleted.
+	// +optional
+	ReclaimedBytes int64 `json:"reclaimedBytes,omitempty"`
+	// Message is the collector's summary line, or its error.
+	// +optional
+	Message string `json:"message,omitempty"`
 }
 
 // MirrorSpec makes the Registry a pull-through cache of other registries
@@ -447,6 +504,9 @@ type RegistryStatus struct {
 	// Mirror tells nodes how to pull through the Registry (spec.mirror).
 	// +optional
 	Mirror *MirrorStatus `json:"mirror,omitempty"`
+	// GC is what the garbage collector last did (spec.gc, docs/gc.md).
+	// +optional
+	GC *GCStatus `json:"gc,omitempty"`
 }
 
 // MirrorStatus holds what each node's containerd needs to use the
@@ -496,6 +556,7 @@ type StorageStatus struct {
 // +kubebuilder:printcolumn:name="Ready",type=string,JSONPath=`.status.conditions[?(@.type=="Ready")].status`
 // +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.status.endpoint`
 // +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.status.readyReplicas`
+// +kubebuilder:printcolumn:name="Last GC",type=date,JSONPath=`.status.gc.lastRun.completionTime`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Registry struct {
 	metav1.TypeMeta   `json:",inline"`

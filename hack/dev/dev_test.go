@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -21,6 +22,7 @@ func TestDev(t *testing.T) {
 	root := testenv.RepoRoot()
 	dir := t.TempDir()
 	registryd := filepath.Join(dir, "registryd")
+	var welcome strings.Builder
 	if out, err := exec.Command("go", "build", "-o", registryd, filepath.Join(root, "registryd")).CombinedOutput(); err != nil {
 		t.Fatalf("building registryd: %v\n%s", err, out)
 	}
@@ -28,6 +30,7 @@ func TestDev(t *testing.T) {
 		addr: testutil.FreeAddr(t), debugAddr: testutil.FreeAddr(t), devDir: filepath.Join(dir, "dev"), registryd: registryd,
 		samples: filepath.Join(root, "config", "samples", "stevedore_v1alpha1_registry.yaml"),
 		ready:   make(chan struct{}),
+		out:     &welcome,
 	}
 	stop := start(t, o)
 
@@ -80,6 +83,46 @@ func TestDev(t *testing.T) {
 		"get", "repositories", "-o", `jsonpath={range .items[*]}{.spec.name}:{.status.tags[*].name}@{.status.tags[*].digest}{"\n"}{end}`).CombinedOutput()
 	if err != nil || !strings.Contains(string(got), want) {
 		t.Fatalf("the new cluster's repositories: %q (%v), want %q", got, err, want)
+	}
+
+	// The welcome's garbage collection, as printed: a deleted image's
+	// blobs go, the tagged one stays, the summary is an Event.
+	gone, goneLayer := o.addr+"/demo/gone", filepath.Join(dir, "gone.tar")
+	if out, err := exec.Command("tar", "cf", goneLayer, "-C", root, "go.mod").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(crane, "append", "--insecure", "-f", goneLayer, "-t", gone+":v1").CombinedOutput(); err != nil {
+		t.Fatalf("crane append: %v\n%s", err, out)
+	}
+	goneDigest, err := exec.Command(crane, "digest", "--insecure", gone+":v1").Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(crane, "delete", "--insecure", gone+"@"+strings.TrimSpace(string(goneDigest))).CombinedOutput(); err != nil {
+		t.Fatalf("crane delete: %v\n%s", err, out)
+	}
+	var gcLine string
+	for _, l := range strings.Split(welcome.String(), "\n") {
+		if strings.HasPrefix(strings.TrimSpace(l), registryd+" gc ") {
+			gcLine = strings.TrimSpace(l) // the second start's, the last
+		}
+	}
+	if gcLine == "" {
+		t.Fatalf("no `registryd gc` line in the welcome:\n%s", welcome.String())
+	}
+	args := strings.Fields(gcLine)
+	summary, err := exec.Command(args[0], args[1:]...).CombinedOutput()
+	t.Logf("%s\n%s", gcLine, summary)
+	if m := regexp.MustCompile(`gc: deleted .* (\d+) blobs`).FindStringSubmatch(string(summary)); err != nil || m == nil || m[1] == "0" {
+		t.Fatalf("the welcome's gc: %v, want the deleted image's blobs collected", err)
+	}
+	if out, err := exec.Command(crane, "pull", "--insecure", ref, filepath.Join(dir, "after-gc.tar")).CombinedOutput(); err != nil {
+		t.Fatalf("pull by tag after gc: %v\n%s", err, out)
+	}
+	got, err = exec.Command(kubectl, "--kubeconfig", filepath.Join(o.devDir, "kubeconfig"), "get", "events", "-A",
+		"--field-selector", "reason=GarbageCollected", "-o", "name").CombinedOutput()
+	if err != nil || strings.TrimSpace(string(got)) == "" {
+		t.Errorf("no GarbageCollected Event: %q %v", got, err)
 	}
 	stop()
 }

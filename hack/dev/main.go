@@ -44,6 +44,7 @@ type options struct {
 	samples   string
 	registryd string
 	ready     chan struct{} // closed once everything is up (tests)
+	out       io.Writer     // the welcome text; stdout by default
 }
 
 func main() {
@@ -110,7 +111,11 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	printWelcome(o.addr, o.devDir, reg)
+	out := o.out
+	if out == nil {
+		out = os.Stdout
+	}
+	printWelcome(out, o.addr, o.devDir, reg, strings.Join(gcCommand(registryd.Args, o.registryd, kubeconfig), " "))
 	if o.ready != nil {
 		close(o.ready)
 	}
@@ -224,8 +229,23 @@ func localArgs(args []string, override map[string]string) []string {
 	return out
 }
 
-func printWelcome(addr, dir string, reg client.ObjectKey) {
-	fmt.Printf(`
+// gcCommand is `registryd gc` as the Registry's CronJob would run it, with
+// the storage and tag-store flags of the local registryd (whose args are
+// serveArgs): with no nodes, no Job runs here.
+func gcCommand(serveArgs []string, registryd, kubeconfig string) []string {
+	cmd := []string{registryd, "gc"}
+	for _, a := range serveArgs {
+		for _, flag := range []string{"--storage=", "--storage-prefix=", "--registry=", "--namespace="} {
+			if strings.HasPrefix(a, flag) {
+				cmd = append(cmd, a)
+			}
+		}
+	}
+	return append(cmd, "--kubeconfig="+kubeconfig)
+}
+
+func printWelcome(out io.Writer, addr, dir string, reg client.ObjectKey, gc string) {
+	fmt.Fprintf(out, `
 Stevedore is up: Registry %[3]s/%[4]s, tags in its Repositories' status, blobs in %[2]s/bucket.
   registry:    http://%[1]s  (plain HTTP, auth mode none; log in %[2]s/registryd.log)
   registryd runs beside the API server, as the Deployment would run it; with
@@ -239,6 +259,13 @@ See the tags the push left in the cluster:
   kubectl --kubeconfig %[2]s/kubeconfig get registries,repositories
   kubectl --kubeconfig %[2]s/kubeconfig get repository -o yaml
 
+Collect garbage while registryd serves (in a cluster spec.gc's CronJob, or the
+stevedore.dev/gc-request annotation, runs it; docs/gc.md); its summary
+becomes a GarbageCollected Event on the Registry:
+  crane delete --insecure %[1]s/demo/hello@$(crane digest --insecure %[1]s/demo/hello:v1)
+  %[5]s --grace=0s
+  kubectl --kubeconfig %[2]s/kubeconfig describe registry -n %[3]s %[4]s
+
 Ctrl-C stops everything.
-`, addr, dir, reg.Namespace, reg.Name)
+`, addr, dir, reg.Namespace, reg.Name, gc)
 }

@@ -21,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/internal/gcreport"
 	"github.com/stevedore-dev/stevedore/internal/testutil"
 )
 
@@ -283,11 +284,40 @@ func TestGCDryRunAndUploadsCLI(t *testing.T) {
 		return out
 	}
 	flags := []string{"--grace", "0", "--delete-untagged", "--upload-lifetime", "1s"}
-	dry := keys(gcRun(t, storage, append(flags, "--dry-run")...), "would delete")
-	deleted := keys(gcRun(t, storage, append(flags, "--list")...), "deleted")
+	// The report the operator reads into status.gc (--report-file, a
+	// container's termination message in a cluster) counts what was listed.
+	report := func(file string, want []string, dryRun bool) {
+		t.Helper()
+		b, err := os.ReadFile(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b) > gcreport.MaxBytes {
+			t.Errorf("report of %d bytes: the kubelet keeps %d", len(b), gcreport.MaxBytes)
+		}
+		rep, err := gcreport.Parse(string(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blobs := 0
+		for _, k := range want {
+			if strings.HasPrefix(k, "blobs/") {
+				blobs++
+			}
+		}
+		if rep.DryRun != dryRun || rep.Failed || rep.DeletedObjects != int64(len(want)) || rep.Blobs != int64(blobs) ||
+			rep.Manifests == 0 || rep.ReclaimedBytes == 0 || !strings.Contains(rep.Message, "gc: ") {
+			t.Errorf("report %+v; the run listed %d keys, %d of them blobs", rep, len(want), blobs)
+		}
+	}
+	dryReport, runReport := filepath.Join(t.TempDir(), "dry"), filepath.Join(t.TempDir(), "run")
+	dry := keys(gcRun(t, storage, append(flags, "--dry-run", "--report-file", dryReport)...), "would delete")
+	deleted := keys(gcRun(t, storage, append(flags, "--list", "--report-file", runReport)...), "deleted")
 	if len(dry) == 0 || !slices.Equal(dry, deleted) {
 		t.Errorf("dry run listed\n%s\nthe run deleted\n%s", strings.Join(dry, "\n"), strings.Join(deleted, "\n"))
 	}
+	report(dryReport, dry, true)
+	report(runReport, deleted, false)
 	if !slices.ContainsFunc(deleted, func(k string) bool { return strings.HasPrefix(k, "uploads/") }) {
 		t.Errorf("the abandoned upload was not deleted: %v", deleted)
 	}

@@ -113,6 +113,9 @@ func GCArgs(reg *v1.Registry) []string {
 		if gc.DeleteUntagged {
 			args = append(args, "--delete-untagged")
 		}
+		if gc.UntaggedDelay != nil {
+			args = append(args, "--untagged-delay="+gc.UntaggedDelay.Duration.String())
+		}
 		if gc.DryRun {
 			args = append(args, "--dry-run")
 		}

@@ -185,7 +185,8 @@ func testOperatorGCArgsParse(t *testing.T, grace time.Duration, dryRun bool) {
 	reg := v1.Registry{
 		ObjectMeta: metav1.ObjectMeta{Name: "main", Namespace: "team"},
 		Spec: v1.RegistrySpec{Storage: v1.StorageSpec{URL: "s3://bucket", Prefix: "a/"},
-			GC: &v1.GCSpec{Schedule: "@daily", GracePeriod: &metav1.Duration{Duration: grace}, DeleteUntagged: true, DryRun: dryRun}},
+			GC: &v1.GCSpec{Schedule: "@daily", GracePeriod: &metav1.Duration{Duration: grace}, DeleteUntagged: true, DryRun: dryRun,
+				UntaggedDelay: &metav1.Duration{Duration: 72 * time.Hour}}},
 	}
 	args := controllers.GCArgs(&reg)
 	if args[0] != "gc" {
@@ -199,7 +200,8 @@ func testOperatorGCArgsParse(t *testing.T, grace time.Duration, dryRun bool) {
 		t.Fatalf("registryd gc refuses the operator's args %q: %v", args, err)
 	}
 	if c.registry != "main" || c.namespace != "team" || c.storageURL != "s3://bucket" || c.prefix != "a/" ||
-		c.grace != grace || !c.deleteUntagged || c.dryRun != dryRun || c.reportFile != "/dev/termination-log" {
+		c.grace != grace || !c.deleteUntagged || c.dryRun != dryRun || c.reportFile != "/dev/termination-log" ||
+		c.untaggedDelay != 72*time.Hour {
 		t.Errorf("config %+v", c)
 	}
 }

@@ -33,6 +33,7 @@ import (
 type gcConfig struct {
 	storageURL, prefix            string
 	grace, uploadLifetime, ttl    time.Duration
+	untaggedDelay                 time.Duration
 	dryRun, deleteUntagged, list  bool
 	batch, workers                int
 	registry, namespace, kubeconf string
@@ -45,6 +46,7 @@ func bindGCFlags(fs *flag.FlagSet, c *gcConfig) {
 	fs.DurationVar(&c.grace, "grace", 15*time.Minute, "never delete what was written or vouched for more recently than this (0: no grace, tests only)")
 	fs.BoolVar(&c.dryRun, "dry-run", false, "list what a run would delete, delete nothing")
 	fs.BoolVar(&c.deleteUntagged, "delete-untagged", false, "also delete manifests no tag, index or subject keeps (past the grace)")
+	fs.DurationVar(&c.untaggedDelay, "untagged-delay", 0, "with --delete-untagged: keep an untagged manifest this long after it was last pushed (below --grace, the grace decides)")
 	fs.DurationVar(&c.uploadLifetime, "upload-lifetime", uploads.DefaultLifetime, "delete uploads started longer ago (plus the grace); registryd's --upload-lifetime must match")
 	fs.DurationVar(&c.ttl, "intent-ttl", 2*time.Minute, "longest a batch of deletes may take; pushes of that content wait at most this long")
 	fs.IntVar(&c.batch, "batch-size", 10000, "digests per batch of deletes")
@@ -115,7 +117,7 @@ func collect(ctx context.Context, log *slog.Logger, c gcConfig) (rep gc.Report, 
 		return gc.Report{}, err
 	}
 	defer b.Close()
-	opts := gc.Options{Grace: c.grace, NoGrace: c.grace <= 0, DeleteUntagged: c.deleteUntagged, UploadLifetime: c.uploadLifetime,
+	opts := gc.Options{Grace: c.grace, NoGrace: c.grace <= 0, DeleteUntagged: c.deleteUntagged, UntaggedDelay: c.untaggedDelay, UploadLifetime: c.uploadLifetime,
 		DryRun: c.dryRun, BatchSize: c.batch, IntentTTL: c.ttl, Workers: c.workers, Logger: log}
 	if c.registry != "" {
 		kc, err := connectKube(config{registry: c.registry, namespace: c.namespace, kubeconfig: c.kubeconf}, prometheus.NewRegistry())

@@ -5,6 +5,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
@@ -106,6 +107,9 @@ func TestValidationMessages(t *testing.T) {
 			r.Spec.Retention = &v1.RetentionSpec{}
 			return r
 		}(), "spec.retention.rules"},
+		{"gc untaggedDelay without deleteUntagged", newRegistry("untagged", func(r *v1.Registry) {
+			r.Spec.GC = &v1.GCSpec{UntaggedDelay: &metav1.Duration{Duration: time.Hour}}
+		}), "untaggedDelay needs deleteUntagged: true"},
 		{"empty immutable tag pattern", withImmutable(newRepository("emptyre", "x"), ""),
 			"spec.immutableTags[0] in body should be at least 1 chars long"},
 	}

@@ -193,6 +193,7 @@ type LimitsSpec struct {
 }
 
 // GCSpec schedules online garbage collection.
+// +kubebuilder:validation:XValidation:rule="!has(self.untaggedDelay) || (has(self.deleteUntagged) && self.deleteUntagged)",message="untaggedDelay needs deleteUntagged: true"
 type GCSpec struct {
 	// Schedule in cron syntax; empty disables scheduled collection.
 	// +optional
@@ -204,6 +205,11 @@ type GCSpec struct {
 	// DeleteUntagged also sweeps manifests no tag or index reaches.
 	// +optional
 	DeleteUntagged bool `json:"deleteUntagged,omitempty"`
+	// UntaggedDelay keeps an untagged manifest this long after it was last
+	// pushed before deleteUntagged deletes it (shorter than gracePeriod:
+	// the grace decides).
+	// +optional
+	UntaggedDelay *metav1.Duration `json:"untaggedDelay,omitempty"`
 	// DryRun makes every run list what it would delete (in its Job's log;
 	// counts in status.gc.lastRun) and delete nothing.
 	// +optional

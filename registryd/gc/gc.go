@@ -42,6 +42,10 @@ type Options struct {
 	// DeleteUntagged also deletes manifests that no tag, index or subject
 	// keeps; otherwise every manifest link is a root.
 	DeleteUntagged bool
+	// UntaggedDelay keeps an untagged manifest this long after its link
+	// was last written (pushed, or pushed again); below Grace, Grace
+	// decides.
+	UntaggedDelay time.Duration
 	// UploadLifetime: uploads started longer ago (plus Grace) are deleted;
 	// registryd must refuse them after the same time. Default 24h.
 	UploadLifetime time.Duration
@@ -137,8 +141,10 @@ type collector struct {
 	run    string
 	start  time.Time
 	cutoff time.Time
-	cache  *cache
-	log    *slog.Logger
+	// untaggedCutoff: untagged manifest links written after it stay.
+	untaggedCutoff time.Time
+	cache          *cache
+	log            *slog.Logger
 	// batch deletes up to 1,000 keys a request where the backend can
 	// (S3); nil: one request per key.
 	batch *storage.BatchDeleter
@@ -172,6 +178,7 @@ func Run(ctx context.Context, bucket *blob.Bucket, opts Options) (Report, error)
 		c.log = slog.New(slog.DiscardHandler)
 	}
 	c.cutoff = c.start.Add(-opts.Grace)
+	c.untaggedCutoff = c.start.Add(-max(opts.Grace, opts.UntaggedDelay))
 	rep := Report{Started: c.start, DryRun: opts.DryRun}
 	var err error
 	if !opts.DryRun {

@@ -95,6 +95,23 @@ func TestRunMarkSweep(t *testing.T) {
 				return outcome{pull: []string{"app:latest"}, gone: []digest.Digest{old.digest(), digest.FromBytes(old.layers[1])},
 					kept: []digest.Digest{digest.FromBytes(shared)}}
 			}},
+		{"an untagged image inside the untagged delay stays", gc.Options{Grace: time.Hour, DeleteUntagged: true, UntaggedDelay: 3 * time.Hour}, 2 * time.Hour,
+			func(t *testing.T, ctx context.Context, c client) outcome {
+				old, cur, orphan := newImage(shared), newImage(shared), randomBytes(100)
+				must(t, c.push(ctx, "app", "latest", old))
+				must(t, c.push(ctx, "app", "latest", cur))
+				must(t, c.pushBlob(ctx, "app", orphan)) // the grace alone decides for blobs
+				return outcome{pull: []string{"app:latest", "app@" + old.digest().String()}, kept: []digest.Digest{old.digest(), digest.FromBytes(old.layers[1])},
+					gone: []digest.Digest{digest.FromBytes(orphan)}}
+			}},
+		{"an untagged image past the untagged delay goes", gc.Options{Grace: time.Hour, DeleteUntagged: true, UntaggedDelay: 3 * time.Hour}, 4 * time.Hour,
+			func(t *testing.T, ctx context.Context, c client) outcome {
+				old, cur := newImage(shared), newImage(shared)
+				must(t, c.push(ctx, "app", "latest", old))
+				must(t, c.push(ctx, "app", "latest", cur))
+				return outcome{pull: []string{"app:latest"}, gone: []digest.Digest{old.digest(), digest.FromBytes(old.layers[1])},
+					kept: []digest.Digest{digest.FromBytes(shared)}}
+			}},
 		{"the grace keeps fresh garbage", gc.Options{Grace: time.Hour, DeleteUntagged: true}, 0,
 			func(t *testing.T, ctx context.Context, c client) outcome {
 				b := newImage()

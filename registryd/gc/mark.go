@@ -37,8 +37,8 @@ func (p plan) add(it item) { p[it.key] = it }
 
 // markManifests is phase 1's mark: manifest links no root reaches, and
 // referrer entries of referrers that are not kept. Roots: tagged
-// manifests, links younger than the cutoff, every link when untagged
-// manifests are kept. A kept manifest keeps its index children and the
+// manifests, links younger than the cutoff (untagged ones: younger than
+// the untagged delay), every link when untagged manifests are kept. A kept manifest keeps its index children and the
 // referrers of it (by _referrers entry or by their subject field).
 func (c *collector) markManifests(ctx context.Context, s *snapshot) (plan, error) {
 	if err := c.prefetchManifests(ctx, s); err != nil {
@@ -66,7 +66,7 @@ func (c *collector) markManifests(ctx context.Context, s *snapshot) (plan, error
 			if refs.subject != "" {
 				bySubject[refs.subject] = append(bySubject[refs.subject], d)
 			}
-			if r.tags[d] || !c.opts.DeleteUntagged || !o.mod.Before(c.cutoff) {
+			if r.tags[d] || !c.opts.DeleteUntagged || !o.mod.Before(c.untaggedCutoff) {
 				keep(d)
 			}
 		}

@@ -36,6 +36,7 @@ type gcConfig struct {
 	untaggedDelay                 time.Duration
 	dryRun, deleteUntagged, list  bool
 	batch, workers                int
+	pace                          float64
 	registry, namespace, kubeconf string
 	logFormat, reportFile         string
 }
@@ -51,6 +52,7 @@ func bindGCFlags(fs *flag.FlagSet, c *gcConfig) {
 	fs.DurationVar(&c.ttl, "intent-ttl", 2*time.Minute, "longest a batch of deletes may take; pushes of that content wait at most this long")
 	fs.IntVar(&c.batch, "batch-size", 10000, "digests per batch of deletes")
 	fs.IntVar(&c.workers, "workers", 16, "storage requests sent in parallel")
+	fs.Float64Var(&c.pace, "pace", 1, "share of the run's time its storage requests may take, summed over the workers (1: one request in flight on average, as one sequential client; 0.5: half of one), leaving the backend and the machine to registryd's clients; 0: as fast as --workers allow")
 	fs.BoolVar(&c.list, "list", false, "print every key deleted (always on with --dry-run)")
 	fs.StringVar(&c.registry, "registry", "", "name of the Registry whose Repository status holds tags (kubernetes tag mode)")
 	fs.StringVar(&c.namespace, "namespace", os.Getenv("POD_NAMESPACE"), "namespace of --registry (default: $POD_NAMESPACE)")
@@ -118,7 +120,7 @@ func collect(ctx context.Context, log *slog.Logger, c gcConfig) (rep gc.Report, 
 	}
 	defer b.Close()
 	opts := gc.Options{Grace: c.grace, NoGrace: c.grace <= 0, DeleteUntagged: c.deleteUntagged, UntaggedDelay: c.untaggedDelay, UploadLifetime: c.uploadLifetime,
-		DryRun: c.dryRun, BatchSize: c.batch, IntentTTL: c.ttl, Workers: c.workers, Logger: log}
+		DryRun: c.dryRun, Pace: c.pace, BatchSize: c.batch, IntentTTL: c.ttl, Workers: c.workers, Logger: log}
 	if c.registry != "" {
 		kc, err := connectKube(config{registry: c.registry, namespace: c.namespace, kubeconfig: c.kubeconf}, prometheus.NewRegistry())
 		if err != nil {

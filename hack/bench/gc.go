@@ -44,6 +44,7 @@ type gcResult struct {
 	sweep                           time.Duration
 	summary                         string
 	unloaded, loaded                rates
+	cpu                             string // where the CPU went during the sweep
 	distributionGC                  time.Duration
 	distributionDeleted             int
 }
@@ -283,10 +284,24 @@ func gcWorkload(ctx context.Context, o options) (gcResult, error) {
 	stop = make(chan struct{})
 	wait = clientLoad(ctx, c, g.clients, g.images, stop)
 	cmd := exec.CommandContext(ctx, o.bins.Registryd, "gc", "--storage", g.s3URL, "--grace", "1s", "--workers", strconv.Itoa(g.workers))
+	if pace := os.Getenv("BENCH_GC_PACE"); pace != "" { // else registryd gc's default
+
+		cmd.Args = append(cmd.Args, "--pace", pace)
+	}
 	cmd.Env = append(os.Environ(), g.s3Env...)
+	// Where the CPU goes during the sweep: the collector, registryd,
+	// versitygw, the clients (this process).
+	gw := pidsNamed("versitygw")
+	cpu0 := [3]time.Duration{procCPU(s.cmd.Process.Pid), cpuOfAll(gw), procCPU(os.Getpid())}
 	start := time.Now()
 	out, gcErr := cmd.CombinedOutput()
 	res.sweep = time.Since(start)
+	if cmd.ProcessState != nil {
+		res.cpu = fmt.Sprintf("collector %.1fs, registryd %.1fs, versitygw %.1fs, clients %.1fs of CPU in %.1fs",
+			(cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds(), (procCPU(s.cmd.Process.Pid) - cpu0[0]).Seconds(),
+			(cpuOfAll(gw) - cpu0[1]).Seconds(), (procCPU(os.Getpid()) - cpu0[2]).Seconds(), res.sweep.Seconds())
+		logf("gc: during the sweep: %s", res.cpu)
+	}
 	close(stop)
 	res.loaded, err = wait()
 	if gcErr != nil {
@@ -386,6 +401,9 @@ func gcSection(o gcOptions, r gcResult) string {
 		o.clients, r.loaded.pull, r.unloaded.pull, pullR, yesNo(pullR >= 80))
 	fmt.Fprintf(&b, "| seeding (32 concurrent clients) | %s | %s | | |\n\n", r.seedRegistryd.Round(100*time.Millisecond), r.seedDistribution.Round(100*time.Millisecond))
 	fmt.Fprintf(&b, "registryd gc: `%s`. distribution: %d blobs eligible for deletion.\n\n", r.summary, r.distributionDeleted)
+	if r.cpu != "" {
+		fmt.Fprintf(&b, "CPU during the sweep: %s.\n\n", r.cpu)
+	}
 	b.WriteString("Each image is a 64-byte config, a 256-byte layer and a manifest, tagged, over 20 repositories; each unreferenced " +
 		"blob is 128 bytes, uploaded to one repository (registryd: POST ?digest=; distribution: POST, PUT ?digest=) and never named by a manifest. registryd serves a versitygw " +
 		"bucket (posix backend on this disk) and `registryd gc --grace 1s` collects it while the clients push fresh images and pull live ones " +

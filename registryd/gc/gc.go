@@ -51,6 +51,11 @@ type Options struct {
 	UploadLifetime time.Duration
 	// DryRun marks and reports, and changes nothing.
 	DryRun bool
+	// Pace is the share of the run's wall time its storage requests may
+	// take, summed over the workers (0.5: on average half a request in
+	// flight), so a collection leaves the backend and the machine to the
+	// registry's clients; 0 sends requests as fast as Workers allow.
+	Pace float64
 	// BatchSize is how many digests one intent batch covers. Default
 	// 10,000: a batch costs up to 256 intent writes and a listing of
 	// repos/ whatever its size, so fewer, larger batches cost less.
@@ -143,8 +148,10 @@ type collector struct {
 	cutoff time.Time
 	// untaggedCutoff: untagged manifest links written after it stay.
 	untaggedCutoff time.Time
-	cache          *cache
-	log            *slog.Logger
+	// pace spaces out storage requests (Options.Pace); nil: flat out.
+	pace  *pacer
+	cache *cache
+	log   *slog.Logger
 	// batch deletes up to 1,000 keys a request where the backend can
 	// (S3); nil: one request per key.
 	batch *storage.BatchDeleter
@@ -179,6 +186,7 @@ func Run(ctx context.Context, bucket *blob.Bucket, opts Options) (Report, error)
 	}
 	c.cutoff = c.start.Add(-opts.Grace)
 	c.untaggedCutoff = c.start.Add(-max(opts.Grace, opts.UntaggedDelay))
+	c.pace = newPacer(opts.Pace)
 	rep := Report{Started: c.start, DryRun: opts.DryRun}
 	var err error
 	if !opts.DryRun {
@@ -316,6 +324,10 @@ func (c *collector) sweepBatch(ctx context.Context, first *snapshot, batch []dig
 		return fmt.Errorf("renewing the lock: %w", err)
 	}
 	expires := time.Now().Add(c.opts.IntentTTL)
+	// Paced up to half the intents' life, then flat out: a paced batch
+	// on a large bucket must not see its deletes deferred run after run.
+	c.pace.hurryFrom(expires.Add(-c.opts.IntentTTL / 2))
+	defer c.pace.hurryFrom(time.Time{})
 	shards := storage.IntentShards(batch)
 	keys := make([]string, 0, len(shards))
 	for k := range shards {
@@ -369,6 +381,7 @@ func (c *collector) sweepBatch(ctx context.Context, first *snapshot, batch []dig
 // deleteIntents removes the intent objects keys: in one request where
 // the backend can.
 func (c *collector) deleteIntents(ctx context.Context, keys []string) {
+	c.pace.hurryFrom(time.Now()) // writers may be waiting on them: never paced
 	if c.batch != nil && len(keys) <= storage.MaxBatchDelete {
 		if c.batch.Delete(ctx, keys) == nil {
 			return
@@ -488,7 +501,7 @@ func (c *collector) parallel(ctx context.Context, n int, f func(context.Context,
 				if ctx.Err() != nil {
 					continue
 				}
-				if err := f(ctx, i); err != nil {
+				if err := c.pace.do(ctx, func() error { return f(ctx, i) }); err != nil {
 					once.Do(func() { first = err; cancel() })
 				}
 			}

@@ -102,7 +102,15 @@ func (c *collector) scanPrefix(ctx context.Context, prefix string, first *snapsh
 	}
 	var tagKeys []object
 	var tagRepos []string
+	// The listing's pages are fetched inside Each: the time between two
+	// callbacks is storage work, paced like every other request.
+	returned := time.Now()
 	err := storage.Each(ctx, c.bucket, &blob.ListOptions{Prefix: prefix}, func(o *blob.ListObject) (bool, error) {
+		defer func() { returned = time.Now() }()
+		c.pace.add(time.Since(returned))
+		if err := c.pace.wait(ctx); err != nil {
+			return false, err
+		}
 		if o.IsDir {
 			return true, nil
 		}

@@ -89,16 +89,17 @@ func (r *RegistryReconciler) reconcileGCStatus(ctx context.Context, s *registryS
 	}
 	var last *batchv1.Job
 	var lastEnd time.Time
+	var lastOK bool
 	for i := range jobs.Items {
 		job := &jobs.Items[i]
-		if end, ok := jobFinished(job); ok && (last == nil || end.After(lastEnd)) {
-			last, lastEnd = job, end
+		if end, ok, finished := jobFinished(job); finished && (last == nil || end.After(lastEnd)) {
+			last, lastEnd, lastOK = job, end, ok
 		}
 	}
 	if last == nil || (s.status.GC != nil && s.status.GC.LastRun != nil && s.status.GC.LastRun.Job == last.Name) {
 		return nil
 	}
-	run, err := r.gcRun(ctx, last, lastEnd)
+	run, err := r.gcRun(ctx, last, lastEnd, lastOK)
 	if err != nil {
 		return err
 	}
@@ -114,28 +115,26 @@ func gcStatus(s *registryScope) *v1.GCStatus {
 	return s.status.GC
 }
 
-// jobFinished says when a Job completed or failed for good.
-func jobFinished(job *batchv1.Job) (time.Time, bool) {
+// jobFinished says whether a Job completed or failed for good, when, and
+// whether it completed.
+func jobFinished(job *batchv1.Job) (end time.Time, succeeded, finished bool) {
 	for _, c := range job.Status.Conditions {
 		if (c.Type == batchv1.JobComplete || c.Type == batchv1.JobFailed) && c.Status == corev1.ConditionTrue {
+			end = c.LastTransitionTime.Time
 			if job.Status.CompletionTime != nil {
-				return job.Status.CompletionTime.Time, true
+				end = job.Status.CompletionTime.Time
 			}
-			return c.LastTransitionTime.Time, true
+			return end, c.Type == batchv1.JobComplete, true
 		}
 	}
-	return time.Time{}, false
+	return time.Time{}, false, false
 }
 
-// gcRun reads a finished Job's outcome, and the report its last pod left.
-func (r *RegistryReconciler) gcRun(ctx context.Context, job *batchv1.Job, end time.Time) (*v1.GCRun, error) {
+// gcRun is a finished Job's outcome (jobFinished), with the report its
+// last pod left.
+func (r *RegistryReconciler) gcRun(ctx context.Context, job *batchv1.Job, end time.Time, succeeded bool) (*v1.GCRun, error) {
 	completed := metav1.NewTime(end)
-	run := &v1.GCRun{Job: job.Name, StartTime: job.Status.StartTime, CompletionTime: &completed}
-	for _, c := range job.Status.Conditions {
-		if c.Type == batchv1.JobComplete && c.Status == corev1.ConditionTrue {
-			run.Succeeded = true
-		}
-	}
+	run := &v1.GCRun{Job: job.Name, Succeeded: succeeded, StartTime: job.Status.StartTime, CompletionTime: &completed}
 	// Past the cache: the operator caches no pods.
 	var pods corev1.PodList
 	if err := r.APIReader.List(ctx, &pods, client.InNamespace(job.Namespace), client.MatchingLabels{labelJobName: job.Name}); err != nil {

@@ -285,7 +285,6 @@ func gcWorkload(ctx context.Context, o options) (gcResult, error) {
 	wait = clientLoad(ctx, c, g.clients, g.images, stop)
 	cmd := exec.CommandContext(ctx, o.bins.Registryd, "gc", "--storage", g.s3URL, "--grace", "1s", "--workers", strconv.Itoa(g.workers))
 	if pace := os.Getenv("BENCH_GC_PACE"); pace != "" { // else registryd gc's default
-
 		cmd.Args = append(cmd.Args, "--pace", pace)
 	}
 	cmd.Env = append(os.Environ(), g.s3Env...)

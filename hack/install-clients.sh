@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # install-clients.sh: install the real registry clients the e2e tests drive
 # (crane, oras, regctl with go install from the module proxy, skopeo from
-# Debian), and distribution's registry as the mirror tests' upstream (linked
+# Debian), containerd and ctr (Debian, as root) for the mirror tests' pulls,
+# and distribution's registry as the mirror tests' upstream (linked
 # as `distribution`, so it is never mistaken for another `registry` on PATH),
 # and print the directory holding them. Cached outside the repo,
 # keyed by version, so a second run does nothing.
@@ -36,4 +37,16 @@ if ! command -v skopeo >/dev/null 2>&1; then
   $SUDO apt-get install -y -q skopeo >&2 || { $SUDO apt-get update -q >&2 && $SUDO apt-get install -y -q skopeo >&2; }
 fi
 ln -sf "$(command -v skopeo)" "$bin/skopeo"
+# containerd and ctr: the workload client of the mirror tests, which pull
+# as a kubelet does (the real node's suite installs the same package). A
+# fresh machine has neither; the tests need root to run them anyway.
+if ! command -v containerd >/dev/null 2>&1 || ! command -v ctr >/dev/null 2>&1; then
+  if [[ "$(id -u)" == 0 ]]; then
+    echo "installing containerd (apt)" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends containerd >&2 || { apt-get update -q >&2 && apt-get install -y -q --no-install-recommends containerd >&2; }
+  else
+    echo "install-clients: not root, so no containerd: the mirror tests skip their containerd pulls" >&2
+  fi
+fi
 echo "$bin"

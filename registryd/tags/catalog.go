@@ -8,9 +8,11 @@ import (
 
 // Catalog is an optional capability of a Store that knows every repository
 // itself (the kubernetes store: one Repository object each), so GET
-// /v2/_catalog needs no bucket walk. Repositories are sorted.
+// /v2/_catalog needs no bucket walk. A page is up to n repositories after
+// last (n < 0: all), sorted, and whether more follow; its cost is the
+// page's, not the catalog's.
 type Catalog interface {
-	Repositories(ctx context.Context) ([]string, error)
+	RepositoriesPage(ctx context.Context, last string, n int) (page []string, more bool, err error)
 }
 
 // RepositoryCreator is an optional capability of a Store that keeps an

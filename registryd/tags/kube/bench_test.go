@@ -8,6 +8,8 @@ import (
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 	"github.com/stevedore-dev/stevedore/registryd/tags/kube"
@@ -97,4 +99,61 @@ func fill(b *testing.B, s tags.Store, n int) {
 		}
 	}
 	b.Fatalf("repository never reached %d tags", n)
+}
+
+// BenchmarkCatalog reads catalog pages of a Registry with 1,000, then
+// 10,000 repositories: a page of 100 must cost the same in both, a page of
+// 1,000 about ten times as much, and no page an API call.
+func BenchmarkCatalog(b *testing.B) {
+	reg := newRegistry(b, nil)
+	s := replica(b, reg, journal(b))
+	ctx := context.Background()
+	created := 0
+	for _, total := range []int{1000, 10000} {
+		createRepositories(b, reg, created, total)
+		created = total
+		for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			if all, _ := s.Repositories(ctx); len(all) == total {
+				break
+			}
+			if time.Now().After(deadline) {
+				b.Fatalf("the catalog never reached %d repositories", total)
+			}
+		}
+		for _, n := range []int{100, 1000} {
+			b.Run(fmt.Sprintf("page-%d-of-%d", n, total), func(b *testing.B) {
+				before := s.LiveReads()
+				last := fmt.Sprintf("bench/r%05d", total/2) // a page from the middle
+				for b.Loop() {
+					if page, _, err := s.RepositoriesPage(ctx, last, n); err != nil || len(page) != n {
+						b.Fatalf("page of %d (%v)", len(page), err)
+					}
+				}
+				b.ReportMetric(s.LiveReads()-before, "api-calls")
+			})
+		}
+	}
+}
+
+// createRepositories creates bench/r<from>..bench/r<to-1> in reg's namespace.
+func createRepositories(b *testing.B, reg *v1.Registry, from, to int) {
+	var wg sync.WaitGroup
+	var next atomic.Int64
+	next.Store(int64(from))
+	for range 32 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1) - 1; i < int64(to); i = next.Add(1) - 1 {
+				path := fmt.Sprintf("bench/r%05d", i)
+				if err := env.Client.Create(context.Background(), &v1.Repository{
+					ObjectMeta: metav1.ObjectMeta{Name: v1.RepositoryObjectName(reg.Name, path), Namespace: reg.Namespace},
+					Spec:       v1.RepositorySpec{Registry: reg.Name, Name: path}}); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }

@@ -3,13 +3,17 @@ package kube_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/internal/testutil"
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
@@ -153,5 +157,87 @@ func TestStartsWithoutAPIServer(t *testing.T) {
 	mustPut(t, s, "app", "v1", "one")
 	if d, err := s.Get(ctx, "app", "v1"); err != nil || d.Digest != desc("one").Digest {
 		t.Fatalf("Get after the API server came: %v, %v", d.Digest, err)
+	}
+}
+
+// TestCatalogFollowsRepositories: the catalog pages through exactly this
+// Registry's Repositories that are not being deleted, as they are created
+// and deleted through the API server, with no API call of its own.
+func TestCatalogFollowsRepositories(t *testing.T) {
+	ctx := context.Background()
+	reg := newRegistry(t, nil)
+	other := &v1.Registry{ObjectMeta: metav1.ObjectMeta{Name: "other", Namespace: reg.Namespace}, Spec: v1.RegistrySpec{Storage: v1.StorageSpec{URL: "mem://"}}}
+	if err := env.Client.Create(ctx, other); err != nil {
+		t.Fatal(err)
+	}
+	s := replica(t, reg, journal(t))
+	const n = 300
+	want := make([]string, 0, n)
+	create := func(registry, path string) error {
+		return env.Client.Create(ctx, &v1.Repository{
+			ObjectMeta: metav1.ObjectMeta{Name: v1.RepositoryObjectName(registry, path), Namespace: reg.Namespace},
+			Spec:       v1.RepositorySpec{Registry: registry, Name: path}})
+	}
+	errs := make(chan error, n+1)
+	sem := make(chan struct{}, 16)
+	var wg sync.WaitGroup
+	for i := range n {
+		path := fmt.Sprintf("team%d/app-%03d", i%7, i)
+		want = append(want, path)
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() { defer wg.Done(); errs <- create(reg.Name, path); <-sem }()
+	}
+	errs <- create("other", "elsewhere") // another Registry's: not in this catalog
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	slices.Sort(want)
+	pages := func(size int) []string {
+		var got []string
+		last := ""
+		for {
+			page, more, err := s.RepositoriesPage(ctx, last, size)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, page...)
+			if !more {
+				return got
+			}
+			last = page[len(page)-1]
+		}
+	}
+	before := s.LiveReads()
+	eventually(t, func() bool { return slices.Equal(pages(7), want) })
+
+	// Deleting: one held by a finalizer (being deleted) and 50 gone.
+	held := &v1.Repository{}
+	if err := env.Client.Get(ctx, keyIn(reg, v1.RepositoryObjectName(reg.Name, want[0])), held); err != nil {
+		t.Fatal(err)
+	}
+	held.Finalizers = append(held.Finalizers, "stevedore.dev/test-hold")
+	if err := env.Client.Update(ctx, held); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		held.Finalizers = nil
+		_ = env.Client.Update(context.Background(), held)
+	})
+	for _, p := range want[:51] {
+		if err := env.Client.Delete(ctx, &v1.Repository{ObjectMeta: metav1.ObjectMeta{Name: v1.RepositoryObjectName(reg.Name, p), Namespace: reg.Namespace}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, func() bool { return slices.Equal(pages(50), want[51:]) })
+	if all, err := s.Repositories(ctx); err != nil || !slices.Equal(all, want[51:]) {
+		t.Fatalf("Repositories: %d paths (%v), want %d", len(all), err, len(want)-51)
+	}
+	if calls := s.LiveReads() - before; calls != 0 {
+		t.Fatalf("paging the catalog made %v API calls", calls)
 	}
 }

@@ -3,7 +3,6 @@ package kube
 import (
 	"context"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -152,26 +151,6 @@ func counterValue(c prometheus.Counter) float64 {
 		return 0
 	}
 	return m.GetCounter().GetValue()
-}
-
-// Repositories lists the paths of this Registry's Repositories, sorted, from
-// the cache: the catalog without a bucket walk.
-func (s *Store) Repositories(ctx context.Context) ([]string, error) {
-	if err := s.ready(); err != nil {
-		return nil, err
-	}
-	var list v1.RepositoryList
-	if err := s.cache.List(ctx, &list, client.InNamespace(s.opts.Namespace), client.UnsafeDisableDeepCopy); err != nil {
-		return nil, unavailable(fmt.Errorf("listing cached repositories: %w", err))
-	}
-	paths := make([]string, 0, len(list.Items))
-	for _, r := range list.Items {
-		if r.DeletionTimestamp.IsZero() {
-			paths = append(paths, r.Spec.Name)
-		}
-	}
-	slices.Sort(paths)
-	return slices.Compact(paths), nil
 }
 
 // RepositoryExists reports whether path has a Repository: from the cache,

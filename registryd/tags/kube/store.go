@@ -59,6 +59,7 @@ type Store struct {
 	conflicts prometheus.Counter
 	committer committer
 	patterns  tags.Patterns // compiled immutable-tag patterns
+	catalog   *catalogIndex // the Repositories' paths, sorted
 
 	ownMu sync.Mutex
 	own   map[string]ownWrite // by path: this replica's last write, until the cache has it
@@ -93,7 +94,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{opts: opts,
+	s := &Store{opts: opts, catalog: newCatalogIndex(),
 		liveReads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "stevedore_tagstore_live_reads_total",
 			Help: "Tag reads that missed the informer cache and asked the API server.",
@@ -134,10 +135,19 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 	}); err != nil {
 		return nil, err
 	}
-	// Registering the informers before Start makes WaitForCacheSync cover them.
+	var catalogSynced toolscache.ResourceEventHandlerRegistration
+	// Registering the informers before Start makes WaitForCacheSync cover
+	// them; the catalog's handler is registered before the first list, so
+	// the index has every object once the cache has synced.
 	for _, obj := range []client.Object{&v1.Repository{}, &v1.Registry{}} {
-		if _, err := c.GetInformer(ctx, obj, cache.BlockUntilSynced(false)); err != nil {
+		inf, err := c.GetInformer(ctx, obj, cache.BlockUntilSynced(false))
+		if err != nil {
 			return nil, err
+		}
+		if _, ok := obj.(*v1.Repository); ok {
+			if catalogSynced, err = inf.AddEventHandler(s.catalog.handler()); err != nil {
+				return nil, err
+			}
 		}
 	}
 	cl, err := client.New(cfg, client.Options{Scheme: scheme, Mapper: mapper})
@@ -157,7 +167,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 	}()
 	go func() {
 		// The informers retry on their own with backoff; this only waits.
-		if c.WaitForCacheSync(ctx) {
+		if c.WaitForCacheSync(ctx) && toolscache.WaitForCacheSync(ctx.Done(), catalogSynced.HasSynced) {
 			s.synced.Store(true)
 			opts.Logger.Info("kubernetes tag store: Repository cache synced")
 		}

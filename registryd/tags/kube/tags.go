@@ -52,15 +52,20 @@ func (s *Store) List(ctx context.Context, path string, n int, last string) ([]st
 			return []string{}, err
 		}
 	}
-	out := []string{}
-	for _, t := range repo.Status.Tags {
-		if t.Name <= last {
-			continue
-		}
-		if n > 0 && len(out) == n {
-			break
-		}
-		out = append(out, t.Name)
+	// Tags are sorted by name: the page starts after a binary search, so
+	// it costs its own length, however many tags the repository holds.
+	all := repo.Status.Tags
+	i, found := slices.BinarySearchFunc(all, last, func(t v1.TagStatus, name string) int { return strings.Compare(t.Name, name) })
+	if found {
+		i++
+	}
+	all = all[i:]
+	if n > 0 && len(all) > n {
+		all = all[:n]
+	}
+	out := make([]string, len(all))
+	for j, t := range all {
+		out[j] = t.Name
 	}
 	return out, nil
 }

@@ -61,8 +61,8 @@ const setupNotes = `## How the two are set up
   on the same cores as the client sending it; compare the push rates with the
   sha256 and page-cache limits above rather than with each other alone. A pull
   with the Go client is bound by the client, which verifies every digest as it
-  reads; registryd sends blobs with sendfile(2) and spends almost no CPU on
-  them. Manifest GETs by tag read the tag object on every request in standalone
+  reads; registryd reads and writes blobs (on loopback that beat
+  sendfile(2): docs/registryd.md) and spends little CPU on them. Manifest GETs by tag read the tag object on every request in standalone
   mode (bucket tag store: it may be rewritten by any replica, so it is never
   cached); in kubernetes mode the tag comes from the informer cache.
 - Peak RSS is VmHWM from /proc/PID/status: after the push, and after push + pull.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"sync"
 	"time"
 )
 
@@ -111,7 +112,14 @@ func (r *progressReader) Read(b []byte) (int, error) {
 type progressWriter struct {
 	http.ResponseWriter
 	p *progress
+	// buffers hold copyBufferSize-byte buffers for ReadFrom.
+	buffers *sync.Pool
 }
+
+// copyBufferSize is the size of a response write when copying a body: the
+// window's minimum, within [4 KiB, 1 MiB] (64 KiB by default; 32 KiB to
+// 4 MiB measured the same).
+func copyBufferSize(minBytes int64) int { return int(min(max(minBytes, 4<<10), 1<<20)) }
 
 func (w *progressWriter) Write(b []byte) (int, error) {
 	w.p.before()
@@ -120,47 +128,16 @@ func (w *progressWriter) Write(b []byte) (int, error) {
 	return n, w.p.check(err)
 }
 
-// ReadFrom sends src in slices of minBytes, renewing the deadline between
-// them, and keeps the underlying ReadFrom (sendfile(2) for a file) for each
-// slice: one slice per window is the minimum rate. A *io.LimitedReader is
-// sliced in place rather than wrapped, since net/http only looks one
-// LimitedReader deep for the file.
+// ReadFrom copies src through Write, in writes of at most the window's
+// minimum: net/http ends the connection at the first write that fails, so a
+// write must be one a client keeping the minimum rate finishes within a
+// window. It never hands the connection a file for sendfile(2): on loopback
+// here sendfile sent a 1 GiB layer at 1,348 MiB/s, reads and writes at
+// 1,800-1,960 MiB/s, as distribution (which copies) does (docs/registryd.md).
 func (w *progressWriter) ReadFrom(src io.Reader) (int64, error) {
-	rf, ok := w.ResponseWriter.(io.ReaderFrom)
-	if !ok {
-		return io.Copy(struct{ io.Writer }{w}, src)
-	}
-	if !w.p.supported {
-		return rf.ReadFrom(src)
-	}
-	outer, limited := src.(*io.LimitedReader)
-	inner := src
-	if limited {
-		inner = outer.R
-	}
-	var total int64
-	for {
-		chunk := w.p.minBytes
-		if limited {
-			chunk = min(chunk, outer.N)
-		}
-		if chunk <= 0 {
-			return total, nil
-		}
-		w.p.before()
-		n, err := rf.ReadFrom(&io.LimitedReader{R: inner, N: chunk})
-		w.p.after(n)
-		total += n
-		if limited {
-			outer.N -= n
-		}
-		if err != nil {
-			return total, w.p.check(err)
-		}
-		if n < chunk { // src is done
-			return total, nil
-		}
-	}
+	buf := w.buffers.Get().(*[]byte)
+	defer w.buffers.Put(buf)
+	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{src}, *buf)
 }
 
 // Unwrap lets http.ResponseController reach the underlying writer.
@@ -180,7 +157,7 @@ func (s *server) withProgressDeadlines(w http.ResponseWriter, r *http.Request) (
 		// including one the http.Server's ReadTimeout set.
 		_ = rc.SetReadDeadline(time.Time{})
 	}
-	return &progressWriter{ResponseWriter: w, p: write}, read, write
+	return &progressWriter{ResponseWriter: w, p: write, buffers: &s.copyBuffers}, read, write
 }
 
 // admit takes one of the MaxConcurrentRequests slots, or answers

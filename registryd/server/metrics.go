@@ -81,8 +81,9 @@ func (r *recorder) Write(b []byte) (int, error) {
 	return n, err
 }
 
-// ReadFrom keeps the underlying writer's ReadFrom reachable through the
-// recorder, so a blob served from a file goes out with sendfile(2).
+// ReadFrom keeps the underlying writer's ReadFrom (the progress writer's,
+// which copies in writes a window's deadline bounds) reachable through the
+// recorder.
 func (r *recorder) ReadFrom(src io.Reader) (int64, error) {
 	r.wroteHeader = true
 	var n int64

@@ -110,6 +110,8 @@ type server struct {
 	allow map[endpoint]string
 	// slots holds a token per request in flight (nil: no cap).
 	slots chan struct{}
+	// copyBuffers hold the buffers responses are copied through.
+	copyBuffers sync.Pool
 }
 
 // New returns the registry handler over bucket, keeping tags in tagStore.
@@ -136,6 +138,8 @@ func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
 	if s.opts.BodyMinBytes <= 0 {
 		s.opts.BodyMinBytes = defaultBodyMinBytes
 	}
+	size := copyBufferSize(s.opts.BodyMinBytes)
+	s.copyBuffers.New = func() any { b := make([]byte, size); return &b }
 	if len(s.opts.Secret) == 0 {
 		s.opts.Secret = make([]byte, 32)
 		_, _ = rand.Read(s.opts.Secret)

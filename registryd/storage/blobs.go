@@ -73,8 +73,8 @@ func (s *Store) OpenBlob(ctx context.Context, d digest.Digest, offset, length in
 
 // rawReader hands the driver's own reader to a writer that can read from
 // it directly. For fileblob that is the *os.File (or a LimitedReader of
-// it), which net/http sends with sendfile(2) instead of copying every byte
-// through user space; *blob.Reader's own WriteTo hides the file.
+// it), read straight into the writer's buffer; *blob.Reader's own WriteTo
+// hides the file behind a copy of its own.
 type rawReader struct {
 	*blob.Reader
 	raw io.Reader

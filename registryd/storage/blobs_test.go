@@ -80,8 +80,8 @@ func TestCopyContentLinksOnFileBuckets(t *testing.T) {
 	}
 }
 
-// TestOpenBlobRange: the reader handed to net/http (the file itself, for
-// sendfile) serves exactly the range asked for.
+// TestOpenBlobRange: the reader handed to net/http (the file itself)
+// serves exactly the range asked for.
 func TestOpenBlobRange(t *testing.T) {
 	ctx := context.Background()
 	content := []byte("0123456789")
@@ -100,7 +100,7 @@ func TestOpenBlobRange(t *testing.T) {
 		want           string
 	}{{0, -1, "0123456789"}, {2, 3, "234"}, {7, -1, "789"}} {
 		// Through a recorder (no ReadFrom) and a real connection
-		// (ReadFrom: sendfile).
+		// (ReadFrom).
 		rd, err := s.OpenBlob(ctx, d, c.offset, c.length)
 		if err != nil {
 			t.Fatal(err)

@@ -201,7 +201,7 @@ func testOperatorGCArgsParse(t *testing.T, grace time.Duration, dryRun bool) {
 	}
 	if c.registry != "main" || c.namespace != "team" || c.storageURL != "s3://bucket" || c.prefix != "a/" ||
 		c.grace != grace || !c.deleteUntagged || c.dryRun != dryRun || c.reportFile != "/dev/termination-log" ||
-		c.untaggedDelay != 72*time.Hour || c.pace != 1 {
+		c.untaggedDelay != 72*time.Hour || c.pace != defaultGCPace {
 		t.Errorf("config %+v", c)
 	}
 }

@@ -121,6 +121,9 @@ func BenchmarkCatalog(b *testing.B) {
 			}
 		}
 		for _, n := range []int{100, 1000} {
+			if n > total/2 {
+				continue // the page starts in the middle
+			}
 			b.Run(fmt.Sprintf("page-%d-of-%d", n, total), func(b *testing.B) {
 				before := s.LiveReads()
 				last := fmt.Sprintf("bench/r%05d", total/2) // a page from the middle

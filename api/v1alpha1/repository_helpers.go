@@ -54,6 +54,17 @@ func (s *RepositoryStatus) FindTag(name string) (TagStatus, bool) {
 	return s.Tags[i], true
 }
 
+// TagsAfter returns the tags named after last, in order: a binary search
+// into the sorted Tags, so a page costs its own length. The slice is
+// shared with the status.
+func (s *RepositoryStatus) TagsAfter(last string) []TagStatus {
+	i, ok := slices.BinarySearchFunc(s.Tags, last, compareTagName)
+	if ok {
+		i++
+	}
+	return s.Tags[i:]
+}
+
 // SetTag inserts or replaces a tag, keeping Tags sorted by name, and counts them.
 func (s *RepositoryStatus) SetTag(t TagStatus) {
 	i, ok := slices.BinarySearchFunc(s.Tags, t.Name, compareTagName)

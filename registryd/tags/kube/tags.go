@@ -52,14 +52,7 @@ func (s *Store) List(ctx context.Context, path string, n int, last string) ([]st
 			return []string{}, err
 		}
 	}
-	// Tags are sorted by name: the page starts after a binary search, so
-	// it costs its own length, however many tags the repository holds.
-	all := repo.Status.Tags
-	i, found := slices.BinarySearchFunc(all, last, func(t v1.TagStatus, name string) int { return strings.Compare(t.Name, name) })
-	if found {
-		i++
-	}
-	all = all[i:]
+	all := repo.Status.TagsAfter(last)
 	if n > 0 && len(all) > n {
 		all = all[:n]
 	}

@@ -262,16 +262,27 @@ func serve(ctx context.Context, log *slog.Logger, api, debug *http.Server, d dra
 	if debug != nil {
 		servers = append(servers, debug)
 	}
-	errc := make(chan error, len(servers))
+	// Every listener is bound before any serves: the kernel queues
+	// connections from the moment of listen(2), so a client that got an
+	// answer from the API may at once reach the debug address too.
+	listeners := make([]net.Listener, 0, len(servers))
 	for _, srv := range servers {
 		ln, err := net.Listen("tcp", srv.Addr)
 		if err != nil {
+			for _, l := range listeners {
+				_ = l.Close()
+			}
 			return err
 		}
-		log.Info("listening", "addr", ln.Addr().String(), "tls", srv.TLSConfig != nil)
 		if srv.TLSConfig != nil {
 			ln = tls.NewListener(ln, srv.TLSConfig)
 		}
+		listeners = append(listeners, ln)
+	}
+	errc := make(chan error, len(servers))
+	for i, srv := range servers {
+		ln := listeners[i]
+		log.Info("listening", "addr", ln.Addr().String(), "tls", srv.TLSConfig != nil)
 		go func() { errc <- srv.Serve(ln) }()
 	}
 	var err error

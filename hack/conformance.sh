@@ -76,7 +76,7 @@ start_registryd() { # port storage-url log [flags…]; sets pid; $regenv: KEY=VA
     "$devbin" --addr "127.0.0.1:$1" --debug-addr "127.0.0.1:$(free_port)" --dir "$(dirname "$3")/dev" \
       --registryd "$registryd" --samples "$samples" >"$3" 2>&1 &
   else
-    env STEVEDORE_HTTP_SECRET=conformance "${regenv[@]}" "$registryd" --addr "127.0.0.1:$1" --storage "$2" "${@:4}" >"$3" 2>&1 &
+    env STEVEDORE_HTTP_SECRET=conformance "${regenv[@]}" "$registryd" --addr "127.0.0.1:$1" --storage "$2" --shutdown-delay 0s "${@:4}" >"$3" 2>&1 &
   fi
   pid=$!
   for _ in $(seq 600); do

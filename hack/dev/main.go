@@ -189,7 +189,9 @@ func startRegistryd(ctx context.Context, c client.Client, key client.ObjectKey, 
 		"--addr": addr, "--debug-addr": o.debugAddr,
 		"--http-secret-file": secretFile, "--log-format": "text",
 	})
-	args = append(args, "--kubeconfig="+kubeconfig)
+	// No Service routes here, so no endpoints need time to drop it: Ctrl-C
+	// stops at once.
+	args = append(args, "--kubeconfig="+kubeconfig, "--shutdown-delay=0s")
 	logf, err := os.Create(filepath.Join(dir, "registryd.log"))
 	if err != nil {
 		return nil, err

@@ -94,6 +94,12 @@ func startRegistrydEnv(t testing.TB, storage string, env []string, flags ...stri
 		readyz = strings.Replace(testutil.FreeAddr(t), "127.0.0.1:", "127.0.0.2:", 1)
 		flags = append(flags, "--debug-addr", readyz)
 	}
+	// The drain's delay (5 s by default) is for a Service's endpoints to
+	// catch up; here it would only add 5 s to every stop. TestDrainOnSIGTERM
+	// tests it.
+	if !slices.Contains(flags, "--shutdown-delay") {
+		flags = append(flags, "--shutdown-delay", "0s")
+	}
 	logf, err := os.Create(r.log)
 	if err != nil {
 		t.Fatal(err)

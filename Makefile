@@ -92,31 +92,9 @@ envtest: ## Build (or find cached) kube-apiserver, etcd and kubectl.
 TEST_CONFORMANCE_ROWS ?= kube-auth/dev kube/dev kube-auth/1.1 file/dev file/1.1 mem/dev htpasswd/dev htpasswd-bearer/dev mirror/dev s3/dev s3/1.1 azure/dev gcs/dev
 
 .PHONY: test
-test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, conformance; times each phase.
-	@cpu() { local st; read -r -a st </proc/$$$$/stat; echo $$(( (st[15] + st[16]) / $$(getconf CLK_TCK) )); }; \
-	phase() { local c; c=$$(cpu); echo "== $$1: $$(( SECONDS - t0 ))s ($$(( c - c0 ))s cpu)"; t0=$$SECONDS; c0=$$c; }; \
-	t0=$$SECONDS; c0=$$(cpu); start=$$SECONDS; \
-	export KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" CONTROLLER_GEN="$(CONTROLLER_GEN)"; phase "envtest assets"; \
-	node_log="$(CACHE)/node-assets.log"; mkdir -p "$(CACHE)"; hack/node-assets.sh >"$$node_log" 2>&1 & node_assets=$$!; \
-	export STEVEDORE_CLIENTS="$$(hack/install-clients.sh)"; phase "clients (crane, oras, regctl, skopeo, distribution)"; \
-	export STEVEDORE_STORAGE_SERVERS="$$(hack/storage-servers.sh install)"; phase "storage servers (versitygw, Azurite, fake-gcs-server)"; \
-	$(MAKE) --no-print-directory helm; export HELM="$(HELM)"; phase "helm"; \
-	$(MAKE) --no-print-directory build-platforms PLATFORMS=linux/$$(go env GOARCH) >/dev/null; \
-	export STEVEDORE_BIN_DIR="$(LOCALBIN)/linux_$$(go env GOARCH)" STEVEDORE_BIN_VERSION="$(VERSION)"; \
-	export CREDENTIAL_PROVIDER="$$STEVEDORE_BIN_DIR/stevedore-credential-provider"; phase "build the binaries once"; \
-	go vet ./...; phase "go vet"; \
-	go test -count=1 -timeout 30m $$(go list ./... | grep -v '/registryd'); phase "go test (operator, envtest, generated code)"; \
-	go test -race -count=1 -timeout 30m $$(go list ./registryd/... | grep -vE '/registryd/(hostile|e2e)$$'); phase "go test -race registryd (unit, envtest)"; \
-	go test -count=1 -timeout 30m -parallel 3 ./registryd/e2e/; phase "registryd e2e with real clients (registryd processes built with -race)"; \
-	go test -race -count=1 -timeout 30m -v ./registryd/hostile/ | grep -E '^(--- |    --- |ok|FAIL|PASS)|hostile_test.go'; phase "adversarial suite (-race, 3 replicas, file and versitygw)"; \
-	$(MAKE) --no-print-directory fuzz; phase "fuzz"; \
-	wait $$node_assets || { cat "$$node_log"; exit 1; }; phase "node components (built in the background since the envtest assets)"; \
-	e2e_log="$$(mktemp)"; hack/node-e2e.sh >"$$e2e_log" 2>&1 & node_e2e=$$!; \
-	CONFORMANCE_ROWS="$(TEST_CONFORMANCE_ROWS)" REGISTRYD="$$STEVEDORE_BIN_DIR/registryd" hack/conformance.sh; phase "OCI conformance, $(words $(TEST_CONFORMANCE_ROWS)) rows (beside the real node's suite)"; \
-	e2e_rc=0; wait $$node_e2e || e2e_rc=$$?; \
-	if [[ $$e2e_rc != 0 ]]; then cat "$$e2e_log"; exit 1; fi; \
-	grep -vE '^        ' "$$e2e_log"; rm -f "$$e2e_log"; phase "end-to-end on a real node (test/node; started before conformance)"; \
-	echo "== make test passed in $$(( SECONDS - start ))s ($$(cpu)s cpu)"
+test: controller-gen envtest ## Run every test: unit, envtest, clients, fuzz, conformance, a real node; times each phase.
+	CACHE="$(CACHE)" LOCALBIN="$(LOCALBIN)" VERSION="$(VERSION)" HELM="$(HELM)" CONTROLLER_GEN="$(CONTROLLER_GEN)" \
+	  TEST_CONFORMANCE_ROWS="$(TEST_CONFORMANCE_ROWS)" hack/test.sh
 
 .PHONY: test-outage
 test-outage: envtest ## registryd loses its API server for 60 s while crane pulls and pushes (make test runs 10 s).

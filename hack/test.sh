@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# make test's recipe: every test, each phase timed (wall and CPU seconds).
+#
+# Two kinds of phase share the machine's two cores. The foreground lane runs
+# the Go test phases one after another; the tests that assert timing
+# (slowloris ratio, drain, login storm: registryd/e2e) run in it once the
+# background lanes are done, so nothing else loads the machine beside them.
+# The background lanes are the suites that mostly wait on processes they
+# started: the OCI conformance rows and the real node's end-to-end suite.
+# They start as soon as the binaries are built and run beside go vet and the
+# envtest phases, which leave about half a core idle. Each lane writes a log;
+# it is printed (filtered) when the lane is waited for, and a failed lane
+# prints it whole and fails the run.
+#
+# Env (from the Makefile): CONTROLLER_GEN, HELM, LOCALBIN,
+# VERSION, CACHE, TEST_CONFORMANCE_ROWS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${CACHE:?}" "${LOCALBIN:?}" "${VERSION:?}" "${TEST_CONFORMANCE_ROWS:?}"
+
+# CPU seconds of this shell's waited-for children (background lanes count
+# once they are waited for).
+cpu() { local st; read -r -a st </proc/$$/stat; echo $(((st[15] + st[16]) / $(getconf CLK_TCK))); }
+t0=$SECONDS c0=$(cpu) start=$SECONDS
+phase() { local c; c=$(cpu); echo "== $1: $((SECONDS - t0))s ($((c - c0))s cpu)"; t0=$SECONDS c0=$c; }
+
+logs="$(mktemp -d /tmp/stevedore-test.XXXXXX)"
+lanes=()
+# lane NAME CMD…: runs CMD in the background into $logs/NAME.log and
+# appends its wall time; the exit status is kept for wait_lane.
+lane() {
+  local name=$1; shift
+  ( s=$SECONDS; rc=0; "$@" >"$logs/$name.log" 2>&1 || rc=$?
+    echo "== $name: exit $rc after $((SECONDS - s))s (background lane)" >>"$logs/$name.log"; exit "$rc" ) &
+  lanes+=("$name=$!")
+}
+# wait_lane NAME FILTER: waits for it; prints its log through FILTER, or
+# whole on failure.
+wait_lane() {
+  local name=$1 filter=$2 l pid rc=0
+  for l in "${lanes[@]}"; do [[ ${l%%=*} == "$name" ]] && pid=${l#*=}; done
+  wait "$pid" || rc=$?
+  if [[ $rc != 0 ]]; then cat "$logs/$name.log"; echo "== $name failed (exit $rc)"; exit 1; fi
+  grep -vE "$filter" "$logs/$name.log" || true
+}
+# On a failure in the foreground, the lanes still finish (the node lane
+# tears its node down itself), so nothing is left running or half-up.
+trap 'wait; rm -rf "$logs"' EXIT
+
+KUBEBUILDER_ASSETS="$(hack/envtest-assets.sh)"
+export KUBEBUILDER_ASSETS CONTROLLER_GEN
+phase "envtest assets"
+# The node's components build beside the installs below when they are not
+# cached; the node lane waits for them.
+mkdir -p "$CACHE"
+node_log="$CACHE/node-assets.log"
+hack/node-assets.sh >"$node_log" 2>&1 &
+node_assets=$!
+STEVEDORE_CLIENTS="$(hack/install-clients.sh)"
+export STEVEDORE_CLIENTS
+phase "clients (crane, oras, regctl, skopeo, distribution)"
+STEVEDORE_STORAGE_SERVERS="$(hack/storage-servers.sh install)"
+export STEVEDORE_STORAGE_SERVERS
+phase "storage servers (versitygw, Azurite, fake-gcs-server)"
+make --no-print-directory helm
+export HELM="${HELM:?}"
+phase "helm"
+arch="$(go env GOARCH)"
+make --no-print-directory build-platforms PLATFORMS="linux/$arch" >/dev/null
+export STEVEDORE_BIN_DIR="$LOCALBIN/linux_$arch" STEVEDORE_BIN_VERSION="$VERSION"
+export CREDENTIAL_PROVIDER="$STEVEDORE_BIN_DIR/stevedore-credential-provider"
+wait "$node_assets" || { cat "$node_log"; exit 1; }
+phase "build the binaries once (and the node's components, in the background since the envtest assets)"
+
+lane conformance env CONFORMANCE_ROWS="$TEST_CONFORMANCE_ROWS" REGISTRYD="$STEVEDORE_BIN_DIR/registryd" hack/conformance.sh
+lane node hack/node-e2e.sh
+
+go vet ./...
+phase "go vet"
+# shellcheck disable=SC2046
+go test -count=1 -timeout 30m $(go list ./... | grep -v '/registryd')
+phase "go test (operator, envtest, generated code)"
+# shellcheck disable=SC2046
+go test -race -count=1 -timeout 30m $(go list ./registryd/... | grep -vE '/registryd/(hostile|e2e)$')
+phase "go test -race registryd (unit, envtest)"
+wait_lane conformance '^$'
+phase "OCI conformance, $(wc -w <<<"$TEST_CONFORMANCE_ROWS") rows (background lane; the wait for its end)"
+wait_lane node '^        '
+phase "end-to-end on a real node (test/node; background lane; the wait for its end)"
+go test -count=1 -timeout 30m -parallel 3 ./registryd/e2e/
+phase "registryd e2e with real clients (registryd processes built with -race)"
+go test -race -count=1 -timeout 30m -v ./registryd/hostile/ | grep -E '^(--- |    --- |ok|FAIL|PASS)|hostile_test.go'
+phase "adversarial suite (-race, 3 replicas, file and versitygw)"
+make --no-print-directory fuzz
+phase "fuzz"
+echo "== make test passed in $((SECONDS - start))s ($(cpu)s cpu)"

@@ -10,6 +10,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/cli-utils/pkg/kstatus/status"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -21,6 +22,8 @@ import (
 // `kubectl wait --for=condition=Ready` say the same thing: only the Ready
 // one is Current, and only for it does kubectl wait return.
 func TestKstatusAgreesWithKubectlWait(t *testing.T) {
+	// Mostly waits on kubectl; reads only its own namespace.
+	t.Parallel()
 	ns := newNamespace(t)
 	ctx := context.Background()
 	// Credentials without keys: the probe fails before any request.
@@ -66,12 +69,16 @@ func TestKstatusAgreesWithKubectlWait(t *testing.T) {
 			}
 			if tc.change != nil {
 				eventually(t, "Current before the change", func() error { return kstatusIs(ctx, ns, tc.name, status.CurrentStatus) })
-				var reg v1.Registry
-				if err := get(&reg, ns, tc.name); err != nil {
-					t.Fatal(err)
-				}
-				tc.change(&reg)
-				if err := env.Client.Update(ctx, &reg); err != nil {
+				// The operator writes status meanwhile: its resourceVersion moves.
+				err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+					var reg v1.Registry
+					if err := get(&reg, ns, tc.name); err != nil {
+						return err
+					}
+					tc.change(&reg)
+					return env.Client.Update(ctx, &reg)
+				})
+				if err != nil {
 					t.Fatal(err)
 				}
 			}

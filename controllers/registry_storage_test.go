@@ -40,6 +40,8 @@ func countingProxy(t *testing.T, srv *storageservers.Server) (addr string, probe
 // once per retry interval, and its status is written at most twice per
 // interval (the probe time, and a change of verdict), not in a hot loop.
 func TestFailingProbeIsQuiet(t *testing.T) {
+	// Mostly sleeps through retry intervals; counts only its namespace's writes.
+	t.Parallel()
 	ns := newNamespace(t)
 	srv := storageservers.Start(t, storageservers.S3)
 	addr, probes := countingProxy(t, srv)

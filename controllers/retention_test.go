@@ -328,6 +328,8 @@ func compareStrings(a, b string) int {
 // are never lost to retention's own status update, and retention still
 // deletes every tag it should.
 func TestRetentionRacesPushes(t *testing.T) {
+	// Mostly waits on retention passes; its own namespace and Registry.
+	t.Parallel()
 	ctx := context.Background()
 	ns := newNamespace(t)
 	createRegistry(t, ns, "main", func(r *v1.Registry) { r.Spec.Limits.MaxTagsPerRepository = 1000 })

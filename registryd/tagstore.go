@@ -128,13 +128,10 @@ type roundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// The API client's rate limit unless flags say otherwise: kube-scheduler's
-// (50/s, bursts of 100). A push to a new repository costs a create, a
-// status write and an Event; at client-go's default of 5/s, eight CI
-// runners pushing to new repositories waited seconds per manifest.
+// The API client's rate limit unless flags say otherwise (kube.DefaultQPS).
 const (
-	defaultKubeQPS   = 50
-	defaultKubeBurst = 100
+	defaultKubeQPS   = kube.DefaultQPS
+	defaultKubeBurst = kube.DefaultBurst
 )
 
 // kubeConfig is --kubeconfig when given, else $KUBECONFIG, else the pod's

@@ -154,13 +154,14 @@ func newClusterWith(t *testing.T, backend string, o clusterOptions) *cluster {
 		c.namespace = newRegistry(t)
 	}
 	secret := []byte("hostile shared secret")
+	logger := slog.New(slog.NewTextHandler(newTestLog(t), &slog.HandlerOptions{Level: slog.LevelError}))
 	for i := range 3 {
 		b := open()
 		var store tags.Store = tags.NewBucketWith(b, o.bucket)
 		if backend == "kube" {
 			store = kubeReplica(t, c.namespace, store)
 		}
-		opts := &server.Options{Secret: secret, Logger: slog.New(slog.DiscardHandler)}
+		opts := &server.Options{Secret: secret, Logger: logger}
 		if o.authorizer != nil {
 			opts.Authorizer = o.authorizer(i)
 		}
@@ -176,6 +177,31 @@ func newClusterWith(t *testing.T, backend string, o clusterOptions) *cluster {
 		c.urls = append(c.urls, srv.URL)
 	}
 	return c
+}
+
+// testLog is an io.Writer into t's log that goes quiet once t ends (a
+// goroutine may still log then). The replicas' errors (the cause of a 5xx)
+// reach the test's output through it.
+type testLog struct {
+	t    testing.TB
+	mu   sync.Mutex
+	done bool
+}
+
+func newTestLog(t testing.TB) *testLog {
+	l := &testLog{t: t}
+	// Registered before the servers start, so it runs after they close.
+	t.Cleanup(func() { l.mu.Lock(); l.done = true; l.mu.Unlock() })
+	return l
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.done {
+		l.t.Logf("replica: %s", bytes.TrimSpace(p))
+	}
+	return len(p), nil
 }
 
 // newRegistry makes a namespace with a Registry "main" for the kube backend.
@@ -294,6 +320,23 @@ func (c *cluster) do(i int, method, path string, body []byte, hdr ...string) ans
 	v.(*atomic.Int64).Add(1)
 	c.counter.Add(1)
 	return answer{resp.StatusCode, resp.Header, b}
+}
+
+// doRetrying is do, sent again after Retry-After (up to 3 times) while the
+// answer is 503, as crane and containerd do. Each 503 is logged: its cause
+// is in the replica's error just before it. The invariants under test
+// (nothing listed that does not pull, nothing corrupt) do not depend on it;
+// a backend that fails a write now and then (versitygw once, in CI, under a
+// racing DELETE) is answered 503 by design.
+func (c *cluster) doRetrying(i int, method, path string, body []byte, hdr ...string) answer {
+	a := c.do(i, method, path, body, hdr...)
+	for try := 0; try < 3 && a.status == http.StatusServiceUnavailable; try++ {
+		c.t.Logf("%s %s: 503 %s; retrying after Retry-After %q", method, path, bytes.TrimSpace(a.body), a.header.Get("Retry-After"))
+		secs, _ := strconv.Atoi(a.header.Get("Retry-After"))
+		time.Sleep(time.Duration(max(secs, 1)) * time.Second)
+		a = c.do(i, method, path, body, hdr...)
+	}
+	return a
 }
 
 func (c *cluster) must(a answer, want int, what string) bool {
@@ -512,7 +555,7 @@ func TestDeleteManifestRacingTagPut(t *testing.T) {
 				var put, del answer
 				var wg sync.WaitGroup
 				wg.Go(func() {
-					put = c.do(i, "PUT", "/v2/"+repo+"/manifests/"+tag, m, "Content-Type", ocispec.MediaTypeImageManifest)
+					put = c.doRetrying(i, "PUT", "/v2/"+repo+"/manifests/"+tag, m, "Content-Type", ocispec.MediaTypeImageManifest)
 				})
 				wg.Go(func() { del = c.do(i+1, "DELETE", "/v2/"+repo+"/manifests/"+md.String(), nil) })
 				wg.Wait()

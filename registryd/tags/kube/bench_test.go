@@ -3,12 +3,14 @@ package kube_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
@@ -20,33 +22,75 @@ import (
 func BenchmarkPushTags(b *testing.B) {
 	reg := newRegistry(b, func(r *v1.Registry) { r.Spec.Limits.MaxTagsPerRepository = 1 << 20 })
 	j := journal(b)
-	replicas := []*kube.Store{replica(b, reg, j), replica(b, reg, j), replica(b, reg, j)}
+	var calls atomic.Int64
+	cfg := registrydConfig(&calls)
+	replicas := []*kube.Store{replicaWith(b, cfg, reg, j), replicaWith(b, cfg, reg, j), replicaWith(b, cfg, reg, j)}
 	ctx := context.Background()
-	var next atomic.Int64
 	b.ResetTimer()
-	start := time.Now()
-	var wg sync.WaitGroup
-	for w := range 12 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s := replicas[w%3]
-			for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
-				if err := s.Put(ctx, "bench/app", fmt.Sprintf("t%07d", i), desc(fmt.Sprint(i))); err != nil {
-					b.Error(err)
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
+	calls0, start := calls.Load(), time.Now()
+	pushers(b, 12, func(w int, i int64) error {
+		return replicas[w%3].Put(ctx, "bench/app", fmt.Sprintf("t%07d", i), desc(fmt.Sprint(i)))
+	})
 	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tags/s")
 	conflicts := 0.0
 	for _, s := range replicas {
 		conflicts += s.Conflicts()
 	}
 	b.ReportMetric(conflicts/float64(b.N), "conflicts/tag")
+	b.ReportMetric(float64(calls.Load()-calls0)/float64(b.N), "api-calls/tag")
 }
+
+// BenchmarkNewRepositories pushes one tag into each of b.N new repositories
+// from 8 goroutines through one replica, as a CI fleet copying images into
+// fresh repositories would: each push creates its Repository.
+func BenchmarkNewRepositories(b *testing.B) {
+	reg := newRegistry(b, nil)
+	var calls atomic.Int64
+	s := replicaWith(b, registrydConfig(&calls), reg, journal(b))
+	ctx := context.Background()
+	b.ResetTimer()
+	calls0, start := calls.Load(), time.Now()
+	pushers(b, 8, func(_ int, i int64) error {
+		return s.Put(ctx, fmt.Sprintf("bench/new%07d", i), "v1", desc(fmt.Sprint(i)))
+	})
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "repositories/s")
+	b.ReportMetric(float64(calls.Load()-calls0)/float64(b.N), "api-calls/repository")
+}
+
+// pushers runs push for 1..b.N from n goroutines (w: the goroutine).
+func pushers(b *testing.B, n int, push func(w int, i int64) error) {
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := range n {
+		wg.Go(func() {
+			for i := next.Add(1); i <= int64(b.N); i = next.Add(1) {
+				if err := push(w, i); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// registrydConfig is the test API server's config with the rate limit
+// registryd gives the store, counting every request in calls.
+func registrydConfig(calls *atomic.Int64) *rest.Config {
+	cfg := rest.CopyConfig(env.Config)
+	cfg.QPS, cfg.Burst = kube.DefaultQPS, kube.DefaultBurst
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripper(func(r *http.Request) (*http.Response, error) {
+			calls.Add(1)
+			return rt.RoundTrip(r)
+		})
+	})
+	return cfg
+}
+
+type roundTripper func(*http.Request) (*http.Response, error)
+
+func (f roundTripper) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
 // BenchmarkTagsAtLimit reads a repository holding the default tag limit:
 // the first page of its tag list, the whole list, and one tag, all from the

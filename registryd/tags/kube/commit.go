@@ -11,14 +11,19 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"golang.org/x/sync/errgroup"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
+
+// journalWriters bounds the journal writes of one batch in flight at once.
+const journalWriters = 8
 
 // commitTimeout bounds one group commit, which serves several requests and so
 // cannot use any one request's context.
@@ -102,14 +107,33 @@ func (s *Store) drain(path string) {
 
 		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
 		repo, err := s.write(ctx, path, batch)
-		cancel()
-		for _, c := range batch {
-			c.repo = repo
-			if err != nil {
-				c.done <- err
-			} else {
-				c.done <- c.err
-			}
+		if err != nil || repo == nil {
+			cancel()
+			finish(batch, repo, err)
+			continue
+		}
+		// The journal follows in the background while the next batch's
+		// status update goes out: a batch's clients are answered once
+		// both are done, and the mirror's read-back makes concurrent
+		// mirrors of one path end on the last status, as it does for
+		// mirrors of different replicas.
+		go func() {
+			defer cancel()
+			s.mirror(ctx, path, repo, batch)
+			finish(batch, repo, nil)
+		}()
+	}
+}
+
+// finish answers the changes of a batch: err for all (the write failed), or
+// each its own verdict.
+func finish(batch []*change, repo *v1.Repository, err error) {
+	for _, c := range batch {
+		c.repo = repo
+		if err != nil {
+			c.done <- err
+		} else {
+			c.done <- c.err
 		}
 	}
 }
@@ -127,9 +151,9 @@ var errUndecided = errors.New("decided on the cache alone")
 // Registry read live before anything is written.
 var errRegistryStale = errors.New("immutable-tag rules read from the cached Registry")
 
-// write applies a batch to the Repository of path in one status update,
-// then mirrors into the journal the tags that update (or a live read) made
-// final. On a conflict it re-reads live and re-applies, until the commit
+// write applies a batch to the Repository of path in one status update (the
+// caller then mirrors into the journal the tags that update, or a live read,
+// made final). On a conflict it re-reads live and re-applies, until the commit
 // deadline: a short, jittered, capped backoff keeps a replica that lost a
 // few rounds from starving behind one that keeps winning.
 func (s *Store) write(ctx context.Context, path string, batch []*change) (*v1.Repository, error) {
@@ -182,9 +206,6 @@ func (s *Store) write(ctx context.Context, path string, batch []*change) (*v1.Re
 		case err != nil:
 			return nil, err
 		}
-		if repo != nil {
-			s.mirror(ctx, path, repo, batch)
-		}
 		return repo, nil
 	}
 }
@@ -202,10 +223,20 @@ func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1
 	}
 	var repo *v1.Repository
 	fromCache := known != nil && !live
-	if fromCache {
+	switch {
+	case fromCache:
 		repo = known.DeepCopy() // shared with the cache; this round edits it
-	} else if repo, err = s.live(ctx, path, known); err != nil {
-		return nil, err
+	case known == nil && !live && wantsCreate(batch) && ptr.Deref(reg.Spec.AutoCreateRepositories, true):
+		// A push the cache knows no repository for: most often a new one.
+		// Creating first saves the read that would find nothing; an
+		// existing object answers AlreadyExists and is read then.
+		if repo, err = s.createRepository(ctx, reg, path); err != nil {
+			return nil, err
+		}
+	default:
+		if repo, err = s.live(ctx, path, known); err != nil {
+			return nil, err
+		}
 	}
 	if repo == nil {
 		if !wantsCreate(batch) {
@@ -289,15 +320,16 @@ func (s *Store) mirror(ctx context.Context, path string, repo *v1.Repository, ba
 	var failed error
 	wrote := map[string]journalEntry{}
 	for len(pending) > 0 {
+		// Each tag is its own journal object: written side by side (a
+		// durable write on file:// is an fsync).
+		var g errgroup.Group
+		g.SetLimit(journalWriters)
 		for tag := range pending {
 			e := entryOf(repo, tag)
-			if err := s.journalWrite(ctx, path, tag, e); err != nil {
-				failed = err
-				break
-			}
 			wrote[tag] = e
+			g.Go(func() error { return s.journalWrite(ctx, path, tag, e) })
 		}
-		if failed != nil {
+		if failed = g.Wait(); failed != nil {
 			break
 		}
 		now, err := s.readBack(ctx, repo, path)

@@ -28,6 +28,20 @@ import (
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
 
+// The API client's rate limit registryd gives the store unless its flags
+// say otherwise. A push into a new repository costs two requests on it (a
+// create, a status update; the read-back of the journal goes through the
+// metadata client, Events through their own), so 150/s lets one replica
+// create 75 repositories a second. Measured (BenchmarkNewRepositories, 8
+// pushers, envtest): the limit was the bound at 50/s (26 repositories/s)
+// and 100/s; with none the API server took 214/s. The API server still
+// protects itself (priority and fairness answers 429, which client-go
+// retries).
+const (
+	DefaultQPS   = 150
+	DefaultBurst = 300
+)
+
 // indexPath indexes the cached Repositories by their OCI path.
 const indexPath = "spec.name"
 

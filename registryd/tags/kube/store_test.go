@@ -24,6 +24,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/rand"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
@@ -68,9 +69,15 @@ func newRegistry(t testing.TB, mutate func(*v1.Registry)) *v1.Registry {
 // replica starts a store as one registryd replica of reg would.
 func replica(t testing.TB, reg *v1.Registry, journal tags.Store) *kube.Store {
 	t.Helper()
+	return replicaWith(t, env.Config, reg, journal)
+}
+
+// replicaWith is replica with its own API client config.
+func replicaWith(t testing.TB, cfg *rest.Config, reg *v1.Registry, journal tags.Store) *kube.Store {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	s, err := kube.New(ctx, env.Config, kube.Options{Namespace: reg.Namespace, Registry: reg.Name, Journal: journal})
+	s, err := kube.New(ctx, cfg, kube.Options{Namespace: reg.Namespace, Registry: reg.Name, Journal: journal})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -450,22 +457,23 @@ func TestPushByDigestCreatesRepository(t *testing.T) {
 	}
 }
 
-// gatedJournal holds the first Put until released, so a test can queue a
-// second write behind a status update in flight.
+// gatedJournal holds the first ClearDeleted until released. A push into a
+// new repository calls it while creating the Repository, inside its status
+// round, so a test can queue a second write behind a round in flight.
 type gatedJournal struct {
-	tags.Store
+	*tags.Bucket
 	entered, release chan struct{}
 	once             sync.Once
 }
 
-func (g *gatedJournal) Put(ctx context.Context, repo, tag string, d ocispec.Descriptor) error {
+func (g *gatedJournal) ClearDeleted(ctx context.Context, repo string) error {
 	first := false
 	g.once.Do(func() { first = true })
 	if first {
 		close(g.entered)
 		<-g.release
 	}
-	return g.Store.Put(ctx, repo, tag, d)
+	return g.Bucket.ClearDeleted(ctx, repo)
 }
 
 // TestAbandonedPushIsNotApplied: a push whose client gives up while it
@@ -473,11 +481,11 @@ func (g *gatedJournal) Put(ctx context.Context, repo, tag string, d ocispec.Desc
 // written after the client has been told it failed.
 func TestAbandonedPushIsNotApplied(t *testing.T) {
 	reg := newRegistry(t, nil)
-	j := &gatedJournal{Store: journal(t), entered: make(chan struct{}), release: make(chan struct{})}
+	j := &gatedJournal{Bucket: journal(t).(*tags.Bucket), entered: make(chan struct{}), release: make(chan struct{})}
 	s := replica(t, reg, j)
 	first := make(chan error, 1)
 	go func() { first <- s.Put(context.Background(), "app", "first", desc("one")) }()
-	<-j.entered // the first write is in flight
+	<-j.entered // the first round is in flight
 
 	ctx, cancel := context.WithCancel(context.Background())
 	queued := make(chan error, 1)
@@ -495,7 +503,7 @@ func TestAbandonedPushIsNotApplied(t *testing.T) {
 	if _, err := s.Get(context.Background(), "app", "abandoned"); !errors.Is(err, tags.ErrNotFound) {
 		t.Fatalf("the abandoned tag was written after its client gave up (%v)", err)
 	}
-	if _, err := j.Store.Get(context.Background(), "app", "abandoned"); !errors.Is(err, tags.ErrNotFound) {
+	if _, err := j.Get(context.Background(), "app", "abandoned"); !errors.Is(err, tags.ErrNotFound) {
 		t.Fatalf("the abandoned tag reached the journal (%v)", err)
 	}
 }

@@ -85,7 +85,7 @@ phase "go test (operator, envtest, generated code)"
 # shellcheck disable=SC2046
 go test -race -count=1 -timeout 30m $(go list ./registryd/... | grep -vE '/registryd/(hostile|e2e)$')
 phase "go test -race registryd (unit, envtest)"
-go test -count=1 -timeout 30m -parallel 3 ./registryd/e2e/
+go test -count=1 -timeout 30m -parallel 5 ./registryd/e2e/
 phase "registryd e2e with real clients (registryd processes built with -race)"
 go test -race -count=1 -timeout 30m -v ./registryd/hostile/ | grep -E '^(--- |    --- |ok|FAIL|PASS)|hostile_test.go'
 phase "adversarial suite (-race, 3 replicas, file and versitygw)"

@@ -73,12 +73,14 @@ func kubeSection(benchOut string, h *kubeHTTPResult, distGetByTag float64, pushe
 	if len(benches) == 0 {
 		return "", fmt.Errorf("no benchmark lines in:\n%s", benchOut)
 	}
-	b.WriteString("The tag store alone (registryd/tags/kube Go benchmarks; PushTags: 3 replicas, 12 writers, one repository):\n\n")
+	b.WriteString("The tag store alone (registryd/tags/kube Go benchmarks at registryd's API client limit; PushTags: 3 replicas, 12 writers, one repository; NewRepositories: one replica, 8 writers, one new repository per push):\n\n")
 	b.WriteString("| Benchmark | Figure | API-server requests on the read path |\n|---|---:|---:|\n")
 	for _, k := range benches {
 		figure := ""
 		if v, ok := k.metrics["tags/s"]; ok {
-			figure = fmt.Sprintf("%.1f tags/s into Repository status (%.2f conflicts/tag)", v, k.metrics["conflicts/tag"])
+			figure = fmt.Sprintf("%.1f tags/s into Repository status (%.2f conflicts/tag, %.2f API requests/tag)", v, k.metrics["conflicts/tag"], k.metrics["api-calls/tag"])
+		} else if v, ok := k.metrics["repositories/s"]; ok {
+			figure = fmt.Sprintf("%.1f new repositories/s (%.1f API requests each)", v, k.metrics["api-calls/repository"])
 		} else if ns, ok := k.metrics["ns/op"]; ok {
 			figure = fmt.Sprintf("%s per read (%.0f reads/s)", time.Duration(ns).Round(10*time.Nanosecond), 1e9/ns)
 		}

@@ -31,7 +31,8 @@ func TestMedianAndVerdict(t *testing.T) {
 
 func TestKubeSection(t *testing.T) {
 	out := `goos: linux
-BenchmarkPushTags-2          	     600	 110000000 ns/op	         9.100 tags/s	         0.5400 conflicts/tag
+BenchmarkPushTags-2          	     600	 110000000 ns/op	         2.050 api-calls/tag	         0.5400 conflicts/tag	         9.100 tags/s
+BenchmarkNewRepositories-2   	     600	  12668995 ns/op	         3.000 api-calls/repository	        78.93 repositories/s
 BenchmarkTagsAtLimit/get-one-2         	  100000	     11880 ns/op	         0 api-calls
 ok  	github.com/stevedore-dev/stevedore/registryd/tags/kube	120.1s
 `
@@ -39,7 +40,7 @@ ok  	github.com/stevedore-dev/stevedore/registryd/tags/kube	120.1s
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"9.1 tags/s", "0 (asserted)", "3.00× distribution", "25.0 tags/s"} {
+	for _, want := range []string{"9.1 tags/s", "2.05 API requests/tag", "78.9 new repositories/s (3.0 API requests each)", "0 (asserted)", "3.00× distribution", "25.0 tags/s"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("section lacks %q:\n%s", want, md)
 		}

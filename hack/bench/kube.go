@@ -17,9 +17,23 @@ type kubeBench struct {
 
 func parseBenchLines(out string) []kubeBench {
 	var res []kubeBench
-	for _, line := range strings.Split(out, "\n") {
+	lines := strings.Split(out, "\n")
+	for n, line := range lines {
 		f := strings.Fields(line)
-		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+		if len(f) == 0 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		if len(f) < 2 || !isCount(f[1]) {
+			// A log line interleaved after the name: the figures are on
+			// the next line that starts with the iteration count.
+			for _, next := range lines[n+1:] {
+				if g := strings.Fields(next); len(g) >= 3 && isCount(g[0]) {
+					f = append([]string{f[0]}, g...)
+					break
+				}
+			}
+		}
+		if len(f) < 4 {
 			continue
 		}
 		b := kubeBench{name: f[0], metrics: map[string]float64{}}
@@ -32,6 +46,12 @@ func parseBenchLines(out string) []kubeBench {
 		res = append(res, b)
 	}
 	return res
+}
+
+// isCount reports whether s is a benchmark's iteration count.
+func isCount(s string) bool {
+	_, err := strconv.Atoi(s)
+	return err == nil
 }
 
 // runKubeBench runs the kubernetes tag-store Go benchmarks of the

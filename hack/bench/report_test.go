@@ -32,7 +32,8 @@ func TestMedianAndVerdict(t *testing.T) {
 func TestKubeSection(t *testing.T) {
 	out := `goos: linux
 BenchmarkPushTags-2          	     600	 110000000 ns/op	         2.050 api-calls/tag	         0.5400 conflicts/tag	         9.100 tags/s
-BenchmarkNewRepositories-2   	     600	  12668995 ns/op	         3.000 api-calls/repository	        78.93 repositories/s
+BenchmarkNewRepositories-2   	2026/12/01 13:58:28 INFO kubernetes tag store: Repository cache synced
+     600	  12668995 ns/op	         3.000 api-calls/repository	        78.93 repositories/s
 BenchmarkTagsAtLimit/get-one-2         	  100000	     11880 ns/op	         0 api-calls
 ok  	github.com/stevedore-dev/stevedore/registryd/tags/kube	120.1s
 `

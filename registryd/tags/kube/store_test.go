@@ -77,7 +77,11 @@ func replicaWith(t testing.TB, cfg *rest.Config, reg *v1.Registry, journal tags.
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	s, err := kube.New(ctx, cfg, kube.Options{Namespace: reg.Namespace, Registry: reg.Name, Journal: journal})
+	var logger *slog.Logger
+	if _, ok := t.(*testing.B); ok {
+		logger = slog.New(slog.DiscardHandler) // between a benchmark's name and its figures
+	}
+	s, err := kube.New(ctx, cfg, kube.Options{Logger: logger, Namespace: reg.Namespace, Registry: reg.Name, Journal: journal})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 	"golang.org/x/sync/errgroup"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
@@ -226,7 +225,7 @@ func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1
 	switch {
 	case fromCache:
 		repo = known.DeepCopy() // shared with the cache; this round edits it
-	case known == nil && !live && wantsCreate(batch) && ptr.Deref(reg.Spec.AutoCreateRepositories, true):
+	case known == nil && !live && wantsCreate(batch) && createsOnPush(reg):
 		// A push the cache knows no repository for: most often a new one.
 		// Creating first saves the read that would find nothing; an
 		// existing object answers AlreadyExists and is read then.

@@ -165,6 +165,12 @@ func (s *Store) RepositoryExists(ctx context.Context, path string) (bool, error)
 	return repo != nil, err
 }
 
+// createsOnPush reports whether reg creates a repository's Repository on its
+// first push (spec.autoCreateRepositories, on unless set false).
+func createsOnPush(reg *v1.Registry) bool {
+	return ptr.Deref(reg.Spec.AutoCreateRepositories, true)
+}
+
 // CheckPush lets a push go on when the Registry creates repositories on
 // push (no API request: a blob upload needs no API server then) or when
 // path's Repository exists; with auto-creation off it refuses the push of
@@ -172,7 +178,7 @@ func (s *Store) RepositoryExists(ctx context.Context, path string) (bool, error)
 // cannot answer yet, the tag write decides.
 func (s *Store) CheckPush(ctx context.Context, path string) error {
 	reg, err := s.registry(ctx)
-	if err != nil || reg == nil || ptr.Deref(reg.Spec.AutoCreateRepositories, true) {
+	if err != nil || reg == nil || createsOnPush(reg) {
 		return nil
 	}
 	ok, err := s.RepositoryExists(ctx, path)

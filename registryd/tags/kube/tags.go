@@ -12,7 +12,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
@@ -176,7 +175,7 @@ func (s *Store) UntagDigest(ctx context.Context, path string, d digest.Digest) (
 // createRepository makes the Repository on first push. Replicas racing to
 // create it compute the same name; the loser reads the winner's object.
 func (s *Store) createRepository(ctx context.Context, reg *v1.Registry, path string) (*v1.Repository, error) {
-	if !ptr.Deref(reg.Spec.AutoCreateRepositories, true) {
+	if !createsOnPush(reg) {
 		return nil, errcode.NameUnknown.With(fmt.Sprintf(
 			"repository %s does not exist and Registry %s does not create repositories on push (spec.autoCreateRepositories: false): create a Repository for it", path, reg.Name))
 	}

@@ -117,14 +117,17 @@ test-gc-torture: ## The GC torture test (3 replicas, pushers, deleters, re-pushe
 # loaded machine with no crasher found (golang/go#75804, fixed in Go 1.27).
 FUZZ_EXECS ?= 10000x
 
-fuzz: ## A few seconds of each go test -fuzz target.
-	go test -run='^$$' -fuzz='^FuzzParseReference$$' -fuzztime=$(FUZZ_EXECS) ./registryd/reference
-	go test -run='^$$' -fuzz='^FuzzValidateName$$' -fuzztime=$(FUZZ_EXECS) ./registryd/reference
-	go test -run='^$$' -fuzz='^FuzzParsePath$$' -fuzztime=$(FUZZ_EXECS) ./registryd/server
-	go test -run='^$$' -fuzz='^FuzzHandler$$' -fuzztime=$(FUZZ_EXECS) ./registryd/server
-	go test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZ_EXECS) ./registryd/manifest
-	go test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(FUZZ_EXECS) ./registryd/uploads
-	go test -run='^$$' -fuzz='^FuzzAuthorization$$' -fuzztime=$(FUZZ_EXECS) ./registryd/auth
+# NAME@PACKAGE, the slowest first: `make -j2 fuzz` (make test) runs two at
+# a time, so one's link overlaps the other's fuzzing.
+FUZZ_TARGETS := FuzzHandler@./registryd/server FuzzAuthorization@./registryd/auth \
+	FuzzParse@./registryd/manifest FuzzDecode@./registryd/uploads FuzzParsePath@./registryd/server \
+	FuzzParseReference@./registryd/reference FuzzValidateName@./registryd/reference
+
+fuzz: $(FUZZ_TARGETS) ## A few seconds of each go test -fuzz target.
+
+.PHONY: $(FUZZ_TARGETS)
+$(FUZZ_TARGETS):
+	go test -run='^$$' -fuzz='^$(firstword $(subst @, ,$@))$$' -fuzztime=$(FUZZ_EXECS) $(lastword $(subst @, ,$@))
 
 ##@ Run
 

@@ -143,7 +143,7 @@ fi
 # a subshell of its own, CONFORMANCE_JOBS at a time: each run waits mostly
 # on the network, so running several side by side cuts the phase's time.
 run_one() {
-    local storage="$1" spec="$2" pid=""
+    local storage="$1" spec="$2" pid="" t0=$SECONDS
     trap '[[ -n "$pid" ]] && kill "$pid" 2>/dev/null' EXIT
     dir="$work/$storage-$spec"; mkdir -p "$dir"
     flags=(); creds=(); regenv=()
@@ -189,7 +189,7 @@ run_one() {
     pass=$(grep -cE '^ +OCI Conformance Test/.*: Pass$' "$dir/report.txt" || true)
     fail=$(grep -cE '^ +OCI Conformance Test/.*: FAIL$' "$dir/report.txt" || true)
     skip=$(grep -cE '^ +OCI Conformance Test/.*: (Skip|Disabled)$' "$dir/report.txt" || true)
-    echo "conformance storage=$storage OCI_VERSION=$spec: pass=$pass fail=$fail skip=$skip exit=$rc" >"$dir/result"
+    echo "conformance storage=$storage OCI_VERSION=$spec: pass=$pass fail=$fail skip=$skip exit=$rc ($((SECONDS - t0))s)" >"$dir/result"
     if [[ "$rc" != 0 || "$fail" != 0 || "$pass" == 0 ]]; then
       {
         grep -E 'FAIL' "$dir/report.txt" | head -40 || true

@@ -81,7 +81,9 @@ func BuildImage(p Platform, opts Options) (v1.Image, error) {
 	}
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
-	}, tarball.WithMediaType(types.OCILayer))
+	}, tarball.WithMediaType(types.OCILayer),
+		// Compressed once: the digest, the layout and the tarball each read it.
+		tarball.WithCompressedCaching)
 	if err != nil {
 		return nil, err
 	}

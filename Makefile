@@ -176,6 +176,10 @@ bench: build ## Side by side with distribution (installs it, crane, wrk, ab), th
 bench-gc: build ## Workload 7 of make bench alone: registryd gc on versitygw (BENCH_GC_BLOBS=10000 unreferenced blobs, BENCH_GC_IMAGES=1000 images) while clients push and pull, next to distribution's offline garbage-collect.
 	BENCH_ONLY=gc hack/bench.sh
 
+.PHONY: bench-kube
+bench-kube: build envtest ## Workload 6 of make bench alone: make dev's registryd over HTTP (tag pushes, GETs by tag, BENCH_KUBE_NEW_REPOS=1000 new repositories by 8 crane processes, with the API server's CPU).
+	BENCH_ONLY=kube hack/bench.sh
+
 .PHONY: bench-storage
 bench-storage: build ## Push/pull MB/s of registryd on each storage backend next to the file backend.
 	hack/bench-storage.sh

@@ -6,7 +6,8 @@
 # install, wrk and ab from Debian), all cached, and writes docs/benchmarks.md.
 # Not part of make test. Round counts and sizes: see BENCH_* in
 # docs/benchmarks.md. BENCH_ONLY=gc (make bench-gc) runs the garbage-
-# collection workload alone and prints it, leaving docs/benchmarks.md.
+# collection workload alone and prints it, leaving docs/benchmarks.md;
+# BENCH_ONLY=kube (make bench-kube) the same for kubernetes mode over HTTP.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -29,7 +30,7 @@ apt_install() { # command package
 apt_install wrk wrk
 apt_install ab apache2-utils
 only="${BENCH_ONLY:-}"
-if [[ -z "$only" ]]; then
+if [[ -z "$only" || "$only" == kube ]]; then
   KUBEBUILDER_ASSETS="${KUBEBUILDER_ASSETS:-$(hack/envtest-assets.sh)}"
   export KUBEBUILDER_ASSETS
 fi

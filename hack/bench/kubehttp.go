@@ -27,6 +27,8 @@ type kubeHTTPOptions struct {
 	RepoRoot, Registryd, WorkDir string
 	Tags, Pushers                int
 	Load                         loadOptions
+	NewRepos                     int    // new repositories pushed by crane processes (0: skip)
+	Crane                        string // the crane binary
 }
 
 // kubeHTTPResult is registryd in kubernetes mode, measured over HTTP.
@@ -35,6 +37,7 @@ type kubeHTTPResult struct {
 	getByTag      float64 // req/s, tags from the informer cache
 	apiRequests   float64 // requests registryd sent to the API server during the GET load, Events apart
 	events        float64 // Events of the earlier pushes, sent by client-go in the background meanwhile
+	newRepos      *newReposResult
 }
 
 // kubeHTTP runs `make dev`'s harness (hack/dev: a real kube-apiserver and
@@ -146,6 +149,13 @@ func kubeHTTP(ctx context.Context, o kubeHTTPOptions, img v1.Image) (kubeHTTPRes
 	res.events, res.apiRequests, detail = requestsDuring(before, after)
 	if res.apiRequests != 0 {
 		return res, fmt.Errorf("kubernetes mode: registryd sent API requests other than Events while serving manifest GETs by tag (%s); the informer cache must serve them", detail)
+	}
+	if o.NewRepos > 0 {
+		nr, err := newRepositories(ctx, s, o.Crane, first.String(), o.NewRepos, o.Pushers, cmd.Process.Pid)
+		if err != nil {
+			return res, fmt.Errorf("kubernetes mode, new repositories: %w", err)
+		}
+		res.newRepos = &nr
 	}
 	return res, nil
 }

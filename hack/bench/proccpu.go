@@ -54,3 +54,22 @@ func cpuOfAll(pids []int) time.Duration {
 	}
 	return t
 }
+
+// childrenNamed lists the processes named name whose parent is ppid: the
+// kube-apiserver and etcd that one hack/dev started, not another's.
+func childrenNamed(ppid int, name string) []int {
+	var out []int
+	for _, pid := range pidsNamed(name) {
+		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+		if err != nil {
+			continue
+		}
+		s := string(b)
+		// Field 4, the parent, is the second after the command name.
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) > 1 && f[1] == strconv.Itoa(ppid) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}

@@ -104,6 +104,22 @@ func pushPullCrane(ctx context.Context, crane string, s *server, layoutDir strin
 	return push, pull, err
 }
 
+// curlLayers GETs each layer of repo with curl into /dev/null, one after
+// another, as a user or a script fetching a blob would: one connection,
+// no client-side digest check, redirects followed. The rate is all
+// layers' bytes over the whole time.
+func curlLayers(ctx context.Context, curl string, s *server, repo string, layers []v1.Hash, total int64) (float64, error) {
+	start := time.Now()
+	for _, d := range layers {
+		url := s.URL() + "/v2/" + repo + "/blobs/" + d.String()
+		out, err := exec.CommandContext(ctx, curl, "-sS", "-f", "-L", "-o", os.DevNull, url).CombinedOutput()
+		if err != nil {
+			return 0, fmt.Errorf("curl %s from %s: %w: %s", url, s.kind, err, out)
+		}
+	}
+	return mbps(total, time.Since(start)), nil
+}
+
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")

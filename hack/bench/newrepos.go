@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"os/exec"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// newReposResult is the cost of pushing into repositories that do not
+// exist yet (issue 18): each push creates a Repository object.
+type newReposResult struct {
+	repos, pushers int
+	perSecond      float64
+	apiPerRepo     float64 // registryd's requests to the API server per new repository, Events included
+	detail         string  // those requests by resource
+	// CPU while the pushes ran, in cores (CPU seconds per wall second).
+	apiserver, etcd, operator, registryd float64
+}
+
+// newRepositories copies src into n new repositories with `pushers`
+// concurrent crane processes, one process per copy, as a fleet of CI jobs
+// would; crane mounts the layers from src, so each push is a manifest PUT
+// that creates a Repository. dev is hack/dev's process: the operator runs
+// in it, and the API server and etcd are its children.
+func newRepositories(ctx context.Context, s *server, crane, src string, n, pushers, dev int) (newReposResult, error) {
+	res := newReposResult{repos: n, pushers: pushers}
+	before, err := apiRequests(ctx, s.debugAddr)
+	if err != nil {
+		return res, err
+	}
+	apiservers, etcds, registryds := childrenNamed(dev, "kube-apiserver"), childrenNamed(dev, "etcd"), childrenNamed(dev, "registryd")
+	if len(apiservers) == 0 || len(etcds) == 0 || len(registryds) == 0 {
+		return res, fmt.Errorf("hack/dev (pid %d): kube-apiserver %v, etcd %v, registryd %v: want one of each", dev, apiservers, etcds, registryds)
+	}
+	cpu0 := []time.Duration{cpuOfAll(apiservers), cpuOfAll(etcds), procCPU(dev), cpuOfAll(registryds)}
+	var next atomic.Int64
+	start := time.Now()
+	g, gctx := errgroup.WithContext(ctx)
+	for range pushers {
+		g.Go(func() error {
+			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
+				dst := fmt.Sprintf("%s/ci/new-%04d:v1", s.addr, i)
+				if out, err := exec.CommandContext(gctx, crane, "copy", "--insecure", src, dst).CombinedOutput(); err != nil {
+					return fmt.Errorf("crane copy %s %s: %w: %s", src, dst, err, out)
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return res, err
+	}
+	wall := time.Since(start)
+	cpu1 := []time.Duration{cpuOfAll(apiservers), cpuOfAll(etcds), procCPU(dev), cpuOfAll(registryds)}
+	res.perSecond = float64(n) / wall.Seconds()
+	cores := func(i int) float64 { return (cpu1[i] - cpu0[i]).Seconds() / wall.Seconds() }
+	res.apiserver, res.etcd, res.operator, res.registryd = cores(0), cores(1), cores(2), cores(3)
+	after, err := apiRequests(ctx, s.debugAddr)
+	if err != nil {
+		return res, err
+	}
+	events, others, detail := requestsDuring(before, after)
+	res.apiPerRepo, res.detail = (events+others)/float64(n), detail
+	// Every push landed: the catalog (from the informer cache) lists them.
+	listed, err := catalogCount(ctx, s, "ci/new-")
+	if err != nil {
+		return res, err
+	}
+	if listed != n {
+		return res, fmt.Errorf("%d new repositories pushed, %d in the catalog", n, listed)
+	}
+	return res, nil
+}
+
+// catalogCount counts the repositories under prefix in /v2/_catalog,
+// following its Link pages.
+func catalogCount(ctx context.Context, s *server, prefix string) (int, error) {
+	count, path := 0, "/v2/_catalog?n=1000"
+	for path != "" {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL()+path, nil)
+		if err != nil {
+			return 0, err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0, err
+		}
+		var page struct{ Repositories []string }
+		err = json.NewDecoder(resp.Body).Decode(&page)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			return 0, fmt.Errorf("GET %s: %d %v", path, resp.StatusCode, err)
+		}
+		for _, r := range page.Repositories {
+			if strings.HasPrefix(r, prefix) {
+				count++
+			}
+		}
+		// Link: </v2/_catalog?last=…&n=1000>; rel="next"
+		path = ""
+		if l := resp.Header.Get("Link"); l != "" {
+			if i, j := strings.Index(l, "<"), strings.Index(l, ">"); i >= 0 && j > i {
+				path = l[i+1 : j]
+			}
+		}
+	}
+	return count, nil
+}

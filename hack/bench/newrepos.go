@@ -39,7 +39,10 @@ func newRepositories(ctx context.Context, s *server, crane, src string, n, pushe
 	if len(apiservers) == 0 || len(etcds) == 0 || len(registryds) == 0 {
 		return res, fmt.Errorf("hack/dev (pid %d): kube-apiserver %v, etcd %v, registryd %v: want one of each", dev, apiservers, etcds, registryds)
 	}
-	cpu0 := []time.Duration{cpuOfAll(apiservers), cpuOfAll(etcds), procCPU(dev), cpuOfAll(registryds)}
+	sample := func() [4]time.Duration {
+		return [4]time.Duration{cpuOfAll(apiservers), cpuOfAll(etcds), procCPU(dev), cpuOfAll(registryds)}
+	}
+	cpu0 := sample()
 	var next atomic.Int64
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
@@ -58,7 +61,7 @@ func newRepositories(ctx context.Context, s *server, crane, src string, n, pushe
 		return res, err
 	}
 	wall := time.Since(start)
-	cpu1 := []time.Duration{cpuOfAll(apiservers), cpuOfAll(etcds), procCPU(dev), cpuOfAll(registryds)}
+	cpu1 := sample()
 	res.perSecond = float64(n) / wall.Seconds()
 	cores := func(i int) float64 { return (cpu1[i] - cpu0[i]).Seconds() / wall.Seconds() }
 	res.apiserver, res.etcd, res.operator, res.registryd = cores(0), cores(1), cores(2), cores(3)

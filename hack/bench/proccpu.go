@@ -11,17 +11,23 @@ import (
 // clockTick is USER_HZ, the unit of /proc CPU times on Linux.
 const clockTick = 100
 
+// statFields are the fields of /proc/PID/stat after the command name,
+// which is in parentheses and may hold spaces: f[0] is field 3 (state),
+// f[1] field 4 (parent), f[11] and f[12] fields 14 and 15 (utime, stime);
+// nil when it cannot be read.
+func statFields(pid int) []string {
+	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return nil
+	}
+	s := string(b)
+	return strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+}
+
 // procCPU is the user+system CPU a process has used (/proc/PID/stat), 0
 // when it cannot be read.
 func procCPU(pid int) time.Duration {
-	b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-	if err != nil {
-		return 0
-	}
-	// Fields after the command name, which is in parentheses and may
-	// hold spaces: state is field 3, utime 14, stime 15.
-	s := string(b)
-	f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+	f := statFields(pid)
 	if len(f) < 13 {
 		return 0
 	}
@@ -60,14 +66,7 @@ func cpuOfAll(pids []int) time.Duration {
 func childrenNamed(ppid int, name string) []int {
 	var out []int
 	for _, pid := range pidsNamed(name) {
-		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
-		if err != nil {
-			continue
-		}
-		s := string(b)
-		// Field 4, the parent, is the second after the command name.
-		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
-		if len(f) > 1 && f[1] == strconv.Itoa(ppid) {
+		if f := statFields(pid); len(f) > 1 && f[1] == strconv.Itoa(ppid) {
 			out = append(out, pid)
 		}
 	}

@@ -102,16 +102,28 @@ phase "go test (operator, envtest, generated code)"
 go test -race -count=1 -timeout 30m $(long_first "$(go list ./registryd/... | grep -vE '/registryd/(hostile|e2e)$')" \
   registryd/tags/kube registryd/server registryd/auth registryd/gc)
 phase "go test -race registryd (unit, envtest)"
-go test -count=1 -timeout 30m -parallel 5 ./registryd/e2e/
-phase "registryd e2e with real clients (registryd processes built with -race)"
-# The real node's suite waits mostly on its pods. It starts beside fuzzing
-# and the conformance rows (which assert no timing) while it builds its
+# registryd/e2e in two runs sharing one -race registryd: first its tests
+# that assert timing (the ones that do not call t.Parallel: drain, slowloris,
+# idle timeouts, login storm, storage outage, slow steady pull), alone;
+# then the rest, which wait mostly on their processes and used one core of
+# two (measured: 110 s wall, 103 % CPU), beside the start of the real node's
+# suite, which builds its images and brings its node up then.
+e2e_timing='^(TestDrainOnSIGTERM|TestIdleAndHeaderTimeouts|TestLoginStorm|TestSlowSteadyPullIsServed|TestSlowloris|TestStorageOutage)$'
+race_registryd="$logs/registryd-race"
+go build -race -o "$race_registryd" ./registryd
+REGISTRYD="$race_registryd" go test -count=1 -timeout 30m -run "$e2e_timing" ./registryd/e2e/
+phase "registryd e2e, the tests that assert timing (registryd processes built with -race)"
+lane node hack/node-e2e.sh
+REGISTRYD="$race_registryd" go test -count=1 -timeout 30m -parallel 8 -skip "$e2e_timing" ./registryd/e2e/
+phase "registryd e2e with real clients, the rest (beside the real node's suite starting)"
+# The real node's suite waits mostly on its pods. It started beside the
+# e2e tests that assert no timing, and goes on beside fuzzing and the
+# conformance rows (which assert none either) while it builds its
 # images and brings its node up, the part that needs the CPU, and ends
 # beside the adversarial suite (whose one timing check, slowloris, gives
 # honest requests of well under a second a 2 s deadline). Measured, warm:
 # started beside the adversarial suite instead, that suite took 268 s
 # rather than 141 s; started after it, the run waited 34 s for the node.
-lane node hack/node-e2e.sh
 make --no-print-directory -j2 --output-sync=target fuzz
 phase "fuzz (two targets at a time; the real node's suite started beside it)"
 CONFORMANCE_ROWS="$TEST_CONFORMANCE_ROWS" REGISTRYD="$STEVEDORE_BIN_DIR/registryd" hack/conformance.sh

@@ -73,7 +73,7 @@ func (s *RepositoryStatus) SetTag(t TagStatus) {
 	} else {
 		s.Tags = slices.Insert(s.Tags, i, t)
 	}
-	s.TagCount = int32(len(s.Tags))
+	s.recount()
 }
 
 // RemoveTag deletes a tag and reports whether it was there.
@@ -81,7 +81,21 @@ func (s *RepositoryStatus) RemoveTag(name string) bool {
 	i, ok := slices.BinarySearchFunc(s.Tags, name, compareTagName)
 	if ok {
 		s.Tags = slices.Delete(s.Tags, i, i+1)
-		s.TagCount = int32(len(s.Tags))
+		s.recount()
 	}
 	return ok
+}
+
+// recount sets TagCount and Bytes from Tags: Bytes counts each digest's
+// contentSize once, however many tags point at it.
+func (s *RepositoryStatus) recount() {
+	s.TagCount = int32(len(s.Tags))
+	seen := make(map[string]bool, len(s.Tags))
+	s.Bytes = 0
+	for _, t := range s.Tags {
+		if !seen[t.Digest] {
+			seen[t.Digest] = true
+			s.Bytes += t.ContentSize
+		}
+	}
 }

@@ -42,3 +42,32 @@ func TestRepositoryObjectName(t *testing.T) {
 		t.Error("registry/path boundaries collide")
 	}
 }
+
+// TestRepositoryBytes: status.bytes counts each digest's content once,
+// follows moves and removals, and TagCount follows too.
+func TestRepositoryBytes(t *testing.T) {
+	tag := func(name, digest string, content int64) TagStatus {
+		return TagStatus{Name: name, Digest: digest, ContentSize: content}
+	}
+	var s RepositoryStatus
+	steps := []struct {
+		name     string
+		do       func()
+		bytes    int64
+		tagCount int32
+	}{
+		{"first tag", func() { s.SetTag(tag("a", "sha256:1", 100)) }, 100, 1},
+		{"second tag, same digest: counted once", func() { s.SetTag(tag("b", "sha256:1", 100)) }, 100, 2},
+		{"third tag, other digest", func() { s.SetTag(tag("c", "sha256:2", 50)) }, 150, 3},
+		{"a moved to a third digest: sha256:1 still held by b", func() { s.SetTag(tag("a", "sha256:3", 7)) }, 157, 3},
+		{"b removed: sha256:1 held by none", func() { s.RemoveTag("b") }, 57, 2},
+		{"removing a missing tag changes nothing", func() { s.RemoveTag("zz") }, 57, 2},
+		{"all removed", func() { s.RemoveTag("a"); s.RemoveTag("c") }, 0, 0},
+	}
+	for _, step := range steps {
+		step.do()
+		if s.Bytes != step.bytes || s.TagCount != step.tagCount {
+			t.Fatalf("after %s: bytes %d, tagCount %d; want %d, %d", step.name, s.Bytes, s.TagCount, step.bytes, step.tagCount)
+		}
+	}
+}

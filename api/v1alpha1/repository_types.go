@@ -1,6 +1,7 @@
 package v1alpha1
 
 import (
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -126,9 +127,34 @@ type RepositorySpec struct {
 	// +optional
 	Retention *RetentionSpec `json:"retention,omitempty"`
 
+	// Quota bounds what the repository's tags hold: a tag push that would
+	// pass it is refused with the spec's DENIED (403), naming the quota.
+	// docs/operator.md, "Quotas".
+	// +optional
+	Quota *RepositoryQuota `json:"quota,omitempty"`
+
 	// +kubebuilder:default=Retain
 	// +optional
 	DeletionPolicy DeletionPolicy `json:"deletionPolicy,omitempty"`
+}
+
+// RepositoryQuota bounds a repository. Usage is decided in the same
+// status update that writes the tag (a resourceVersion-checked write), so
+// replicas racing pushes can never take it past the quota together.
+type RepositoryQuota struct {
+	// Bytes bounds status.bytes, the logical size of the tagged content.
+	// A push that would take usage past it is refused; one that does not
+	// grow usage (a tag moved to smaller content, or to content another
+	// tag already holds) is allowed even when usage is over a lowered
+	// quota.
+	// +optional
+	Bytes *resource.Quantity `json:"bytes,omitempty"`
+
+	// Tags bounds the number of tags; a push of a new tag past it is
+	// refused, moving an existing tag is not.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	Tags *int32 `json:"tags,omitempty"`
 }
 
 // TagStatus is one tag of the repository.
@@ -139,6 +165,12 @@ type TagStatus struct {
 	MediaType string      `json:"mediaType,omitempty"`
 	Size      int64       `json:"size,omitempty"`
 	PushedAt  metav1.Time `json:"pushedAt"`
+	// ContentSize is the bytes the manifest holds: its own, its blobs'
+	// (config and layers, sizes checked against the stored blobs at the
+	// push), and for an index those of each child manifest. 0 for tags
+	// written before registryd recorded it, or imported from a journal.
+	// +optional
+	ContentSize int64 `json:"contentSize,omitempty"`
 }
 
 // RepositoryStatus holds the repository's tags: the tag store of the kubernetes mode.
@@ -150,6 +182,12 @@ type RepositoryStatus struct {
 	Tags []TagStatus `json:"tags,omitempty"`
 	// +optional
 	TagCount int32 `json:"tagCount,omitempty"`
+	// Bytes is the logical size of the tagged content: the contentSize of
+	// each digest a tag points at, once per digest (a layer two manifests
+	// share counts twice; untagged manifests count nothing). spec.quota.bytes
+	// bounds it.
+	// +optional
+	Bytes int64 `json:"bytes,omitempty"`
 	// +listType=map
 	// +listMapKey=type
 	// +optional
@@ -169,6 +207,7 @@ type RepositoryStatus struct {
 // +kubebuilder:printcolumn:name="Registry",type=string,JSONPath=`.spec.registry`
 // +kubebuilder:printcolumn:name="Name",type=string,JSONPath=`.spec.name`
 // +kubebuilder:printcolumn:name="Tags",type=integer,JSONPath=`.status.tagCount`
+// +kubebuilder:printcolumn:name="Bytes",type=integer,JSONPath=`.status.bytes`
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Repository struct {
 	metav1.TypeMeta   `json:",inline"`

@@ -30,7 +30,13 @@ import (
 // returns a manifest naming them (not yet pushed) and its digest.
 func immutableImage(t *testing.T, base, repo string) ([]byte, digest.Digest) {
 	t.Helper()
-	config, layer := make([]byte, 64), make([]byte, 256)
+	return randomImage(t, base, repo, 256)
+}
+
+// randomImage is immutableImage with a layer of layerBytes.
+func randomImage(t *testing.T, base, repo string, layerBytes int) ([]byte, digest.Digest) {
+	t.Helper()
+	config, layer := make([]byte, 64), make([]byte, layerBytes)
 	_, _ = rand.Read(config)
 	_, _ = rand.Read(layer)
 	for _, b := range [][]byte{config, layer} {
@@ -40,7 +46,7 @@ func immutableImage(t *testing.T, base, repo string) ([]byte, digest.Digest) {
 	}
 	m := ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest,
 		Config: ocispec.Descriptor{MediaType: ocispec.MediaTypeImageConfig, Digest: digest.FromBytes(config), Size: 64},
-		Layers: []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromBytes(layer), Size: 256}}}
+		Layers: []ocispec.Descriptor{{MediaType: ocispec.MediaTypeImageLayer, Digest: digest.FromBytes(layer), Size: int64(layerBytes)}}}
 	m.SchemaVersion = 2
 	body, _ := json.Marshal(m)
 	return body, digest.FromBytes(body)

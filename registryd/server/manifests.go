@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -151,8 +152,18 @@ func (s *server) putManifest(w http.ResponseWriter, r *http.Request, p pathParam
 	if err := s.confirmManifest(r, p.name, desc, m, body); err != nil {
 		return err
 	}
+	put := s.tags.Put
+	if cp, ok := s.tags.(tags.ContentPutter); ok && len(tagList) > 0 {
+		content, err := s.contentSize(r.Context(), p.name, desc.Size, m, 0)
+		if err != nil {
+			return storageErr(err, errcode.ManifestUnknown, desc.Digest)
+		}
+		put = func(ctx context.Context, name, tag string, desc ocispec.Descriptor) error {
+			return cp.PutContent(ctx, name, tag, desc, content)
+		}
+	}
 	for _, tag := range tagList {
-		if err := s.tags.Put(r.Context(), p.name, tag, desc); err != nil {
+		if err := put(r.Context(), p.name, tag, desc); err != nil {
 			return storageErr(err, errcode.ManifestUnknown, tag)
 		}
 		if ref.Tag == "" {
@@ -192,6 +203,43 @@ func (s *server) putManifest(w http.ResponseWriter, r *http.Request, p pathParam
 	h.Set("Content-Length", "0")
 	w.WriteHeader(http.StatusCreated)
 	return nil
+}
+
+// maxContentDepth bounds how deep contentSize follows indexes of indexes;
+// deeper children count their own bytes only.
+const maxContentDepth = 4
+
+// contentSize is the bytes manifest m (of size bytes) holds, for quotas:
+// its own, its blobs' (sizes checked against the stored blobs by
+// checkReferences, not taken from the client) and, for an index, each
+// child manifest's, read from the bucket.
+func (s *server) contentSize(ctx context.Context, name string, size int64, m *manifest.Manifest, depth int) (int64, error) {
+	total := size
+	for _, b := range m.Blobs {
+		total += b.Size
+	}
+	for _, c := range m.Manifests {
+		if depth >= maxContentDepth {
+			total += c.Size
+			continue
+		}
+		desc, body, err := s.store.GetManifest(ctx, name, c.Digest)
+		if err != nil {
+			return 0, err
+		}
+		child, err := manifest.Parse(desc.MediaType, body)
+		if err != nil {
+			// Stored by an earlier push that parsed it: count its bytes.
+			total += desc.Size
+			continue
+		}
+		n, err := s.contentSize(ctx, name, desc.Size, child, depth+1)
+		if err != nil {
+			return 0, err
+		}
+		total += n
+	}
+	return total, nil
 }
 
 // manifestTags is the list of tags a PUT sets: the URL's tag, or the

@@ -40,7 +40,8 @@ func TestDefaultTagLimitFitsEtcd(t *testing.T) {
 			defer wg.Done()
 			for i := w; i < limit; i += workers {
 				tag := fmt.Sprintf("%05d-%s", i, strings.Repeat("x", 122)) // 128 characters, the spec's maximum
-				if err := s.Put(ctx, "app", tag, desc(tag)); err != nil {
+				// A content size of 1 TiB: as many digits as any real one.
+				if err := s.PutContent(ctx, "app", tag, desc(tag), 1<<40); err != nil {
 					errs <- err
 					return
 				}

@@ -65,7 +65,15 @@ func (s *Store) List(ctx context.Context, path string, n int, last string) ([]st
 // Put checks the Registry's rules and writes the status; the journal
 // follows once status has the tag (see mirror).
 func (s *Store) Put(ctx context.Context, path, tag string, desc ocispec.Descriptor) error {
-	entry := v1.TagStatus{Name: tag, Digest: desc.Digest.String(), MediaType: desc.MediaType, Size: desc.Size, PushedAt: metav1.Now()}
+	return s.PutContent(ctx, path, tag, desc, 0)
+}
+
+var _ tags.ContentPutter = (*Store)(nil)
+
+// PutContent is Put recording the bytes the manifest holds, which the
+// Repository's quota bounds.
+func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.Descriptor, contentSize int64) error {
+	entry := v1.TagStatus{Name: tag, Digest: desc.Digest.String(), MediaType: desc.MediaType, Size: desc.Size, PushedAt: metav1.Now(), ContentSize: contentSize}
 	repo, err := s.commit(ctx, path, &change{create: true, apply: func(repo *v1.Repository, reg *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
 		old, exists := repo.Status.FindTag(tag)
 		if exists && old.Digest == entry.Digest {
@@ -82,13 +90,43 @@ func (s *Store) Put(ctx context.Context, path, tag string, desc ocispec.Descript
 			return false, nil, errcode.Denied.With(fmt.Sprintf("repository %s holds %d tags, the limit of Registry %s (spec.limits.maxTagsPerRepository): delete tags or raise the limit",
 				path, len(repo.Status.Tags), reg.Name))
 		}
+		before := repo.Status.Bytes
 		repo.Status.SetTag(entry)
+		if err := checkQuota(repo, path, tag, exists, before); err != nil {
+			if exists {
+				repo.Status.SetTag(old)
+			} else {
+				repo.Status.RemoveTag(tag)
+			}
+			return false, nil, err
+		}
 		return true, []string{tag}, nil
 	}})
 	if err == nil {
 		s.event(repo, "TagPushed", "Push", "tag %s now points at %s", tag, desc.Digest)
 	}
 	return err
+}
+
+// checkQuota refuses the tag just set in repo when it takes the
+// repository past spec.quota: a new tag past quota.tags, or usage grown
+// past quota.bytes (before is usage without it). It is decided on the
+// object the status update then writes with its resourceVersion, so two
+// replicas cannot both add to a repository that has room for one.
+func checkQuota(repo *v1.Repository, path, tag string, existed bool, before int64) error {
+	q := repo.Spec.Quota
+	if q == nil {
+		return nil
+	}
+	if q.Tags != nil && !existed && repo.Status.TagCount > *q.Tags {
+		return errcode.Denied.With(fmt.Sprintf("tag %q would be tag %d of repository %s, over its quota of %d tags (Repository %s spec.quota.tags)",
+			tag, repo.Status.TagCount, path, *q.Tags, repo.Name))
+	}
+	if q.Bytes != nil && repo.Status.Bytes > before && repo.Status.Bytes > q.Bytes.Value() {
+		return errcode.Denied.With(fmt.Sprintf("tag %q would take repository %s to %d bytes, over its quota of %s (%d bytes; Repository %s spec.quota.bytes); it holds %d",
+			tag, path, repo.Status.Bytes, q.Bytes, q.Bytes.Value(), repo.Name, before))
+	}
+	return nil
 }
 
 // immutableRules are the immutable-tag rules that hold in repo: its

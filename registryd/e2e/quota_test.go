@@ -1,0 +1,136 @@
+package e2e
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/internal/testutil"
+)
+
+// TestQuotaAcrossReplicas: three registryd processes serve one Registry
+// (envtest API server, one file bucket) whose Repository has a quota of
+// 1 MiB. 20 pushers, two images of 64 KiB each, spread over the replicas:
+// exactly as many as fit are accepted, the rest get DENIED naming the
+// quota, status.bytes never passes the quota and equals the bytes counted
+// independently from what the registry serves for each tag. crane shows
+// the refusal to its user.
+func TestQuotaAcrossReplicas(t *testing.T) {
+	t.Parallel()
+	env := kubeEnv(t)
+	ctx := t.Context()
+	const ns, regName, repo = "quota", "reg", "team/app"
+	const quota, layerBytes, pushers, each = 1 << 20, 64 << 10, 20, 2
+	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Client.Create(ctx, &v1.Registry{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: regName},
+		Spec: v1.RegistrySpec{Storage: v1.StorageSpec{URL: "mem://"}}}); err != nil {
+		t.Fatal(err)
+	}
+	key := client.ObjectKey{Namespace: ns, Name: v1.RepositoryObjectName(regName, repo)}
+	if err := env.Client.Create(ctx, &v1.Repository{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: key.Name},
+		Spec: v1.RepositorySpec{Registry: regName, Name: repo, Quota: &v1.RepositoryQuota{Bytes: resource.NewQuantity(quota, resource.BinarySI)}}}); err != nil {
+		t.Fatal(err)
+	}
+	storage := "file://" + t.TempDir()
+	var replicas []*registry
+	for range 3 {
+		replicas = append(replicas, startRegistryd(t, storage, "--registry", regName, "--namespace", ns, "--kubeconfig", kube.kubeconfig))
+	}
+	base := func(i int) string { return replicas[i%3].url() }
+
+	images := make([][]byte, pushers*each)
+	for i := range images {
+		images[i], _ = randomImage(t, base(i), repo, layerBytes)
+	}
+	perImage := int64(len(images[0]) + 64 + layerBytes)
+	var accepted, denied atomic.Int64
+	var wg sync.WaitGroup
+	for p := range pushers {
+		wg.Go(func() {
+			for i := p * each; i < (p+1)*each; i++ {
+				status, body, err := send(ctx, "PUT", base(i)+"/v2/"+repo+"/manifests/t"+strconv.Itoa(i), images[i])
+				switch {
+				case err != nil:
+					t.Error(err)
+				case status == http.StatusCreated:
+					accepted.Add(1)
+				case status == http.StatusForbidden && strings.Contains(body, `"code":"DENIED"`) && strings.Contains(body, "spec.quota.bytes"):
+					denied.Add(1)
+				default:
+					t.Errorf("push %d: %d %s", i, status, body)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	fit := int64(quota) / perImage
+	t.Logf("%d pushes of %d bytes each against %d bytes from 3 replicas: %d accepted, %d refused", pushers*each, perImage, quota, accepted.Load(), denied.Load())
+	if accepted.Load() != fit || denied.Load() != int64(pushers*each)-fit {
+		t.Fatalf("%d accepted, %d refused; want %d and %d", accepted.Load(), denied.Load(), fit, int64(pushers*each)-fit)
+	}
+
+	var r v1.Repository
+	if err := env.Client.Get(ctx, key, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Status.Bytes > quota {
+		t.Errorf("status.bytes %d is over the quota %d", r.Status.Bytes, quota)
+	}
+	// Counted independently: each tag's manifest as served, and the blobs
+	// it names as HEAD sizes them.
+	var counted int64
+	seen := map[string]bool{}
+	for _, tag := range r.Status.Tags {
+		if seen[tag.Digest] {
+			continue
+		}
+		seen[tag.Digest] = true
+		status, body, err := send(ctx, "GET", base(0)+"/v2/"+repo+"/manifests/"+tag.Digest, nil)
+		if err != nil || status != http.StatusOK {
+			t.Fatalf("GET %s: %d %v", tag.Digest, status, err)
+		}
+		var m ocispec.Manifest
+		if err := json.Unmarshal([]byte(body), &m); err != nil {
+			t.Fatal(err)
+		}
+		counted += int64(len(body))
+		for _, b := range append([]ocispec.Descriptor{m.Config}, m.Layers...) {
+			resp, err := http.Head(base(1) + "/v2/" + repo + "/blobs/" + b.Digest.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			counted += resp.ContentLength
+		}
+	}
+	if r.Status.Bytes != counted || r.Status.TagCount != int32(fit) {
+		t.Errorf("status.bytes %d for %d tags; counted from the registry %d bytes, want %d tags", r.Status.Bytes, r.Status.TagCount, counted, fit)
+	}
+
+	home := t.TempDir()
+	layer := filepath.Join(home, "layer.tar")
+	noise := make([]byte, 2*layerBytes) // incompressible: more than the room left
+	_, _ = rand.Read(noise)
+	writeLayerTar(t, layer, map[string]string{"noise.bin": string(noise)})
+	out, err := try(home, "", testutil.Client(t, "crane"), "append", "--insecure", "-f", layer, "-t", replicas[2].host+"/"+repo+":one-more")
+	want := fmt.Sprintf("over its quota of 1Mi (%d bytes; Repository %s spec.quota.bytes)", quota, key.Name)
+	if err == nil || !strings.Contains(out, want) {
+		t.Errorf("crane append past the quota: err %v; want the message %q in:\n%s", err, want, out)
+	}
+}

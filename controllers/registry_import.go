@@ -131,7 +131,8 @@ func (r *RegistryReconciler) importRepository(ctx context.Context, reg *v1.Regis
 		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(repo), repo); err != nil {
 			return err
 		}
-		repo.Status.Tags, repo.Status.TagCount = status.Tags, status.TagCount
+		repo.Status.Tags = status.Tags
+		repo.Status.Recount()
 		return r.Status().Update(ctx, repo)
 	})
 	if err != nil {

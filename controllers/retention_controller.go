@@ -155,6 +155,7 @@ func (r *RetentionReconciler) run(ctx context.Context, repo *v1.Repository, reg 
 		for _, t := range plan.Delete {
 			repo.Status.RemoveTag(t)
 		}
+		repo.Status.Recount() // bytes freed count at once against a quota
 	}
 	// Update, not patch: the resourceVersion the plan was made on must
 	// still be current, or a push since could lose its tag
@@ -187,7 +188,11 @@ func (r *RetentionReconciler) plan(ctx context.Context, repo *v1.Repository, reg
 	prot.Immutable = func(tag string) bool { _, ok := immutable.Match(tag); return ok }
 	list := make([]retention.Tag, 0, len(repo.Status.Tags))
 	for _, t := range repo.Status.Tags {
-		list = append(list, retention.Tag{Name: t.Name, Digest: t.Digest, PushedAt: t.PushedAt.Time})
+		tag := retention.Tag{Name: t.Name, Digest: t.Digest, PushedAt: t.PushedAt.Time}
+		if t.PulledAt != nil {
+			tag.PulledAt = t.PulledAt.Time
+		}
+		list = append(list, tag)
 	}
 	return retention.Decide(list, policyOf(spec), prot, now)
 }
@@ -204,6 +209,12 @@ func policyOf(spec *v1.RetentionSpec) retention.Policy {
 		}
 		if r.HighestSemver != nil {
 			rule.HighestSemver = int(*r.HighestSemver)
+		}
+		if r.PulledWithin != nil {
+			rule.PulledWithin = r.PulledWithin.Duration
+		}
+		if r.MostRecentlyPulled != nil {
+			rule.MostRecentlyPulled = int(*r.MostRecentlyPulled)
 		}
 		p.Rules = append(p.Rules, rule)
 	}

@@ -277,6 +277,62 @@ func TestRetentionRegistryGlob(t *testing.T) {
 	}
 }
 
+// TestRetentionPulled: pulledWithin and mostRecentlyPulled read the pull
+// times registryd records in status; a tag never pulled is kept by
+// neither.
+func TestRetentionPulled(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	createRegistry(t, ns, "main", nil)
+	createRepository(t, ns, "app", "main", "team/app", v1.DeletionRetain)
+	now := time.Now()
+	pulled := map[string]time.Duration{"recent": time.Hour, "week": 8 * 24 * time.Hour, "month": 40 * 24 * time.Hour}
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		var cur v1.Repository
+		if err := get(&cur, ns, "app"); err != nil {
+			return err
+		}
+		for _, name := range []string{"recent", "week", "month", "never"} {
+			tag := v1.TagStatus{Name: name, Digest: fakeDigest(name), PushedAt: metav1.NewTime(now.Add(-100 * 24 * time.Hour)), ContentSize: int64(len(name))}
+			if ago, ok := pulled[name]; ok {
+				tag.PulledAt = ptr.To(metav1.NewTime(now.Add(-ago)))
+			}
+			cur.Status.SetTag(tag)
+		}
+		cur.Status.Recount()
+		return env.Client.Status().Update(ctx, &cur)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// "recent" by pulledWithin, "week" as the most recently pulled after it.
+	setRetention(t, ns, "app", &v1.RetentionSpec{Rules: []v1.RetentionRule{
+		{PulledWithin: &metav1.Duration{Duration: 7 * 24 * time.Hour}},
+		{MostRecentlyPulled: ptr.To[int32](2)},
+	}}, nil)
+	eventually(t, "retention", func() error {
+		var cur v1.Repository
+		if err := get(&cur, ns, "app"); err != nil {
+			return err
+		}
+		r := cur.Status.Retention
+		if r == nil || r.ObservedGeneration != cur.Generation {
+			return fmt.Errorf("status.retention %+v", r)
+		}
+		var left []string
+		for _, tg := range cur.Status.Tags {
+			left = append(left, tg.Name)
+		}
+		if !slices.Equal(left, []string{"recent", "week"}) || !slices.Equal(r.Tags, []string{"month", "never"}) {
+			t.Fatalf("left %v, deleted %v; want [recent week] left, [month never] deleted", left, r.Tags)
+		}
+		if want := int64(len("recent") + len("week")); cur.Status.Bytes != want {
+			t.Errorf("status.bytes %d after retention, want %d", cur.Status.Bytes, want)
+		}
+		return nil
+	})
+}
+
 // persistent retries conflicts as registryd's group commit does: until
 // it gets through, not four times.
 func persistent() wait.Backoff {

@@ -48,6 +48,8 @@ type config struct {
 	// wait; the API server's priority and fairness protects it).
 	kubeQPS   float64
 	kubeBurst int
+	// How coarse recorded pull times are (kubernetes tag store).
+	pullRecordInterval time.Duration
 	// HTTPS on the registry port when both are set.
 	tlsCertFile, tlsKeyFile string
 	// Blob GETs redirect to signed URLs valid this long (0: off).
@@ -114,6 +116,7 @@ func bindFlags(fs *flag.FlagSet, c *config) {
 	fs.StringVar(&c.kubeconfig, "kubeconfig", "", "kubeconfig for --registry (default: $KUBECONFIG, else in-cluster)")
 	fs.Float64Var(&c.kubeQPS, "kube-api-qps", defaultKubeQPS, "requests per second registryd's API client may send on average")
 	fs.IntVar(&c.kubeBurst, "kube-api-burst", defaultKubeBurst, "requests registryd's API client may send at once above --kube-api-qps")
+	fs.DurationVar(&c.pullRecordInterval, "pull-record-interval", defaultPullRecordInterval, "with --registry: a tag's recorded pull time (status pulledAt) moves at most once this long, and pulls are written once this long, batched")
 	fs.StringVar(&c.tlsCertFile, "tls-cert-file", "", "serve HTTPS with this certificate (PEM), with --tls-key-file")
 	fs.StringVar(&c.tlsKeyFile, "tls-key-file", "", "private key (PEM) of --tls-cert-file")
 	fs.StringVar(&c.authMode, "auth", "none", "auth mode: none (everyone may push: development only), htpasswd or kubernetes")

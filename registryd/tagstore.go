@@ -46,6 +46,7 @@ func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket
 	store, err := kube.New(ctx, kc.cfg, kube.Options{
 		Namespace: c.namespace, Registry: c.registry, Journal: journal,
 		Events: broadcaster.NewRecorder(scheme, "registryd"), Metrics: reg, Logger: log,
+		PullRecordInterval: c.pullRecordInterval,
 	})
 	if err != nil {
 		return nil, err
@@ -128,10 +129,12 @@ type roundTripperFunc func(*http.Request) (*http.Response, error)
 
 func (f roundTripperFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
 
-// The API client's rate limit unless flags say otherwise (kube.DefaultQPS).
+// The API client's rate limit unless flags say otherwise (kube.DefaultQPS),
+// and how coarse pull times are.
 const (
-	defaultKubeQPS   = kube.DefaultQPS
-	defaultKubeBurst = kube.DefaultBurst
+	defaultKubeQPS            = kube.DefaultQPS
+	defaultKubeBurst          = kube.DefaultBurst
+	defaultPullRecordInterval = kube.DefaultPullRecordInterval
 )
 
 // kubeConfig is --kubeconfig when given, else $KUBECONFIG, else the pod's

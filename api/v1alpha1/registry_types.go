@@ -184,8 +184,8 @@ type LimitsSpec struct {
 	MaxManifestBytes int64 `json:"maxManifestBytes,omitempty"`
 
 	// MaxTagsPerRepository keeps a Repository object well under etcd's object
-	// size limit: a tag costs up to 600 bytes as stored (a 128-character name
-	// appears in the tag and in managedFields), so 1500 tags stay under 902 KB.
+	// size limit: a tag costs up to 650 bytes as stored (a 128-character name
+	// appears in the tag and in managedFields), so 1500 tags stay under 977 KB.
 	// +kubebuilder:default=1500
 	// +kubebuilder:validation:Minimum=1
 	// +optional

@@ -65,7 +65,8 @@ func (s *RepositoryStatus) TagsAfter(last string) []TagStatus {
 	return s.Tags[i:]
 }
 
-// SetTag inserts or replaces a tag, keeping Tags sorted by name, and counts them.
+// SetTag inserts or replaces a tag, keeping Tags sorted by name, and
+// counts them (Bytes waits for Recount).
 func (s *RepositoryStatus) SetTag(t TagStatus) {
 	i, ok := slices.BinarySearchFunc(s.Tags, t.Name, compareTagName)
 	if ok {
@@ -73,7 +74,7 @@ func (s *RepositoryStatus) SetTag(t TagStatus) {
 	} else {
 		s.Tags = slices.Insert(s.Tags, i, t)
 	}
-	s.recount()
+	s.TagCount = int32(len(s.Tags))
 }
 
 // RemoveTag deletes a tag and reports whether it was there.
@@ -81,21 +82,29 @@ func (s *RepositoryStatus) RemoveTag(name string) bool {
 	i, ok := slices.BinarySearchFunc(s.Tags, name, compareTagName)
 	if ok {
 		s.Tags = slices.Delete(s.Tags, i, i+1)
-		s.recount()
+		s.TagCount = int32(len(s.Tags))
 	}
 	return ok
 }
 
-// recount sets TagCount and Bytes from Tags: Bytes counts each digest's
-// contentSize once, however many tags point at it.
-func (s *RepositoryStatus) recount() {
+// Recount sets TagCount and Bytes from Tags. Every writer of Tags calls
+// it once before its status update (not per tag: Bytes is a pass over
+// all tags).
+func (s *RepositoryStatus) Recount() {
 	s.TagCount = int32(len(s.Tags))
+	s.Bytes = s.CountBytes()
+}
+
+// CountBytes is the logical size of Tags: each digest's contentSize once,
+// however many tags point at it.
+func (s *RepositoryStatus) CountBytes() int64 {
 	seen := make(map[string]bool, len(s.Tags))
-	s.Bytes = 0
+	var n int64
 	for _, t := range s.Tags {
 		if !seen[t.Digest] {
 			seen[t.Digest] = true
-			s.Bytes += t.ContentSize
+			n += t.ContentSize
 		}
 	}
+	return n
 }

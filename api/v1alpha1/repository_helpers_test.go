@@ -66,6 +66,7 @@ func TestRepositoryBytes(t *testing.T) {
 	}
 	for _, step := range steps {
 		step.do()
+		s.Recount()
 		if s.Bytes != step.bytes || s.TagCount != step.tagCount {
 			t.Fatalf("after %s: bytes %d, tagCount %d; want %d, %d", step.name, s.Bytes, s.TagCount, step.bytes, step.tagCount)
 		}

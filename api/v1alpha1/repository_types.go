@@ -56,6 +56,18 @@ type RetentionRule struct {
 	// +optional
 	MostRecent *int32 `json:"mostRecent,omitempty"`
 
+	// PulledWithin keeps the selected tags pulled less than this long ago
+	// (pull times are recorded to registryd's pull-record interval, 1 h by
+	// default; a tag never pulled is not kept by it).
+	// +optional
+	PulledWithin *metav1.Duration `json:"pulledWithin,omitempty"`
+
+	// MostRecentlyPulled keeps the N most recently pulled selected tags;
+	// tags never pulled are not kept by it.
+	// +kubebuilder:validation:Minimum=1
+	// +optional
+	MostRecentlyPulled *int32 `json:"mostRecentlyPulled,omitempty"`
+
 	// HighestSemver keeps the N selected tags with the highest semantic
 	// versions (1.2.3 or v1.2.3; a pre-release sorts below its release);
 	// tags that are no semantic version are not kept by it.
@@ -171,6 +183,12 @@ type TagStatus struct {
 	// written before registryd recorded it, or imported from a journal.
 	// +optional
 	ContentSize int64 `json:"contentSize,omitempty"`
+	// PulledAt is when the tag was last pulled (a GET or HEAD of the
+	// manifest by tag), to registryd's pull-record interval (1 h by
+	// default): it moves at most once an interval. Unset: no pull
+	// recorded since the tag was pushed (moving a tag clears it).
+	// +optional
+	PulledAt *metav1.Time `json:"pulledAt,omitempty"`
 }
 
 // RepositoryStatus holds the repository's tags: the tag store of the kubernetes mode.

@@ -6,7 +6,8 @@
 // A policy is a list of rules. Each rule selects tags (by anchored regular
 // expressions; none: every tag) and keeps those of them that meet any of
 // its conditions (pushed within D, the N most recently pushed, the N
-// highest semantic versions; no condition: all of them). Rules are OR'ed:
+// highest semantic versions, pulled within D, the N most recently pulled;
+// no condition: all of them). Rules are OR'ed:
 //
 //   - a tag that some rule keeps is kept;
 //   - a tag that no rule selects is kept (a policy only governs what it names);
@@ -30,6 +31,8 @@ type Tag struct {
 	Name     string
 	Digest   string
 	PushedAt time.Time
+	// PulledAt is the last recorded pull; zero: none.
+	PulledAt time.Time
 }
 
 // Rule selects tags and keeps some of them.
@@ -45,6 +48,18 @@ type Rule struct {
 	// versions ("1.2.3" or "v1.2.3", pre-releases below their release);
 	// tags that are no semantic version are not kept by it (0: none).
 	HighestSemver int
+	// PulledWithin keeps selected tags pulled less than this long ago;
+	// a tag never pulled is not kept by it (0: no such condition).
+	PulledWithin time.Duration
+	// MostRecentlyPulled keeps the N most recently pulled selected tags;
+	// tags never pulled are not kept by it (0: none).
+	MostRecentlyPulled int
+}
+
+// conditional reports whether the rule has any condition (one without
+// keeps every tag it selects).
+func (r Rule) conditional() bool {
+	return r.PushedWithin != 0 || r.MostRecent != 0 || r.HighestSemver != 0 || r.PulledWithin != 0 || r.MostRecentlyPulled != 0
 }
 
 // Policy is a list of rules.
@@ -111,6 +126,18 @@ func compile(p Policy) ([]compiledRule, error) {
 	return out, nil
 }
 
+// mostRecent is the n tags of ts latest by at, ties broken by name.
+func mostRecent(ts []Tag, n int, at func(Tag) time.Time) []Tag {
+	sorted := slices.Clone(ts)
+	slices.SortFunc(sorted, func(a, b Tag) int {
+		if c := at(b).Compare(at(a)); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	return sorted[:min(n, len(sorted))]
+}
+
 // Decide computes the plan for tags under p at now. An invalid pattern is
 // an error: nothing is deleted on a policy that cannot be read.
 func Decide(tags []Tag, p Policy, prot Protection, now time.Time) (Plan, error) {
@@ -134,7 +161,7 @@ func Decide(tags []Tag, p Policy, prot Protection, now time.Time) (Plan, error) 
 				kept[t.Name] = reason
 			}
 		}
-		if r.PushedWithin == 0 && r.MostRecent == 0 && r.HighestSemver == 0 {
+		if !r.conditional() {
 			for _, t := range sel {
 				keep(t)
 			}
@@ -144,16 +171,23 @@ func Decide(tags []Tag, p Policy, prot Protection, now time.Time) (Plan, error) 
 			if r.PushedWithin > 0 && now.Sub(t.PushedAt) < r.PushedWithin {
 				keep(t)
 			}
+			if r.PulledWithin > 0 && !t.PulledAt.IsZero() && now.Sub(t.PulledAt) < r.PulledWithin {
+				keep(t)
+			}
 		}
 		if r.MostRecent > 0 {
-			byPush := slices.Clone(sel)
-			slices.SortFunc(byPush, func(a, b Tag) int {
-				if c := b.PushedAt.Compare(a.PushedAt); c != 0 {
-					return c
+			for _, t := range mostRecent(sel, r.MostRecent, func(t Tag) time.Time { return t.PushedAt }) {
+				keep(t)
+			}
+		}
+		if r.MostRecentlyPulled > 0 {
+			var pulled []Tag
+			for _, t := range sel {
+				if !t.PulledAt.IsZero() {
+					pulled = append(pulled, t)
 				}
-				return strings.Compare(a.Name, b.Name)
-			})
-			for _, t := range byPush[:min(r.MostRecent, len(byPush))] {
+			}
+			for _, t := range mostRecent(pulled, r.MostRecentlyPulled, func(t Tag) time.Time { return t.PulledAt }) {
 				keep(t)
 			}
 		}

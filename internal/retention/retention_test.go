@@ -173,3 +173,44 @@ func TestDecide5000(t *testing.T) {
 	}
 	t.Logf("5000 tags: %d deleted, %d kept", len(plan.Delete), len(plan.Kept))
 }
+
+// TestDecidePulled: pulledWithin and mostRecentlyPulled keep by recorded
+// pull times; a tag never pulled is kept by neither.
+func TestDecidePulled(t *testing.T) {
+	pulled := func(name string, pushed, pulled time.Duration) retention.Tag {
+		tg := tag(name, name, pushed)
+		if pulled >= 0 {
+			tg.PulledAt = ago(pulled)
+		}
+		return tg
+	}
+	const never = -1
+	tags := []retention.Tag{
+		pulled("a", 100*day, 1*day),
+		pulled("b", 100*day, 20*day),
+		pulled("c", 1*day, never), // pushed yesterday, never pulled
+		pulled("d", 100*day, 3*day),
+		pulled("e", 100*day, never),
+	}
+	tests := []struct {
+		name string
+		rule retention.Rule
+		want []string // deleted
+	}{
+		{"pulled within", retention.Rule{PulledWithin: 7 * day}, []string{"b", "c", "e"}},
+		{"most recently pulled", retention.Rule{MostRecentlyPulled: 2}, []string{"b", "c", "e"}},
+		{"most recently pulled, more than were pulled", retention.Rule{MostRecentlyPulled: 10}, []string{"c", "e"}},
+		{"or'ed with pushed within", retention.Rule{PulledWithin: 7 * day, PushedWithin: 7 * day}, []string{"b", "e"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			plan, err := retention.Decide(tags, retention.Policy{Rules: []retention.Rule{tc.rule}}, retention.Protection{}, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(plan.Delete, tc.want) {
+				t.Fatalf("delete %v, want %v (kept: %v)", plan.Delete, tc.want, plan.Kept)
+			}
+		})
+	}
+}

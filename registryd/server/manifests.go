@@ -78,6 +78,7 @@ func (s *server) getManifest(w http.ResponseWriter, r *http.Request, p pathParam
 			return storageErr(err, errcode.ManifestUnknown, ref.String())
 		}
 		setManifestHeaders(h, desc)
+		s.recordPull(p, ref)
 		w.WriteHeader(http.StatusOK)
 		return nil
 	}
@@ -86,9 +87,23 @@ func (s *server) getManifest(w http.ResponseWriter, r *http.Request, p pathParam
 		return storageErr(err, errcode.ManifestUnknown, ref.String())
 	}
 	setManifestHeaders(h, desc)
+	s.recordPull(p, ref)
 	w.WriteHeader(http.StatusOK)
 	_, _ = w.Write(content)
 	return nil
+}
+
+// recordPull tells a store that keeps pull times that a tag was pulled: a
+// GET or HEAD by tag, as clients resolve a tag (containerd HEADs it, then
+// fetches by digest). Pulls by digest name no tag and record nothing.
+// A mirrored repository's tags are recorded under its local name.
+func (s *server) recordPull(p pathParams, ref reference.Reference) {
+	if ref.Tag == "" {
+		return
+	}
+	if pr, ok := s.tags.(tags.PullRecorder); ok {
+		pr.RecordPull(p.name, ref.Tag)
+	}
 }
 
 func setManifestHeaders(h http.Header, desc ocispec.Descriptor) {

@@ -267,6 +267,7 @@ func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1
 		}
 		return repo, nil
 	}
+	repo.Status.Recount()
 	if err := s.client.Status().Update(ctx, repo); err != nil {
 		return nil, err
 	}

@@ -17,7 +17,8 @@ import (
 const etcdSafeBytes = 1 << 20
 
 // TestDefaultTagLimitFitsEtcd fills a repository to the Registry's default
-// tag limit with the longest tag names the spec allows and measures the
+// tag limit with the longest tag names the spec allows, every field of a
+// tag set (a content size of 13 digits, a recorded pull), and measures the
 // object the API server stores (managed fields included).
 func TestDefaultTagLimitFitsEtcd(t *testing.T) {
 	if testing.Short() {
@@ -56,6 +57,11 @@ func TestDefaultTagLimitFitsEtcd(t *testing.T) {
 	if err := s.Put(ctx, "app", "one-too-many", desc("x")); err == nil {
 		t.Fatalf("tag %d accepted past the limit of %d", limit+1, limit)
 	}
+	// Every tag pulled: each holds a pulledAt too.
+	for i := range limit {
+		s.RecordPull("app", fmt.Sprintf("%05d-%s", i, strings.Repeat("x", 122)))
+	}
+	s.FlushPulls(ctx)
 
 	raw, err := rawRepository(ctx, reg, v1.RepositoryObjectName(reg.Name, "app"))
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -57,6 +58,10 @@ type Options struct {
 	// Metrics registers the store's counters; optional.
 	Metrics prometheus.Registerer
 	Logger  *slog.Logger
+	// PullRecordInterval is how coarse recorded pull times are (a tag's
+	// pulledAt moves at most once an interval; pulls are written once an
+	// interval); 0: DefaultPullRecordInterval.
+	PullRecordInterval time.Duration
 }
 
 // EventRecorder is the part of client-go's events.EventRecorder the store uses.
@@ -72,6 +77,7 @@ type Store struct {
 	liveReads prometheus.Counter
 	conflicts prometheus.Counter
 	committer committer
+	pullLog   pullLog
 	patterns  tags.Patterns // compiled immutable-tag patterns
 	catalog   *catalogIndex // the Repositories' paths, sorted
 
@@ -174,6 +180,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 			return nil, err
 		}
 	}
+	go s.recordPulls(ctx)
 	go func() {
 		if err := c.Start(ctx); err != nil {
 			opts.Logger.Error("kubernetes tag store cache stopped", "error", err)

@@ -72,8 +72,9 @@ func replica(t testing.TB, reg *v1.Registry, journal tags.Store) *kube.Store {
 	return replicaWith(t, env.Config, reg, journal)
 }
 
-// replicaWith is replica with its own API client config.
-func replicaWith(t testing.TB, cfg *rest.Config, reg *v1.Registry, journal tags.Store) *kube.Store {
+// replicaWith is replica with its own API client config, and options
+// changed by mods.
+func replicaWith(t testing.TB, cfg *rest.Config, reg *v1.Registry, journal tags.Store, mods ...func(*kube.Options)) *kube.Store {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
@@ -81,7 +82,11 @@ func replicaWith(t testing.TB, cfg *rest.Config, reg *v1.Registry, journal tags.
 	if _, ok := t.(*testing.B); ok {
 		logger = slog.New(slog.DiscardHandler) // between a benchmark's name and its figures
 	}
-	s, err := kube.New(ctx, cfg, kube.Options{Logger: logger, Namespace: reg.Namespace, Registry: reg.Name, Journal: journal})
+	opts := kube.Options{Logger: logger, Namespace: reg.Namespace, Registry: reg.Name, Journal: journal}
+	for _, mod := range mods {
+		mod(&opts)
+	}
+	s, err := kube.New(ctx, cfg, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

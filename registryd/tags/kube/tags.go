@@ -90,7 +90,10 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 			return false, nil, errcode.Denied.With(fmt.Sprintf("repository %s holds %d tags, the limit of Registry %s (spec.limits.maxTagsPerRepository): delete tags or raise the limit",
 				path, len(repo.Status.Tags), reg.Name))
 		}
-		before := repo.Status.Bytes
+		var before int64
+		if q := repo.Spec.Quota; q != nil && q.Bytes != nil {
+			before = repo.Status.CountBytes()
+		}
 		repo.Status.SetTag(entry)
 		if err := checkQuota(repo, path, tag, exists, before); err != nil {
 			if exists {
@@ -110,7 +113,8 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 
 // checkQuota refuses the tag just set in repo when it takes the
 // repository past spec.quota: a new tag past quota.tags, or usage grown
-// past quota.bytes (before is usage without it). It is decided on the
+// past quota.bytes (before is usage without it, counted only when
+// there is a quota.bytes). It is decided on the
 // object the status update then writes with its resourceVersion, so two
 // replicas cannot both add to a repository that has room for one.
 func checkQuota(repo *v1.Repository, path, tag string, existed bool, before int64) error {
@@ -122,9 +126,12 @@ func checkQuota(repo *v1.Repository, path, tag string, existed bool, before int6
 		return errcode.Denied.With(fmt.Sprintf("tag %q would be tag %d of repository %s, over its quota of %d tags (Repository %s spec.quota.tags)",
 			tag, repo.Status.TagCount, path, *q.Tags, repo.Name))
 	}
-	if q.Bytes != nil && repo.Status.Bytes > before && repo.Status.Bytes > q.Bytes.Value() {
+	if q.Bytes == nil {
+		return nil
+	}
+	if after := repo.Status.CountBytes(); after > before && after > q.Bytes.Value() {
 		return errcode.Denied.With(fmt.Sprintf("tag %q would take repository %s to %d bytes, over its quota of %s (%d bytes; Repository %s spec.quota.bytes); it holds %d",
-			tag, path, repo.Status.Bytes, q.Bytes, q.Bytes.Value(), repo.Name, before))
+			tag, path, after, q.Bytes, q.Bytes.Value(), repo.Name, before))
 	}
 	return nil
 }

@@ -160,6 +160,7 @@ func (r *RegistryReconciler) gcRun(ctx context.Context, job *batchv1.Job, end ti
 	}
 	run.DryRun, run.DeletedObjects, run.Manifests, run.Blobs, run.ReclaimedBytes, run.Message =
 		rep.DryRun, rep.DeletedObjects, rep.Manifests, rep.Blobs, rep.ReclaimedBytes, rep.Message
+	run.StoredBlobs, run.StoredBytes = rep.StoredBlobs, rep.StoredBytes
 	if rep.Failed {
 		run.Succeeded = false
 	}

@@ -237,11 +237,11 @@ func TestGCStatusAndRequest(t *testing.T) {
 	eventually(t, "the GarbageCollectionRequested Event", wantEvent(ns, name, "GarbageCollectionRequested"))
 	start := time.Now().Add(-time.Minute).Truncate(time.Second)
 	finish(first, start, start.Add(12*time.Second), gcreport.Report{DryRun: true, DeletedObjects: 9, Manifests: 2, Blobs: 5,
-		ReclaimedBytes: 4096, Message: "gc: would delete …"}, true)
+		ReclaimedBytes: 4096, StoredBlobs: 7, StoredBytes: 123456, Message: "gc: would delete …"}, true)
 	eventually(t, "status.gc.lastRun of the asked-for run", status(func(st *v1.GCStatus) error {
 		r := st.LastRun
 		if r == nil || r.Job != first.Name || !r.Succeeded || !r.DryRun || r.DeletedObjects != 9 || r.Manifests != 2 || r.Blobs != 5 ||
-			r.ReclaimedBytes != 4096 || r.StartTime == nil || r.CompletionTime == nil || r.CompletionTime.Sub(r.StartTime.Time) != 12*time.Second {
+			r.ReclaimedBytes != 4096 || r.StoredBlobs != 7 || r.StoredBytes != 123456 || r.StartTime == nil || r.CompletionTime == nil || r.CompletionTime.Sub(r.StartTime.Time) != 12*time.Second {
 			return fmt.Errorf("lastRun %+v", r)
 		}
 		return nil

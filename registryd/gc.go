@@ -111,7 +111,7 @@ func runGC(args []string, stdout io.Writer) int {
 // report is the run's outcome as the operator reads it.
 func report(rep gc.Report, err error) gcreport.Report {
 	r := gcreport.Report{DryRun: rep.DryRun, DeletedObjects: int64(len(rep.Deleted)), Manifests: int64(rep.Manifests),
-		Blobs: int64(rep.Blobs), ReclaimedBytes: rep.Bytes, Message: rep.Summary()}
+		Blobs: int64(rep.Blobs), ReclaimedBytes: rep.Bytes, StoredBlobs: int64(rep.StoredBlobs), StoredBytes: rep.StoredBytes, Message: rep.Summary()}
 	if err != nil {
 		r.Failed, r.Message = true, err.Error()+"; "+r.Message
 	}

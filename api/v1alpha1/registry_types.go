@@ -264,6 +264,14 @@ type GCRun struct {
 	// deleted.
 	// +optional
 	ReclaimedBytes int64 `json:"reclaimedBytes,omitempty"`
+	// StoredBlobs and StoredBytes are the Registry's physical size as of
+	// the run: the blobs its listing found, each once whatever the
+	// repositories sharing it, less those it deleted (in a dry run: would
+	// delete). Blobs pushed while it ran come in the next run's.
+	// +optional
+	StoredBlobs int64 `json:"storedBlobs,omitempty"`
+	// +optional
+	StoredBytes int64 `json:"storedBytes,omitempty"`
 	// Message is the collector's summary line, or its error.
 	// +optional
 	Message string `json:"message,omitempty"`
@@ -563,6 +571,7 @@ type StorageStatus struct {
 // +kubebuilder:printcolumn:name="Endpoint",type=string,JSONPath=`.status.endpoint`
 // +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.status.readyReplicas`
 // +kubebuilder:printcolumn:name="Last GC",type=date,JSONPath=`.status.gc.lastRun.completionTime`,priority=1
+// +kubebuilder:printcolumn:name="Stored",type=integer,JSONPath=`.status.gc.lastRun.storedBytes`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Registry struct {
 	metav1.TypeMeta   `json:",inline"`

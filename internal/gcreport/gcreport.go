@@ -22,6 +22,8 @@ type Report struct {
 	Manifests      int64  `json:"manifests"`
 	Blobs          int64  `json:"blobs"`
 	ReclaimedBytes int64  `json:"reclaimedBytes"`
+	StoredBlobs    int64  `json:"storedBlobs"`
+	StoredBytes    int64  `json:"storedBytes"`
 	Failed         bool   `json:"failed,omitempty"`
 	Message        string `json:"message,omitempty"`
 }

@@ -96,6 +96,12 @@ type Report struct {
 	Deferred int
 	// Repositories and live manifests seen by the first mark.
 	Repositories int
+	// StoredBlobs and StoredBytes are the blobs the run's first listing
+	// found, less those it deleted (or, in a dry run, would delete): the
+	// Registry's physical size as of the run, each blob once. Blobs
+	// pushed while it ran are not in them.
+	StoredBlobs int
+	StoredBytes int64
 }
 
 // Summary is the one line a run prints.
@@ -111,8 +117,24 @@ func (r Report) Summary() string {
 	if r.Deferred > 0 {
 		deferred += fmt.Sprintf("; %d left for the next run (intents expired)", r.Deferred)
 	}
-	return fmt.Sprintf("gc: %s %d manifests, %d referrer entries, %d layer links, %d blobs, %d upload objects, %d temp files (%d bytes) in %d repositories; %d rescued by racing writes%s; took %s",
-		verb, r.Manifests, r.Referrers, r.LayerLinks, r.Blobs, r.Uploads, r.TempFiles, r.Bytes, r.Repositories, r.Rescued, deferred, r.Duration.Round(time.Millisecond))
+	return fmt.Sprintf("gc: %s %d manifests, %d referrer entries, %d layer links, %d blobs, %d upload objects, %d temp files (%d bytes) in %d repositories; %d rescued by racing writes%s; %d blobs (%d bytes) stored; took %s",
+		verb, r.Manifests, r.Referrers, r.LayerLinks, r.Blobs, r.Uploads, r.TempFiles, r.Bytes, r.Repositories, r.Rescued, deferred, r.StoredBlobs, r.StoredBytes, r.Duration.Round(time.Millisecond))
+}
+
+// countStored sets StoredBlobs and StoredBytes from the blobs of s that
+// the run did not delete.
+func (r *Report) countStored(s *snapshot) {
+	gone := make(map[string]bool, len(r.Deleted))
+	for _, k := range r.Deleted {
+		gone[k] = true
+	}
+	r.StoredBlobs, r.StoredBytes = 0, 0
+	for _, o := range s.blobs {
+		if !gone[o.key] {
+			r.StoredBlobs++
+			r.StoredBytes += o.size
+		}
+	}
 }
 
 func (r *Report) countLease(key string) {
@@ -259,7 +281,11 @@ func (c *collector) collect(ctx context.Context, rep *Report) error {
 	}
 	c.log.Info("gc: phase 2 swept", "took", time.Since(t))
 	p3 := c.markUploads(s)
-	return c.deleteAll(ctx, sortedItems(p3), rep)
+	if err := c.deleteAll(ctx, sortedItems(p3), rep); err != nil {
+		return err
+	}
+	rep.countStored(s)
+	return nil
 }
 
 // dryRun reports what a run would delete on this listing: phase 2 as if
@@ -289,6 +315,7 @@ func (c *collector) dryRun(ctx context.Context, rep *Report) error {
 		c.log.Info("would delete", "key", o.key)
 	}
 	sort.Strings(rep.Deleted)
+	rep.countStored(s)
 	return nil
 }
 

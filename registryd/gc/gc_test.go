@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"slices"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"gocloud.dev/blob"
 
 	"github.com/stevedore-dev/stevedore/internal/bucket"
 	"github.com/stevedore-dev/stevedore/registryd/gc"
@@ -229,6 +231,23 @@ func TestDryRunMatchesRun(t *testing.T) {
 	}
 	if dry.Uploads == 0 || dry.Manifests == 0 || dry.Blobs == 0 || dry.LayerLinks == 0 {
 		t.Errorf("dry run %s: want every kind", dry.Summary())
+	}
+	// The physical size both report is what a walk of the bucket finds.
+	var blobs int
+	var stored int64
+	for it := e.bucket.List(&blob.ListOptions{Prefix: "blobs/"}); ; {
+		o, err := it.Next(ctx)
+		if err == io.EOF {
+			break
+		}
+		must(t, err)
+		blobs++
+		stored += o.Size
+	}
+	for _, rep := range []gc.Report{dry, real} {
+		if rep.StoredBlobs != blobs || rep.StoredBytes != stored {
+			t.Errorf("dry run %v: %d blobs of %d bytes stored; the bucket holds %d of %d", rep.DryRun, rep.StoredBlobs, rep.StoredBytes, blobs, stored)
+		}
 	}
 	must(t, c.pull(ctx, "team/app", "v1"))
 }

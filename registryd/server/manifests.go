@@ -169,7 +169,7 @@ func (s *server) putManifest(w http.ResponseWriter, r *http.Request, p pathParam
 	}
 	put := s.tags.Put
 	if cp, ok := s.tags.(tags.ContentPutter); ok && len(tagList) > 0 {
-		content, err := s.contentSize(r.Context(), p.name, desc.Size, m, 0)
+		content, err := s.contentSize(r.Context(), p.name, desc.Size, m)
 		if err != nil {
 			return storageErr(err, errcode.ManifestUnknown, desc.Digest)
 		}
@@ -220,41 +220,65 @@ func (s *server) putManifest(w http.ResponseWriter, r *http.Request, p pathParam
 	return nil
 }
 
-// maxContentDepth bounds how deep contentSize follows indexes of indexes;
-// deeper children count their own bytes only.
-const maxContentDepth = 4
+// maxContentReads bounds the child manifests one push reads to size an
+// index (nested indexes included): a hostile index naming thousands of
+// indexes of thousands cannot make a push read millions of objects.
+// Children past it count their own bytes only.
+const maxContentReads = 1000
 
 // contentSize is the bytes manifest m (of size bytes) holds, for quotas:
 // its own, its blobs' (sizes checked against the stored blobs by
 // checkReferences, not taken from the client) and, for an index, each
-// child manifest's, read from the bucket.
-func (s *server) contentSize(ctx context.Context, name string, size int64, m *manifest.Manifest, depth int) (int64, error) {
+// child manifest's, read from the bucket (each distinct child read once).
+func (s *server) contentSize(ctx context.Context, name string, size int64, m *manifest.Manifest) (int64, error) {
+	c := contentCounter{s: s, name: name, sizes: map[digest.Digest]int64{}, reads: maxContentReads}
+	return c.count(ctx, size, m)
+}
+
+// contentCounter sizes one manifest's tree with a budget of reads.
+type contentCounter struct {
+	s     *server
+	name  string
+	sizes map[digest.Digest]int64 // children sized so far
+	reads int                     // left
+}
+
+func (c *contentCounter) count(ctx context.Context, size int64, m *manifest.Manifest) (int64, error) {
 	total := size
 	for _, b := range m.Blobs {
 		total += b.Size
 	}
-	for _, c := range m.Manifests {
-		if depth >= maxContentDepth {
-			total += c.Size
-			continue
-		}
-		desc, body, err := s.store.GetManifest(ctx, name, c.Digest)
-		if err != nil {
-			return 0, err
-		}
-		child, err := manifest.Parse(desc.MediaType, body)
-		if err != nil {
-			// Stored by an earlier push that parsed it: count its bytes.
-			total += desc.Size
-			continue
-		}
-		n, err := s.contentSize(ctx, name, desc.Size, child, depth+1)
+	for _, child := range m.Manifests {
+		n, err := c.child(ctx, child)
 		if err != nil {
 			return 0, err
 		}
 		total += n
 	}
 	return total, nil
+}
+
+func (c *contentCounter) child(ctx context.Context, d ocispec.Descriptor) (int64, error) {
+	if n, ok := c.sizes[d.Digest]; ok {
+		return n, nil
+	}
+	if c.reads <= 0 {
+		return d.Size, nil // checked against the stored manifest by checkReferences
+	}
+	c.reads--
+	desc, body, err := c.s.store.GetManifest(ctx, c.name, d.Digest)
+	if err != nil {
+		return 0, err
+	}
+	n := desc.Size
+	if m, err := manifest.Parse(desc.MediaType, body); err == nil {
+		// A cycle is impossible: a manifest names its children by digest.
+		if n, err = c.count(ctx, desc.Size, m); err != nil {
+			return 0, err
+		}
+	}
+	c.sizes[d.Digest] = n
+	return n, nil
 }
 
 // manifestTags is the list of tags a PUT sets: the URL's tag, or the

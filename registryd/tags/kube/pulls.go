@@ -21,11 +21,19 @@ const DefaultPullRecordInterval = time.Hour
 // pullWriters bounds the repositories whose pulls one flush writes at once.
 const pullWriters = 4
 
+// DefaultPullLogLimit bounds the tags a replica remembers pulls of between
+// two flushes (about 100 bytes each): a client pulling every tag of every
+// repository within an interval cannot grow registryd's memory without
+// bound. Pulls past it are not recorded until the next flush.
+const DefaultPullLogLimit = 100_000
+
 // pullLog holds the pulls of one replica since its last flush: by
 // repository, each tag's first pull in the interval.
 type pullLog struct {
-	mu    sync.Mutex
-	pulls map[string]map[string]time.Time
+	mu      sync.Mutex
+	pulls   map[string]map[string]time.Time
+	entries int // tags in pulls
+	dropped int // pulls not recorded since the last flush: the log was full
 }
 
 var _ tags.PullRecorder = (*Store)(nil)
@@ -48,12 +56,29 @@ func (s *Store) RecordPull(path, tag string) {
 	}
 	byTag := l.pulls[path]
 	if byTag == nil {
+		if l.entries >= s.pullLogLimit() {
+			l.dropped++
+			return
+		}
 		byTag = map[string]time.Time{}
 		l.pulls[path] = byTag
 	}
-	if _, ok := byTag[tag]; !ok {
-		byTag[tag] = now
+	if _, ok := byTag[tag]; ok {
+		return
 	}
+	if l.entries >= s.pullLogLimit() {
+		l.dropped++
+		return
+	}
+	byTag[tag] = now
+	l.entries++
+}
+
+func (s *Store) pullLogLimit() int {
+	if s.opts.PullLogLimit > 0 {
+		return s.opts.PullLogLimit
+	}
+	return DefaultPullLogLimit
 }
 
 func (s *Store) pullInterval() time.Duration {
@@ -91,9 +116,12 @@ func (s *Store) recordPulls(ctx context.Context) {
 func (s *Store) FlushPulls(ctx context.Context) {
 	l := &s.pullLog
 	l.mu.Lock()
-	pulls := l.pulls
-	l.pulls = nil
+	pulls, dropped := l.pulls, l.dropped
+	l.pulls, l.entries, l.dropped = nil, 0, 0
 	l.mu.Unlock()
+	if dropped > 0 {
+		s.opts.Logger.Warn("kubernetes tag store: the pull log was full; pulls not recorded", "dropped", dropped, "limit", s.pullLogLimit())
+	}
 	interval := s.pullInterval()
 	var g errgroup.Group
 	g.SetLimit(pullWriters)

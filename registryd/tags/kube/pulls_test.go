@@ -2,6 +2,7 @@ package kube_test
 
 import (
 	"context"
+	"fmt"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -92,5 +93,40 @@ func TestPullTimes(t *testing.T) {
 	mustPut(t, replicas[2], "app", "b", "other")
 	if at := pulledAt("b"); at != nil {
 		t.Errorf("b moved, pulledAt still %v", at)
+	}
+}
+
+// TestPullLogLimit: a replica remembers pulls of at most PullLogLimit tags
+// between two flushes, however many distinct tags are pulled.
+func TestPullLogLimit(t *testing.T) {
+	ctx := context.Background()
+	reg := newRegistry(t, nil)
+	s := replicaWith(t, env.Config, reg, journal(t), func(o *kube.Options) {
+		o.PullRecordInterval, o.PullLogLimit = time.Hour, 10
+	})
+	for i := range 20 {
+		mustPut(t, s, "app", fmt.Sprintf("t%02d", i), fmt.Sprint(i))
+	}
+	for round := range 2 {
+		// Round 1 pulls t00..t19, round 2 t10..t19; new repositories'
+		// pulls come after, and count against the limit too.
+		for i := 10 * round; i < 20; i++ {
+			s.RecordPull("app", fmt.Sprintf("t%02d", i))
+		}
+		for i := range 20 {
+			s.RecordPull(fmt.Sprintf("other-%d", i), "x")
+		}
+		s.FlushPulls(ctx)
+		recorded := 0
+		for _, tg := range liveRepository(t, reg, "app").Status.Tags {
+			if tg.PulledAt != nil {
+				recorded++
+			}
+		}
+		// The first flush records the first 10 pulled; the second, after
+		// the log was emptied, the next 10.
+		if want := 10 * (round + 1); recorded != want {
+			t.Fatalf("after flush %d, %d tags have a pull time, want %d", round+1, recorded, want)
+		}
 	}
 }

@@ -62,6 +62,9 @@ type Options struct {
 	// pulledAt moves at most once an interval; pulls are written once an
 	// interval); 0: DefaultPullRecordInterval.
 	PullRecordInterval time.Duration
+	// PullLogLimit bounds the tags whose pulls are remembered between two
+	// flushes; 0: DefaultPullLogLimit.
+	PullLogLimit int
 }
 
 // EventRecorder is the part of client-go's events.EventRecorder the store uses.

@@ -35,13 +35,14 @@ BenchmarkPushTags-2          	     600	 110000000 ns/op	         2.050 api-calls
 BenchmarkNewRepositories-2   	2026/12/01 13:58:28 INFO kubernetes tag store: Repository cache synced
      600	  12668995 ns/op	         3.000 api-calls/repository	        78.93 repositories/s
 BenchmarkTagsAtLimit/get-one-2         	  100000	     11880 ns/op	         0 api-calls
+BenchmarkStatusUpdateBySize/tags=1500-2       	      40	 296023793 ns/op	       641.0 KiB/object	       296.0 ms/update
 ok  	github.com/stevedore-dev/stevedore/registryd/tags/kube	120.1s
 `
 	md, err := kubeSection(out, &kubeHTTPResult{tagsPerSecond: 25, getByTag: 6000}, 2000, 8)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"9.1 tags/s", "2.05 API requests/tag", "78.9 new repositories/s (3.0 API requests each)", "0 (asserted)", "3.00× distribution", "25.0 tags/s"} {
+	for _, want := range []string{"9.1 tags/s", "2.05 API requests/tag", "78.9 new repositories/s (3.0 API requests each)", "0 (asserted)", "3.00× distribution", "25.0 tags/s", "296.0 ms a status update (one tag moved) of a 641 KiB Repository"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("section lacks %q:\n%s", want, md)
 		}

@@ -204,3 +204,50 @@ func createRepositories(b *testing.B, reg *v1.Registry, from, to int) {
 	}
 	wg.Wait()
 }
+
+// BenchmarkStatusUpdateBySize is one Repository status update (one tag
+// moved) as the object grows: the cost a tag write pays for the tags
+// already in its object, which decides how many tags one object should
+// hold when a repository's tags are split over several. Tags are 24
+// characters, with a content size and a pull time, as CI tags are.
+func BenchmarkStatusUpdateBySize(b *testing.B) {
+	ctx := context.Background()
+	for _, n := range []int{10, 100, 300, 1000, 1500} {
+		b.Run(fmt.Sprintf("tags=%d", n), func(b *testing.B) {
+			reg := newRegistry(b, func(r *v1.Registry) { r.Spec.Limits.MaxTagsPerRepository = 1 << 20 })
+			repo := &v1.Repository{
+				ObjectMeta: metav1.ObjectMeta{Name: v1.RepositoryObjectName(reg.Name, "app"), Namespace: reg.Namespace},
+				Spec:       v1.RepositorySpec{Registry: reg.Name, Name: "app"},
+			}
+			if err := env.Client.Create(ctx, repo); err != nil {
+				b.Fatal(err)
+			}
+			now := metav1.Now()
+			for i := range n {
+				name := fmt.Sprintf("ci-%020d", i)
+				repo.Status.SetTag(v1.TagStatus{Name: name, Digest: desc(name).Digest.String(), MediaType: desc(name).MediaType,
+					Size: 1234, ContentSize: 123456789, PushedAt: now, PulledAt: &now})
+			}
+			repo.Status.Recount()
+			if err := env.Client.Status().Update(ctx, repo); err != nil {
+				b.Fatal(err)
+			}
+			raw, err := rawRepository(ctx, reg, repo.Name)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; b.Loop(); i++ {
+				t := repo.Status.Tags[i%n]
+				t.Digest = desc(fmt.Sprint("moved-", i)).Digest.String()
+				repo.Status.SetTag(t)
+				if err := env.Client.Status().Update(ctx, repo); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(time.Since(start).Microseconds())/1000/float64(b.N), "ms/update")
+			b.ReportMetric(float64(len(raw))/1024, "KiB/object")
+		})
+	}
+}

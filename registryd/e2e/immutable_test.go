@@ -17,8 +17,6 @@ import (
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -90,18 +88,8 @@ func TestImmutableTagsAcrossReplicas(t *testing.T) {
 	env := kubeEnv(t)
 	ctx := t.Context()
 	const ns, regName, repo, rule = "immutable", "reg", "team/app", "v[0-9]+([.][0-9]+)*"
-	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.Client.Create(ctx, &v1.Registry{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: regName},
-		Spec: v1.RegistrySpec{Storage: v1.StorageSpec{URL: "mem://"}, ImmutableTags: []string{rule}}}); err != nil {
-		t.Fatal(err)
-	}
-	storage := "file://" + t.TempDir()
-	var replicas []*registry
-	for range 3 {
-		replicas = append(replicas, startRegistryd(t, storage, "--registry", regName, "--namespace", ns, "--kubeconfig", kube.kubeconfig))
-	}
+	kubeRegistry(t, ns, regName, v1.RegistrySpec{ImmutableTags: []string{rule}})
+	replicas := kubeReplicas(t, ns, regName, 3)
 	base := func(i int) string { return replicas[i%3].url() }
 	manifests := func(i int, ref string) string { return base(i) + "/v2/" + repo + "/manifests/" + ref }
 	denial := fmt.Sprintf(`tag \"v1.0.0\" is immutable (rule \"%s\" of Registry %s)`, rule, regName)

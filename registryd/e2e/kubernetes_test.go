@@ -183,3 +183,31 @@ func TestKubernetesAuth(t *testing.T) {
 		})
 	}
 }
+
+// kubeRegistry creates namespace ns and in it Registry name with spec (its
+// storage mem://: registryd processes are given their own).
+func kubeRegistry(t *testing.T, ns, name string, spec v1.RegistrySpec) {
+	t.Helper()
+	env := kubeEnv(t)
+	if err := env.Client.Create(t.Context(), &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
+		t.Fatal(err)
+	}
+	if spec.Storage.URL == "" {
+		spec.Storage.URL = "mem://"
+	}
+	if err := env.Client.Create(t.Context(), &v1.Registry{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name}, Spec: spec}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// kubeReplicas starts n registryd processes serving Registry name of ns
+// over one file bucket, with flags added.
+func kubeReplicas(t *testing.T, ns, name string, n int, flags ...string) []*registry {
+	t.Helper()
+	storage := "file://" + t.TempDir()
+	replicas := make([]*registry, n)
+	for i := range replicas {
+		replicas[i] = startRegistryd(t, storage, append([]string{"--registry", name, "--namespace", ns, "--kubeconfig", kube.kubeconfig}, flags...)...)
+	}
+	return replicas
+}

@@ -5,8 +5,6 @@ import (
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
@@ -22,14 +20,8 @@ func TestPullTimesRecorded(t *testing.T) {
 	env := kubeEnv(t)
 	ctx := t.Context()
 	const ns, regName, repo = "pulls", "reg", "team/app"
-	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.Client.Create(ctx, &v1.Registry{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: regName},
-		Spec: v1.RegistrySpec{Storage: v1.StorageSpec{URL: "mem://"}}}); err != nil {
-		t.Fatal(err)
-	}
-	r := startRegistryd(t, "file://"+t.TempDir(), "--registry", regName, "--namespace", ns, "--kubeconfig", kube.kubeconfig, "--pull-record-interval", "1s")
+	kubeRegistry(t, ns, regName, v1.RegistrySpec{})
+	r := kubeReplicas(t, ns, regName, 1, "--pull-record-interval", "1s")[0]
 	home := t.TempDir()
 	layer := filepath.Join(home, "layer.tar")
 	writeLayerTar(t, layer, map[string]string{"hello.txt": "pulled\n"})

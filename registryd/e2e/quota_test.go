@@ -13,7 +13,6 @@ import (
 	"testing"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -35,23 +34,13 @@ func TestQuotaAcrossReplicas(t *testing.T) {
 	ctx := t.Context()
 	const ns, regName, repo = "quota", "reg", "team/app"
 	const quota, layerBytes, pushers, each = 1 << 20, 64 << 10, 20, 2
-	if err := env.Client.Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}); err != nil {
-		t.Fatal(err)
-	}
-	if err := env.Client.Create(ctx, &v1.Registry{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: regName},
-		Spec: v1.RegistrySpec{Storage: v1.StorageSpec{URL: "mem://"}}}); err != nil {
-		t.Fatal(err)
-	}
+	kubeRegistry(t, ns, regName, v1.RegistrySpec{})
 	key := client.ObjectKey{Namespace: ns, Name: v1.RepositoryObjectName(regName, repo)}
 	if err := env.Client.Create(ctx, &v1.Repository{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: key.Name},
 		Spec: v1.RepositorySpec{Registry: regName, Name: repo, Quota: &v1.RepositoryQuota{Bytes: resource.NewQuantity(quota, resource.BinarySI)}}}); err != nil {
 		t.Fatal(err)
 	}
-	storage := "file://" + t.TempDir()
-	var replicas []*registry
-	for range 3 {
-		replicas = append(replicas, startRegistryd(t, storage, "--registry", regName, "--namespace", ns, "--kubeconfig", kube.kubeconfig))
-	}
+	replicas := kubeReplicas(t, ns, regName, 3)
 	base := func(i int) string { return replicas[i%3].url() }
 
 	images := make([][]byte, pushers*each)

@@ -6,13 +6,17 @@ import (
 	"fmt"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	corev1 "k8s.io/api/core/v1"
+	eventsv1 "k8s.io/api/events/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -110,6 +114,23 @@ func TestQuotaAcrossReplicas(t *testing.T) {
 	}
 	if r.Status.Bytes != counted || r.Status.TagCount != int32(fit) {
 		t.Errorf("status.bytes %d for %d tags; counted from the registry %d bytes, want %d tags", r.Status.Bytes, r.Status.TagCount, counted, fit)
+	}
+
+	// The refusals show in `kubectl describe repository`: a Warning Event.
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		var events eventsv1.EventList
+		if err := env.Client.List(ctx, &events, client.InNamespace(ns)); err != nil {
+			t.Fatal(err)
+		}
+		found := slices.ContainsFunc(events.Items, func(ev eventsv1.Event) bool {
+			return ev.Reason == "QuotaExceeded" && ev.Type == corev1.EventTypeWarning && ev.Regarding.Name == key.Name && strings.Contains(ev.Note, "spec.quota.bytes")
+		})
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no QuotaExceeded Warning on Repository %s among %d Events", key.Name, len(events.Items))
+		}
 	}
 
 	home := t.TempDir()

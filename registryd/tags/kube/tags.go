@@ -74,7 +74,9 @@ var _ tags.ContentPutter = (*Store)(nil)
 // Repository's quota bounds.
 func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.Descriptor, contentSize int64) error {
 	entry := v1.TagStatus{Name: tag, Digest: desc.Digest.String(), MediaType: desc.MediaType, Size: desc.Size, PushedAt: metav1.Now(), ContentSize: contentSize}
+	overQuota := false // in the round that decided
 	repo, err := s.commit(ctx, path, &change{create: true, apply: func(repo *v1.Repository, reg *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
+		overQuota = false
 		old, exists := repo.Status.FindTag(tag)
 		if exists && old.Digest == entry.Digest {
 			// Nothing to change, but the journal is written again: this may
@@ -96,6 +98,7 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 		}
 		repo.Status.SetTag(entry)
 		if err := checkQuota(repo, path, tag, exists, before); err != nil {
+			overQuota = true
 			if exists {
 				repo.Status.SetTag(old)
 			} else {
@@ -105,8 +108,15 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 		}
 		return true, []string{tag}, nil
 	}})
-	if err == nil {
+	switch {
+	case err == nil:
 		s.event(repo, "TagPushed", "Push", "tag %s now points at %s", tag, desc.Digest)
+	case overQuota:
+		// Why pushes fail, where `kubectl describe repository` shows it.
+		var e *errcode.Error
+		if errors.As(err, &e) {
+			s.warn(repo, "QuotaExceeded", "Push", "%v", e.Detail)
+		}
 	}
 	return err
 }
@@ -267,6 +277,12 @@ func (s *Store) createRepository(ctx context.Context, reg *v1.Registry, path str
 func (s *Store) event(repo *v1.Repository, reason, action, note string, args ...any) {
 	if s.opts.Events != nil && repo != nil {
 		s.opts.Events.Eventf(repo, nil, corev1.EventTypeNormal, reason, action, note, args...)
+	}
+}
+
+func (s *Store) warn(repo *v1.Repository, reason, action, note string, args ...any) {
+	if s.opts.Events != nil && repo != nil {
+		s.opts.Events.Eventf(repo, nil, corev1.EventTypeWarning, reason, action, note, args...)
 	}
 }
 

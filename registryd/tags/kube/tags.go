@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -74,9 +75,11 @@ var _ tags.ContentPutter = (*Store)(nil)
 // Repository's quota bounds.
 func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.Descriptor, contentSize int64) error {
 	entry := v1.TagStatus{Name: tag, Digest: desc.Digest.String(), MediaType: desc.MediaType, Size: desc.Size, PushedAt: metav1.Now(), ContentSize: contentSize}
-	overQuota := false // in the round that decided
+	// In the round that decided. Atomic: a client that gives up may read
+	// it while a batch still runs apply.
+	var overQuota atomic.Bool
 	repo, err := s.commit(ctx, path, &change{create: true, apply: func(repo *v1.Repository, reg *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
-		overQuota = false
+		overQuota.Store(false)
 		old, exists := repo.Status.FindTag(tag)
 		if exists && old.Digest == entry.Digest {
 			// Nothing to change, but the journal is written again: this may
@@ -98,7 +101,7 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 		}
 		repo.Status.SetTag(entry)
 		if err := checkQuota(repo, path, tag, exists, before); err != nil {
-			overQuota = true
+			overQuota.Store(true)
 			if exists {
 				repo.Status.SetTag(old)
 			} else {
@@ -111,7 +114,7 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 	switch {
 	case err == nil:
 		s.event(repo, "TagPushed", "Push", "tag %s now points at %s", tag, desc.Digest)
-	case overQuota:
+	case overQuota.Load():
 		// Why pushes fail, where `kubectl describe repository` shows it.
 		var e *errcode.Error
 		if errors.As(err, &e) {

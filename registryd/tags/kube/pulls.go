@@ -51,26 +51,20 @@ func (s *Store) RecordPull(path, tag string) {
 	l := &s.pullLog
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.pulls == nil {
-		l.pulls = map[string]map[string]time.Time{}
-	}
-	byTag := l.pulls[path]
-	if byTag == nil {
-		if l.entries >= s.pullLogLimit() {
-			l.dropped++
-			return
-		}
-		byTag = map[string]time.Time{}
-		l.pulls[path] = byTag
-	}
-	if _, ok := byTag[tag]; ok {
+	if _, ok := l.pulls[path][tag]; ok {
 		return
 	}
 	if l.entries >= s.pullLogLimit() {
 		l.dropped++
 		return
 	}
-	byTag[tag] = now
+	if l.pulls == nil {
+		l.pulls = map[string]map[string]time.Time{}
+	}
+	if l.pulls[path] == nil {
+		l.pulls[path] = map[string]time.Time{}
+	}
+	l.pulls[path][tag] = now
 	l.entries++
 }
 

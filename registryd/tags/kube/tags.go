@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync/atomic"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -75,11 +74,7 @@ var _ tags.ContentPutter = (*Store)(nil)
 // Repository's quota bounds.
 func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.Descriptor, contentSize int64) error {
 	entry := v1.TagStatus{Name: tag, Digest: desc.Digest.String(), MediaType: desc.MediaType, Size: desc.Size, PushedAt: metav1.Now(), ContentSize: contentSize}
-	// In the round that decided. Atomic: a client that gives up may read
-	// it while a batch still runs apply.
-	var overQuota atomic.Bool
 	repo, err := s.commit(ctx, path, &change{create: true, apply: func(repo *v1.Repository, reg *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
-		overQuota.Store(false)
 		old, exists := repo.Status.FindTag(tag)
 		if exists && old.Digest == entry.Digest {
 			// Nothing to change, but the journal is written again: this may
@@ -101,7 +96,6 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 		}
 		repo.Status.SetTag(entry)
 		if err := checkQuota(repo, path, tag, exists, before); err != nil {
-			overQuota.Store(true)
 			if exists {
 				repo.Status.SetTag(old)
 			} else {
@@ -114,7 +108,7 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 	switch {
 	case err == nil:
 		s.event(repo, "TagPushed", "Push", "tag %s now points at %s", tag, desc.Digest)
-	case overQuota.Load():
+	case errors.Is(err, errOverQuota):
 		// Why pushes fail, where `kubectl describe repository` shows it.
 		var e *errcode.Error
 		if errors.As(err, &e) {
@@ -123,6 +117,10 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 	}
 	return err
 }
+
+// errOverQuota is the cause of a quota's refusal (for the Event; the
+// client gets the DENIED detail only).
+var errOverQuota = errors.New("over quota")
 
 // checkQuota refuses the tag just set in repo when it takes the
 // repository past spec.quota: a new tag past quota.tags, or usage grown
@@ -136,14 +134,14 @@ func checkQuota(repo *v1.Repository, path, tag string, existed bool, before int6
 		return nil
 	}
 	if q.Tags != nil && !existed && repo.Status.TagCount > *q.Tags {
-		return errcode.Denied.With(fmt.Sprintf("tag %q would be tag %d of repository %s, over its quota of %d tags (Repository %s spec.quota.tags)",
+		return errcode.Denied.Wrap(errOverQuota, fmt.Sprintf("tag %q would be tag %d of repository %s, over its quota of %d tags (Repository %s spec.quota.tags)",
 			tag, repo.Status.TagCount, path, *q.Tags, repo.Name))
 	}
 	if q.Bytes == nil {
 		return nil
 	}
 	if after := repo.Status.CountBytes(); after > before && after > q.Bytes.Value() {
-		return errcode.Denied.With(fmt.Sprintf("tag %q would take repository %s to %d bytes, over its quota of %s (%d bytes; Repository %s spec.quota.bytes); it holds %d",
+		return errcode.Denied.Wrap(errOverQuota, fmt.Sprintf("tag %q would take repository %s to %d bytes, over its quota of %s (%d bytes; Repository %s spec.quota.bytes); it holds %d",
 			tag, path, after, q.Bytes, q.Bytes.Value(), repo.Name, before))
 	}
 	return nil

@@ -84,7 +84,10 @@ start_registryd() { # port storage-url log [flags…]; sets pid; $regenv: KEY=VA
     if [[ "$code" == 200 || "$code" == 401 ]]; then return; fi
     sleep 0.1
   done
-  echo "registryd did not start; log:" >&2; cat "$3" >&2; exit 1
+  echo "registryd did not start; log:" >&2; cat "$3" >&2
+  # The dev harness's own registryd logs beside it.
+  if [[ -f "$(dirname "$3")/dev/registryd.log" ]]; then echo "dev registryd log (tail):" >&2; tail -40 "$(dirname "$3")/dev/registryd.log" >&2; fi
+  exit 1
 }
 
 devbin=""

@@ -202,8 +202,10 @@ func startRegistryd(ctx context.Context, c client.Client, key client.ObjectKey, 
 		return nil, fmt.Errorf("starting registryd: %w", err)
 	}
 	// Ready, not just listening: registryd serves before its Repository
-	// cache has synced, and answers tag requests 503 until then.
-	deadline := time.Now().Add(30 * time.Second)
+	// cache has synced, and answers tag requests 503 until then. 60 s, as
+	// hack/conformance.sh waits for it: a kube conformance row beside two
+	// others and the real node's image builds once missed 30 s.
+	deadline := time.Now().Add(60 * time.Second)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
 		resp, err := http.Get("http://" + o.debugAddr + "/readyz")
 		if err == nil {

@@ -184,9 +184,10 @@ type LimitsSpec struct {
 	MaxManifestBytes int64 `json:"maxManifestBytes,omitempty"`
 
 	// MaxTagsPerRepository keeps a Repository object well under etcd's object
-	// size limit: a tag costs up to 650 bytes as stored (a 128-character name
-	// appears in the tag and in managedFields), so 1500 tags stay under 977 KB.
-	// +kubebuilder:default=1500
+	// size limit: a tag costs up to 388 bytes as stored (a 128-character
+	// name, a content size, push and pull times), so 2500 tags stay under
+	// 1 MiB.
+	// +kubebuilder:default=2500
 	// +kubebuilder:validation:Minimum=1
 	// +optional
 	MaxTagsPerRepository int32 `json:"maxTagsPerRepository,omitempty"`

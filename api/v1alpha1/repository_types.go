@@ -193,9 +193,12 @@ type TagStatus struct {
 
 // RepositoryStatus holds the repository's tags: the tag store of the kubernetes mode.
 type RepositoryStatus struct {
-	// Tags sorted by name.
-	// +listType=map
-	// +listMapKey=name
+	// Tags sorted by name. An atomic list: the API server's managedFields
+	// then hold one entry for it, not every tag's fields (as a map list
+	// they were 40 % of the object, and computing them doubled the cost of
+	// each status update). Only registryd and the operator write it, with
+	// conditional updates, never apply patches.
+	// +listType=atomic
 	// +optional
 	Tags []TagStatus `json:"tags,omitempty"`
 	// +optional

@@ -56,8 +56,8 @@ func isCount(s string) bool {
 
 // runKubeBench runs the kubernetes tag-store Go benchmarks of the
 // repository at root against the real API server in $KUBEBUILDER_ASSETS.
-// BenchmarkStatusUpdateBySize runs a fixed 40 updates a size: at 1,500
-// tags one takes about 300 ms, so benchtime's count would take minutes.
+// BenchmarkStatusUpdateBySize runs a fixed 40 updates a size: at 2,500
+// tags one takes about 240 ms, so benchtime's count would take minutes.
 func runKubeBench(ctx context.Context, root, benchtime string) (string, error) {
 	var all strings.Builder
 	const bySize = "^BenchmarkStatusUpdateBySize$"

@@ -99,14 +99,15 @@ func BenchmarkTagsAtLimit(b *testing.B) {
 	reg := newRegistry(b, nil)
 	s := replica(b, reg, journal(b))
 	ctx := context.Background()
-	fill(b, s, 1500)
+	limit := int(reg.Spec.Limits.MaxTagsPerRepository) // the default, as created
+	fill(b, s, limit)
 	cases := []struct {
 		name string
 		run  func() error
 	}{
 		{"list-first-100", func() error { _, err := s.List(ctx, "app", 100, ""); return err }},
-		{"list-all-1500", func() error { _, err := s.List(ctx, "app", 0, ""); return err }},
-		{"get-one", func() error { _, err := s.Get(ctx, "app", "t0750"); return err }},
+		{"list-all", func() error { _, err := s.List(ctx, "app", 0, ""); return err }},
+		{"get-one", func() error { _, err := s.Get(ctx, "app", fmt.Sprintf("t%04d", limit/2)); return err }},
 	}
 	for _, c := range cases {
 		b.Run(c.name, func(b *testing.B) {
@@ -123,11 +124,12 @@ func BenchmarkTagsAtLimit(b *testing.B) {
 
 func fill(b *testing.B, s tags.Store, n int) {
 	var wg sync.WaitGroup
-	for w := range 32 {
+	const writers = 128 // large group commits: the object grows with each
+	for w := range writers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < n; i += 32 {
+			for i := w; i < n; i += writers {
 				if err := s.Put(context.Background(), "app", fmt.Sprintf("t%04d", i), desc(fmt.Sprint(i))); err != nil {
 					b.Error(err)
 					return
@@ -212,7 +214,7 @@ func createRepositories(b *testing.B, reg *v1.Registry, from, to int) {
 // characters, with a content size and a pull time, as CI tags are.
 func BenchmarkStatusUpdateBySize(b *testing.B) {
 	ctx := context.Background()
-	for _, n := range []int{10, 100, 300, 1000, 1500} {
+	for _, n := range []int{10, 100, 300, 1000, 1500, 2500} {
 		b.Run(fmt.Sprintf("tags=%d", n), func(b *testing.B) {
 			reg := newRegistry(b, func(r *v1.Registry) { r.Spec.Limits.MaxTagsPerRepository = 1 << 20 })
 			repo := &v1.Repository{

@@ -32,7 +32,7 @@ func TestDefaultTagLimitFitsEtcd(t *testing.T) {
 	limit := int(reg.Spec.Limits.MaxTagsPerRepository)
 	s := replica(t, reg, journal(t))
 
-	const workers = 32
+	const workers = 128
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	for w := range workers {

@@ -79,9 +79,15 @@ start_registryd() { # port storage-url log [flags…]; sets pid; $regenv: KEY=VA
     env STEVEDORE_HTTP_SECRET=conformance "${regenv[@]}" "$registryd" --addr "127.0.0.1:$1" --storage "$2" --shutdown-delay 0s "${@:4}" >"$3" 2>&1 &
   fi
   pid=$!
-  for _ in $(seq 600); do
+  # A kube row brings up an API server, the operator and registryd first:
+  # beside two other rows and the real node's image builds that took over
+  # a minute once (ci20), so it gets five.
+  local tries=600
+  [[ "$2" == kube* ]] && tries=3000
+  for _ in $(seq "$tries"); do
     code=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$1/v2/" 2>/dev/null || true)
     if [[ "$code" == 200 || "$code" == 401 ]]; then return; fi
+    kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
   echo "registryd did not start; log:" >&2; cat "$3" >&2

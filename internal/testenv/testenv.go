@@ -3,10 +3,12 @@
 package testenv
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
+	"time"
 
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
@@ -54,17 +56,9 @@ func StartWith(o Options) (*Env, error) {
 	if err := stevedorev1alpha1.AddToScheme(scheme); err != nil {
 		return nil, err
 	}
-	env := &envtest.Environment{
-		CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
-		ErrorIfCRDPathMissing: true,
-		Scheme:                scheme,
-	}
-	for flag, values := range o.APIServerFlags {
-		env.ControlPlane.GetAPIServer().Configure().Set(flag, values...)
-	}
-	cfg, err := env.Start()
+	env, cfg, err := start(scheme, o)
 	if err != nil {
-		return nil, fmt.Errorf("starting envtest: %w", err)
+		return nil, err
 	}
 	c, err := client.New(cfg, client.Options{Scheme: scheme})
 	if err != nil {
@@ -72,6 +66,41 @@ func StartWith(o Options) (*Env, error) {
 		return nil, err
 	}
 	return &Env{Config: cfg, Client: c, Scheme: scheme, env: env}, nil
+}
+
+// startAttempts and startTimeout make a start survive a loaded machine:
+// envtest gives kube-apiserver 20 s to come up, then the default namespace
+// 5 s to appear, and both were missed once with three API servers starting
+// beside the real node's image builds (ci20). A failed attempt is stopped
+// and a fresh control plane started.
+const (
+	startAttempts = 3
+	startTimeout  = 2 * time.Minute
+)
+
+func start(scheme *k8sruntime.Scheme, o Options) (*envtest.Environment, *rest.Config, error) {
+	var errs []error
+	for attempt := 1; attempt <= startAttempts; attempt++ {
+		env := &envtest.Environment{
+			CRDDirectoryPaths:     []string{filepath.Join(RepoRoot(), "config", "crd", "bases")},
+			ErrorIfCRDPathMissing: true,
+			Scheme:                scheme,
+		}
+		if os.Getenv("KUBEBUILDER_CONTROLPLANE_START_TIMEOUT") == "" {
+			env.ControlPlaneStartTimeout = startTimeout
+		}
+		for flag, values := range o.APIServerFlags {
+			env.ControlPlane.GetAPIServer().Configure().Set(flag, values...)
+		}
+		cfg, err := env.Start()
+		if err == nil {
+			return env, cfg, nil
+		}
+		errs = append(errs, fmt.Errorf("attempt %d: %w", attempt, err))
+		fmt.Fprintf(os.Stderr, "testenv: starting envtest, attempt %d of %d: %v\n", attempt, startAttempts, err)
+		_ = env.Stop()
+	}
+	return nil, nil, fmt.Errorf("starting envtest: %w", errors.Join(errs...))
 }
 
 // AddUser adds a user to the API server (e.g. one in system:masters for a kubeconfig).

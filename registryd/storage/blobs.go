@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/opencontainers/go-digest"
@@ -68,7 +69,32 @@ func (s *Store) OpenBlob(ctx context.Context, d digest.Digest, offset, length in
 	if r.As(&raw) {
 		return rawReader{Reader: r, raw: raw}, nil
 	}
-	return r, nil
+	return remoteReader{Reader: r, bufs: &s.copyBufs}, nil
+}
+
+// remoteCopyBuffer is the chunk a blob from a remote object store (S3, GCS,
+// Azure) is copied to the client in. Left to itself the copy went through
+// net/http's 32 KiB buffer, a read and a write system call for each 32 KiB
+// (measured, make bench-s3: a curl GET of 64 MiB layers from versitygw ran
+// at 0.76× distribution, which reads its storage through a 4 MiB buffer).
+const remoteCopyBuffer = 256 << 10
+
+// remoteReader copies a blob from a remote object store through a pooled
+// buffer of remoteCopyBuffer bytes.
+type remoteReader struct {
+	*blob.Reader
+	bufs *sync.Pool
+}
+
+func (r remoteReader) WriteTo(w io.Writer) (int64, error) {
+	b, _ := r.bufs.Get().(*[]byte)
+	if b == nil {
+		buf := make([]byte, remoteCopyBuffer)
+		b = &buf
+	}
+	defer r.bufs.Put(b)
+	// Neither side's own copy method: they would pick their own buffer.
+	return io.CopyBuffer(struct{ io.Writer }{w}, struct{ io.Reader }{r.Reader}, *b)
 }
 
 // rawReader hands the driver's own reader to a writer that can read from

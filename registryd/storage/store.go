@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 
 	"gocloud.dev/blob"
 	"gocloud.dev/gcerrors"
@@ -23,6 +24,9 @@ type Store struct {
 	beforeSign func(asFunc func(any) bool) error
 	// local makes writes durable on a local directory (durable.go).
 	local *SmallReader
+	// copyBufs holds the buffers blobs from a remote object store are
+	// copied to clients through (remoteReader).
+	copyBufs sync.Pool
 }
 
 // New returns a Store over bucket. The caller keeps ownership of bucket.

@@ -50,7 +50,8 @@ type options struct {
 	kubeNewRepos int      // BENCH_KUBE_NEW_REPOS: new repositories pushed by crane in kubernetes mode (0: skip)
 	prof         profiler // BENCH_PPROF_DIR
 	gc           gcOptions
-	only         string // BENCH_ONLY=gc: the garbage-collection workload alone
+	s3           s3Options
+	only         string // BENCH_ONLY=gc, kube or s3: that workload alone
 }
 
 func envInt(name string, def int) int {
@@ -81,6 +82,10 @@ func main() {
 	o.gc.clients = envInt("BENCH_GC_CLIENTS", 2)
 	o.gc.window = time.Duration(envInt("BENCH_GC_WINDOW_SECONDS", 10)) * time.Second
 	o.gc.workers = envInt("BENCH_GC_WORKERS", 16)
+	o.s3.layerBytes = int64(envInt("BENCH_S3_LAYER_MIB", 64)) << 20
+	if os.Getenv("BENCH_S3_LAYER_MIB") == "0" {
+		o.s3.layerBytes = 0
+	}
 	o.only = os.Getenv("BENCH_ONLY")
 	o.rounds = envInt("BENCH_ROUNDS", 3)
 	o.layers = envInt("BENCH_LAYERS", 4)
@@ -131,6 +136,13 @@ func run(ctx context.Context, o options) error {
 		return runGCOnly(ctx, o)
 	case "kube":
 		return runKubeOnly(ctx, o)
+	case "s3":
+		t, err := runS3(ctx, o)
+		if err != nil {
+			return err
+		}
+		fmt.Printf("Machine: %s.\n\n%s", machine, t.markdown())
+		return nil
 	}
 
 	logf("machine limits")
@@ -312,6 +324,15 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 
+	tables := []*table{limits, bigT, smallT, wrkT, chunkT}
+	if o.s3.layerBytes > 0 && o.gc.s3URL != "" && !o.skipCrane {
+		t, err := runS3(ctx, o)
+		if err != nil {
+			return err
+		}
+		tables = append(tables, t)
+	}
+
 	var kubeHTTPRes *kubeHTTPResult
 	if o.kubeTags > 0 {
 		logf("workload 6: registryd in kubernetes mode (hack/dev: real kube-apiserver + etcd), over HTTP")
@@ -340,7 +361,7 @@ func run(ctx context.Context, o options) error {
 		}
 		kubeT += gcSection(o.gc, res)
 	}
-	report := renderReport(o, machine, started, []*table{limits, bigT, smallT, wrkT, chunkT}, kubeT)
+	report := renderReport(o, machine, started, tables, kubeT)
 	fmt.Print(report)
 	if o.out != "" {
 		if err := os.WriteFile(o.out, []byte(report), 0o644); err != nil {
@@ -349,6 +370,32 @@ func run(ctx context.Context, o options) error {
 		logf("wrote %s", o.out)
 	}
 	return nil
+}
+
+// runS3 is workload 8 on an image of its own (BENCH_S3_LAYER_MIB layers).
+func runS3(ctx context.Context, o options) (*table, error) {
+	if o.gc.s3URL == "" || o.crane == "" {
+		return nil, errors.New("workload 8 needs -gc-s3-url (hack/bench.sh starts versitygw) and crane")
+	}
+	logf("workload 8: generating %d × %d MiB random layers for S3", o.layers, o.s3.layerBytes>>20)
+	dir := filepath.Join(o.workDir, "layout-s3")
+	img, err := bigImage(dir, o.layers, o.s3.layerBytes)
+	if err != nil {
+		return nil, err
+	}
+	ls, err := img.Layers()
+	if err != nil {
+		return nil, err
+	}
+	var digests []v1.Hash
+	for _, l := range ls {
+		d, err := l.Digest()
+		if err != nil {
+			return nil, err
+		}
+		digests = append(digests, d)
+	}
+	return s3Workload(ctx, o, dir, digests, int64(o.layers)*o.s3.layerBytes)
 }
 
 // runGCOnly is BENCH_ONLY=gc (make bench-gc): workload 7 alone, printed,

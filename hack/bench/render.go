@@ -14,7 +14,7 @@ func renderReport(o options, machine string, started time.Time, tables []*table,
 	b.WriteString("Written by `make bench` (hack/bench.sh, hack/bench/); do not edit by hand.\n\n")
 	fmt.Fprintf(&b, "- Run: %s, %s wall time for the side-by-side part.\n", started.UTC().Format("2006-01-02 15:04 UTC"), time.Since(started).Round(time.Second))
 	fmt.Fprintf(&b, "- Machine: %s.\n", machine)
-	fmt.Fprintf(&b, "- Rounds: %d (workloads 1, 2, 4), %d (workload 3); each cell is the median [min–max] over the rounds. "+
+	fmt.Fprintf(&b, "- Rounds: %d (workloads 1, 2, 4, 8), %d (workload 3); each cell is the median [min–max] over the rounds. "+
 		"Rounds alternate which server goes first (A,B then B,A).\n\n", o.rounds, o.wrkRounds)
 	for _, t := range tables {
 		b.WriteString(t.markdown())
@@ -28,7 +28,8 @@ func renderReport(o options, machine string, started time.Time, tables []*table,
 		"`BENCH_KUBE_TAGS` (100; 0 skips kubernetes mode over HTTP), `BENCH_KUBE_NEW_REPOS` (1000; 0 skips the new repositories), `BENCH_SKIP_CRANE`, `BENCH_KEEP` (keep the servers' directories and logs), " +
 		"`BENCH_PPROF_DIR` (CPU profiles of registryd during the Go push and the manifest loads), " +
 		"`BENCH_GC_IMAGES` (1000), `BENCH_GC_BLOBS` (10000), `BENCH_GC_CLIENTS` (2 pushers and 2 pullers), `BENCH_GC_WINDOW_SECONDS` (10), " +
-		"`BENCH_GC_WORKERS` (16), `BENCH_GC_DISTRIBUTION` (0 skips distribution's garbage-collect), `BENCH_ONLY=gc` (workload 7 alone: `make bench-gc`), `BENCH_ONLY=kube` (workload 6 over HTTP alone: `make bench-kube`).\n")
+		"`BENCH_GC_WORKERS` (16), `BENCH_GC_DISTRIBUTION` (0 skips distribution's garbage-collect), `BENCH_ONLY=gc` (workload 7 alone: `make bench-gc`), `BENCH_ONLY=kube` (workload 6 over HTTP alone: `make bench-kube`), " +
+		"`BENCH_S3_LAYER_MIB` (64; 0 skips workload 8), `BENCH_ONLY=s3` (workload 8 alone: `make bench-s3`).\n")
 	return b.String()
 }
 
@@ -65,6 +66,14 @@ const setupNotes = `## How the two are set up
   sendfile(2): docs/registryd.md) and spends little CPU on them. Manifest GETs by tag read the tag object on every request in standalone
   mode (bucket tag store: it may be rewritten by any replica, so it is never
   cached); in kubernetes mode the tag comes from the informer cache.
+- **S3 (workload 8)**: both on the versitygw bucket of workload 7 (versitygw's
+  posix backend on the same disk), each round in a fresh prefix: registryd
+  through gocloud's s3blob (` + "`--storage s3://…`" + `), distribution through its
+  s3-aws driver (path style, the same endpoint and credentials). Redirects on:
+  registryd ` + "`--redirect-ttl 5m`" + `, distribution ` + "`redirect.disable: false`" + `; both
+  then answer a blob GET with a redirect to a URL versitygw checks the
+  signature of, and the bytes come from versitygw (checked before the
+  figures: the GET must answer 307 or 302).
 - Peak RSS is VmHWM from /proc/PID/status: after the push, and after push + pull.
 - Kubernetes mode: registryd started by hack/dev (what ` + "`make dev`" + ` runs) against
   a real kube-apiserver and etcd, measured over HTTP; registryd's own count of

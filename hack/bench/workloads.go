@@ -86,22 +86,29 @@ func pushPullGoWith(ctx context.Context, s *server, img v1.Image, total int64, b
 // pushPullCrane runs crane as a process: push of the OCI layout, pull as
 // a tarball into /dev/null.
 func pushPullCrane(ctx context.Context, crane string, s *server, layoutDir string, total int64) (push, pull float64, err error) {
-	img := s.addr + "/big/crane:v1"
-	run := func(args ...string) (float64, error) {
-		cmd := exec.CommandContext(ctx, crane, append([]string{"--insecure"}, args...)...)
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		start := time.Now()
-		if err := cmd.Run(); err != nil {
-			return 0, fmt.Errorf("crane %s against %s: %w: %s", args[0], s.kind, err, lastLines(out.String(), 5))
-		}
-		return mbps(total, time.Since(start)), nil
-	}
-	if push, err = run("push", layoutDir, img); err != nil {
+	if push, err = runCrane(ctx, crane, s, total, "push", layoutDir, s.addr+"/big/crane:v1"); err != nil {
 		return 0, 0, err
 	}
-	pull, err = run("pull", img, os.DevNull)
+	pull, err = pullCrane(ctx, crane, s, total)
 	return push, pull, err
+}
+
+// pullCrane pulls what pushPullCrane pushed, as a tarball into /dev/null.
+func pullCrane(ctx context.Context, crane string, s *server, total int64) (float64, error) {
+	return runCrane(ctx, crane, s, total, "pull", s.addr+"/big/crane:v1", os.DevNull)
+}
+
+// runCrane runs one crane command against s and returns total bytes over
+// its wall time.
+func runCrane(ctx context.Context, crane string, s *server, total int64, args ...string) (float64, error) {
+	cmd := exec.CommandContext(ctx, crane, append([]string{"--insecure"}, args...)...)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	if err := cmd.Run(); err != nil {
+		return 0, fmt.Errorf("crane %s against %s: %w: %s", args[0], s.kind, err, lastLines(out.String(), 5))
+	}
+	return mbps(total, time.Since(start)), nil
 }
 
 // curlLayers GETs each layer of repo with curl into /dev/null, one after

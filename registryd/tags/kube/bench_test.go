@@ -18,26 +18,31 @@ import (
 )
 
 // BenchmarkPushTags pushes distinct tags into one repository's status from
-// 12 goroutines spread over three replicas, as concurrent CI jobs would.
+// goroutines spread over three replicas, as concurrent CI jobs would.
 func BenchmarkPushTags(b *testing.B) {
-	reg := newRegistry(b, func(r *v1.Registry) { r.Spec.Limits.MaxTagsPerRepository = 1 << 20 })
-	j := journal(b)
-	var calls atomic.Int64
-	cfg := registrydConfig(&calls)
-	replicas := []*kube.Store{replicaWith(b, cfg, reg, j), replicaWith(b, cfg, reg, j), replicaWith(b, cfg, reg, j)}
-	ctx := context.Background()
-	b.ResetTimer()
-	calls0, start := calls.Load(), time.Now()
-	pushers(b, 12, func(w int, i int64) error {
-		return replicas[w%3].Put(ctx, "bench/app", fmt.Sprintf("t%07d", i), desc(fmt.Sprint(i)))
-	})
-	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tags/s")
-	conflicts := 0.0
-	for _, s := range replicas {
-		conflicts += s.Conflicts()
+	// 12 writers, and 48 as a CI fleet's worth: larger group commits.
+	for _, writers := range []int{12, 48, 96} {
+		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
+			reg := newRegistry(b, func(r *v1.Registry) { r.Spec.Limits.MaxTagsPerRepository = 1 << 20 })
+			j := journal(b)
+			var calls atomic.Int64
+			cfg := registrydConfig(&calls)
+			replicas := []*kube.Store{replicaWith(b, cfg, reg, j), replicaWith(b, cfg, reg, j), replicaWith(b, cfg, reg, j)}
+			ctx := context.Background()
+			b.ResetTimer()
+			calls0, start := calls.Load(), time.Now()
+			pushers(b, writers, func(w int, i int64) error {
+				return replicas[w%3].Put(ctx, "bench/app", fmt.Sprintf("t%07d", i), desc(fmt.Sprint(i)))
+			})
+			b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "tags/s")
+			conflicts := 0.0
+			for _, s := range replicas {
+				conflicts += s.Conflicts()
+			}
+			b.ReportMetric(conflicts/float64(b.N), "conflicts/tag")
+			b.ReportMetric(float64(calls.Load()-calls0)/float64(b.N), "api-calls/tag")
+		})
 	}
-	b.ReportMetric(conflicts/float64(b.N), "conflicts/tag")
-	b.ReportMetric(float64(calls.Load()-calls0)/float64(b.N), "api-calls/tag")
 }
 
 // BenchmarkNewRepositories pushes one tag into each of b.N new repositories

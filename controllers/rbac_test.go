@@ -13,6 +13,7 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"gocloud.dev/blob/memblob"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/client-go/rest"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
@@ -74,7 +75,8 @@ var (
 		"pods [] [] [list]",
 		"registries.stevedore.dev [] [] [get list patch watch]",
 		"registries.stevedore.dev/finalizers [] [] [update]",
-		"registries.stevedore.dev/status [] [] [patch]",
+		// status.usage: the recount is a conditional update.
+		"registries.stevedore.dev/status [] [] [patch update]",
 		"replicasets.apps [] [] [list]",
 		"replicationcontrollers [] [] [list]",
 		"repositories.stevedore.dev [] [] [create delete get list patch watch]",
@@ -93,6 +95,8 @@ var (
 		"events [] [] [create patch]",
 		"events.events.k8s.io [] [] [create patch]",
 		"registries.stevedore.dev [] [main] [get list watch]",
+		// Reservations against spec.quota in status.usage.
+		"registries.stevedore.dev/status [] [main] [update]",
 		"repositories.stevedore.dev [] [] [get list watch create]",
 		"repositories.stevedore.dev/status [] [] [update]",
 		"subjectaccessreviews.authorization.k8s.io [] [] [create]",
@@ -147,8 +151,22 @@ func TestRegistrydWorksUnderItsRole(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	ns := newNamespace(t)
-	createRegistry(t, ns, "main", nil)
+	// A quota: registryd reserves and settles on the Registry's status.
+	createRegistry(t, ns, "main", func(r *v1.Registry) {
+		r.Spec.Quota = &v1.RegistryQuota{Bytes: resource.NewQuantity(1<<20, resource.BinarySI)}
+	})
 	eventually(t, "registryd's binding", func() error { return get(&rbacv1.RoleBinding{}, ns, "main-registry") })
+	usage := func() (*v1.RegistryUsage, error) {
+		var reg v1.Registry
+		err := get(&reg, ns, "main")
+		return reg.Status.Usage, err
+	}
+	eventually(t, "the first count of usage", func() error {
+		if u, err := usage(); err != nil || u == nil {
+			return fmt.Errorf("usage %v (%v)", u, err)
+		}
+		return nil
+	})
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Impersonate = rest.ImpersonationConfig{UserName: "system:serviceaccount:" + ns + ":main-registry"}
 	b := memblob.OpenBucket(nil)
@@ -159,8 +177,11 @@ func TestRegistrydWorksUnderItsRole(t *testing.T) {
 	}
 	eventually(t, "tag store ready", store.Ready)
 	d := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageManifest, Digest: digest.FromString("m"), Size: 1}
-	if err := store.Put(ctx, "team/app", "v1", d); err != nil {
+	if err := store.PutContent(ctx, "team/app", "v1", d, 100); err != nil {
 		t.Fatalf("push as registryd: %v", err)
+	}
+	if u, err := usage(); err != nil || u.Bytes != 100 || len(u.Pending) != 0 {
+		t.Fatalf("usage after the push: %+v (%v); want 100 bytes settled", u, err)
 	}
 	var repo v1.Repository
 	if err := get(&repo, ns, v1.RepositoryObjectName("main", "team/app")); err != nil {

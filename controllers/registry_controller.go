@@ -81,6 +81,7 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	s := &registryScope{reg: reg, status: *reg.Status.DeepCopy()}
 	err := runPhases(ctx, s,
 		r.reconcileRepositories,
+		r.reconcileUsage,
 		r.reconcileServiceAccount,
 		r.reconcileRBAC,
 		r.reconcileAuthDelegator,

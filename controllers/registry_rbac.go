@@ -16,7 +16,7 @@ import (
 // registrydRules is what registryd does: reads its Repositories (cache),
 // creates one on first push, writes tags into their status, reads its own
 // Registry (by name: a second Registry in the namespace stays out of reach)
-// and records Events. Repositories cannot be told apart by RBAC (their
+// and updates its status.usage, and records Events. Repositories cannot be told apart by RBAC (their
 // names are not known in advance), so two Registries in one namespace share
 // them; a namespace per Registry separates them.
 func registrydRules(reg *v1.Registry) []*rbacv1ac.PolicyRuleApplyConfiguration {
@@ -27,6 +27,9 @@ func registrydRules(reg *v1.Registry) []*rbacv1ac.PolicyRuleApplyConfiguration {
 			WithVerbs("update"),
 		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("registries").
 			WithResourceNames(reg.Name).WithVerbs("get", "list", "watch"),
+		// status.usage: reservations against spec.quota.
+		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("registries/status").
+			WithResourceNames(reg.Name).WithVerbs("update"),
 		rbacv1ac.PolicyRule().WithAPIGroups("", "events.k8s.io").WithResources("events").
 			WithVerbs("create", "patch"),
 	}

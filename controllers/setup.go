@@ -36,6 +36,9 @@ type Options struct {
 	// RetentionInterval spaces retention runs of one Repository (default
 	// 1h); a spec change runs it at once.
 	RetentionInterval time.Duration
+	// UsageRecountInterval spaces the recounts of a Registry's
+	// status.usage while spec.quota is set (default 30s).
+	UsageRecountInterval time.Duration
 	// Metrics, when set, gets the collectors of status-derived metrics
 	// (stevedore_gc_*); main passes controller-runtime's registry.
 	Metrics prometheus.Registerer
@@ -90,11 +93,12 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 // Registry (owner references). User Secrets are read past the cache (get,
 // no list/watch); the only Secret created is the HTTP secret. The Role the
 // operator makes for registryd needs the operator to hold what it grants
-// (repositories create, repositories/status update, registries and events).
+// (repositories create, repositories/status update, registries,
+// registries/status update (usage) and events).
 // Leader election's Lease is in the operator's namespace only: a Role of
 // the chart and config/rbac, not a marker here.
 // +kubebuilder:rbac:groups=stevedore.dev,resources=registries,verbs=get;list;watch;patch
-// +kubebuilder:rbac:groups=stevedore.dev,resources=registries/status,verbs=patch
+// +kubebuilder:rbac:groups=stevedore.dev,resources=registries/status,verbs=update;patch
 // +kubebuilder:rbac:groups=stevedore.dev,resources=registries/finalizers,verbs=update
 // +kubebuilder:rbac:groups=stevedore.dev,resources=repositories,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=stevedore.dev,resources=repositories/status,verbs=update;patch

@@ -61,6 +61,9 @@ var operator = struct {
 	metrics *prometheus.Registry
 }{requests: &apiRequests{}}
 
+// usageRecountInterval is the test operator's UsageRecountInterval.
+const usageRecountInterval = time.Second
+
 // probeRetryInterval is the test operator's ProbeRetryInterval, short so
 // tests of failing storage need not wait 30s per step.
 const probeRetryInterval = 2 * time.Second
@@ -186,7 +189,8 @@ func startOperator(e *testenv.Env) (stop func(), err error) {
 	operator.metrics = prometheus.NewRegistry()
 	if err := controllers.SetupWithManager(mgr, controllers.Options{
 		RegistrydImage: testImage, LocalStorageReachable: true, ProbeRetryInterval: probeRetryInterval,
-		Metrics: operator.metrics,
+		UsageRecountInterval: usageRecountInterval,
+		Metrics:              operator.metrics,
 		// The storage servers of the tests listen on 127.0.0.1.
 		StorageAllowedNetworks: []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 	}); err != nil {

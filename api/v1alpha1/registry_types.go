@@ -1,6 +1,8 @@
 package v1alpha1
 
 import (
+	"time"
+
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -435,6 +437,12 @@ type RegistrySpec struct {
 	// +optional
 	ImmutableTags []string `json:"immutableTags,omitempty"`
 
+	// Quota bounds what all repositories of this Registry hold together
+	// (docs/operator.md, Quotas). The number of repositories is capped by
+	// a ResourceQuota on count/repositories.stevedore.dev instead.
+	// +optional
+	Quota *RegistryQuota `json:"quota,omitempty"`
+
 	// Retention policies for the repositories, by path: the first entry
 	// whose glob matches a repository applies to it; a Repository's own
 	// spec.retention wins over all of them.
@@ -522,6 +530,67 @@ type RegistryStatus struct {
 	// GC is what the garbage collector last did (spec.gc, docs/gc.md).
 	// +optional
 	GC *GCStatus `json:"gc,omitempty"`
+	// Usage is what the repositories hold together, kept while spec.quota
+	// is set: registryd reserves room here before it writes a tag and
+	// settles after, with conditional updates, and the operator recounts it
+	// from the Repositories.
+	// +optional
+	Usage *RegistryUsage `json:"usage,omitempty"`
+}
+
+// RegistryQuota bounds the totals of a Registry's repositories.
+type RegistryQuota struct {
+	// Bytes bounds the sum of the Repositories' status.bytes (each
+	// repository's logical size). A push that would take the sum past it
+	// is refused; one that does not grow its repository's usage is allowed
+	// even over a lowered quota.
+	// +optional
+	Bytes *resource.Quantity `json:"bytes,omitempty"`
+	// Tags bounds the sum of the Repositories' tag counts; a new tag past
+	// it is refused, moving a tag is not.
+	// +kubebuilder:validation:Minimum=0
+	// +optional
+	Tags *int64 `json:"tags,omitempty"`
+}
+
+// RegistryUsage is the Registry-wide count spec.quota is checked against.
+type RegistryUsage struct {
+	// Bytes and Tags: the Repositories' status.bytes and tag counts summed,
+	// as of the last recount, plus what settled pushes and deletes added
+	// and freed since. Never less than the true sum: it may be more by
+	// what writes in flight at a recount moved, until the next one.
+	Bytes int64 `json:"bytes"`
+	Tags  int64 `json:"tags"`
+	// Pending are the writes in flight. A push reserves its manifest's
+	// whole content and one tag, which count against the quota until it
+	// settles.
+	// +listType=atomic
+	// +optional
+	Pending []UsageReservation `json:"pending,omitempty"`
+	// CountedAt is the operator's last recount.
+	// +optional
+	CountedAt *metav1.Time `json:"countedAt,omitempty"`
+}
+
+// UsageReservationStale is the age past which a reservation is of a
+// write that died (a tag write gives up after 30 s): the operator's
+// recount drops it.
+const UsageReservationStale = 5 * time.Minute
+
+// UsageReservation is one write in flight.
+type UsageReservation struct {
+	// ID names the write (the replica's and a random part).
+	ID string `json:"id"`
+	// Bytes and Tags the write may add (a push); 0 for a delete.
+	Bytes int64 `json:"bytes,omitempty"`
+	Tags  int64 `json:"tags,omitempty"`
+	// At is when it was made; one older than five minutes is a write that
+	// died, and the next recount drops it.
+	At metav1.Time `json:"at"`
+	// Recounted: a recount happened while it was in flight. A delete that
+	// settles then frees nothing (the recount may have seen it done).
+	// +optional
+	Recounted bool `json:"recounted,omitempty"`
 }
 
 // MirrorStatus holds what each node's containerd needs to use the
@@ -573,6 +642,7 @@ type StorageStatus struct {
 // +kubebuilder:printcolumn:name="Replicas",type=integer,JSONPath=`.status.readyReplicas`
 // +kubebuilder:printcolumn:name="Last GC",type=date,JSONPath=`.status.gc.lastRun.completionTime`,priority=1
 // +kubebuilder:printcolumn:name="Stored",type=integer,JSONPath=`.status.gc.lastRun.storedBytes`,priority=1
+// +kubebuilder:printcolumn:name="Bytes",type=integer,JSONPath=`.status.usage.bytes`,priority=1
 // +kubebuilder:printcolumn:name="Age",type=date,JSONPath=`.metadata.creationTimestamp`
 type Registry struct {
 	metav1.TypeMeta   `json:",inline"`

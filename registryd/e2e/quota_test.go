@@ -144,3 +144,74 @@ func TestQuotaAcrossReplicas(t *testing.T) {
 		t.Errorf("crane append past the quota: err %v; want the message %q in:\n%s", err, want, out)
 	}
 }
+
+// TestRegistryQuotaWithCrane: a Registry's spec.quota.bytes bounds all its
+// repositories together. Three registryd processes, 8 crane processes
+// each pushing an image of 64 KiB into a repository of its own, against
+// 256 KiB: exactly as many as fit are accepted, crane prints the refusal
+// of the others, and status.usage, settled, equals what the Repositories
+// hold. (No operator runs here: the test makes the first count of usage,
+// as the operator would.)
+func TestRegistryQuotaWithCrane(t *testing.T) {
+	t.Parallel()
+	env := kubeEnv(t)
+	ctx := t.Context()
+	const ns, regName, quota, layerBytes, pushers = "registry-quota", "reg", 256 << 10, 64 << 10, 8
+	kubeRegistry(t, ns, regName, v1.RegistrySpec{Quota: &v1.RegistryQuota{Bytes: resource.NewQuantity(quota, resource.BinarySI)}})
+	key := client.ObjectKey{Namespace: ns, Name: regName}
+	var reg v1.Registry
+	if err := env.Client.Get(ctx, key, &reg); err != nil {
+		t.Fatal(err)
+	}
+	now := metav1.Now()
+	reg.Status.Usage = &v1.RegistryUsage{CountedAt: &now}
+	if err := env.Client.Status().Update(ctx, &reg); err != nil {
+		t.Fatal(err)
+	}
+	replicas := kubeReplicas(t, ns, regName, 3)
+
+	crane := testutil.Client(t, "crane")
+	var accepted, denied atomic.Int64
+	var wg sync.WaitGroup
+	for i := range pushers {
+		wg.Go(func() {
+			home := t.TempDir()
+			layer := filepath.Join(home, "layer.tar")
+			noise := make([]byte, layerBytes)
+			_, _ = rand.Read(noise)
+			writeLayerTar(t, layer, map[string]string{"noise.bin": string(noise)})
+			out, err := try(home, "", crane, "append", "--insecure", "-f", layer, "-t", fmt.Sprintf("%s/team/app%d:v1", replicas[i%3].host, i))
+			switch {
+			case err == nil:
+				accepted.Add(1)
+			case strings.Contains(out, "Registry reg has no room") && strings.Contains(out, "spec.quota.bytes"):
+				denied.Add(1)
+			default:
+				t.Errorf("crane append %d: %v\n%s", i, err, out)
+			}
+		})
+	}
+	wg.Wait()
+
+	var repos v1.RepositoryList
+	if err := env.Client.List(ctx, &repos, client.InNamespace(ns)); err != nil {
+		t.Fatal(err)
+	}
+	var held, perImage int64
+	for _, r := range repos.Items {
+		held += r.Status.Bytes
+		perImage = max(perImage, r.Status.Bytes)
+	}
+	if err := env.Client.Get(ctx, key, &reg); err != nil {
+		t.Fatal(err)
+	}
+	u := reg.Status.Usage
+	t.Logf("%d crane pushes of about %d bytes into a Registry with room for %d: %d accepted, %d refused; usage %d bytes (%d pending), the Repositories hold %d",
+		pushers, perImage, quota, accepted.Load(), denied.Load(), u.Bytes, len(u.Pending), held)
+	if fit := quota / perImage; perImage == 0 || accepted.Load() != fit || denied.Load() != pushers-fit {
+		t.Fatalf("%d accepted, %d refused; want %d and %d", accepted.Load(), denied.Load(), quota/max(perImage, 1), pushers-quota/max(perImage, 1))
+	}
+	if u.Bytes != held || held > quota || len(u.Pending) != 0 {
+		t.Fatalf("usage %+v; the Repositories hold %d bytes against a quota of %d", u, held, quota)
+	}
+}

@@ -84,8 +84,11 @@ type Store struct {
 	patterns  tags.Patterns // compiled immutable-tag patterns
 	catalog   *catalogIndex // the Repositories' paths, sorted
 
-	ownMu sync.Mutex
-	own   map[string]ownWrite // by path: this replica's last write, until the cache has it
+	usage usageQueue // reservations and settles against the Registry's quota (usage.go)
+
+	ownMu  sync.Mutex
+	own    map[string]ownWrite // by path: this replica's last write, until the cache has it
+	ownReg ownRegistryWrite    // this replica's last write of the Registry (usage)
 
 	synced   atomic.Bool  // the cache has synced once
 	notReady atomic.Value // error: why not, while not synced

@@ -74,7 +74,17 @@ var _ tags.ContentPutter = (*Store)(nil)
 // Repository's quota bounds.
 func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.Descriptor, contentSize int64) error {
 	entry := v1.TagStatus{Name: tag, Digest: desc.Digest.String(), MediaType: desc.MediaType, Size: desc.Size, PushedAt: metav1.Now(), ContentSize: contentSize}
+	// Room on the Registry's quota first (none: no quota). Without room
+	// the push may still go through if it does not grow usage (full).
+	room, err := s.reservePush(ctx, contentSize)
+	if err != nil {
+		return err
+	}
+	w := room.w
+	// grew is what the committed round added, for the settle.
+	var grewBytes, grewTags int64
 	repo, err := s.commit(ctx, path, &change{create: true, apply: func(repo *v1.Repository, reg *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
+		grewBytes, grewTags = 0, 0 // a round run again decides again
 		old, exists := repo.Status.FindTag(tag)
 		if exists && old.Digest == entry.Digest {
 			// Nothing to change, but the journal is written again: this may
@@ -90,12 +100,21 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 			return false, nil, errcode.Denied.With(fmt.Sprintf("repository %s holds %d tags, the limit of Registry %s (spec.limits.maxTagsPerRepository): delete tags or raise the limit",
 				path, len(repo.Status.Tags), reg.Name))
 		}
-		var before int64
-		if q := repo.Spec.Quota; q != nil && q.Bytes != nil {
+		// Usage is counted only where a quota needs it: O(tags) a change.
+		counts := w != nil || repo.Spec.Quota != nil && repo.Spec.Quota.Bytes != nil
+		var before, after int64
+		if counts {
 			before = repo.Status.CountBytes()
 		}
 		repo.Status.SetTag(entry)
-		if err := checkQuota(repo, path, tag, exists, before); err != nil {
+		if counts {
+			after = repo.Status.CountBytes()
+		}
+		err := checkQuota(repo, path, tag, exists, before, after)
+		if err == nil && (!room.growBytes && after > before || !room.addTag && !exists) {
+			err = room.refusal // the Registry has no room for what this push adds
+		}
+		if err != nil {
 			if exists {
 				repo.Status.SetTag(old)
 			} else {
@@ -103,12 +122,17 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 			}
 			return false, nil, err
 		}
+		grewBytes = after - before
+		if !exists {
+			grewTags = 1
+		}
 		return true, []string{tag}, nil
 	}})
+	s.settleAfter(ctx, w, err, func() (int64, int64) { return grewBytes, grewTags })
 	switch {
 	case err == nil:
 		s.event(repo, "TagPushed", "Push", "tag %s now points at %s", tag, desc.Digest)
-	case errors.Is(err, errOverQuota):
+	case errors.Is(err, errOverQuota), errors.Is(err, errRegistryFull):
 		// Why pushes fail, where `kubectl describe repository` shows it.
 		var e *errcode.Error
 		if errors.As(err, &e) {
@@ -124,11 +148,11 @@ var errOverQuota = errors.New("over quota")
 
 // checkQuota refuses the tag just set in repo when it takes the
 // repository past spec.quota: a new tag past quota.tags, or usage grown
-// past quota.bytes (before is usage without it, counted only when
-// there is a quota.bytes). It is decided on the
+// past quota.bytes (before and after: usage without and with it, counted
+// when there is a quota.bytes). It is decided on the
 // object the status update then writes with its resourceVersion, so two
 // replicas cannot both add to a repository that has room for one.
-func checkQuota(repo *v1.Repository, path, tag string, existed bool, before int64) error {
+func checkQuota(repo *v1.Repository, path, tag string, existed bool, before, after int64) error {
 	q := repo.Spec.Quota
 	if q == nil {
 		return nil
@@ -140,7 +164,7 @@ func checkQuota(repo *v1.Repository, path, tag string, existed bool, before int6
 	if q.Bytes == nil {
 		return nil
 	}
-	if after := repo.Status.CountBytes(); after > before && after > q.Bytes.Value() {
+	if after > before && after > q.Bytes.Value() {
 		return errcode.Denied.Wrap(errOverQuota, fmt.Sprintf("tag %q would take repository %s to %d bytes, over its quota of %s (%d bytes; Repository %s spec.quota.bytes); it holds %d",
 			tag, path, after, q.Bytes, q.Bytes.Value(), repo.Name, before))
 	}
@@ -166,7 +190,13 @@ func (s *Store) EnsureRepository(ctx context.Context, path string) error {
 // Delete removes a tag from the status, then from the journal. An
 // immutable tag cannot be deleted: delete and push again would move it.
 func (s *Store) Delete(ctx context.Context, path, tag string) error {
+	w, err := s.reserve(ctx, 0, 0)
+	if err != nil {
+		return err
+	}
+	var freedBytes int64
 	repo, err := s.commit(ctx, path, &change{apply: func(repo *v1.Repository, _ *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
+		freedBytes = 0 // a round run again decides again
 		old, exists := repo.Status.FindTag(tag)
 		if !exists {
 			// The journal entry goes too: the retry of a delete whose
@@ -176,9 +206,16 @@ func (s *Store) Delete(ctx context.Context, path, tag string) error {
 		if rule, ok := rules().Match(tag); ok {
 			return false, nil, tags.ErrImmutable(tag, rule, digest.Digest(old.Digest), tags.ActionDeleted)
 		}
+		if w != nil {
+			freedBytes = repo.Status.CountBytes()
+		}
 		repo.Status.RemoveTag(tag)
+		if w != nil {
+			freedBytes -= repo.Status.CountBytes()
+		}
 		return true, []string{tag}, nil
 	}})
+	s.settleAfter(ctx, w, err, func() (int64, int64) { return -freedBytes, -1 })
 	if err != nil {
 		return err
 	}
@@ -193,7 +230,13 @@ var _ tags.DigestUntagger = (*Store)(nil)
 // tags it removed (none when the repository does not exist). When an
 // immutable tag points at d it removes none and answers DENIED.
 func (s *Store) UntagDigest(ctx context.Context, path string, d digest.Digest) ([]string, error) {
+	w, err := s.reserve(ctx, 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	var freedBytes, freedTags int64
 	c := &change{apply: func(repo *v1.Repository, _ *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
+		freedBytes, freedTags = 0, 0 // a round run again decides again
 		var names []string
 		for _, t := range repo.Status.Tags {
 			if t.Digest == d.String() {
@@ -209,12 +252,20 @@ func (s *Store) UntagDigest(ctx context.Context, path string, d digest.Digest) (
 				return false, nil, tags.ErrImmutable(name, rule, d, tags.ActionUntagged)
 			}
 		}
+		if w != nil {
+			freedBytes = repo.Status.CountBytes()
+		}
 		for _, name := range names {
 			repo.Status.RemoveTag(name)
 		}
+		if w != nil {
+			freedBytes -= repo.Status.CountBytes()
+		}
+		freedTags = int64(len(names))
 		return true, names, nil
 	}}
 	repo, err := s.commit(ctx, path, c)
+	s.settleAfter(ctx, w, err, func() (int64, int64) { return -freedBytes, -freedTags })
 	if errors.Is(err, tags.ErrNotFound) {
 		return nil, nil
 	}
@@ -262,6 +313,13 @@ func (s *Store) createRepository(ctx context.Context, reg *v1.Registry, path str
 		}
 		return repo, nil
 	}
+	if isQuotaRefusal(err) {
+		// A ResourceQuota on count/repositories.stevedore.dev: the API
+		// server's admission counts creates atomically, so this is the
+		// Registry's repository cap (docs/operator.md, Quotas).
+		return nil, errcode.Denied.With(fmt.Sprintf("repository %s cannot be created: a ResourceQuota of namespace %s refuses another Repository (%s); delete repositories or raise the quota",
+			path, reg.Namespace, quotaMessage(err)))
+	}
 	if err != nil {
 		return nil, unavailable(fmt.Errorf("creating Repository %s: %w", repo.Name, err))
 	}
@@ -304,6 +362,23 @@ func unavailable(err error) error {
 		return err
 	}
 	return &errcode.Error{Code: errcode.Unavailable, RetryAfter: 1, Err: err}
+}
+
+// isQuotaRefusal reports whether err is the API server's ResourceQuota
+// admission refusing a create: 403 Forbidden with "exceeded quota" (the
+// admission plugin's wording; the status carries no finer reason).
+func isQuotaRefusal(err error) bool {
+	return apierrors.IsForbidden(err) && strings.Contains(err.Error(), "exceeded quota")
+}
+
+// quotaMessage is the refusal's own text from "exceeded quota" on: the
+// quota's name, and what was requested, used and limited.
+func quotaMessage(err error) string {
+	msg := err.Error()
+	if i := strings.Index(msg, "exceeded quota"); i >= 0 {
+		return msg[i:]
+	}
+	return msg
 }
 
 func notFoundRegistry(o Options) error {

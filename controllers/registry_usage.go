@@ -1,0 +1,95 @@
+package controllers
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+)
+
+// defaultUsageRecountInterval is how often the operator recounts a
+// Registry's status.usage while spec.quota is set: what retention, a
+// deleted Repository or a died write freed comes back within it.
+const defaultUsageRecountInterval = 30 * time.Second
+
+func (o Options) usageRecountInterval() time.Duration {
+	if o.UsageRecountInterval > 0 {
+		return o.UsageRecountInterval
+	}
+	return defaultUsageRecountInterval
+}
+
+// reconcileUsage keeps status.usage while spec.quota is set (registryd
+// reserves and settles on it: registryd/tags/kube/usage.go) and removes it
+// when the quota goes.
+func (r *RegistryReconciler) reconcileUsage(ctx context.Context, s *registryScope) error {
+	q, u := s.reg.Spec.Quota, s.reg.Status.Usage
+	switch {
+	case q == nil && u == nil:
+		return nil
+	case q != nil && u != nil && u.CountedAt != nil:
+		if wait := r.usageRecountInterval() - time.Since(u.CountedAt.Time); wait > 0 {
+			s.requeue(wait)
+			return nil
+		}
+	}
+	if q != nil {
+		s.requeue(r.usageRecountInterval())
+	}
+	return r.recountUsage(ctx, client.ObjectKeyFromObject(s.reg))
+}
+
+// recountUsage sets status.usage to the sum of the Registry's Repositories
+// (status.bytes, tags), with a conditional update of the Registry read
+// live before the Repositories are listed live. So every write that
+// settled before that read is in the sum, and a reservation made after it
+// makes the update conflict (and the recount run again). Writes in flight
+// stay reserved and are marked recounted: a push that then settles adds
+// what the sum may already hold (usage over, never under) and a delete
+// frees nothing. Reservations older than v1.UsageReservationStale are of
+// writes that died, and go.
+func (r *RegistryReconciler) recountUsage(ctx context.Context, key client.ObjectKey) error {
+	var err error
+	for range 5 {
+		reg := &v1.Registry{}
+		if err = r.APIReader.Get(ctx, key, reg); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+		if reg.Spec.Quota == nil {
+			if reg.Status.Usage == nil {
+				return nil
+			}
+			reg.Status.Usage = nil
+		} else {
+			var repos v1.RepositoryList
+			if err = r.APIReader.List(ctx, &repos, client.InNamespace(key.Namespace), client.MatchingFields{"spec.registry": key.Name}); err != nil {
+				return fmt.Errorf("listing Repositories for the usage recount: %w", err)
+			}
+			now := metav1.Now()
+			u := &v1.RegistryUsage{CountedAt: &now}
+			for i := range repos.Items {
+				u.Bytes += repos.Items[i].Status.Bytes
+				u.Tags += int64(len(repos.Items[i].Status.Tags))
+			}
+			if old := reg.Status.Usage; old != nil {
+				for _, p := range old.Pending {
+					if now.Sub(p.At.Time) < v1.UsageReservationStale {
+						p.Recounted = true
+						u.Pending = append(u.Pending, p)
+					}
+				}
+			}
+			reg.Status.Usage = u
+		}
+		err = r.Status().Update(ctx, reg)
+		if !apierrors.IsConflict(err) {
+			return client.IgnoreNotFound(err)
+		}
+	}
+	return fmt.Errorf("recounting usage: %w", err)
+}

@@ -82,8 +82,27 @@ func startRegistryd(t testing.TB, storage string, flags ...string) *registry {
 }
 
 // startRegistrydEnv is startRegistryd with env (KEY=VALUE: a backend's
-// credentials) added to the process environment.
+// credentials) added to the process environment. A port FreeAddr handed
+// out can be taken before registryd binds it (the kernel hands the same
+// range to outgoing connections: ci22 lost a test to it), so a registryd
+// that exits with "address already in use" is started again on new ports.
 func startRegistrydEnv(t testing.TB, storage string, env []string, flags ...string) *registry {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		r, portTaken := tryStartRegistryd(t, storage, env, flags...)
+		if r != nil {
+			return r
+		}
+		if !portTaken || attempt == 3 {
+			t.Fatalf("registryd did not become ready (attempt %d)", attempt)
+		}
+		t.Logf("registryd lost its port to another process before binding it; starting it again (attempt %d)", attempt+1)
+	}
+}
+
+// tryStartRegistryd starts registryd once and waits until it is ready; nil
+// and whether it exited for a port that was taken, otherwise.
+func tryStartRegistryd(t testing.TB, storage string, env []string, flags ...string) (*registry, bool) {
 	t.Helper()
 	r := &registry{host: testutil.FreeAddr(t), log: filepath.Join(t.TempDir(), "registryd.log")}
 	// With --registry, registryd serves before its Repository cache has
@@ -92,13 +111,13 @@ func startRegistrydEnv(t testing.TB, storage string, env []string, flags ...stri
 	readyz := ""
 	if slices.Contains(flags, "--registry") && !slices.Contains(flags, "--debug-addr") {
 		readyz = strings.Replace(testutil.FreeAddr(t), "127.0.0.1:", "127.0.0.2:", 1)
-		flags = append(flags, "--debug-addr", readyz)
+		flags = append(slices.Clone(flags), "--debug-addr", readyz)
 	}
 	// The drain's delay (5 s by default) is for a Service's endpoints to
 	// catch up; here it would only add 5 s to every stop. TestDrainOnSIGTERM
 	// tests it.
 	if !slices.Contains(flags, "--shutdown-delay") {
-		flags = append(flags, "--shutdown-delay", "0s")
+		flags = append(slices.Clone(flags), "--shutdown-delay", "0s")
 	}
 	logf, err := os.Create(r.log)
 	if err != nil {
@@ -110,14 +129,15 @@ func startRegistrydEnv(t testing.TB, storage string, env []string, flags ...stri
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	exited := make(chan struct{})
+	go func() { _ = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = cmd.Wait(); close(done) }()
 		select {
-		case <-done:
+		case <-exited:
 		case <-time.After(10 * time.Second):
 			_ = cmd.Process.Kill()
+			<-exited
 		}
 		_ = logf.Close()
 		checkRaces(t, r.log)
@@ -128,18 +148,23 @@ func startRegistrydEnv(t testing.TB, storage string, env []string, flags ...stri
 	})
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(r.log)
+			return nil, strings.Contains(string(b), "address already in use")
+		default:
+		}
 		resp, err := http.Get(r.url() + "/v2/")
 		if err == nil {
 			resp.Body.Close()
 			// 401: up, and asking for credentials (auth modes other than none).
 			if (resp.StatusCode == http.StatusOK || resp.StatusCode == http.StatusUnauthorized) && ready(readyz) {
-				return r
+				return r, false
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("registryd on %s did not become ready", r.host)
-	return nil
+	return nil, false
 }
 
 // checkRaces fails the test when the race detector in a registryd built

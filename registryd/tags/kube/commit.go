@@ -75,19 +75,29 @@ func (s *Store) commit(ctx context.Context, path string, c *change) (*v1.Reposit
 	case <-ctx.Done():
 		// Still queued: withdrawn, so nothing is written after the client
 		// was told it failed. Already in a status update: that update
-		// decides, and the client, gone, is not told.
-		q.withdraw(path, c)
-		return nil, ctx.Err()
+		// decides, and its outcome is returned (bounded by the commit
+		// deadline) though the client is gone: a Registry quota's settle
+		// must know whether the tag was written (usage.go).
+		if q.withdraw(path, c) {
+			return nil, ctx.Err()
+		}
+		err := <-c.done
+		return c.repo, err
 	}
 }
 
-// withdraw takes c out of path's queue if no batch has taken it yet.
-func (q *committer) withdraw(path string, c *change) {
+// withdraw takes c out of path's queue if no batch has taken it yet, and
+// reports whether it did.
+func (q *committer) withdraw(path string, c *change) bool {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if pending := q.queues[path]; pending != nil {
-		q.queues[path] = slices.DeleteFunc(pending, func(p *change) bool { return p == c })
+	pending := q.queues[path]
+	i := slices.Index(pending, c)
+	if i < 0 {
+		return false
 	}
+	q.queues[path] = slices.Delete(pending, i, i+1)
+	return true
 }
 
 // drain writes the queued changes of path, batch after batch, until none are left.

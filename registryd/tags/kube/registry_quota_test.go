@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -15,6 +16,7 @@ import (
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
+	"github.com/stevedore-dev/stevedore/registryd/tags"
 	"github.com/stevedore-dev/stevedore/registryd/tags/kube"
 )
 
@@ -155,5 +157,27 @@ func TestRegistryQuota(t *testing.T) {
 	}
 	if bytes, tags := sumRepositories(t, reg); bytes != 700 || tags != 3 {
 		t.Fatalf("the Repositories hold %d bytes, %d tags; want 700 and 3", bytes, tags)
+	}
+}
+
+// TestRegistryQuotaClientGone: a client that leaves while its tag write is
+// in flight leaks no reservation: the write's outcome is waited for, and
+// settled.
+func TestRegistryQuotaClientGone(t *testing.T) {
+	reg := registryWithQuota(t, v1.RegistryQuota{Bytes: resource.NewQuantity(10_000, resource.DecimalSI)})
+	j := &gatedJournal{Bucket: journal(t).(*tags.Bucket), entered: make(chan struct{}), release: make(chan struct{})}
+	s := replica(t, reg, j)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- s.PutContent(ctx, "app", "v1", desc("one"), 1000) }()
+	<-j.entered // reserved, and the tag write is in flight (creating the Repository)
+	cancel()
+	time.Sleep(100 * time.Millisecond) // the push sees its client gone
+	close(j.release)
+	if err := <-done; err != nil {
+		t.Fatalf("the write in flight: %v", err)
+	}
+	if u := liveUsage(t, reg); u.Bytes != 1000 || u.Tags != 1 || len(u.Pending) != 0 {
+		t.Fatalf("usage %+v after a client left mid-write; want 1000 bytes, 1 tag, none pending", u)
 	}
 }

@@ -98,8 +98,8 @@ func (s *Store) settle(ctx context.Context, w *usageWrite, bytes, tags int64) {
 }
 
 // usageDo queues op and waits for its verdict. An op withdrawn while still
-// queued is never applied; one already in an update is decided by it (a
-// reservation the client did not wait for stays until the recount).
+// queued is never applied; one already in an update is decided by it, and
+// its verdict returned.
 func (s *Store) usageDo(ctx context.Context, op *usageOp) error {
 	op.done = make(chan struct{})
 	q := &s.usage
@@ -116,9 +116,19 @@ func (s *Store) usageDo(ctx context.Context, op *usageOp) error {
 		return op.err
 	case <-ctx.Done():
 		q.mu.Lock()
-		q.ops = slices.DeleteFunc(q.ops, func(o *usageOp) bool { return o == op })
+		i := slices.Index(q.ops, op)
+		if i >= 0 {
+			q.ops = slices.Delete(q.ops, i, i+1)
+		}
 		q.mu.Unlock()
-		return unavailable(ctx.Err())
+		if i >= 0 {
+			return unavailable(ctx.Err())
+		}
+		// In an update already: its verdict, so that a reservation made
+		// for a client that left is released, not leaked (bounded by the
+		// commit deadline).
+		<-op.done
+		return op.err
 	}
 }
 
@@ -321,13 +331,13 @@ func (s *Store) reservePush(ctx context.Context, contentSize int64) (pushRoom, e
 }
 
 // settleAfter settles w once its tag write has an outcome: what changed
-// (delta, read only then) when it committed, nothing when it failed. When
-// the client went away while the write was in flight the outcome is not
-// known here, so the reservation stays counted in full until the
-// operator's recount drops it as stale: usage over, never under. The
-// settle itself outlives the request (bounded by the commit deadline).
+// (delta, read only then) when it committed, nothing when it failed or was
+// withdrawn before any update took it (commit waits for the outcome of a
+// write in flight even when the client has gone). The settle outlives the
+// request (bounded by the commit deadline); one that fails leaves the
+// reservation counted until the recount drops it: over, never under.
 func (s *Store) settleAfter(ctx context.Context, w *usageWrite, err error, delta func() (bytes, tags int64)) {
-	if w == nil || err != nil && ctx.Err() != nil {
+	if w == nil {
 		return
 	}
 	var bytes, tags int64

@@ -24,24 +24,13 @@ type s3Options struct {
 // credentials; registryd through gocloud's s3blob, distribution through
 // its s3-aws driver.
 func s3Server(ctx context.Context, o options, k kind, prefix string, redirect bool) (*server, error) {
-	dir, err := os.MkdirTemp(o.workDir, fmt.Sprintf("%s-s3-", k))
+	s, tmp, err := newServer(k, o.workDir, string(k)+"-s3-")
 	if err != nil {
 		return nil, err
 	}
-	tmp := filepath.Join(dir, "tmp")
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		return nil, err
-	}
-	addr, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	s := &server{kind: k, dir: dir, addr: addr, waitErr: make(chan error, 1)}
+	dir, addr := s.dir, s.addr
 	switch k {
 	case registryd:
-		if s.debugAddr, err = freePort(); err != nil {
-			return nil, err
-		}
 		args := []string{"--addr", addr, "--debug-addr", s.debugAddr, "--storage", o.gc.s3URL, "--storage-prefix", prefix, "--auth", "none", "--shutdown-delay", "0s"}
 		if redirect {
 			args = append(args, "--redirect-ttl", "5m")

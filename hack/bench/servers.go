@@ -58,24 +58,13 @@ func freePort() (string, error) {
 // temp files in it (fileblob writes a temp file then renames; so does
 // distribution's upload), one log line per request into a file.
 func startServer(ctx context.Context, k kind, bins binaries, workDir string) (*server, error) {
-	dir, err := os.MkdirTemp(workDir, string(k)+"-")
+	s, tmp, err := newServer(k, workDir, string(k)+"-")
 	if err != nil {
 		return nil, err
 	}
-	tmp := filepath.Join(dir, "tmp")
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		return nil, err
-	}
-	addr, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	s := &server{kind: k, dir: dir, addr: addr, waitErr: make(chan error, 1)}
+	dir, addr := s.dir, s.addr
 	switch k {
 	case registryd:
-		if s.debugAddr, err = freePort(); err != nil {
-			return nil, err
-		}
 		s.cmd = exec.Command(bins.Registryd, "--addr", addr, "--debug-addr", s.debugAddr, "--pprof",
 			"--storage", "file://"+filepath.Join(dir, "store"), "--auth", "none")
 		s.cmd.Env = append(os.Environ(), "STEVEDORE_HTTP_SECRET=bench", "TMPDIR="+tmp)
@@ -92,6 +81,30 @@ func startServer(ctx context.Context, k kind, bins binaries, workDir string) (*s
 		return nil, fmt.Errorf("unknown server %q", k)
 	}
 	return s, s.start(ctx)
+}
+
+// newServer prepares a server of kind k: its own new directory under
+// workDir (pattern: os.MkdirTemp's), a tmp directory in it, a free port,
+// and for registryd a debug port.
+func newServer(k kind, workDir, pattern string) (s *server, tmp string, err error) {
+	dir, err := os.MkdirTemp(workDir, pattern)
+	if err != nil {
+		return nil, "", err
+	}
+	tmp = filepath.Join(dir, "tmp")
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return nil, "", err
+	}
+	s = &server{kind: k, dir: dir, waitErr: make(chan error, 1)}
+	if s.addr, err = freePort(); err != nil {
+		return nil, "", err
+	}
+	if k == registryd {
+		if s.debugAddr, err = freePort(); err != nil {
+			return nil, "", err
+		}
+	}
+	return s, tmp, nil
 }
 
 // start starts s.cmd with its output in a log file in s.dir and waits until

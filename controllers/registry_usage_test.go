@@ -8,6 +8,7 @@ import (
 
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -23,11 +24,19 @@ func TestRegistryUsage(t *testing.T) {
 	ns := newNamespace(t)
 	for i, tags := range []int{2, 3} {
 		repo := createRepository(t, ns, fmt.Sprintf("r%d", i), "main", fmt.Sprintf("app%d", i), v1.DeletionRetain)
-		for j := range tags {
-			repo.Status.SetTag(v1.TagStatus{Name: fmt.Sprint("t", j), Digest: fmt.Sprintf("sha256:%063d%d", i, j), PushedAt: metav1.Now(), ContentSize: 100})
-		}
-		repo.Status.Recount()
-		if err := env.Client.Status().Update(ctx, repo); err != nil {
+		// The operator writes the new Repository too (conditions): retried
+		// on a fresh read, as registryd's status updates are.
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			if err := env.Client.Get(ctx, client.ObjectKeyFromObject(repo), repo); err != nil {
+				return err
+			}
+			for j := range tags {
+				repo.Status.SetTag(v1.TagStatus{Name: fmt.Sprint("t", j), Digest: fmt.Sprintf("sha256:%063d%d", i, j), PushedAt: metav1.Now(), ContentSize: 100})
+			}
+			repo.Status.Recount()
+			return env.Client.Status().Update(ctx, repo)
+		})
+		if err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -60,14 +69,17 @@ func TestRegistryUsage(t *testing.T) {
 	// Two reservations, as registryd makes them: one of a write that died
 	// ten minutes ago, one in flight.
 	var live v1.Registry
-	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(reg), &live); err != nil {
-		t.Fatal(err)
-	}
-	live.Status.Usage.Pending = []v1.UsageReservation{
-		{ID: "died", Bytes: 1000, Tags: 1, At: metav1.NewTime(time.Now().Add(-10 * time.Minute))},
-		{ID: "flying", Bytes: 200, Tags: 1, At: metav1.Now()},
-	}
-	if err := env.Client.Status().Update(ctx, &live); err != nil {
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(reg), &live); err != nil {
+			return err
+		}
+		live.Status.Usage.Pending = []v1.UsageReservation{
+			{ID: "died", Bytes: 1000, Tags: 1, At: metav1.NewTime(time.Now().Add(-10 * time.Minute))},
+			{ID: "flying", Bytes: 200, Tags: 1, At: metav1.Now()},
+		}
+		return env.Client.Status().Update(ctx, &live)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "a recount keeping the live reservation only, marked", func() error {
@@ -86,11 +98,14 @@ func TestRegistryUsage(t *testing.T) {
 	}
 	eventually(t, "the deleted Repository counted out", wantCount(200, 2))
 
-	if err := env.Client.Get(ctx, client.ObjectKeyFromObject(reg), &live); err != nil {
-		t.Fatal(err)
-	}
-	live.Spec.Quota = nil
-	if err := env.Client.Update(ctx, &live); err != nil {
+	err = retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(reg), &live); err != nil {
+			return err
+		}
+		live.Spec.Quota = nil
+		return env.Client.Update(ctx, &live)
+	})
+	if err != nil {
 		t.Fatal(err)
 	}
 	eventually(t, "usage removed with the quota", func() error {

@@ -41,6 +41,11 @@ func TestRepositoryCountQuota(t *testing.T) {
 	if err := env.Client.Status().Update(ctx, q); err != nil {
 		t.Fatal(err)
 	}
+	// The quota admission reads quotas from its own informer: wait until
+	// it admits a create with the counted status (a dry run writes
+	// nothing and counts nothing).
+	probe := &v1.Repository{ObjectMeta: metav1.ObjectMeta{Name: "probe", Namespace: reg.Namespace}, Spec: v1.RepositorySpec{Registry: reg.Name, Name: "probe"}}
+	eventually(t, func() bool { return env.Client.Create(ctx, probe.DeepCopy(), client.DryRunAll) == nil })
 
 	j := journal(t)
 	replicas := []*kube.Store{replica(t, reg, j), replica(t, reg, j), replica(t, reg, j)}

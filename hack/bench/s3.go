@@ -6,7 +6,6 @@ import (
 	"net/url"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -28,7 +27,7 @@ func s3Server(ctx context.Context, o options, k kind, prefix string, redirect bo
 	if err != nil {
 		return nil, err
 	}
-	dir, addr := s.dir, s.addr
+	addr := s.addr
 	switch k {
 	case registryd:
 		args := []string{"--addr", addr, "--debug-addr", s.debugAddr, "--storage", o.gc.s3URL, "--storage-prefix", prefix, "--auth", "none", "--shutdown-delay", "0s"}
@@ -38,24 +37,21 @@ func s3Server(ctx context.Context, o options, k kind, prefix string, redirect bo
 		s.cmd = exec.Command(o.bins.Registryd, args...)
 		s.cmd.Env = append(append(os.Environ(), "STEVEDORE_HTTP_SECRET=bench", "TMPDIR="+tmp), o.gc.s3Env...)
 	case distribution:
-		cfg, err := distributionS3Config(o.gc.s3URL, o.gc.s3Env, prefix, addr, redirect)
+		storage, err := distributionS3Storage(o.gc.s3URL, o.gc.s3Env, prefix, redirect)
 		if err != nil {
 			return nil, err
 		}
-		path := filepath.Join(dir, "config.yml")
-		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		if err := s.useDistribution(o.bins.Distribution, tmp, storage); err != nil {
 			return nil, err
 		}
-		s.cmd = exec.Command(o.bins.Distribution, "serve", path)
-		s.cmd.Env = append(os.Environ(), "TMPDIR="+tmp, "OTEL_TRACES_EXPORTER=none")
 	}
 	return s, s.start(ctx)
 }
 
-// distributionS3Config points distribution's s3-aws driver at the bucket
-// of the gocloud URL s3URL (endpoint, path style) with the credentials of
-// env, under prefix.
-func distributionS3Config(s3URL string, env []string, prefix, addr string, redirect bool) (string, error) {
+// distributionS3Storage is the storage block pointing distribution's
+// s3-aws driver at the bucket of the gocloud URL s3URL (endpoint, path
+// style) with the credentials of env, under prefix.
+func distributionS3Storage(s3URL string, env []string, prefix string, redirect bool) (string, error) {
 	u, err := url.Parse(s3URL)
 	if err != nil {
 		return "", err
@@ -69,13 +65,7 @@ func distributionS3Config(s3URL string, env []string, prefix, addr string, redir
 	if region == "" {
 		region = "us-east-1"
 	}
-	return fmt.Sprintf(`version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: true
-storage:
-  s3:
+	return fmt.Sprintf(`  s3:
     accesskey: %s
     secretkey: %s
     region: %s
@@ -85,17 +75,7 @@ storage:
     rootdirectory: /%s
   redirect:
     disable: %t
-  delete:
-    enabled: true
-  cache:
-    blobdescriptor: inmemory
-  maintenance:
-    uploadpurging:
-      enabled: false
-http:
-  addr: %s
-  secret: bench
-`, creds["AWS_ACCESS_KEY_ID"], creds["AWS_SECRET_ACCESS_KEY"], region, u.Query().Get("endpoint"), u.Host, prefix, !redirect, addr), nil
+`, creds["AWS_ACCESS_KEY_ID"], creds["AWS_SECRET_ACCESS_KEY"], region, u.Query().Get("endpoint"), u.Host, prefix, !redirect), nil
 }
 
 // s3Workload is workload 8: per round and server, crane pushes the image

@@ -69,14 +69,10 @@ func startServer(ctx context.Context, k kind, bins binaries, workDir string) (*s
 			"--storage", "file://"+filepath.Join(dir, "store"), "--auth", "none")
 		s.cmd.Env = append(os.Environ(), "STEVEDORE_HTTP_SECRET=bench", "TMPDIR="+tmp)
 	case distribution:
-		cfg := filepath.Join(dir, "config.yml")
-		if err := os.WriteFile(cfg, []byte(distributionConfig(filepath.Join(dir, "store"), addr)), 0o644); err != nil {
+		storage := fmt.Sprintf("  filesystem:\n    rootdirectory: %s\n", filepath.Join(dir, "store"))
+		if err := s.useDistribution(bins.Distribution, tmp, storage); err != nil {
 			return nil, err
 		}
-		s.cmd = exec.Command(bins.Distribution, "serve", cfg)
-		// distribution v3 exports OpenTelemetry traces by default; with no
-		// collector that is only retries and noise.
-		s.cmd.Env = append(os.Environ(), "TMPDIR="+tmp, "OTEL_TRACES_EXPORTER=none")
 	default:
 		return nil, fmt.Errorf("unknown server %q", k)
 	}
@@ -127,19 +123,18 @@ func (s *server) start(ctx context.Context) error {
 	return nil
 }
 
-// distributionConfig is distribution's filesystem storage on dir, with the
-// in-memory blob descriptor cache of its shipped config and its access log
-// off, so that it, like registryd, logs one line per request.
-func distributionConfig(dir, addr string) string {
-	return fmt.Sprintf(`version: 0.1
+// useDistribution makes s distribution serving its config, written to
+// s.dir: the storage driver's block (storage, indented under "storage:"),
+// the in-memory blob descriptor cache of its shipped config and its access
+// log off, so that it, like registryd, logs one line per request.
+func (s *server) useDistribution(bin, tmp, storage string) error {
+	cfg := fmt.Sprintf(`version: 0.1
 log:
   level: info
   accesslog:
     disabled: true
 storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
+%s  delete:
     enabled: true
   cache:
     blobdescriptor: inmemory
@@ -149,7 +144,16 @@ storage:
 http:
   addr: %s
   secret: bench
-`, dir, addr)
+`, storage, s.addr)
+	path := filepath.Join(s.dir, "config.yml")
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		return err
+	}
+	s.cmd = exec.Command(bin, "serve", path)
+	// distribution v3 exports OpenTelemetry traces by default; with no
+	// collector that is only retries and noise.
+	s.cmd.Env = append(os.Environ(), "TMPDIR="+tmp, "OTEL_TRACES_EXPORTER=none")
+	return nil
 }
 
 func (s *server) waitReady(ctx context.Context) error {

@@ -105,6 +105,11 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 	}
 	r.summarize(s, err)
 	if perr := r.patchStatus(ctx, s); perr != nil {
+		if apierrors.IsConflict(perr) && err == nil {
+			// Built from a cached copy older than the stored one: the
+			// next pass reads the newer one (the watch brings it).
+			return ctrl.Result{RequeueAfter: conflictRetry}, nil
+		}
 		err = errors.Join(err, perr)
 	}
 	if err != nil {
@@ -114,14 +119,18 @@ func (r *RegistryReconciler) Reconcile(ctx context.Context, req ctrl.Request) (c
 }
 
 // patchStatus writes the status built during the reconcile, once, and not at
-// all when nothing changed.
+// all when nothing changed. The patch is conditional on the resourceVersion
+// read: a merge patch replaces the whole conditions list, so one built from
+// a stale cached copy would rewrite a condition the stored object already
+// has, with a new lastTransitionTime (seen as a flake of
+// TestFailingProbeIsQuiet).
 func (r *RegistryReconciler) patchStatus(ctx context.Context, s *registryScope) error {
 	if equality.Semantic.DeepEqual(s.reg.Status, s.status) {
 		return nil
 	}
 	base := s.reg.DeepCopy()
 	s.reg.Status = s.status
-	if err := r.Status().Patch(ctx, s.reg, client.MergeFrom(base)); err != nil {
+	if err := r.Status().Patch(ctx, s.reg, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("patching status: %w", client.IgnoreNotFound(err))
 	}
 	return nil
@@ -210,6 +219,10 @@ func (r *RegistryReconciler) reconcileDelete(ctx context.Context, reg *v1.Regist
 // cluster-scoped auth-delegator binding and the Repositories they count.
 // registryWorkers is how many Registries are reconciled in parallel.
 const registryWorkers = 4
+
+// conflictRetry is how soon a Registry whose status patch met a newer
+// stored object is reconciled again.
+const conflictRetry = 200 * time.Millisecond
 
 func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 	return ctrl.NewControllerManagedBy(mgr).

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"time"
 
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
@@ -27,10 +28,39 @@ type Env struct {
 	env    *envtest.Environment
 }
 
-// RepoRoot is the repository's top directory, found from this file's path.
+// RepoRoot is the repository's top directory: found from this file's path
+// when the binary was built with it, else (built with -trimpath, as make
+// test builds so a fresh clone reuses the build cache) the nearest
+// directory above the working directory whose go.mod declares this module.
 func RepoRoot() string {
 	_, file, _, _ := runtime.Caller(0)
-	return filepath.Join(filepath.Dir(file), "..", "..")
+	if filepath.IsAbs(file) {
+		return filepath.Join(filepath.Dir(file), "..", "..")
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		panic(fmt.Sprintf("testenv: the repository root: %v", err))
+	}
+	for d := dir; ; d = filepath.Dir(d) {
+		if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil && modulePath(b) == rootModule {
+			return d
+		}
+		if filepath.Dir(d) == d {
+			panic(fmt.Sprintf("testenv: no go.mod of %s above %s", rootModule, dir))
+		}
+	}
+}
+
+const rootModule = "github.com/stevedore-dev/stevedore"
+
+// modulePath is the path a go.mod's module line declares.
+func modulePath(gomod []byte) string {
+	for _, line := range strings.Split(string(gomod), "\n") {
+		if f := strings.Fields(line); len(f) == 2 && f[0] == "module" {
+			return strings.Trim(f[1], `"`)
+		}
+	}
+	return ""
 }
 
 // Options change the API server Start brings up.

@@ -4,11 +4,12 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 
 	"sigs.k8s.io/yaml"
+
+	"github.com/stevedore-dev/stevedore/internal/testenv"
 )
 
 // DocObject is one YAML document of a documentation page, as JSON.
@@ -22,8 +23,7 @@ type DocObject struct {
 // what the docs tell users to apply.
 func DocYAML(t testing.TB, path string) []DocObject {
 	t.Helper()
-	_, file, _, _ := runtime.Caller(0)
-	b, err := os.ReadFile(filepath.Join(filepath.Dir(file), "..", "..", path))
+	b, err := os.ReadFile(filepath.Join(testenv.RepoRoot(), path))
 	if err != nil {
 		t.Fatal(err)
 	}

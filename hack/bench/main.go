@@ -187,6 +187,12 @@ func run(ctx context.Context, o options) error {
 		pullCurl.absolute = func(m float64) (string, bool) {
 			return fmt.Sprintf("≥ 60%% of loopback (%.0f%%)", 100*m/loopback), m >= 0.6*loopback
 		}
+		logf("crane push into a sink (the client's ceiling)")
+		sinkPush, err := craneSinkLimit(ctx, o.crane, layoutDir, bigTotal, 2)
+		if err != nil {
+			return fmt.Errorf("crane push into a sink: %w", err)
+		}
+		limits.limit("crane push of the image below into a sink that keeps, hashes and writes nothing (the client's own ceiling; best of 2)", "MB/s", sinkPush)
 		layers, err := big.Layers()
 		if err != nil {
 			return err

@@ -60,7 +60,9 @@ const setupNotes = `## How the two are set up
 - **Reading the numbers.** A push is bound by CPU on both servers: each must
   hash every byte (sha256) and copy it from the socket into the page cache,
   on the same cores as the client sending it; compare the push rates with the
-  sha256 and page-cache limits above rather than with each other alone. A pull
+  sha256 and page-cache limits above rather than with each other alone. The
+  sink row is crane alone: no registry that reads the bytes can take its push
+  faster, so a push ratio over distribution is bounded by sink / distribution. A pull
   with the Go client is bound by the client, which verifies every digest as it
   reads; registryd reads and writes blobs (on loopback that beat
   sendfile(2): docs/registryd.md) and spends little CPU on them. Manifest GETs by tag read the tag object on every request in standalone

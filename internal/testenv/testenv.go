@@ -8,9 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
-	"strings"
 	"time"
 
+	"golang.org/x/mod/modfile"
 	k8sruntime "k8s.io/apimachinery/pkg/runtime"
 	clientgoscheme "k8s.io/client-go/kubernetes/scheme"
 	"k8s.io/client-go/rest"
@@ -42,7 +42,7 @@ func RepoRoot() string {
 		panic(fmt.Sprintf("testenv: the repository root: %v", err))
 	}
 	for d := dir; ; d = filepath.Dir(d) {
-		if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil && modulePath(b) == rootModule {
+		if b, err := os.ReadFile(filepath.Join(d, "go.mod")); err == nil && modfile.ModulePath(b) == rootModule {
 			return d
 		}
 		if filepath.Dir(d) == d {
@@ -52,16 +52,6 @@ func RepoRoot() string {
 }
 
 const rootModule = "github.com/stevedore-dev/stevedore"
-
-// modulePath is the path a go.mod's module line declares.
-func modulePath(gomod []byte) string {
-	for _, line := range strings.Split(string(gomod), "\n") {
-		if f := strings.Fields(line); len(f) == 2 && f[0] == "module" {
-			return strings.Trim(f[1], `"`)
-		}
-	}
-	return ""
-}
 
 // Options change the API server Start brings up.
 type Options struct {

@@ -109,11 +109,11 @@ go test -race -count=1 -timeout 30m $(long_first "$(go list ./registryd/... | gr
 phase "go test -race registryd (unit, envtest)"
 # registryd/e2e in two runs sharing one -race registryd: first its tests
 # that assert timing (the ones that do not call t.Parallel: drain, slowloris,
-# idle timeouts, login storm, storage outage, slow steady pull), alone;
+# login storm, storage outage), alone;
 # then the rest, which wait mostly on their processes and used one core of
 # two (measured: 110 s wall, 103 % CPU), beside the start of the real node's
 # suite, which builds its images and brings its node up then.
-e2e_timing='^(TestDrainOnSIGTERM|TestIdleAndHeaderTimeouts|TestLoginStorm|TestSlowSteadyPullIsServed|TestSlowloris|TestStorageOutage)$'
+e2e_timing='^(TestDrainOnSIGTERM|TestLoginStorm|TestSlowloris|TestStorageOutage)$'
 race_registryd="$logs/registryd-race"
 go build -race -o "$race_registryd" ./registryd
 REGISTRYD="$race_registryd" go test -count=1 -timeout 30m -run "$e2e_timing" ./registryd/e2e/

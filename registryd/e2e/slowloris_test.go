@@ -21,6 +21,9 @@ import (
 // --idle-timeout and headers trickled past --read-header-timeout are cut
 // off (short values here; the defaults are in TestLimitDefaults).
 func TestIdleAndHeaderTimeouts(t *testing.T) {
+	// Parallel: its bound (closed within 5 s of a 1 s timeout) holds on a
+	// loaded machine, so it runs beside the tests that assert no timing.
+	t.Parallel()
 	p := startProcess(t, "--idle-timeout", "1s", "--read-header-timeout", "1s")
 	tests := []struct {
 		name string
@@ -65,6 +68,9 @@ func TestIdleAndHeaderTimeouts(t *testing.T) {
 // buffer stays full and a write waits longer than one window for a third
 // of it to drain (registryd sets TCP_NOTSENT_LOWAT so it does not).
 func TestSlowSteadyPullIsServed(t *testing.T) {
+	// Parallel: load only slows the client further below what the server
+	// allows (0.8 MB/s read against a floor of 8 KB/s).
+	t.Parallel()
 	p := startProcess(t, "--body-timeout", "500ms", "--body-min-bytes", "4096")
 	const size = 8 << 20
 	d := seededDigest(size, 7)

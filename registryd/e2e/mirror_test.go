@@ -360,7 +360,7 @@ func TestMirror(t *testing.T) {
 		// the mirror does not ask, and serves what it has.
 		checked := pullUntil(len(pub.requests(t)), want)
 		nwant := pushIndex(t, pub.host+"/x:1", multiArch(t), nil)
-		mark := len(pub.requests(t))
+		mark, marked := len(pub.requests(t)), time.Now()
 		got, err := pullAll(t.Context(), ref, mirrors[1].host)
 		if within := time.Since(checked) < ttl; err != nil || (within && got != want) {
 			t.Fatalf("within the TTL: %v %v, want the cached %s", got, err, want)
@@ -371,8 +371,13 @@ func TestMirror(t *testing.T) {
 		pullUntil(mark, nwant, want)
 		lastCheck = time.Now()
 		t.Logf("the moved tag was served %v after the push (TTL %v)", time.Since(start), ttl)
-		if heads := pub.count(t, mark, "HEAD", "/manifests/1"); len(heads) != 1 || heads["HEAD /v2/x/manifests/1"] != 1 {
-			t.Fatalf("tag re-checks: %v, want one HEAD", heads)
+		// One re-check per TTL at most, on all replicas together: one in
+		// all when the pulls since the push fit in one TTL, more only on a
+		// machine slow enough that they did not (seen under load: 2 HEADs
+		// over pulls that took longer than 2 TTLs).
+		allowed := 1 + int(time.Since(marked)/ttl)
+		if heads := pub.count(t, mark, "HEAD", "/manifests/1"); len(heads) != 1 || heads["HEAD /v2/x/manifests/1"] < 1 || heads["HEAD /v2/x/manifests/1"] > allowed {
+			t.Fatalf("tag re-checks: %v in %v, want one HEAD, at most one per TTL (%v)", heads, time.Since(marked), ttl)
 		}
 		if gets := pub.count(t, mark, "GET", "/manifests/1"); len(gets) != 0 {
 			t.Fatalf("the tag was fetched with GET: %v", gets)

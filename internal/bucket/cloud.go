@@ -60,11 +60,17 @@ var ResponseHeaderTimeout = time.Minute
 // adversarial suite's S3 case: 11 % of the process's CPU went to dialing.
 const maxIdleConnsPerHost = 100
 
-// transport is the HTTP transport of every cloud client.
-func (o Options) transport() *http.Transport {
-	t := http.DefaultTransport.(*http.Transport).Clone()
+// tuneTransport sets what every cloud client's transport shares, whether
+// built here (transport) or by the AWS SDK (openS3).
+func tuneTransport(t *http.Transport) {
 	t.ResponseHeaderTimeout = ResponseHeaderTimeout
 	t.MaxIdleConns, t.MaxIdleConnsPerHost = maxIdleConnsPerHost, maxIdleConnsPerHost
+}
+
+// transport is the HTTP transport of the Azure and GCS clients.
+func (o Options) transport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	tuneTransport(t)
 	if o.DialControl != nil {
 		d := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second, Control: o.DialControl}
 		t.DialContext = d.DialContext
@@ -126,10 +132,7 @@ func openS3(ctx context.Context, u *url.URL, o Options) (*blob.Bucket, error) {
 	if err != nil {
 		return nil, err
 	}
-	hc := awshttp.NewBuildableClient().WithTransportOptions(func(t *http.Transport) {
-		t.ResponseHeaderTimeout = ResponseHeaderTimeout
-		t.MaxIdleConns, t.MaxIdleConnsPerHost = maxIdleConnsPerHost, maxIdleConnsPerHost
-	})
+	hc := awshttp.NewBuildableClient().WithTransportOptions(tuneTransport)
 	if o.DialControl != nil {
 		hc = hc.WithDialerOptions(func(d *net.Dialer) { d.Control = o.DialControl })
 	}

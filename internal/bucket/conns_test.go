@@ -10,8 +10,8 @@ import (
 )
 
 // TestConnectionsAreReused sends each real object store three bursts of 32
-// concurrent requests, as registryd does under a fleet of clients: the
-// second and third bursts must ride the first one's connections. With
+// concurrent requests, as registryd does under a fleet of clients: later
+// bursts must ride the connections earlier ones opened. With
 // net/http's default of 2 idle connections per host (the AWS SDK's: 10),
 // each burst dialed about 30 (or 22) new ones and closed them again.
 func TestConnectionsAreReused(t *testing.T) {
@@ -44,9 +44,13 @@ func TestConnectionsAreReused(t *testing.T) {
 				wg.Wait()
 				perBurst = append(perBurst, dials.Load()-before)
 			}
+			// A burst may reach more concurrency than the one before it (a
+			// fast server answers some of the first burst before the last
+			// are sent: [23 0 8] seen), so the bound is on all three: never
+			// more connections than requests in flight at once.
 			t.Logf("dials per burst of %d requests: %v", burst, perBurst)
-			if later := perBurst[1] + perBurst[2]; later > 4 {
-				t.Errorf("bursts 2 and 3 dialed %d connections, want at most 4: idle connections were dropped", later)
+			if total := perBurst[0] + perBurst[1] + perBurst[2]; total > burst+4 {
+				t.Errorf("3 bursts of %d dialed %d connections, want at most %d: idle connections were dropped", burst, total, burst+4)
 			}
 		})
 	}

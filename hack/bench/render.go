@@ -41,7 +41,8 @@ const setupNotes = `## How the two are set up
 - **registryd**: ` + "`registryd --storage file://DIR --auth none`" + `, the gocloud
   fileblob driver. fileblob writes each object to a temp file, then renames it
   into place; registryd fsyncs the file's data before the rename and the
-  directory after it (durable commits, ` + "`registryd/storage/durable.go`" + `). It computes
+  directory after it (durable commits, ` + "`registryd/storage/durable.go`" + `), and sends
+  a file's pages to the disk every 2 MiB as they arrive (docs/registryd.md). It computes
   an MD5 of every object it writes, for its attributes sidecar.
 - **distribution v3.1.2**: filesystem driver on DIR, in-memory blob descriptor
   cache (as its shipped config), access log off so that both log one line per

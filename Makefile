@@ -39,13 +39,20 @@ build-platforms: ## Build every image binary for each of PLATFORMS into bin/<os>
 	  GOOS=$${p%/*} GOARCH=$${p#*/} $(GOBUILD) -o $(LOCALBIN)/$${p%/*}_$${p#*/}/$${b%%=*} $${b#*=}; \
 	done; done
 
+IMAGE_DIR ?= $(LOCALBIN)/image
+MKIMAGE = go run ./hack/mkimage -bin-dir $(LOCALBIN) -platforms "$$(echo $(PLATFORMS) | tr ' ' ,)" \
+	  -binaries "$$(for b in $(IMAGE_BINARIES); do printf '%s,' "$${b%%=*}"; done | sed 's/,$$//')" \
+	  -version $(VERSION) -ref $(IMG) -layout $(IMAGE_DIR)/oci \
+	  -tarball $(IMAGE_DIR)/stevedore-$$(go env GOOS)-$$(go env GOARCH).tar -tarball-platform $$(go env GOOS)/$$(go env GOARCH) \
+	  $(if $(PUSH),-push)
+
 .PHONY: image
 image: build-platforms ## The image (both platforms, one index) with no Docker engine: OCI layout in bin/image/oci, a tarball for `ctr images import`; PUSH=1 pushes to IMG.
-	go run ./hack/mkimage -bin-dir $(LOCALBIN) -platforms "$$(echo $(PLATFORMS) | tr ' ' ,)" \
-	  -binaries "$$(for b in $(IMAGE_BINARIES); do printf '%s,' "$${b%%=*}"; done | sed 's/,$$//')" \
-	  -version $(VERSION) -ref $(IMG) -layout $(LOCALBIN)/image/oci \
-	  -tarball $(LOCALBIN)/image/stevedore-$$(go env GOOS)-$$(go env GOARCH).tar -tarball-platform $$(go env GOOS)/$$(go env GOARCH) \
-	  $(if $(PUSH),-push)
+	$(MKIMAGE)
+
+.PHONY: image-pack
+image-pack: ## The image of the binaries bin/ holds already, built by nothing (IMAGE_DIR: where it goes; VERSION: its tag and version label).
+	$(MKIMAGE)
 
 .PHONY: docker-build
 docker-build: ## Build the image (needs a Docker engine).

@@ -13,7 +13,7 @@ import (
 // Durable writes on a local directory (fileblob), so that a 201 survives a
 // power cut as it does with distribution: fileblob writes a temp file and
 // renames it into place without any fsync. A durable write fsyncs the
-// file's data before fileblob renames it (Stream does it when the content
+// file's data before fileblob renames it (StreamDurable does it when the content
 // ends, through the *os.File that fileblob's BeforeWrite exposes), then
 // the directory that received the name (Syncer.SyncDir). On every other
 // driver both are no-ops: object stores acknowledge durable writes.
@@ -69,9 +69,10 @@ func syncPath(path string) error {
 	return nil
 }
 
-// durableOptions is a copy of opts that hands fileblob's temp file to
-// file, so Stream can fsync it before the driver renames it.
-func durableOptions(opts *blob.WriterOptions, file **os.File) *blob.WriterOptions {
+// fileOptions is a copy of opts that hands fileblob's temp file to file,
+// so stream can send its pages to the disk as they arrive and, for a
+// durable write, fsync it before the driver renames it.
+func fileOptions(opts *blob.WriterOptions, file **os.File) *blob.WriterOptions {
 	o := *opts
 	before := o.BeforeWrite
 	o.BeforeWrite = func(asFunc func(any) bool) error {

@@ -40,7 +40,7 @@ func WriteSmallDurable(ctx context.Context, local *SmallReader, key string, cont
 // returns, on a local bucket (see durable.go).
 func StreamDurable(ctx context.Context, local *SmallReader, key string, r io.Reader, opts *blob.WriterOptions, atEOF func(n int64) error) (int64, error) {
 	var f *os.File
-	n, err := stream(ctx, local.bucket, key, r, durableOptions(withContentType(opts), &f), atEOF, &f, true)
+	n, err := stream(ctx, local.bucket, key, r, fileOptions(withContentType(opts), &f), atEOF, &f, true)
 	if err != nil {
 		return n, err
 	}
@@ -70,7 +70,7 @@ func withContentType(opts *blob.WriterOptions) *blob.WriterOptions {
 // (writeBack), not left for the fsync that commits the upload they belong to.
 func Stream(ctx context.Context, b *blob.Bucket, key string, r io.Reader, opts *blob.WriterOptions, atEOF func(n int64) error) (int64, error) {
 	var f *os.File
-	return stream(ctx, b, key, r, durableOptions(withContentType(opts), &f), atEOF, &f, false)
+	return stream(ctx, b, key, r, fileOptions(withContentType(opts), &f), atEOF, &f, false)
 }
 
 // stream is Stream; when file is set and the driver handed its file over

@@ -186,6 +186,10 @@ bench: build ## Side by side with distribution (installs it, crane, wrk, ab), th
 bench-gc: build ## Workload 7 of make bench alone: registryd gc on versitygw (BENCH_GC_BLOBS=10000 unreferenced blobs, BENCH_GC_IMAGES=1000 images) while clients push and pull, next to distribution's offline garbage-collect.
 	BENCH_ONLY=gc hack/bench.sh
 
+.PHONY: bench-bytes
+bench-bytes: build ## Workload 1 of make bench alone, with the machine's limits: one 1 GiB image pushed and pulled by the Go client, crane and curl, BENCH_ROUNDS rounds beside distribution; printed, docs/benchmarks.md left as it is.
+	BENCH_ONLY=bytes hack/bench.sh
+
 .PHONY: bench-kube
 bench-kube: build envtest ## Workload 6 of make bench alone: make dev's registryd over HTTP (tag pushes, GETs by tag, BENCH_KUBE_NEW_REPOS=1000 new repositories by 8 crane processes, with the API server's CPU).
 	BENCH_ONLY=kube hack/bench.sh

@@ -8,7 +8,8 @@
 # docs/benchmarks.md. BENCH_ONLY=gc (make bench-gc) runs the garbage-
 # collection workload alone and prints it, leaving docs/benchmarks.md;
 # BENCH_ONLY=kube (make bench-kube) the same for kubernetes mode over HTTP,
-# BENCH_ONLY=s3 (make bench-s3) for the S3 workload (redirects off and on).
+# BENCH_ONLY=s3 (make bench-s3) for the S3 workload (redirects off and on),
+# BENCH_ONLY=bytes (make bench-bytes) for workload 1 and the machine limits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS

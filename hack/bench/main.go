@@ -51,7 +51,7 @@ type options struct {
 	prof         profiler // BENCH_PPROF_DIR
 	gc           gcOptions
 	s3           s3Options
-	only         string // BENCH_ONLY=gc, kube or s3: that workload alone
+	only         string // BENCH_ONLY=gc, kube or s3: that workload alone; bytes: the machine limits and workload 1
 }
 
 func envInt(name string, def int) int {
@@ -281,6 +281,9 @@ func run(ctx context.Context, o options) error {
 				}
 			}
 		}
+		if o.only == "bytes" {
+			continue
+		}
 		for _, k := range order {
 			logf("round %d/%d, %s: workloads 2 and 3", round+1, o.rounds, k)
 			if err := withServer(ctx, o, k, func(s *server) error {
@@ -330,6 +333,10 @@ func run(ctx context.Context, o options) error {
 		}
 	}
 
+	if o.only == "bytes" {
+		fmt.Printf("Machine: %s.\n\n%s%s", machine, limits.markdown(), bigT.markdown())
+		return nil
+	}
 	tables := []*table{limits, bigT, smallT, wrkT, chunkT}
 	if o.s3.layerBytes > 0 && o.gc.s3URL != "" && !o.skipCrane {
 		t, err := runS3(ctx, o)

@@ -39,8 +39,7 @@ func WriteSmallDurable(ctx context.Context, local *SmallReader, key string, cont
 // StreamDurable is Stream whose data and name are on disk before it
 // returns, on a local bucket (see durable.go).
 func StreamDurable(ctx context.Context, local *SmallReader, key string, r io.Reader, opts *blob.WriterOptions, atEOF func(n int64) error) (int64, error) {
-	var f *os.File
-	n, err := stream(ctx, local.bucket, key, r, fileOptions(withContentType(opts), &f), atEOF, &f, true)
+	n, err := stream(ctx, local.bucket, key, r, opts, atEOF, true)
 	if err != nil {
 		return n, err
 	}
@@ -69,19 +68,17 @@ func withContentType(opts *blob.WriterOptions) *blob.WriterOptions {
 // On a local bucket the file's pages are sent to the disk as they arrive
 // (writeBack), not left for the fsync that commits the upload they belong to.
 func Stream(ctx context.Context, b *blob.Bucket, key string, r io.Reader, opts *blob.WriterOptions, atEOF func(n int64) error) (int64, error) {
-	var f *os.File
-	return stream(ctx, b, key, r, fileOptions(withContentType(opts), &f), atEOF, &f, false)
+	return stream(ctx, b, key, r, opts, atEOF, false)
 }
 
-// stream is Stream; when file is set and the driver handed its file over
-// (fileblob), its pages go to the disk as they arrive and, with sync, the
-// file is fsynced once every byte is in it, before the driver renames it
-// into place.
-func stream(ctx context.Context, b *blob.Bucket, key string, r io.Reader, opts *blob.WriterOptions, atEOF func(n int64) error, file **os.File, sync bool) (int64, error) {
+// stream is Stream; when the driver hands its file over (fileblob), the
+// file's pages go to the disk as they arrive and, with sync, the file is
+// fsynced once every byte is in it, before the driver renames it into place.
+func stream(ctx context.Context, b *blob.Bucket, key string, r io.Reader, opts *blob.WriterOptions, atEOF func(n int64) error, sync bool) (int64, error) {
 	wctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	g := &guardedReader{r: r, atEOF: atEOF, cancel: cancel, file: file, sync: sync}
-	err := b.Upload(wctx, key, g, withContentType(opts))
+	g := &guardedReader{r: r, atEOF: atEOF, cancel: cancel, sync: sync}
+	err := b.Upload(wctx, key, g, fileOptions(withContentType(opts), &g.file))
 	if g.err != nil {
 		return g.n, g.err
 	}
@@ -100,9 +97,10 @@ type guardedReader struct {
 	cancel context.CancelCauseFunc
 	err    error
 	eof    bool
-	// file, when it points at a file, has its pages written back as they
-	// arrive and, with sync, is fsynced before the final EOF.
-	file **os.File
+	// file, the driver's file when it handed one over, has its pages
+	// written back as they arrive and, with sync, is fsynced before the
+	// final EOF.
+	file *os.File
 	sync bool
 	// queued: the bytes before this offset were handed to writeBack.
 	queued int64
@@ -204,16 +202,16 @@ func (g *guardedReader) readOnce(p []byte) (int, error) {
 // writeBack asks the kernel to start writing the file's bytes up to
 // written, every writeBackEvery bytes.
 func (g *guardedReader) writeBack(written int64) {
-	if g.file != nil && *g.file != nil && written-g.queued >= writeBackEvery {
-		writeBack(*g.file, g.queued, written-g.queued)
+	if g.file != nil && written-g.queued >= writeBackEvery {
+		writeBack(g.file, g.queued, written-g.queued)
 		g.queued = written
 	}
 }
 
 // syncFile fsyncs the file, once, when the stream is a durable one.
 func (g *guardedReader) syncFile() error {
-	if g.sync && g.file != nil && *g.file != nil && !g.synced {
-		if err := (*g.file).Sync(); err != nil {
+	if g.sync && g.file != nil && !g.synced {
+		if err := g.file.Sync(); err != nil {
 			return g.fail(fmt.Errorf("syncing the content: %w", err))
 		}
 	}

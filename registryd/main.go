@@ -202,7 +202,7 @@ func run(log *slog.Logger, c config) error {
 	}
 	handler := withTokenEndpoint(server.New(b, tagStore, &server.Options{
 		MaxManifestBytes: c.maxManifestBytes, Secret: secret, ChunkMinLength: c.chunkMinLength,
-		RedirectTTL: c.redirectTTL, BeforeSign: bucket.BeforeSign(c.storageURL, nil), Logger: log, Registerer: reg, Authorizer: guard,
+		RedirectTTL: c.redirectTTL, BeforeSign: bucket.BeforeSign(c.storageURL, nil), ListStart: bucket.ListStart, Logger: log, Registerer: reg, Authorizer: guard,
 		MaxConcurrentRequests: c.limits.maxConcurrentRequests, BodyTimeout: c.limits.bodyTimeout, BodyMinBytes: c.limits.bodyMinBytes,
 		UploadLifetime: c.uploadLifetime, GCTouchInterval: c.gcTouchInterval, Mirror: mirrors,
 	}), guard.TokenHandler())

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/events"
 
+	"github.com/stevedore-dev/stevedore/internal/bucket"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 	"github.com/stevedore-dev/stevedore/registryd/tags/kube"
 )
@@ -28,13 +29,13 @@ func newTagStore(ctx context.Context, log *slog.Logger, c config, b *blob.Bucket
 			return nil, err
 		}
 		log.Info("tags live in the bucket (standalone mode)", "immutableTags", c.immutableTags)
-		return tags.NewBucketWith(b, tags.BucketOptions{ImmutableTags: rules}), nil
+		return tags.NewBucketWith(b, tags.BucketOptions{ImmutableTags: rules, ListStart: bucket.ListStart}), nil
 	}
 	if len(c.immutableTags) > 0 {
 		// One source of rules: the objects, which change without a restart.
 		return nil, errors.New("--immutable-tags is for standalone mode; with --registry, set spec.immutableTags on the Registry or its Repositories")
 	}
-	journal := tags.NewBucket(b)
+	journal := tags.NewBucketWith(b, tags.BucketOptions{ListStart: bucket.ListStart})
 	broadcaster := events.NewBroadcaster(&events.EventSinkImpl{Interface: kc.cs.EventsV1()})
 	if err := broadcaster.StartRecordingToSinkWithContext(ctx); err != nil {
 		return nil, err

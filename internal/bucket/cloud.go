@@ -324,3 +324,17 @@ func BeforeSign(rawURL string, env map[string]string) func(asFunc func(any) bool
 		return nil
 	}
 }
+
+// ListStart begins a GCS listing after the key prefix+after (StartOffset;
+// prefix is the listing's own) and reports whether the driver was GCS.
+// registryd/storage handles S3 itself and takes this for the rest
+// (storage.ListStart), so that it does not import the GCS client.
+func ListStart(as func(any) bool, after string) bool {
+	var q *storage.Query
+	if !as(&q) || q == nil {
+		return false
+	}
+	// StartOffset is inclusive; after itself is skipped by the caller.
+	q.StartOffset = q.Prefix + after
+	return true
+}

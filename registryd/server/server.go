@@ -45,6 +45,9 @@ type Options struct {
 	// BeforeSign adjusts the signed URLs of RedirectTTL for the backend
 	// (internal/bucket.BeforeSign); nil for most.
 	BeforeSign func(asFunc func(any) bool) error
+	// ListStart starts catalog listings after a key on drivers beyond S3
+	// (internal/bucket.ListStart: GCS); nil: they list from the start.
+	ListStart storage.ListStart
 	// Logger receives one line per request. Default: slog.Default().
 	Logger *slog.Logger
 	// Registerer receives the server's metrics. Nil: not exported.
@@ -148,7 +151,7 @@ func New(bucket *blob.Bucket, tagStore tags.Store, opts *Options) http.Handler {
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	s.store.WithBeforeSign(s.opts.BeforeSign)
+	s.store.WithBeforeSign(s.opts.BeforeSign).WithListStart(s.opts.ListStart)
 	if s.opts.GCTouchInterval == 0 {
 		s.opts.GCTouchInterval = defaultGCTouchInterval
 	}

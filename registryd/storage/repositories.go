@@ -110,14 +110,14 @@ func (s *Store) catalogChildren(ctx context.Context, node catalogNode, last stri
 	opts := &blob.ListOptions{Prefix: prefix, Delimiter: "/"}
 	switch {
 	case node.resume:
-		opts.BeforeList = StartAfter(node.after + "/")
+		opts.BeforeList = StartAfter(node.after+"/", s.listStart)
 	case last != "" && strings.HasPrefix(last, strings.TrimPrefix(prefix, reposPrefix)):
 		// On the way to last: its component at this level and everything
 		// sorting after it ("x/", "x-y/"); the children before it hold
 		// only names before last.
 		rest := strings.TrimPrefix(last, strings.TrimPrefix(prefix, reposPrefix))
 		component, _, _ := strings.Cut(rest, "/")
-		opts.BeforeList = StartAfter(component)
+		opts.BeforeList = StartAfter(component, s.listStart)
 	}
 	err = Each(ctx, s.bucket, opts, func(obj *blob.ListObject) (bool, error) {
 		if !obj.IsDir {

@@ -22,6 +22,9 @@ type Store struct {
 	// beforeSign adjusts signed URLs for the backend (the GCS emulator's
 	// host); nil for most.
 	beforeSign func(asFunc func(any) bool) error
+	// listStart starts listings after a key on drivers beyond S3
+	// (StartAfter); nil for most.
+	listStart ListStart
 	// local makes writes durable on a local directory (durable.go).
 	local *SmallReader
 	// copyBufs holds the buffers blobs from a remote object store are
@@ -39,6 +42,14 @@ func New(bucket *blob.Bucket) *Store {
 // (internal/bucket.BeforeSign) and returns s.
 func (s *Store) WithBeforeSign(f func(asFunc func(any) bool) error) *Store {
 	s.beforeSign = f
+	return s
+}
+
+// WithListStart sets the hook catalog listings start after a key with on
+// drivers this package does not import (internal/bucket.ListStart) and
+// returns s.
+func (s *Store) WithListStart(f ListStart) *Store {
+	s.listStart = f
 	return s
 }
 

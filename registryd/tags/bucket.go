@@ -22,6 +22,7 @@ type Bucket struct {
 	bucket    *blob.Bucket
 	reader    *storage.SmallReader // tag reads: straight from the file on file://
 	immutable ImmutableRules
+	listStart storage.ListStart
 }
 
 // BucketOptions configure a bucket tag store.
@@ -33,6 +34,10 @@ type BucketOptions struct {
 	// rules. The journal beneath the kubernetes store has none: status
 	// decides there.
 	ImmutableTags ImmutableRules
+	// ListStart lets a page of tags start after its last tag on drivers
+	// beyond S3 (internal/bucket.ListStart: GCS); without it they list
+	// from the repository's first tag.
+	ListStart storage.ListStart
 }
 
 // NewBucket returns the bucket tag store over b.
@@ -40,7 +45,7 @@ func NewBucket(b *blob.Bucket) *Bucket { return NewBucketWith(b, BucketOptions{}
 
 // NewBucketWith returns the bucket tag store over b with opts.
 func NewBucketWith(b *blob.Bucket, opts BucketOptions) *Bucket {
-	return &Bucket{bucket: b, reader: storage.NewSmallReader(b), immutable: opts.ImmutableTags}
+	return &Bucket{bucket: b, reader: storage.NewSmallReader(b), immutable: opts.ImmutableTags, listStart: opts.ListStart}
 }
 
 var _ Store = (*Bucket)(nil)
@@ -130,7 +135,7 @@ func (s *Bucket) List(ctx context.Context, repo string, n int, last string) ([]s
 	out := []string{}
 	opts := &blob.ListOptions{Prefix: prefix, Delimiter: "/"}
 	if last != "" {
-		opts.BeforeList = storage.StartAfter(last)
+		opts.BeforeList = storage.StartAfter(last, s.listStart)
 	}
 	err := storage.Each(ctx, s.bucket, opts, func(obj *blob.ListObject) (bool, error) {
 		tag := strings.TrimPrefix(obj.Key, prefix)

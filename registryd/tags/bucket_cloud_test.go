@@ -65,7 +65,7 @@ func TestBucketListStartsAfter(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { _ = b.Close() })
-			s := tags.NewBucket(b)
+			s := tags.NewBucketWith(b, tags.BucketOptions{ListStart: bucket.ListStart})
 			const n = 300
 			for i := range n {
 				if err := s.Put(ctx, "app", fmt.Sprintf("t%04d", i), testDescriptor(i)); err != nil {

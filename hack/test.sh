@@ -105,7 +105,7 @@ go test -count=1 -timeout 30m -parallel 4 $(long_first "$(go list ./... | grep -
 phase "go test (operator, envtest, generated code)"
 # shellcheck disable=SC2046
 go test -race -count=1 -timeout 30m $(long_first "$(go list ./registryd/... | grep -vE '/registryd/(hostile|e2e)$')" \
-  registryd/tags/kube registryd/server registryd/auth registryd/gc)
+  registryd/tags/kube registryd/server registryd/auth/kubetest registryd/gc)
 phase "go test -race registryd (unit, envtest)"
 # registryd/e2e in two runs sharing one -race registryd: first its tests
 # that assert timing (the ones that do not call t.Parallel: drain, slowloris,

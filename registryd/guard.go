@@ -7,7 +7,6 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/stevedore-dev/stevedore/registryd/auth"
 )
@@ -48,9 +47,9 @@ func newGuard(log *slog.Logger, c config, secret []byte, reg prometheus.Register
 }
 
 func newKubernetesBackend(log *slog.Logger, c config, kc *kubeConn) (auth.Backend, error) {
-	var client kubernetes.Interface // nil without --registry: NewKubernetes says what is missing
+	var opts auth.KubernetesOptions // no reviewers without --registry: NewKubernetes says what is missing
 	if kc != nil {
-		client = kc.cs
+		opts.TokenReviews, opts.AccessReviews = kc.cs.AuthenticationV1().TokenReviews(), kc.cs.AuthorizationV1().SubjectAccessReviews()
 	}
 	var audiences []string
 	for _, a := range strings.Split(c.tokenAudiences, ",") {
@@ -62,10 +61,9 @@ func newKubernetesBackend(log *slog.Logger, c config, kc *kubeConn) (auth.Backen
 	if grace == 0 {
 		grace = -1 // the flag's 0 is off; the option's 0 is the default
 	}
-	return auth.NewKubernetes(auth.KubernetesOptions{
-		Client: client, Namespace: c.namespace, Registry: c.registry, Audiences: audiences,
-		CacheTTL: c.authCacheTTL, OutageGrace: grace, Logger: log,
-	})
+	opts.Namespace, opts.Registry, opts.Audiences = c.namespace, c.registry, audiences
+	opts.CacheTTL, opts.OutageGrace, opts.Logger = c.authCacheTTL, grace, log
+	return auth.NewKubernetes(opts)
 }
 
 // withTokenEndpoint serves /token (the Docker token flow) beside the

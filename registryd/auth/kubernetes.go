@@ -12,7 +12,6 @@ import (
 	authnv1 "k8s.io/api/authentication/v1"
 	authzv1 "k8s.io/api/authorization/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 )
@@ -28,7 +27,14 @@ func DefaultAudience(namespace, registry string) string {
 
 // KubernetesOptions configure the kubernetes backend.
 type KubernetesOptions struct {
-	Client kubernetes.Interface
+	// TokenReviews and AccessReviews are a clientset's
+	// AuthenticationV1().TokenReviews() and
+	// AuthorizationV1().SubjectAccessReviews(): the two calls this mode
+	// makes. Narrow on purpose: the package then does not depend on
+	// client-go's clientset, every API group's types and clients (about 380
+	// packages), which its fuzz target would build instrumented.
+	TokenReviews  TokenReviewer
+	AccessReviews AccessReviewer
 	// Namespace and Registry locate the Repository objects that permissions
 	// name (resourceName = the Repository object of a repository path).
 	Namespace, Registry string
@@ -56,6 +62,18 @@ type KubernetesOptions struct {
 	Logger        *slog.Logger
 }
 
+// TokenReviewer creates TokenReviews (client-go's TokenReviewInterface has
+// this method).
+type TokenReviewer interface {
+	Create(ctx context.Context, tr *authnv1.TokenReview, opts metav1.CreateOptions) (*authnv1.TokenReview, error)
+}
+
+// AccessReviewer creates SubjectAccessReviews (client-go's
+// SubjectAccessReviewInterface has this method).
+type AccessReviewer interface {
+	Create(ctx context.Context, sar *authzv1.SubjectAccessReview, opts metav1.CreateOptions) (*authzv1.SubjectAccessReview, error)
+}
+
 // kubernetesBackend: the password (Basic) or token (Bearer) is a Kubernetes
 // token; actions are verbs on repositories.stevedore.dev, so ServiceAccounts,
 // users and groups with RBAC are the registry's identities and permissions.
@@ -78,7 +96,7 @@ const apiRetryInterval = time.Second
 
 // NewKubernetes returns the kubernetes backend.
 func NewKubernetes(o KubernetesOptions) (Backend, error) {
-	if o.Client == nil || o.Namespace == "" || o.Registry == "" {
+	if o.TokenReviews == nil || o.AccessReviews == nil || o.Namespace == "" || o.Registry == "" {
 		return nil, fmt.Errorf("auth mode kubernetes needs a Kubernetes client, --namespace and --registry")
 	}
 	if len(o.Audiences) == 0 {
@@ -159,7 +177,7 @@ func (k *kubernetesBackend) tokenReview(ctx context.Context, token string) (*aut
 	}
 	rctx, cancel := context.WithTimeout(ctx, k.opts.ReviewTimeout)
 	defer cancel()
-	tr, err := k.opts.Client.AuthenticationV1().TokenReviews().Create(rctx, &authnv1.TokenReview{
+	tr, err := k.opts.TokenReviews.Create(rctx, &authnv1.TokenReview{
 		Spec: authnv1.TokenReviewSpec{Token: token, Audiences: k.opts.Audiences},
 	}, metav1.CreateOptions{})
 	if err != nil {
@@ -214,7 +232,7 @@ func (k *kubernetesBackend) subjectAccessReview(ctx context.Context, id *Identit
 	}
 	rctx, cancel := context.WithTimeout(ctx, k.opts.ReviewTimeout)
 	defer cancel()
-	sar, err := k.opts.Client.AuthorizationV1().SubjectAccessReviews().Create(rctx, &authzv1.SubjectAccessReview{
+	sar, err := k.opts.AccessReviews.Create(rctx, &authzv1.SubjectAccessReview{
 		Spec: authzv1.SubjectAccessReviewSpec{
 			ResourceAttributes: attrs, User: id.Name, UID: id.UID, Groups: id.Groups, Extra: extra,
 		},

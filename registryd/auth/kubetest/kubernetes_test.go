@@ -1,6 +1,7 @@
-package auth
+package kubetest
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -23,6 +24,7 @@ import (
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/internal/testenv"
+	"github.com/stevedore-dev/stevedore/registryd/auth"
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
 )
 
@@ -148,21 +150,22 @@ func (f *kubeFixture) token(sa string, audiences ...string) string {
 	return tr.Status.Token
 }
 
-func (f *kubeFixture) audience() string { return DefaultAudience(f.ns, registryName) }
+func (f *kubeFixture) audience() string { return auth.DefaultAudience(f.ns, registryName) }
 
 // guard returns a kubernetes-mode Guard for the fixture's namespace.
-func (f *kubeFixture) guard(ko KubernetesOptions, o Options) *Guard {
+func (f *kubeFixture) guard(ko auth.KubernetesOptions, o auth.Options) *auth.Guard {
 	f.t.Helper()
-	if ko.Client == nil {
-		ko.Client = f.client("")
+	if ko.TokenReviews == nil {
+		cs := f.client("")
+		ko.TokenReviews, ko.AccessReviews = cs.AuthenticationV1().TokenReviews(), cs.AuthorizationV1().SubjectAccessReviews()
 	}
 	ko.Namespace, ko.Registry = f.ns, registryName
-	b, err := NewKubernetes(ko)
+	b, err := auth.NewKubernetes(ko)
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	o.Mode, o.Backend, o.Secret = Kubernetes, b, []byte("s")
-	g, err := New(o)
+	o.Mode, o.Backend, o.Secret = auth.Kubernetes, b, []byte("s")
+	g, err := auth.New(o)
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -180,20 +183,20 @@ func basic(token string) *http.Request {
 func TestKubernetesAsks(t *testing.T) {
 	f := newKubeFixture(t)
 	token := f.serviceAccount("ci", []string{"pull"}, []string{"team/app"}, f.audience())
-	g := f.guard(KubernetesOptions{}, Options{})
+	g := f.guard(auth.KubernetesOptions{}, auth.Options{})
 	tests := []struct {
 		name   string
 		token  string
-		access Access
+		access auth.Access
 		want   int
 	}{
-		{"pull the granted repository", token, Access{"team/app", Pull}, 200},
-		{"push is another verb", token, Access{"team/app", Push}, 403},
-		{"pull another repository", token, Access{"team/other", Pull}, 403},
-		{"the catalog", token, Access{Action: List}, 403},
-		{"base needs a valid token only", token, Access{}, 200},
-		{"a forged token", token[:len(token)-4] + "AAAA", Access{"team/app", Pull}, 401},
-		{"garbage", "not-a-token", Access{"team/app", Pull}, 401},
+		{"pull the granted repository", token, auth.Access{Repository: "team/app", Action: auth.Pull}, 200},
+		{"push is another verb", token, auth.Access{Repository: "team/app", Action: auth.Push}, 403},
+		{"pull another repository", token, auth.Access{Repository: "team/other", Action: auth.Pull}, 403},
+		{"the catalog", token, auth.Access{Action: auth.List}, 403},
+		{"base needs a valid token only", token, auth.Access{}, 200},
+		{"a forged token", token[:len(token)-4] + "AAAA", auth.Access{Repository: "team/app", Action: auth.Pull}, 401},
+		{"garbage", "not-a-token", auth.Access{Repository: "team/app", Action: auth.Pull}, 401},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -212,9 +215,9 @@ func TestKubernetesAudience(t *testing.T) {
 	f.serviceAccount("ci", []string{"pull"}, []string{"team/app"})
 	apiToken := f.token("ci") // the API server's own audience
 	regToken := f.token("ci", f.audience())
-	otherReg := f.token("ci", DefaultAudience(f.ns, "other"))
+	otherReg := f.token("ci", auth.DefaultAudience(f.ns, "other"))
 	custom := f.token("ci", "ci.example/registry")
-	pull := Access{"team/app", Pull}
+	pull := auth.Access{Repository: "team/app", Action: auth.Pull}
 	tests := []struct {
 		name      string
 		audiences []string
@@ -229,7 +232,7 @@ func TestKubernetesAudience(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			g := f.guard(KubernetesOptions{Audiences: tc.audiences}, Options{})
+			g := f.guard(auth.KubernetesOptions{Audiences: tc.audiences}, auth.Options{})
 			if got := status(g.Authorize(t.Context(), basic(tc.token), pull)); got != tc.want {
 				t.Fatalf("status %d, want %d", got, tc.want)
 			}
@@ -243,10 +246,10 @@ func TestKubernetesCachesABurst(t *testing.T) {
 	f := newKubeFixture(t)
 	token := f.serviceAccount("ci", []string{"pull"}, []string{"team/app"}, f.audience())
 	const ttl = 2 * time.Second
-	g := f.guard(KubernetesOptions{CacheTTL: ttl}, Options{})
+	g := f.guard(auth.KubernetesOptions{CacheTTL: ttl}, auth.Options{})
 	start := time.Now()
 	for range 500 {
-		if err := g.Authorize(t.Context(), basic(token), Access{"team/app", Pull}); err != nil {
+		if err := g.Authorize(t.Context(), basic(token), auth.Access{Repository: "team/app", Action: auth.Pull}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -257,7 +260,7 @@ func TestKubernetesCachesABurst(t *testing.T) {
 		t.Fatalf("500 pulls cost %d TokenReviews and %d SubjectAccessReviews, want 1 and 1", f.reviews.Load(), f.checks.Load())
 	}
 	time.Sleep(ttl + 100*time.Millisecond)
-	_ = g.Authorize(t.Context(), basic(token), Access{"team/app", Pull})
+	_ = g.Authorize(t.Context(), basic(token), auth.Access{Repository: "team/app", Action: auth.Pull})
 	if f.reviews.Load() != 2 || f.checks.Load() != 2 {
 		t.Fatalf("after the TTL: %d and %d, want the answers asked again", f.reviews.Load(), f.checks.Load())
 	}
@@ -271,8 +274,8 @@ func TestKubernetesRejectedTokensApart(t *testing.T) {
 	f := newKubeFixture(t)
 	token := f.serviceAccount("ci", []string{"pull"}, []string{"team/app"}, f.audience())
 	// Throttling off: this is about the caches.
-	g := f.guard(KubernetesOptions{CacheTTL: time.Minute, CacheSize: 8}, Options{Throttle: ThrottleOptions{Disabled: true}})
-	pull := Access{"team/app", Pull}
+	g := f.guard(auth.KubernetesOptions{CacheTTL: time.Minute, CacheSize: 8}, auth.Options{Throttle: auth.ThrottleOptions{Disabled: true}})
+	pull := auth.Access{Repository: "team/app", Action: auth.Pull}
 	if err := g.Authorize(t.Context(), basic(token), pull); err != nil {
 		t.Fatal(err)
 	}
@@ -298,7 +301,6 @@ func TestKubernetesRejectedTokensApart(t *testing.T) {
 func TestTokenScopeCap(t *testing.T) {
 	f := newKubeFixture(t)
 	token := f.serviceAccount("ci", []string{"pull"}, []string{"team/app"}, f.audience())
-	g := f.guard(KubernetesOptions{}, Options{MaxTokenScopes: 8})
 	scopes := func(n int) []string {
 		var out []string
 		for i := range n {
@@ -320,7 +322,7 @@ func TestTokenScopeCap(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			g.opts.Backend.(*kubernetesBackend).decisions.clear()
+			g := f.guard(auth.KubernetesOptions{}, auth.Options{MaxTokenScopes: 8}) // its caches empty
 			before := f.checks.Load()
 			if code, _ := getToken(t, g, "ci", token, tc.scopes...); code != tc.want {
 				t.Fatalf("status %d, want %d", code, tc.want)
@@ -424,11 +426,12 @@ func TestKubernetesOutage(t *testing.T) {
 				t.Fatal(err)
 			}
 			p := newProxy(t, api.Host)
-			g := f.guard(KubernetesOptions{Client: f.client("https://" + p.addr), CacheTTL: ttl, OutageGrace: tc.grace}, Options{})
+			outage := f.client("https://" + p.addr)
+			g := f.guard(auth.KubernetesOptions{TokenReviews: outage.AuthenticationV1().TokenReviews(), AccessReviews: outage.AuthorizationV1().SubjectAccessReviews(), CacheTTL: ttl, OutageGrace: tc.grace}, auth.Options{})
 			ctx := t.Context()
-			pull, push, del := Access{"team/app", Pull}, Access{"team/app", Push}, Access{"team/app", Delete}
+			pull, push, del := auth.Access{Repository: "team/app", Action: auth.Pull}, auth.Access{Repository: "team/app", Action: auth.Push}, auth.Access{Repository: "team/app", Action: auth.Delete}
 			// Warm-up: ci pulls, lists and pushes; other pulls.
-			for _, a := range []Access{pull, {Action: List}, push, del, {}} {
+			for _, a := range []auth.Access{pull, {Action: auth.List}, push, del, {}} {
 				if err := g.Authorize(ctx, basic(ci), a); err != nil {
 					t.Fatalf("before the outage, %v: %v", a, err)
 				}
@@ -442,17 +445,17 @@ func TestKubernetesOutage(t *testing.T) {
 			checks := []struct {
 				what   string
 				token  string
-				access Access
+				access auth.Access
 				want   int
 			}{
 				{"ci pulls", ci, pull, tc.pull},
 				{"ci pulls again", ci, pull, tc.pull},
-				{"ci asks for the base", ci, Access{}, tc.base},
-				{"ci lists", ci, Access{Action: List}, tc.list},
+				{"ci asks for the base", ci, auth.Access{}, tc.base},
+				{"ci lists", ci, auth.Access{Action: auth.List}, tc.list},
 				{"ci pushes", ci, push, 503},
 				{"ci deletes", ci, del, 503},
 				{"other pulls", other, pull, tc.pull},
-				{"other pulls a repository it never asked for", other, Access{"team/new", Pull}, 503},
+				{"other pulls a repository it never asked for", other, auth.Access{Repository: "team/new", Action: auth.Pull}, 503},
 				{"a token never seen", late, pull, 503},
 				{"garbage", "not-a-token", pull, 503},
 			}
@@ -481,12 +484,12 @@ func TestKubernetesOutage(t *testing.T) {
 			for _, c := range []struct {
 				what   string
 				token  string
-				access Access
+				access auth.Access
 				want   int
 			}{
 				{"ci deletes", ci, del, 200},
 				{"a token never seen", late, pull, 200},
-				{"other pulls a new repository", other, Access{"team/new", Pull}, 200},
+				{"other pulls a new repository", other, auth.Access{Repository: "team/new", Action: auth.Pull}, 200},
 				{"garbage", "not-a-token", pull, 401},
 			} {
 				if got := status(g.Authorize(ctx, basic(c.token), c.access)); got != c.want {
@@ -495,4 +498,32 @@ func TestKubernetesOutage(t *testing.T) {
 			}
 		})
 	}
+}
+
+// status is the HTTP status the error would be answered with (200 for nil).
+func status(err error) int {
+	if err == nil {
+		return http.StatusOK
+	}
+	return errcode.As(err).Code.Status
+}
+
+// getToken asks the guard's /token for scopes with Basic credentials.
+func getToken(t *testing.T, g *auth.Guard, user, pass string, scopes ...string) (int, string) {
+	t.Helper()
+	q := "service=stevedore"
+	for _, s := range scopes {
+		q += "&scope=" + s
+	}
+	r := httptest.NewRequest(http.MethodGet, "http://reg.example/token?"+q, nil)
+	if user != "" {
+		r.SetBasicAuth(user, pass)
+	}
+	w := httptest.NewRecorder()
+	g.TokenHandler().ServeHTTP(w, r)
+	var resp struct {
+		Token string `json:"token"`
+	}
+	_ = json.Unmarshal(w.Body.Bytes(), &resp)
+	return w.Code, resp.Token
 }

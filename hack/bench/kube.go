@@ -97,8 +97,8 @@ func kubeSection(benchOut string, h *kubeHTTPResult, distGetByTag float64, pushe
 			if nr.perSecond >= 50 {
 				met = "met"
 			}
-			fmt.Fprintf(&b, "| one small image copied into %d new repositories by %d concurrent `crane copy` processes, one process per copy (target ≥ 50/s: %s); CPU meanwhile, in cores: kube-apiserver %.2f, etcd %.2f, operator %.2f, registryd %.2f | %.1f repositories/s | %.1f per new repository (%s) |\n",
-				nr.repos, nr.pushers, met, nr.apiserver, nr.etcd, nr.operator, nr.registryd, nr.perSecond, nr.apiPerRepo, nr.detail)
+			fmt.Fprintf(&b, "| one small image copied into %d new repositories by %d concurrent `crane copy` processes, one process per copy (target ≥ 50/s: %s); CPU meanwhile, in cores: kube-apiserver %.2f, etcd %.2f, operator %.2f, registryd %.2f, the crane processes %.2f (%s each) | %.1f repositories/s | %.1f per new repository (%s) |\n",
+				nr.repos, nr.pushers, met, nr.apiserver, nr.etcd, nr.operator, nr.registryd, nr.clients, nr.perCopy.Round(time.Millisecond), nr.perSecond, nr.apiPerRepo, nr.detail)
 		}
 		b.WriteString("\n")
 	}

@@ -20,8 +20,12 @@ type newReposResult struct {
 	perSecond      float64
 	apiPerRepo     float64 // registryd's requests to the API server per new repository, Events included
 	detail         string  // those requests by resource
-	// CPU while the pushes ran, in cores (CPU seconds per wall second).
-	apiserver, etcd, operator, registryd float64
+	// CPU while the pushes ran, in cores (CPU seconds per wall second);
+	// clients is the crane processes' own, and perCopy their CPU per copy:
+	// one process per copy starts a Go program each time, which on two
+	// cores bounds the rate before the registry does.
+	apiserver, etcd, operator, registryd, clients float64
+	perCopy                                       time.Duration
 }
 
 // newRepositories copies src into n new repositories with `pushers`
@@ -43,16 +47,19 @@ func newRepositories(ctx context.Context, s *server, crane, src string, n, pushe
 		return [4]time.Duration{cpuOfAll(apiservers), cpuOfAll(etcds), procCPU(dev), cpuOfAll(registryds)}
 	}
 	cpu0 := sample()
-	var next atomic.Int64
+	var next, craneCPU atomic.Int64
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	for range pushers {
 		g.Go(func() error {
 			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
 				dst := fmt.Sprintf("%s/ci/new-%04d:v1", s.addr, i)
-				if out, err := exec.CommandContext(gctx, crane, "copy", "--insecure", src, dst).CombinedOutput(); err != nil {
+				cmd := exec.CommandContext(gctx, crane, "copy", "--insecure", src, dst)
+				out, err := cmd.CombinedOutput()
+				if err != nil {
 					return fmt.Errorf("crane copy %s %s: %w: %s", src, dst, err, out)
 				}
+				craneCPU.Add(int64(cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()))
 			}
 			return nil
 		})
@@ -65,6 +72,8 @@ func newRepositories(ctx context.Context, s *server, crane, src string, n, pushe
 	res.perSecond = float64(n) / wall.Seconds()
 	cores := func(i int) float64 { return (cpu1[i] - cpu0[i]).Seconds() / wall.Seconds() }
 	res.apiserver, res.etcd, res.operator, res.registryd = cores(0), cores(1), cores(2), cores(3)
+	res.clients = time.Duration(craneCPU.Load()).Seconds() / wall.Seconds()
+	res.perCopy = time.Duration(craneCPU.Load() / int64(n))
 	after, err := apiRequests(ctx, s.debugAddr)
 	if err != nil {
 		return res, err

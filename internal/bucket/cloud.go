@@ -326,15 +326,13 @@ func BeforeSign(rawURL string, env map[string]string) func(asFunc func(any) bool
 }
 
 // ListStart begins a GCS listing after the key prefix+after (StartOffset;
-// prefix is the listing's own) and reports whether the driver was GCS.
+// prefix is the listing's own); other drivers' listings it leaves alone.
 // registryd/storage handles S3 itself and takes this for the rest
 // (storage.ListStart), so that it does not import the GCS client.
-func ListStart(as func(any) bool, after string) bool {
+func ListStart(as func(any) bool, after string) {
 	var q *storage.Query
-	if !as(&q) || q == nil {
-		return false
+	if as(&q) && q != nil {
+		// StartOffset is inclusive; after itself is skipped by the caller.
+		q.StartOffset = q.Prefix + after
 	}
-	// StartOffset is inclusive; after itself is skipped by the caller.
-	q.StartOffset = q.Prefix + after
-	return true
 }

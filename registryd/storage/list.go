@@ -50,12 +50,12 @@ func Each(ctx context.Context, b *blob.Bucket, opts *blob.ListOptions, f func(*b
 }
 
 // ListStart asks a driver this package does not import to begin a listing
-// after the key prefix+after, prefix being the listing's own, and reports
-// whether the driver took it. internal/bucket.ListStart is the one for GCS
+// after the key prefix+after, prefix being the listing's own; drivers it
+// does not know it leaves alone. internal/bucket.ListStart is the one for GCS
 // (StartOffset): its client is about 460 packages, which everything that
 // imports this package (the server's fuzz target among them) would build
 // too if the GCS case were written here.
-type ListStart func(as func(any) bool, after string) bool
+type ListStart func(as func(any) bool, after string)
 
 // StartAfter is a ListOptions.BeforeList that asks the backend to begin the
 // listing after key prefix+after, where prefix is the listing's own, so a

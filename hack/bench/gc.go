@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +33,7 @@ type gcOptions struct {
 	images, garbage int           // BENCH_GC_IMAGES, BENCH_GC_BLOBS
 	clients         int           // BENCH_GC_CLIENTS: pushers, and as many pullers
 	window          time.Duration // BENCH_GC_WINDOW_SECONDS: the unloaded measurement
+	rounds          int           // BENCH_GC_ROUNDS: sweeps, each of fresh garbage
 	workers         int           // BENCH_GC_WORKERS: registryd gc --workers
 	// s3URL and s3Env: the versitygw bucket (hack/storage-servers.sh
 	// start, from hack/bench.sh).
@@ -42,13 +44,23 @@ type gcOptions struct {
 // gcResult is what the GC workload measured.
 type gcResult struct {
 	seedRegistryd, seedDistribution time.Duration
-	sweep                           time.Duration
-	summary                         string
-	unloaded, loaded                rates
-	cpu                             string // where the CPU went during the sweep
+	rounds                          []gcRun
 	distributionGC                  time.Duration
 	distributionDeleted             int
 }
+
+// gcRun is one round: a sweep of fresh garbage under client load.
+type gcRun struct {
+	sweep            time.Duration
+	summary          string
+	unloaded, loaded rates
+	cpu              string // where the CPU went during the sweep
+}
+
+// keptPush and keptPull: the clients' rates during the sweep, in % of
+// their unloaded rates.
+func (r gcRun) keptPush() float64 { return 100 * r.loaded.push / r.unloaded.push }
+func (r gcRun) keptPull() float64 { return 100 * r.loaded.pull / r.unloaded.pull }
 
 // rates are client operations per second: image pushes, image pulls.
 type rates struct{ push, pull float64 }
@@ -233,7 +245,7 @@ func clientLoad(ctx context.Context, c gcClient, n, images int, stop <-chan stru
 }
 
 // startRegistrydOn starts registryd on the given storage URL.
-func startRegistrydOn(ctx context.Context, bins binaries, workDir, storage string, env []string) (*server, error) {
+func startRegistrydOn(ctx context.Context, bins binaries, workDir, storage string, env []string, args ...string) (*server, error) {
 	dir, err := os.MkdirTemp(workDir, "registryd-gc-")
 	if err != nil {
 		return nil, err
@@ -247,48 +259,73 @@ func startRegistrydOn(ctx context.Context, bins binaries, workDir, storage strin
 		return nil, err
 	}
 	s.cmd = exec.Command(bins.Registryd, "--addr", addr, "--debug-addr", s.debugAddr, "--pprof", "--storage", storage, "--auth", "none")
+	s.cmd.Args = append(s.cmd.Args, args...)
 	s.cmd.Env = append(append(os.Environ(), "STEVEDORE_HTTP_SECRET=bench"), env...)
 	return s, s.start(ctx)
 }
 
 var gcDeleted = regexp.MustCompile(`(\d+) blobs`)
 
-// gcWorkload measures registryd gc on versitygw, then distribution's
-// offline garbage-collect on its filesystem driver.
+// gcWorkload measures registryd gc on versitygw over rounds, each on the
+// same content under its own key prefix, then distribution's offline
+// garbage-collect on its filesystem driver.
 func gcWorkload(ctx context.Context, o options) (gcResult, error) {
 	var res gcResult
-	g := o.gc
-	s, err := startRegistrydOn(ctx, o.bins, o.workDir, g.s3URL, g.s3Env)
-	if err != nil {
+	for i := range o.gc.rounds {
+		r, err := gcRound(ctx, o, fmt.Sprintf("round%d/", i+1), &res)
+		if err != nil {
+			return res, fmt.Errorf("round %d: %w", i+1, err)
+		}
+		res.rounds = append(res.rounds, r)
+	}
+	if os.Getenv("BENCH_GC_DISTRIBUTION") == "0" {
+		return res, nil
+	}
+	if err := distributionGC(ctx, o, &res); err != nil {
 		return res, err
+	}
+	return res, nil
+}
+
+// gcRound seeds a registryd on the bucket's prefix, then measures the
+// clients unloaded, during one `registryd gc`, and unloaded again. Each
+// round starts from the same content: a round on what earlier rounds'
+// pushers left would mark more manifests.
+func gcRound(ctx context.Context, o options, prefix string, res *gcResult) (gcRun, error) {
+	var r gcRun
+	g := o.gc
+	s, err := startRegistrydOn(ctx, o.bins, o.workDir, g.s3URL, g.s3Env, "--storage-prefix", prefix)
+	if err != nil {
+		return r, err
 	}
 	defer s.stop()
 	tr := transport()
 	defer tr.CloseIdleConnections()
 	c := gcClient{base: s.URL(), hc: &http.Client{Transport: tr}, single: true}
-	logf("gc: seeding registryd on versitygw with %d images and %d unreferenced blobs", g.images, g.garbage)
-	if res.seedRegistryd, err = seedGC(ctx, c, g); err != nil {
-		return res, err
+	logf("gc: %sseeding registryd on versitygw with %d images and %d unreferenced blobs", prefix, g.images, g.garbage)
+	seed, err := seedGC(ctx, c, g)
+	if err != nil {
+		return r, err
 	}
-	logf("gc: seeded in %s", res.seedRegistryd.Round(time.Millisecond))
+	logf("gc: seeded in %s", seed.Round(time.Millisecond))
+	if res.seedRegistryd == 0 {
+		res.seedRegistryd = seed
+	}
 	// The seed's dirty pages go to disk now, not inside a measured window:
 	// their writeback slowed versitygw's fsyncs in whichever window it
 	// fell (rates 15-25 % lower in the runs where it did).
 	syscall.Sync()
 	time.Sleep(1100 * time.Millisecond) // past the collection's grace
 
+	before, err := unloadedRates(ctx, c, g)
+	if err != nil {
+		return r, fmt.Errorf("unloaded clients: %w", err)
+	}
+	logf("gc: unloaded: %.1f pushes/s, %.1f pulls/s", before.push, before.pull)
+
 	stop := make(chan struct{})
 	wait := clientLoad(ctx, c, g.clients, g.images, stop)
-	time.Sleep(g.window)
-	close(stop)
-	if res.unloaded, err = wait(); err != nil {
-		return res, fmt.Errorf("unloaded clients: %w", err)
-	}
-	logf("gc: unloaded: %.1f pushes/s, %.1f pulls/s", res.unloaded.push, res.unloaded.pull)
-
-	stop = make(chan struct{})
-	wait = clientLoad(ctx, c, g.clients, g.images, stop)
-	cmd := exec.CommandContext(ctx, o.bins.Registryd, "gc", "--storage", g.s3URL, "--grace", "1s", "--workers", strconv.Itoa(g.workers))
+	cmd := exec.CommandContext(ctx, o.bins.Registryd, "gc", "--storage", g.s3URL, "--storage-prefix", prefix, "--grace", "1s", "--workers", strconv.Itoa(g.workers))
 	if pace := os.Getenv("BENCH_GC_PACE"); pace != "" { // else registryd gc's default
 		cmd.Args = append(cmd.Args, "--pace", pace)
 	}
@@ -299,60 +336,61 @@ func gcWorkload(ctx context.Context, o options) (gcResult, error) {
 	cpu0 := [3]time.Duration{procCPU(s.cmd.Process.Pid), cpuOfAll(gw), procCPU(os.Getpid())}
 	start := time.Now()
 	out, gcErr := cmd.CombinedOutput()
-	res.sweep = time.Since(start)
+	r.sweep = time.Since(start)
 	if cmd.ProcessState != nil {
-		res.cpu = fmt.Sprintf("collector %.1fs, registryd %.1fs, versitygw %.1fs, clients %.1fs of CPU in %.1fs",
+		r.cpu = fmt.Sprintf("collector %.1fs, registryd %.1fs, versitygw %.1fs, clients %.1fs of CPU in %.1fs",
 			(cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()).Seconds(), (procCPU(s.cmd.Process.Pid) - cpu0[0]).Seconds(),
-			(cpuOfAll(gw) - cpu0[1]).Seconds(), (procCPU(os.Getpid()) - cpu0[2]).Seconds(), res.sweep.Seconds())
-		logf("gc: during the sweep: %s", res.cpu)
+			(cpuOfAll(gw) - cpu0[1]).Seconds(), (procCPU(os.Getpid()) - cpu0[2]).Seconds(), r.sweep.Seconds())
+		logf("gc: during the sweep: %s", r.cpu)
 	}
 	close(stop)
-	res.loaded, err = wait()
+	r.loaded, err = wait()
 	if gcErr != nil {
-		return res, fmt.Errorf("registryd gc: %w\n%s", gcErr, lastLines(string(out), 20))
+		return r, fmt.Errorf("registryd gc: %w\n%s", gcErr, lastLines(string(out), 20))
 	}
 	if err != nil {
-		return res, fmt.Errorf("clients during gc: %w", err)
+		return r, fmt.Errorf("clients during gc: %w", err)
 	}
-	res.summary = strings.TrimSpace(lastLines(string(out), 1))
+	r.summary = strings.TrimSpace(lastLines(string(out), 1))
 	for _, l := range strings.Split(string(out), "\n") {
 		if strings.Contains(l, "gc: phase") {
 			logf("%s", l)
 		}
 	}
-	logf("gc: %s", res.summary)
-	logf("gc: during the sweep: %.1f pushes/s, %.1f pulls/s", res.loaded.push, res.loaded.pull)
-	m := regexp.MustCompile(`, (\d+) blobs,`).FindStringSubmatch(res.summary)
-	if n, _ := strconv.Atoi(m[1]); m == nil || n < g.garbage {
-		return res, fmt.Errorf("registryd gc deleted fewer than %d blobs: %s", g.garbage, res.summary)
+	logf("gc: %s", r.summary)
+	logf("gc: during the sweep: %.1f pushes/s, %.1f pulls/s", r.loaded.push, r.loaded.pull)
+	m := regexp.MustCompile(`, (\d+) blobs,`).FindStringSubmatch(r.summary)
+	if m == nil {
+		return r, fmt.Errorf("registryd gc printed no summary: %s", r.summary)
+	}
+	if n, _ := strconv.Atoi(m[1]); n < g.garbage {
+		return r, fmt.Errorf("registryd gc deleted fewer than %d blobs: %s", g.garbage, r.summary)
 	}
 	for i := 0; i < g.images; i += max(1, g.images/100) {
 		repo, tag := liveRef(i)
 		if err := c.pullImage(ctx, repo, tag); err != nil {
-			return res, fmt.Errorf("after gc: %w", err)
+			return r, fmt.Errorf("after gc: %w", err)
 		}
 	}
 
 	// The unloaded rates again after the sweep: the machine's other load
 	// drifts, and the mean of before and after is fairer than either.
-	stop = make(chan struct{})
-	wait = clientLoad(ctx, c, g.clients, g.images, stop)
-	time.Sleep(g.window)
-	close(stop)
-	after, err := wait()
+	after, err := unloadedRates(ctx, c, g)
 	if err != nil {
-		return res, fmt.Errorf("unloaded clients after gc: %w", err)
+		return r, fmt.Errorf("unloaded clients after gc: %w", err)
 	}
 	logf("gc: unloaded after: %.1f pushes/s, %.1f pulls/s", after.push, after.pull)
-	res.unloaded = rates{push: (res.unloaded.push + after.push) / 2, pull: (res.unloaded.pull + after.pull) / 2}
+	r.unloaded = rates{push: (before.push + after.push) / 2, pull: (before.pull + after.pull) / 2}
+	return r, nil
+}
 
-	if os.Getenv("BENCH_GC_DISTRIBUTION") == "0" {
-		return res, nil
-	}
-	if err := distributionGC(ctx, o, &res); err != nil {
-		return res, err
-	}
-	return res, nil
+// unloadedRates runs the clients alone for the window.
+func unloadedRates(ctx context.Context, c gcClient, g gcOptions) (rates, error) {
+	stop := make(chan struct{})
+	wait := clientLoad(ctx, c, g.clients, g.images, stop)
+	time.Sleep(g.window)
+	close(stop)
+	return wait()
 }
 
 // distributionGC seeds distribution (filesystem driver) with the same
@@ -391,27 +429,45 @@ func distributionGC(ctx context.Context, o options, res *gcResult) error {
 	return nil
 }
 
-// gcSection is the report's GC section.
+// gcSection is the report's GC section: the median of the rounds against
+// the targets, then each round.
 func gcSection(o gcOptions, r gcResult) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "## 7. Garbage collection: %d unreferenced blobs among %d live images\n\n", o.garbage, o.images)
-	ratio := func(l, u float64) float64 { return 100 * l / u }
-	pushR, pullR := ratio(r.loaded.push, r.unloaded.push), ratio(r.loaded.pull, r.unloaded.pull)
+	var sweeps, pushes, pulls, pushU, pushL, pullU, pullL []float64
+	for _, run := range r.rounds {
+		sweeps = append(sweeps, run.sweep.Seconds())
+		pushes, pulls = append(pushes, run.keptPush()), append(pulls, run.keptPull())
+		pushU, pushL = append(pushU, run.unloaded.push), append(pushL, run.loaded.push)
+		pullU, pullL = append(pullU, run.unloaded.pull), append(pullL, run.loaded.pull)
+	}
+	sweep := time.Duration(median(sweeps) * float64(time.Second))
+	pushR, pullR := median(pushes), median(pulls)
+	spread := func(v []float64, unit string) string {
+		return fmt.Sprintf("%.0f–%.0f%s", slices.Min(v), slices.Max(v), unit)
+	}
+	fmt.Fprintf(&b, "Median of %d rounds [their range].\n\n", len(r.rounds))
 	b.WriteString("| | registryd gc (online, versitygw) | distribution garbage-collect (offline, filesystem) | target | met |\n|---|---|---|---|---|\n")
-	fmt.Fprintf(&b, "| collection wall time | %s | %s | ≤ 60 s | %s |\n", r.sweep.Round(100*time.Millisecond), r.distributionGC.Round(100*time.Millisecond), yesNo(r.sweep <= time.Minute))
-	fmt.Fprintf(&b, "| pushes during it (%d clients) | %.1f/s of %.1f/s unloaded (%.0f %%) | none (registry stopped) | ≥ 80 %% | %s |\n",
-		o.clients, r.loaded.push, r.unloaded.push, pushR, yesNo(pushR >= 80))
-	fmt.Fprintf(&b, "| pulls during it (%d clients) | %.1f/s of %.1f/s unloaded (%.0f %%) | none (registry stopped) | ≥ 80 %% | %s |\n",
-		o.clients, r.loaded.pull, r.unloaded.pull, pullR, yesNo(pullR >= 80))
-	fmt.Fprintf(&b, "| seeding (32 concurrent clients) | %s | %s | | |\n\n", r.seedRegistryd.Round(100*time.Millisecond), r.seedDistribution.Round(100*time.Millisecond))
-	fmt.Fprintf(&b, "registryd gc: `%s`. distribution: %d blobs eligible for deletion.\n\n", r.summary, r.distributionDeleted)
-	if r.cpu != "" {
-		fmt.Fprintf(&b, "CPU during the sweep: %s.\n\n", r.cpu)
+	fmt.Fprintf(&b, "| collection wall time | %s [%s] | %s | ≤ 60 s | %s |\n", sweep.Round(100*time.Millisecond), spread(sweeps, " s"),
+		r.distributionGC.Round(100*time.Millisecond), yesNo(sweep <= time.Minute))
+	fmt.Fprintf(&b, "| pushes during it (%d clients) | %.1f/s of %.1f/s unloaded, %.0f %% [%s] | none (registry stopped) | ≥ 80 %% | %s |\n",
+		o.clients, median(pushL), median(pushU), pushR, spread(pushes, " %"), yesNo(pushR >= 80))
+	fmt.Fprintf(&b, "| pulls during it (%d clients) | %.1f/s of %.1f/s unloaded, %.0f %% [%s] | none (registry stopped) | ≥ 80 %% | %s |\n",
+		o.clients, median(pullL), median(pullU), pullR, spread(pulls, " %"), yesNo(pullR >= 80))
+	fmt.Fprintf(&b, "| seeding (32 concurrent clients; first round) | %s | %s | | |\n\n", r.seedRegistryd.Round(100*time.Millisecond), r.seedDistribution.Round(100*time.Millisecond))
+	b.WriteString("| round | sweep | pushes kept | pulls kept | CPU during the sweep |\n|---|---|---|---|---|\n")
+	for i, run := range r.rounds {
+		fmt.Fprintf(&b, "| %d | %s | %.0f %% | %.0f %% | %s |\n", i+1, run.sweep.Round(100*time.Millisecond), run.keptPush(), run.keptPull(), run.cpu)
+	}
+	b.WriteString("\n")
+	if len(r.rounds) > 0 {
+		fmt.Fprintf(&b, "registryd gc, last round: `%s`. distribution: %d blobs eligible for deletion.\n\n", r.rounds[len(r.rounds)-1].summary, r.distributionDeleted)
 	}
 	b.WriteString("Each image is a 64-byte config, a 256-byte layer and a manifest, tagged, over 20 repositories; each unreferenced " +
 		"blob is 128 bytes, uploaded to one repository (registryd: POST ?digest=; distribution: POST, PUT ?digest=) and never named by a manifest. registryd serves a versitygw " +
 		"bucket (posix backend on this disk) and `registryd gc --grace 1s` collects it while the clients push fresh images and pull live ones " +
-		"(manifest, config, layer); the unloaded rates are the same clients, the mean of a window just before the sweep and one just after. distribution's " +
+		"(manifest, config, layer); the unloaded rates are the same clients, the mean of a window just before the sweep and one just after. " +
+		"Each round seeds the same content under its own key prefix of the bucket, with a registryd of its own. distribution's " +
 		"`registry garbage-collect` runs on its filesystem driver with the registry stopped, as its documentation requires.\n\n")
 	return b.String()
 }

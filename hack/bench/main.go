@@ -82,6 +82,7 @@ func main() {
 	o.gc.clients = envInt("BENCH_GC_CLIENTS", 2)
 	o.gc.window = time.Duration(envInt("BENCH_GC_WINDOW_SECONDS", 10)) * time.Second
 	o.gc.workers = envInt("BENCH_GC_WORKERS", 16)
+	o.gc.rounds = max(1, envInt("BENCH_GC_ROUNDS", 3))
 	o.s3.layerBytes = int64(envInt("BENCH_S3_LAYER_MIB", 64)) << 20
 	if os.Getenv("BENCH_S3_LAYER_MIB") == "0" {
 		o.s3.layerBytes = 0

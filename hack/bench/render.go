@@ -27,7 +27,7 @@ func renderReport(o options, machine string, started time.Time, tables []*table,
 		"`BENCH_PUSHERS` (8), `BENCH_CHUNKED_MIB` (256), `BENCH_CHUNK_MIB` (5), `BENCH_TAGS` (kube benchmark -benchtime), " +
 		"`BENCH_KUBE_TAGS` (100; 0 skips kubernetes mode over HTTP), `BENCH_KUBE_NEW_REPOS` (1000; 0 skips the new repositories), `BENCH_SKIP_CRANE`, `BENCH_KEEP` (keep the servers' directories and logs), " +
 		"`BENCH_PPROF_DIR` (CPU profiles of registryd during the Go push and the manifest loads), " +
-		"`BENCH_GC_IMAGES` (1000), `BENCH_GC_BLOBS` (10000), `BENCH_GC_CLIENTS` (2 pushers and 2 pullers), `BENCH_GC_WINDOW_SECONDS` (10), " +
+		"`BENCH_GC_IMAGES` (1000), `BENCH_GC_BLOBS` (10000), `BENCH_GC_CLIENTS` (2 pushers and 2 pullers), `BENCH_GC_WINDOW_SECONDS` (10), `BENCH_GC_ROUNDS` (3), " +
 		"`BENCH_GC_WORKERS` (16), `BENCH_GC_DISTRIBUTION` (0 skips distribution's garbage-collect), `BENCH_ONLY=gc` (workload 7 alone: `make bench-gc`), `BENCH_ONLY=kube` (workload 6 over HTTP alone: `make bench-kube`), `BENCH_ONLY=bytes` (workload 1 and the machine limits alone: `make bench-bytes`), " +
 		"`BENCH_S3_LAYER_MIB` (64; 0 skips workload 8), `BENCH_ONLY=s3` (workload 8 alone: `make bench-s3`).\n")
 	return b.String()

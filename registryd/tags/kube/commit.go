@@ -44,6 +44,9 @@ type change struct {
 	journal []string
 	// repo is the Repository as written (for the caller's Event).
 	repo *v1.Repository
+	// created: this change's write created the Repository (the first
+	// creating change of the batch that did), so its Event says so.
+	created bool
 }
 
 // committer queues the changes of one replica per repository, so a replica
@@ -239,7 +242,7 @@ func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1
 		// A push the cache knows no repository for: most often a new one.
 		// Creating first saves the read that would find nothing; an
 		// existing object answers AlreadyExists and is read then.
-		if repo, err = s.createRepository(ctx, reg, path); err != nil {
+		if repo, err = s.createRepository(ctx, reg, path, batch); err != nil {
 			return nil, err
 		}
 	default:
@@ -254,7 +257,7 @@ func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1
 			}
 			return nil, nil
 		}
-		if repo, err = s.createRepository(ctx, reg, path); err != nil {
+		if repo, err = s.createRepository(ctx, reg, path, batch); err != nil {
 			return nil, err
 		}
 	}

@@ -83,7 +83,7 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 	w := room.w
 	// grew is what the committed round added, for the settle.
 	var grewBytes, grewTags int64
-	repo, err := s.commit(ctx, path, &change{create: true, apply: func(repo *v1.Repository, reg *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
+	put := &change{create: true, apply: func(repo *v1.Repository, reg *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
 		grewBytes, grewTags = 0, 0 // a round run again decides again
 		old, exists := repo.Status.FindTag(tag)
 		if exists && old.Digest == entry.Digest {
@@ -127,11 +127,16 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 			grewTags = 1
 		}
 		return true, []string{tag}, nil
-	}})
+	}}
+	repo, err := s.commit(ctx, path, put)
 	s.settleAfter(ctx, w, err, func() (int64, int64) { return grewBytes, grewTags })
 	switch {
+	case err == nil && put.created:
+		s.event(repo, reasonRepositoryCreated, "Push", "created on first push to %s: tag %s now points at %s", path, tag, desc.Digest)
 	case err == nil:
-		s.event(repo, "TagPushed", "Push", "tag %s now points at %s", tag, desc.Digest)
+		s.event(repo, reasonTagPushed, "Push", "tag %s now points at %s", tag, desc.Digest)
+	case put.created:
+		s.event(repo, reasonRepositoryCreated, "Push", "created on first push to %s", path)
 	case errors.Is(err, errOverQuota), errors.Is(err, errRegistryFull):
 		// Why pushes fail, where `kubectl describe repository` shows it.
 		var e *errcode.Error
@@ -181,9 +186,13 @@ func (s *Store) immutableRules(repo *v1.Repository, reg *v1.Registry) tags.Immut
 // EnsureRepository creates the Repository of path unless it exists (a push
 // by digest); through the group commit. That it exists is decided live.
 func (s *Store) EnsureRepository(ctx context.Context, path string) error {
-	_, err := s.commit(ctx, path, &change{create: true, apply: func(*v1.Repository, *v1.Registry, func() tags.ImmutableRules) (bool, []string, error) {
+	ensure := &change{create: true, apply: func(*v1.Repository, *v1.Registry, func() tags.ImmutableRules) (bool, []string, error) {
 		return false, nil, nil
-	}})
+	}}
+	repo, err := s.commit(ctx, path, ensure)
+	if ensure.created {
+		s.event(repo, reasonRepositoryCreated, "Push", "created on first push to %s (by digest)", path)
+	}
 	return err
 }
 
@@ -219,7 +228,7 @@ func (s *Store) Delete(ctx context.Context, path, tag string) error {
 	if err != nil {
 		return err
 	}
-	s.event(repo, "TagDeleted", "Delete", "tag %s deleted", tag)
+	s.event(repo, reasonTagDeleted, "Delete", "tag %s deleted", tag)
 	return nil
 }
 
@@ -274,14 +283,17 @@ func (s *Store) UntagDigest(ctx context.Context, path string, d digest.Digest) (
 	}
 	removed := slices.Clone(c.journal)
 	if len(removed) > 0 {
-		s.event(repo, "TagDeleted", "Delete", "tags %s deleted with manifest %s", strings.Join(removed, ", "), d)
+		s.event(repo, reasonTagDeleted, "Delete", "tags %s deleted with manifest %s", strings.Join(removed, ", "), d)
 	}
 	return removed, nil
 }
 
 // createRepository makes the Repository on first push. Replicas racing to
 // create it compute the same name; the loser reads the winner's object.
-func (s *Store) createRepository(ctx context.Context, reg *v1.Registry, path string) (*v1.Repository, error) {
+//
+// The Event of a creation is the creating push's (Put, EnsureRepository):
+// one Event per new repository, not a RepositoryCreated and a TagPushed.
+func (s *Store) createRepository(ctx context.Context, reg *v1.Registry, path string, batch []*change) (*v1.Repository, error) {
 	if !createsOnPush(reg) {
 		return nil, errcode.NameUnknown.With(fmt.Sprintf(
 			"repository %s does not exist and Registry %s does not create repositories on push (spec.autoCreateRepositories: false): create a Repository for it", path, reg.Name))
@@ -329,9 +341,21 @@ func (s *Store) createRepository(ctx context.Context, reg *v1.Registry, path str
 			s.opts.Logger.Warn("clearing the deleted mark", "repository", path, "error", err)
 		}
 	}
-	s.event(repo, "RepositoryCreated", "Push", "created on first push to %s", path)
+	if i := slices.IndexFunc(batch, func(c *change) bool { return c.create }); i >= 0 {
+		batch[i].created = true
+	}
 	return repo, nil
 }
+
+// Reasons of the Events registryd records on Repositories. client-go's
+// events broadcaster folds repeats of a reason on one Repository into a
+// series (one request per few minutes), so a tag storm costs a few
+// requests; a new repository costs one Event.
+const (
+	reasonRepositoryCreated = "RepositoryCreated"
+	reasonTagPushed         = "TagPushed"
+	reasonTagDeleted        = "TagDeleted"
+)
 
 func (s *Store) event(repo *v1.Repository, reason, action, note string, args ...any) {
 	if s.opts.Events != nil && repo != nil {

@@ -205,6 +205,9 @@ func apiRequests(ctx context.Context, debugAddr string) (map[string]float64, err
 		if m == nil {
 			return nil, fmt.Errorf("no resource label in %q", line)
 		}
+		if mm := methodLabel.FindStringSubmatch(line); mm != nil && m[1] != "events" {
+			m[1] += " " + mm[1] // where a repository's requests go
+		}
 		f := strings.Fields(line)
 		v, err := strconv.ParseFloat(f[len(f)-1], 64)
 		if err != nil {
@@ -218,7 +221,10 @@ func apiRequests(ctx context.Context, debugAddr string) (map[string]float64, err
 	return byResource, sc.Err()
 }
 
-var resourceLabel = regexp.MustCompile(`resource="([^"]*)"`)
+var (
+	resourceLabel = regexp.MustCompile(`resource="([^"]*)"`)
+	methodLabel   = regexp.MustCompile(`method="([^"]*)"`)
+)
 
 // requestsDuring is what registryd sent between two readings: Events
 // apart (client-go sends those of earlier pushes in the background), and

@@ -77,6 +77,11 @@ func (r *RepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 	)
 	r.summarize(s, err)
 	if perr := r.patchStatus(ctx, s); perr != nil {
+		if apierrors.IsConflict(perr) && err == nil {
+			// registryd wrote status after the cached copy this pass
+			// read: the next pass reads the newer one.
+			return ctrl.Result{RequeueAfter: conflictRetry}, nil
+		}
 		err = errors.Join(err, perr)
 	}
 	return ctrl.Result{}, err
@@ -93,7 +98,10 @@ func tagCountWrong() predicate.Funcs {
 
 // patchStatus writes conditions and counts once, and only when they changed.
 // Tags are registryd's: the merge patch leaves them alone because this
-// reconciler never changes them.
+// reconciler never changes them. The patch is conditional on the
+// resourceVersion read, as the Registry's is: a tagCount (or a conditions
+// list, which a merge patch replaces whole) computed from a cached copy
+// must not land over a newer status registryd wrote meanwhile.
 func (r *RepositoryReconciler) patchStatus(ctx context.Context, s *repositoryScope) error {
 	if equality.Semantic.DeepEqual(s.repo.Status.Conditions, s.status.Conditions) &&
 		s.repo.Status.TagCount == s.status.TagCount && s.repo.Status.ObservedGeneration == s.status.ObservedGeneration {
@@ -103,7 +111,7 @@ func (r *RepositoryReconciler) patchStatus(ctx context.Context, s *repositorySco
 	s.repo.Status.Conditions = s.status.Conditions
 	s.repo.Status.TagCount = s.status.TagCount
 	s.repo.Status.ObservedGeneration = s.status.ObservedGeneration
-	if err := r.Status().Patch(ctx, s.repo, client.MergeFrom(base)); err != nil {
+	if err := r.Status().Patch(ctx, s.repo, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("patching status: %w", client.IgnoreNotFound(err))
 	}
 	return nil

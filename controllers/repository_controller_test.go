@@ -3,6 +3,7 @@ package controllers_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -11,9 +12,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/controllers"
 	"github.com/stevedore-dev/stevedore/internal/bucket"
 )
 
@@ -201,5 +205,86 @@ func TestRepositoryDeletionPolicy(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// staleRepository serves one Repository from a copy older than the stored
+// one, as the operator's cache does until the watch brings the newer; the
+// rest passes through (the field index the reconciler lists by is the
+// cache's, so the list is filtered here).
+type staleRepository struct {
+	client.Client
+	stale *v1.Repository
+}
+
+func (c staleRepository) Get(ctx context.Context, key client.ObjectKey, obj client.Object, opts ...client.GetOption) error {
+	if r, ok := obj.(*v1.Repository); ok && key == client.ObjectKeyFromObject(c.stale) {
+		c.stale.DeepCopyInto(r)
+		return nil
+	}
+	return c.Client.Get(ctx, key, obj, opts...)
+}
+
+func (c staleRepository) List(ctx context.Context, list client.ObjectList, opts ...client.ListOption) error {
+	l, ok := list.(*v1.RepositoryList)
+	if !ok {
+		return c.Client.List(ctx, list, opts...)
+	}
+	if err := c.Client.List(ctx, l, client.InNamespace(c.stale.Namespace)); err != nil {
+		return err
+	}
+	l.Items = slices.DeleteFunc(l.Items, func(r v1.Repository) bool {
+		return r.Spec.Registry != c.stale.Spec.Registry || r.Spec.Name != c.stale.Spec.Name
+	})
+	return nil
+}
+
+type noEvents struct{}
+
+func (noEvents) Eventf(runtime.Object, runtime.Object, string, string, string, string, ...any) {}
+func (noEvents) AnnotatedEventf(runtime.Object, runtime.Object, map[string]string, string, string, string, string, ...any) {
+}
+
+// TestRepositoryStatusFromStaleCopy: a status patch computed from a cached
+// copy older than the stored status (registryd wrote tags meanwhile) is
+// refused by the API server and retried on the newer copy; a plain merge
+// patch would have written the stale copy's tagCount over registryd's.
+func TestRepositoryStatusFromStaleCopy(t *testing.T) {
+	ctx := context.Background()
+	ns := newNamespace(t)
+	createRegistry(t, ns, "main", nil)
+	createRepository(t, ns, "raced", "main", "app", v1.DeletionRetain)
+	eventually(t, "ready", wantCondition(ns, "raced", "Ready", metav1.ConditionTrue, "Ready", ""))
+	var stale v1.Repository
+	if err := get(&stale, ns, "raced"); err != nil {
+		t.Fatal(err)
+	}
+	// registryd writes two tags and their count after the operator's read.
+	cur := stale.DeepCopy()
+	now := metav1.Now()
+	cur.Status.Tags = []v1.TagStatus{
+		{Name: "a", Digest: "sha256:" + strings.Repeat("a", 64), PushedAt: now},
+		{Name: "b", Digest: "sha256:" + strings.Repeat("b", 64), PushedAt: now},
+	}
+	cur.Status.TagCount = 2
+	if err := env.Client.Status().Update(ctx, cur); err != nil {
+		t.Fatal(err)
+	}
+	// The operator's stale copy: no tags, and a count to correct.
+	stale.Status.TagCount = 7
+	r := &controllers.RepositoryReconciler{Client: staleRepository{Client: env.Client, stale: &stale}, APIReader: env.Client, Recorder: noEvents{}}
+	res, err := r.Reconcile(ctx, ctrl.Request{NamespacedName: client.ObjectKeyFromObject(&stale)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.RequeueAfter <= 0 {
+		t.Errorf("reconcile on a stale copy: %+v, want a requeue after the refused patch", res)
+	}
+	var got v1.Repository
+	if err := get(&got, ns, "raced"); err != nil {
+		t.Fatal(err)
+	}
+	if got.Status.TagCount != 2 || len(got.Status.Tags) != 2 {
+		t.Errorf("stored status: tagCount %d with %d tags, want registryd's 2 and 2", got.Status.TagCount, len(got.Status.Tags))
 	}
 }

@@ -15,6 +15,7 @@ import (
 	rbacv1 "k8s.io/api/rbac/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/client-go/util/workqueue"
 	ctrl "sigs.k8s.io/controller-runtime"
 	"sigs.k8s.io/controller-runtime/pkg/builder"
 	"sigs.k8s.io/controller-runtime/pkg/client"
@@ -253,7 +254,7 @@ func (r *RegistryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// Repositories come and go, change policy or lose their finalizer
 		// (count, cleanup finalizer); a tag push (a status write) is none
 		// of the Registry's business.
-		Watches(&v1.Repository{}, handler.EnqueueRequestsFromMapFunc(registryOfRepository),
+		Watches(&v1.Repository{}, repositoryEvents{},
 			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, deletionStarted()))).
 		// Several at once: one Registry whose storage hangs until the probe
 		// timeout must not hold up every other Registry.
@@ -306,6 +307,51 @@ func registryOfLabelled(_ context.Context, obj client.Object) []reconcile.Reques
 		return nil
 	}
 	return []reconcile.Request{{NamespacedName: client.ObjectKey{Namespace: obj.GetNamespace(), Name: l[labelRegistry]}}}
+}
+
+// repositoryCountDelay is how long a new Repository that needs no cleanup
+// waits before its Registry is reconciled: it only moves
+// status.repositories, and a CI fleet creating repositories by push would
+// otherwise run one whole Registry reconcile per new repository (the
+// queue folds only what arrives while one is waiting).
+const repositoryCountDelay = time.Second
+
+// repositoryEvents enqueues a Repository's Registry: after
+// repositoryCountDelay for the creation of one with deletionPolicy Retain,
+// at once for everything else (a Delete policy moves the Registry's
+// cleanup finalizer, which must not lag behind a Registry deletion).
+type repositoryEvents struct{}
+
+func (repositoryEvents) Create(_ context.Context, e event.CreateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	repo, ok := e.Object.(*v1.Repository)
+	if !ok || repo.Spec.Registry == "" {
+		return
+	}
+	req := reconcile.Request{NamespacedName: client.ObjectKey{Namespace: repo.Namespace, Name: repo.Spec.Registry}}
+	if repo.Spec.DeletionPolicy == v1.DeletionDelete {
+		q.Add(req)
+		return
+	}
+	q.AddAfter(req, repositoryCountDelay)
+}
+
+func (repositoryEvents) Update(_ context.Context, e event.UpdateEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	enqueueRegistryOf(e.ObjectOld, q)
+	enqueueRegistryOf(e.ObjectNew, q)
+}
+
+func (repositoryEvents) Delete(_ context.Context, e event.DeleteEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	enqueueRegistryOf(e.Object, q)
+}
+
+func (repositoryEvents) Generic(_ context.Context, e event.GenericEvent, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	enqueueRegistryOf(e.Object, q)
+}
+
+func enqueueRegistryOf(obj client.Object, q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+	for _, req := range registryOfRepository(context.Background(), obj) {
+		q.Add(req)
+	}
 }
 
 func registryOfRepository(_ context.Context, obj client.Object) []reconcile.Request {

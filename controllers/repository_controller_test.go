@@ -288,3 +288,54 @@ func TestRepositoryStatusFromStaleCopy(t *testing.T) {
 		t.Errorf("stored status: tagCount %d with %d tags, want registryd's 2 and 2", got.Status.TagCount, len(got.Status.Tags))
 	}
 }
+
+// TestNewRepositoriesFoldIntoFewRegistryReconciles: a fleet creating
+// Retain Repositories (registryd creating them on push) moves the
+// Registry's status.repositories within about a second, through a few
+// Registry status writes, not one Registry reconcile per new repository.
+func TestNewRepositoriesFoldIntoFewRegistryReconciles(t *testing.T) {
+	ns := newNamespace(t)
+	createRegistry(t, ns, "main", nil)
+	eventually(t, "registry settled", func() error {
+		var reg v1.Registry
+		if err := get(&reg, ns, "main"); err != nil {
+			return err
+		}
+		if reg.Status.ObservedGeneration != reg.Generation {
+			return fmt.Errorf("observedGeneration %d of %d", reg.Status.ObservedGeneration, reg.Generation)
+		}
+		return nil
+	})
+	time.Sleep(2 * time.Second) // the first reconciles' requeues
+	statusWrites := func() int {
+		n := 0
+		for _, w := range operator.requests.writesIn(ns) {
+			if strings.HasSuffix(w, "/registries/main/status") {
+				n++
+			}
+		}
+		return n
+	}
+	before := statusWrites()
+	const repos = 40
+	start := time.Now()
+	for i := range repos {
+		createRepository(t, ns, fmt.Sprintf("r%02d", i), "main", fmt.Sprintf("app%02d", i), v1.DeletionRetain)
+	}
+	// About one write per second of creating, plus the last one; a slow
+	// machine's creates spread over more seconds.
+	allowed := 2 + 2*int(time.Since(start)/time.Second)
+	eventually(t, "counted", func() error {
+		var reg v1.Registry
+		if err := get(&reg, ns, "main"); err != nil {
+			return err
+		}
+		if reg.Status.Repositories != repos {
+			return fmt.Errorf("status.repositories %d, want %d", reg.Status.Repositories, repos)
+		}
+		return nil
+	})
+	if n := statusWrites() - before; n > allowed {
+		t.Errorf("%d Registry status writes for %d new Repositories created in %s, want at most %d", n, repos, time.Since(start).Round(time.Millisecond), allowed)
+	}
+}

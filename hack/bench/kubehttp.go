@@ -38,6 +38,7 @@ type kubeHTTPResult struct {
 	apiRequests   float64 // requests registryd sent to the API server during the GET load, Events apart
 	events        float64 // Events of the earlier pushes, sent by client-go in the background meanwhile
 	newRepos      *newReposResult
+	newReposGo    *newReposResult // the same with go-containerregistry in this process
 }
 
 // kubeHTTP runs `make dev`'s harness (hack/dev: a real kube-apiserver and
@@ -156,6 +157,11 @@ func kubeHTTP(ctx context.Context, o kubeHTTPOptions, img v1.Image) (kubeHTTPRes
 			return res, fmt.Errorf("kubernetes mode, new repositories: %w", err)
 		}
 		res.newRepos = &nr
+		go_, err := newRepositoriesInProcess(ctx, s, first.String(), o.NewRepos, o.Pushers, cmd.Process.Pid)
+		if err != nil {
+			return res, fmt.Errorf("kubernetes mode, new repositories (in process): %w", err)
+		}
+		res.newReposGo = &go_
 	}
 	return res, nil
 }

@@ -5,11 +5,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"sync/atomic"
 	"time"
 
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"golang.org/x/sync/errgroup"
 )
 
@@ -26,6 +29,9 @@ type newReposResult struct {
 	// cores bounds the rate before the registry does.
 	apiserver, etcd, operator, registryd, clients float64
 	perCopy                                       time.Duration
+	// inProcess: the copies ran on goroutines of the bench (clients is
+	// then its CPU), not in crane processes.
+	inProcess bool
 }
 
 // newRepositories copies src into n new repositories with `pushers`
@@ -34,6 +40,47 @@ type newReposResult struct {
 // that creates a Repository. dev is hack/dev's process: the operator runs
 // in it, and the API server and etcd are its children.
 func newRepositories(ctx context.Context, s *server, crane, src string, n, pushers, dev int) (newReposResult, error) {
+	return pushNewRepositories(ctx, s, "ci/new-", n, pushers, dev, func(ctx context.Context, dst string) (time.Duration, error) {
+		cmd := exec.CommandContext(ctx, crane, "copy", "--insecure", src, dst)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return 0, fmt.Errorf("crane copy %s %s: %w: %s", src, dst, err, out)
+		}
+		return cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime(), nil
+	})
+}
+
+// newRepositoriesInProcess is newRepositories with go-containerregistry's
+// remote.Write (what crane copy runs) on `pushers` goroutines of this
+// process: the registry's and the API server's rate without a process
+// start per copy. Layers are mounted from src, as crane does.
+func newRepositoriesInProcess(ctx context.Context, s *server, src string, n, pushers, dev int) (newReposResult, error) {
+	srcRef, err := name.ParseReference(src, name.Insecure)
+	if err != nil {
+		return newReposResult{}, err
+	}
+	tr := transport()
+	defer tr.CloseIdleConnections()
+	img, err := remote.Image(srcRef, remote.WithContext(ctx), remote.WithTransport(tr))
+	if err != nil {
+		return newReposResult{}, err
+	}
+	res, err := pushNewRepositories(ctx, s, "ci/go-", n, pushers, dev, func(ctx context.Context, dst string) (time.Duration, error) {
+		ref, err := name.ParseReference(dst, name.Insecure)
+		if err != nil {
+			return 0, err
+		}
+		return 0, remote.Write(ref, img, remote.WithContext(ctx), remote.WithTransport(tr))
+	})
+	res.inProcess = true
+	return res, err
+}
+
+// pushNewRepositories runs copyTo for n new repositories under prefix on
+// `pushers` workers; copyTo returns the CPU of a process it started for
+// the copy (0: none, the copy ran in this process).
+func pushNewRepositories(ctx context.Context, s *server, prefix string, n, pushers, dev int,
+	copyTo func(ctx context.Context, dst string) (time.Duration, error)) (newReposResult, error) {
 	res := newReposResult{repos: n, pushers: pushers}
 	before, err := apiRequests(ctx, s.debugAddr)
 	if err != nil {
@@ -47,19 +94,18 @@ func newRepositories(ctx context.Context, s *server, crane, src string, n, pushe
 		return [4]time.Duration{cpuOfAll(apiservers), cpuOfAll(etcds), procCPU(dev), cpuOfAll(registryds)}
 	}
 	cpu0 := sample()
+	self0 := procCPU(os.Getpid())
 	var next, craneCPU atomic.Int64
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	for range pushers {
 		g.Go(func() error {
 			for i := next.Add(1); i <= int64(n); i = next.Add(1) {
-				dst := fmt.Sprintf("%s/ci/new-%04d:v1", s.addr, i)
-				cmd := exec.CommandContext(gctx, crane, "copy", "--insecure", src, dst)
-				out, err := cmd.CombinedOutput()
+				cpu, err := copyTo(gctx, fmt.Sprintf("%s/%s%04d:v1", s.addr, prefix, i))
 				if err != nil {
-					return fmt.Errorf("crane copy %s %s: %w: %s", src, dst, err, out)
+					return err
 				}
-				craneCPU.Add(int64(cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()))
+				craneCPU.Add(int64(cpu))
 			}
 			return nil
 		})
@@ -72,8 +118,12 @@ func newRepositories(ctx context.Context, s *server, crane, src string, n, pushe
 	res.perSecond = float64(n) / wall.Seconds()
 	cores := func(i int) float64 { return (cpu1[i] - cpu0[i]).Seconds() / wall.Seconds() }
 	res.apiserver, res.etcd, res.operator, res.registryd = cores(0), cores(1), cores(2), cores(3)
-	res.clients = time.Duration(craneCPU.Load()).Seconds() / wall.Seconds()
-	res.perCopy = time.Duration(craneCPU.Load() / int64(n))
+	clientCPU := time.Duration(craneCPU.Load())
+	if clientCPU == 0 {
+		clientCPU = procCPU(os.Getpid()) - self0
+	}
+	res.clients = clientCPU.Seconds() / wall.Seconds()
+	res.perCopy = clientCPU / time.Duration(n)
 	after, err := apiRequests(ctx, s.debugAddr)
 	if err != nil {
 		return res, err
@@ -81,7 +131,7 @@ func newRepositories(ctx context.Context, s *server, crane, src string, n, pushe
 	events, others, detail := requestsDuring(before, after)
 	res.apiPerRepo, res.detail = (events+others)/float64(n), detail
 	// Every push landed: the catalog (from the informer cache) lists them.
-	listed, err := catalogCount(ctx, s, "ci/new-")
+	listed, err := catalogCount(ctx, s, prefix)
 	if err != nil {
 		return res, err
 	}

@@ -78,11 +78,14 @@ type Store struct {
 	client    client.Client // live reads and all writes
 	cache     cache.Cache   // this Registry's Repositories and the Registry itself
 	liveReads prometheus.Counter
-	conflicts prometheus.Counter
-	committer committer
-	pullLog   pullLog
-	patterns  tags.Patterns // compiled immutable-tag patterns
-	catalog   *catalogIndex // the Repositories' paths, sorted
+	// journalMisses: cache misses the journal answered (no such tag), with
+	// no live read.
+	journalMisses prometheus.Counter
+	conflicts     prometheus.Counter
+	committer     committer
+	pullLog       pullLog
+	patterns      tags.Patterns // compiled immutable-tag patterns
+	catalog       *catalogIndex // the Repositories' paths, sorted
 
 	usage usageQueue // reservations and settles against the Registry's quota (usage.go)
 
@@ -124,6 +127,10 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 		liveReads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "stevedore_tagstore_live_reads_total",
 			Help: "Tag reads that missed the informer cache and asked the API server.",
+		}),
+		journalMisses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "stevedore_tagstore_journal_misses_total",
+			Help: "Tag reads that missed the informer cache and that the bucket's tag journal answered as not found, with no API request.",
 		}),
 		conflicts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "stevedore_tagstore_write_conflicts_total",
@@ -182,7 +189,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 	}
 	s.client, s.cache = cl, c
 	if opts.Metrics != nil {
-		if err := registerAll(opts.Metrics, s.liveReads, s.conflicts); err != nil {
+		if err := registerAll(opts.Metrics, s.liveReads, s.journalMisses, s.conflicts); err != nil {
 			return nil, err
 		}
 	}

@@ -19,8 +19,14 @@ import (
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
 
-// Get answers from the cache; a miss costs one live read, so a tag pushed
-// through another replica a moment ago still resolves.
+// Get answers from the cache. A miss asks the journal first: a push is
+// acknowledged only once its tag is in the journal (mirror), so a tag
+// another replica acknowledged a moment ago, before this replica's cache
+// had it, is there, and a journal miss is a miss with no API request (the
+// HEAD a client sends before pushing a new tag). A journal hit is
+// confirmed by one live read: the journal also outlives a Retain
+// Repository that was deleted. A journal that cannot answer leaves the
+// live read to decide, as before.
 func (s *Store) Get(ctx context.Context, path, tag string) (ocispec.Descriptor, error) {
 	repo, err := s.cached(ctx, path)
 	if err != nil {
@@ -29,6 +35,12 @@ func (s *Store) Get(ctx context.Context, path, tag string) (ocispec.Descriptor, 
 	if repo != nil {
 		if t, ok := repo.Status.FindTag(tag); ok {
 			return descriptor(t), nil
+		}
+	}
+	if s.opts.Journal != nil {
+		if _, err := s.opts.Journal.Get(ctx, path, tag); errors.Is(err, tags.ErrNotFound) {
+			s.journalMisses.Inc()
+			return ocispec.Descriptor{}, tags.ErrNotFound
 		}
 	}
 	if repo, err = s.live(ctx, path, repo); err != nil || repo == nil {

@@ -33,7 +33,7 @@ type gcOptions struct {
 	images, garbage int           // BENCH_GC_IMAGES, BENCH_GC_BLOBS
 	clients         int           // BENCH_GC_CLIENTS: pushers, and as many pullers
 	window          time.Duration // BENCH_GC_WINDOW_SECONDS: the unloaded measurement
-	rounds          int           // BENCH_GC_ROUNDS: sweeps, each of fresh garbage
+	rounds          int           // BENCH_GC_ROUNDS: sweeps, each of the same content under its own prefix
 	workers         int           // BENCH_GC_WORKERS: registryd gc --workers
 	// s3URL and s3Env: the versitygw bucket (hack/storage-servers.sh
 	// start, from hack/bench.sh).
@@ -43,14 +43,15 @@ type gcOptions struct {
 
 // gcResult is what the GC workload measured.
 type gcResult struct {
-	seedRegistryd, seedDistribution time.Duration
-	rounds                          []gcRun
-	distributionGC                  time.Duration
-	distributionDeleted             int
+	seedDistribution    time.Duration
+	rounds              []gcRun
+	distributionGC      time.Duration
+	distributionDeleted int
 }
 
-// gcRun is one round: a sweep of fresh garbage under client load.
+// gcRun is one round: its seeding, and a sweep under client load.
 type gcRun struct {
+	seed             time.Duration
 	sweep            time.Duration
 	summary          string
 	unloaded, loaded rates
@@ -264,7 +265,8 @@ func startRegistrydOn(ctx context.Context, bins binaries, workDir, storage strin
 	return s, s.start(ctx)
 }
 
-var gcDeleted = regexp.MustCompile(`(\d+) blobs`)
+// gcDeletedBlobs reads the blob count off `registryd gc`'s summary line.
+var gcDeletedBlobs = regexp.MustCompile(`, (\d+) blobs,`)
 
 // gcWorkload measures registryd gc on versitygw over rounds, each on the
 // same content under its own key prefix, then distribution's offline
@@ -272,7 +274,7 @@ var gcDeleted = regexp.MustCompile(`(\d+) blobs`)
 func gcWorkload(ctx context.Context, o options) (gcResult, error) {
 	var res gcResult
 	for i := range o.gc.rounds {
-		r, err := gcRound(ctx, o, fmt.Sprintf("round%d/", i+1), &res)
+		r, err := gcRound(ctx, o, fmt.Sprintf("round%d/", i+1))
 		if err != nil {
 			return res, fmt.Errorf("round %d: %w", i+1, err)
 		}
@@ -291,7 +293,7 @@ func gcWorkload(ctx context.Context, o options) (gcResult, error) {
 // clients unloaded, during one `registryd gc`, and unloaded again. Each
 // round starts from the same content: a round on what earlier rounds'
 // pushers left would mark more manifests.
-func gcRound(ctx context.Context, o options, prefix string, res *gcResult) (gcRun, error) {
+func gcRound(ctx context.Context, o options, prefix string) (gcRun, error) {
 	var r gcRun
 	g := o.gc
 	s, err := startRegistrydOn(ctx, o.bins, o.workDir, g.s3URL, g.s3Env, "--storage-prefix", prefix)
@@ -303,14 +305,10 @@ func gcRound(ctx context.Context, o options, prefix string, res *gcResult) (gcRu
 	defer tr.CloseIdleConnections()
 	c := gcClient{base: s.URL(), hc: &http.Client{Transport: tr}, single: true}
 	logf("gc: %sseeding registryd on versitygw with %d images and %d unreferenced blobs", prefix, g.images, g.garbage)
-	seed, err := seedGC(ctx, c, g)
-	if err != nil {
+	if r.seed, err = seedGC(ctx, c, g); err != nil {
 		return r, err
 	}
-	logf("gc: seeded in %s", seed.Round(time.Millisecond))
-	if res.seedRegistryd == 0 {
-		res.seedRegistryd = seed
-	}
+	logf("gc: seeded in %s", r.seed.Round(time.Millisecond))
 	// The seed's dirty pages go to disk now, not inside a measured window:
 	// their writeback slowed versitygw's fsyncs in whichever window it
 	// fell (rates 15-25 % lower in the runs where it did).
@@ -359,7 +357,7 @@ func gcRound(ctx context.Context, o options, prefix string, res *gcResult) (gcRu
 	}
 	logf("gc: %s", r.summary)
 	logf("gc: during the sweep: %.1f pushes/s, %.1f pulls/s", r.loaded.push, r.loaded.pull)
-	m := regexp.MustCompile(`, (\d+) blobs,`).FindStringSubmatch(r.summary)
+	m := gcDeletedBlobs.FindStringSubmatch(r.summary)
 	if m == nil {
 		return r, fmt.Errorf("registryd gc printed no summary: %s", r.summary)
 	}
@@ -454,7 +452,7 @@ func gcSection(o gcOptions, r gcResult) string {
 		o.clients, median(pushL), median(pushU), pushR, spread(pushes, " %"), yesNo(pushR >= 80))
 	fmt.Fprintf(&b, "| pulls during it (%d clients) | %.1f/s of %.1f/s unloaded, %.0f %% [%s] | none (registry stopped) | ≥ 80 %% | %s |\n",
 		o.clients, median(pullL), median(pullU), pullR, spread(pulls, " %"), yesNo(pullR >= 80))
-	fmt.Fprintf(&b, "| seeding (32 concurrent clients; first round) | %s | %s | | |\n\n", r.seedRegistryd.Round(100*time.Millisecond), r.seedDistribution.Round(100*time.Millisecond))
+	fmt.Fprintf(&b, "| seeding (32 concurrent clients; first round) | %s | %s | | |\n\n", r.rounds[0].seed.Round(100*time.Millisecond), r.seedDistribution.Round(100*time.Millisecond))
 	b.WriteString("| round | sweep | pushes kept | pulls kept | CPU during the sweep |\n|---|---|---|---|---|\n")
 	for i, run := range r.rounds {
 		fmt.Fprintf(&b, "| %d | %s | %.0f %% | %.0f %% | %s |\n", i+1, run.sweep.Round(100*time.Millisecond), run.keptPush(), run.keptPull(), run.cpu)

@@ -157,11 +157,11 @@ func kubeHTTP(ctx context.Context, o kubeHTTPOptions, img v1.Image) (kubeHTTPRes
 			return res, fmt.Errorf("kubernetes mode, new repositories: %w", err)
 		}
 		res.newRepos = &nr
-		go_, err := newRepositoriesInProcess(ctx, s, first.String(), o.NewRepos, o.Pushers, cmd.Process.Pid)
+		inProc, err := newRepositoriesInProcess(ctx, s, first.String(), o.NewRepos, o.Pushers, cmd.Process.Pid)
 		if err != nil {
 			return res, fmt.Errorf("kubernetes mode, new repositories (in process): %w", err)
 		}
-		res.newReposGo = &go_
+		res.newReposGo = &inProc
 	}
 	return res, nil
 }

@@ -40,7 +40,7 @@ type newReposResult struct {
 // that creates a Repository. dev is hack/dev's process: the operator runs
 // in it, and the API server and etcd are its children.
 func newRepositories(ctx context.Context, s *server, crane, src string, n, pushers, dev int) (newReposResult, error) {
-	return pushNewRepositories(ctx, s, "ci/new-", n, pushers, dev, func(ctx context.Context, dst string) (time.Duration, error) {
+	return pushNewRepositories(ctx, s, "ci/new-", n, pushers, dev, false, func(ctx context.Context, dst string) (time.Duration, error) {
 		cmd := exec.CommandContext(ctx, crane, "copy", "--insecure", src, dst)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -65,23 +65,22 @@ func newRepositoriesInProcess(ctx context.Context, s *server, src string, n, pus
 	if err != nil {
 		return newReposResult{}, err
 	}
-	res, err := pushNewRepositories(ctx, s, "ci/go-", n, pushers, dev, func(ctx context.Context, dst string) (time.Duration, error) {
+	return pushNewRepositories(ctx, s, "ci/go-", n, pushers, dev, true, func(ctx context.Context, dst string) (time.Duration, error) {
 		ref, err := name.ParseReference(dst, name.Insecure)
 		if err != nil {
 			return 0, err
 		}
 		return 0, remote.Write(ref, img, remote.WithContext(ctx), remote.WithTransport(tr))
 	})
-	res.inProcess = true
-	return res, err
 }
 
 // pushNewRepositories runs copyTo for n new repositories under prefix on
-// `pushers` workers; copyTo returns the CPU of a process it started for
-// the copy (0: none, the copy ran in this process).
-func pushNewRepositories(ctx context.Context, s *server, prefix string, n, pushers, dev int,
+// `pushers` workers. copyTo returns the CPU of the process it started for
+// the copy; inProcess: it started none, and the clients' CPU is this
+// process's.
+func pushNewRepositories(ctx context.Context, s *server, prefix string, n, pushers, dev int, inProcess bool,
 	copyTo func(ctx context.Context, dst string) (time.Duration, error)) (newReposResult, error) {
-	res := newReposResult{repos: n, pushers: pushers}
+	res := newReposResult{repos: n, pushers: pushers, inProcess: inProcess}
 	before, err := apiRequests(ctx, s.debugAddr)
 	if err != nil {
 		return res, err
@@ -95,7 +94,7 @@ func pushNewRepositories(ctx context.Context, s *server, prefix string, n, pushe
 	}
 	cpu0 := sample()
 	self0 := procCPU(os.Getpid())
-	var next, craneCPU atomic.Int64
+	var next, copyCPU atomic.Int64
 	start := time.Now()
 	g, gctx := errgroup.WithContext(ctx)
 	for range pushers {
@@ -105,7 +104,7 @@ func pushNewRepositories(ctx context.Context, s *server, prefix string, n, pushe
 				if err != nil {
 					return err
 				}
-				craneCPU.Add(int64(cpu))
+				copyCPU.Add(int64(cpu))
 			}
 			return nil
 		})
@@ -118,8 +117,8 @@ func pushNewRepositories(ctx context.Context, s *server, prefix string, n, pushe
 	res.perSecond = float64(n) / wall.Seconds()
 	cores := func(i int) float64 { return (cpu1[i] - cpu0[i]).Seconds() / wall.Seconds() }
 	res.apiserver, res.etcd, res.operator, res.registryd = cores(0), cores(1), cores(2), cores(3)
-	clientCPU := time.Duration(craneCPU.Load())
-	if clientCPU == 0 {
+	clientCPU := time.Duration(copyCPU.Load())
+	if inProcess {
 		clientCPU = procCPU(os.Getpid()) - self0
 	}
 	res.clients = clientCPU.Seconds() / wall.Seconds()

@@ -351,7 +351,7 @@ func gcRound(ctx context.Context, o options, prefix string) (gcRun, error) {
 	}
 	r.summary = strings.TrimSpace(lastLines(string(out), 1))
 	for _, l := range strings.Split(string(out), "\n") {
-		if strings.Contains(l, "gc: phase") {
+		if strings.Contains(l, "gc: phase") || strings.Contains(l, "gc: batch") {
 			logf("%s", l)
 		}
 	}

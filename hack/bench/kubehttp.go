@@ -29,6 +29,7 @@ type kubeHTTPOptions struct {
 	Load                         loadOptions
 	NewRepos                     int    // new repositories pushed by crane processes (0: skip)
 	Crane                        string // the crane binary
+	Prof                         profiler
 }
 
 // kubeHTTPResult is registryd in kubernetes mode, measured over HTTP.
@@ -75,7 +76,11 @@ func kubeHTTP(ctx context.Context, o kubeHTTPOptions, img v1.Image) (kubeHTTPRes
 		return res, err
 	}
 	defer logf.Close()
-	cmd := exec.Command(devBin, "-addr", addr, "-debug-addr", debugAddr, "-dir", dir, "-registryd", registrydBin)
+	args := []string{"-addr", addr, "-debug-addr", debugAddr, "-dir", dir, "-registryd", registrydBin}
+	if o.Prof.dir != "" {
+		args = append(args, "-pprof")
+	}
+	cmd := exec.Command(devBin, args...)
 	cmd.Dir = o.RepoRoot
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
@@ -157,7 +162,9 @@ func kubeHTTP(ctx context.Context, o kubeHTTPOptions, img v1.Image) (kubeHTTPRes
 			return res, fmt.Errorf("kubernetes mode, new repositories: %w", err)
 		}
 		res.newRepos = &nr
+		profiled := o.Prof.during(ctx, s, "kube-new-repositories", 10*time.Second)
 		inProc, err := newRepositoriesInProcess(ctx, s, first.String(), o.NewRepos, o.Pushers, cmd.Process.Pid)
+		profiled()
 		if err != nil {
 			return res, fmt.Errorf("kubernetes mode, new repositories (in process): %w", err)
 		}

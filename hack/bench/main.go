@@ -428,7 +428,7 @@ func runGCOnly(ctx context.Context, o options) error {
 
 func (o options) kubeHTTPOptions() kubeHTTPOptions {
 	return kubeHTTPOptions{RepoRoot: o.repoRoot, Registryd: o.bins.Registryd, WorkDir: o.workDir,
-		Tags: o.kubeTags, Pushers: o.pushers, NewRepos: o.kubeNewRepos, Crane: o.crane,
+		Tags: o.kubeTags, Pushers: o.pushers, NewRepos: o.kubeNewRepos, Crane: o.crane, Prof: o.prof,
 		Load: loadOptions{Wrk: o.wrk, Connections: o.wrkConns, Duration: o.wrkDuration}}
 }
 

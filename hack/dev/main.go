@@ -43,6 +43,7 @@ type options struct {
 	devDir    string
 	samples   string
 	registryd string
+	pprof     bool          // registryd serves /debug/pprof/ on debugAddr (the bench's profiles)
 	ready     chan struct{} // closed once everything is up (tests)
 	out       io.Writer     // the welcome text; stdout by default
 }
@@ -54,6 +55,7 @@ func main() {
 	flag.StringVar(&o.devDir, "dir", ".dev", "state directory: kubeconfig, bucket, logs")
 	flag.StringVar(&o.samples, "samples", "config/samples/stevedore_v1alpha1_registry.yaml", "manifests applied after start")
 	flag.StringVar(&o.registryd, "registryd", "bin/registryd", "the registryd binary")
+	flag.BoolVar(&o.pprof, "pprof", false, "registryd also serves /debug/pprof/ on -debug-addr")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -192,6 +194,9 @@ func startRegistryd(ctx context.Context, c client.Client, key client.ObjectKey, 
 	// No Service routes here, so no endpoints need time to drop it: Ctrl-C
 	// stops at once.
 	args = append(args, "--kubeconfig="+kubeconfig, "--shutdown-delay=0s")
+	if o.pprof {
+		args = append(args, "--pprof")
+	}
 	logf, err := os.Create(filepath.Join(dir, "registryd.log"))
 	if err != nil {
 		return nil, err

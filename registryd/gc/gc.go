@@ -363,12 +363,13 @@ func (c *collector) sweepBatch(ctx context.Context, first *snapshot, batch []dig
 	// Intents are removed however the batch ends; with a context of their
 	// own, so a cancelled run still clears them.
 	defer c.deleteIntents(context.WithoutCancel(ctx), keys)
+	t := time.Now()
 	if err := c.parallel(ctx, len(keys), func(ctx context.Context, i int) error {
 		return c.store.PutIntent(ctx, keys[i], storage.Intent{Run: c.run, Expires: expires, Digests: shards[keys[i]]})
 	}); err != nil {
 		return fmt.Errorf("writing intents: %w", err)
 	}
-	t := time.Now()
+	intentsTook, t := time.Since(t), time.Now()
 	s, err := c.rescan(ctx, first)
 	if err != nil {
 		return err
@@ -377,7 +378,7 @@ func (c *collector) sweepBatch(ctx context.Context, first *snapshot, batch []dig
 	if err != nil {
 		return err
 	}
-	c.log.Debug("gc: batch confirmed", "digests", len(batch), "intents", len(keys), "took", time.Since(t))
+	confirmTook, t := time.Since(t), time.Now()
 	var confirmed []item
 	for _, d := range batch {
 		for _, it := range byDigest[d] {
@@ -398,6 +399,10 @@ func (c *collector) sweepBatch(ctx context.Context, first *snapshot, batch []dig
 	defer cancel()
 	before := len(rep.Deleted)
 	err = c.deleteAll(dctx, confirmed, rep)
+	// Where a batch's time goes (writing intents, the confirming mark,
+	// the deletes): what --pace and --batch-size trade.
+	c.log.Info("gc: batch swept", "digests", len(batch), "intents", len(keys), "intentsTook", intentsTook,
+		"confirmTook", confirmTook, "deleted", len(rep.Deleted)-before, "deleteTook", time.Since(t))
 	if err != nil && ctx.Err() == nil && errors.Is(dctx.Err(), context.DeadlineExceeded) {
 		rep.Deferred += len(confirmed) - (len(rep.Deleted) - before)
 		return nil

@@ -3,6 +3,8 @@ package controllers
 import (
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 )
 
 // Reasons of the conditions the reconcilers set, and of their Events.
@@ -22,7 +24,7 @@ const (
 
 	ReasonReconcileFailed = "ReconcileFailed"
 	ReasonAsExpected      = "AsExpected"
-	ReasonReady           = "Ready"
+	ReasonReady           = v1.ReasonReady
 	ReasonNotReady        = "NotReady"
 	ReasonAuthDisabled    = "AuthDisabled"
 
@@ -30,17 +32,17 @@ const (
 	ReasonHtpasswdSecretMissing = "HtpasswdSecretMissing"
 	ReasonHtpasswdSecretInvalid = "HtpasswdSecretInvalid"
 
-	ReasonRegistryFound       = "RegistryFound"
+	ReasonRegistryFound       = v1.ReasonRegistryFound
 	ReasonRegistryNotFound    = "RegistryNotFound"
 	ReasonNameConflict        = "NameConflict"
-	ReasonNameUnique          = "NameUnique"
+	ReasonNameUnique          = v1.ReasonNameUnique
 	ReasonBucketCleanupFailed = "BucketCleanupFailed"
 )
 
 // Condition types of the Repository, besides Ready.
 const (
-	ConditionRegistryFound = "RegistryFound"
-	ConditionConflict      = "Conflict"
+	ConditionRegistryFound = v1.ConditionRegistryFound
+	ConditionConflict      = v1.ConditionConflict
 	// ConditionAuthDisabled is set on a Registry whose auth mode is none, so
 	// nobody runs an open registry by accident.
 	ConditionAuthDisabled = "AuthDisabled"

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
+	"time"
 
 	"gocloud.dev/blob"
 	corev1 "k8s.io/api/core/v1"
@@ -344,9 +346,17 @@ func (r *RepositoryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		// Not on tag pushes: registryd writes status (tags and tagCount
 		// together) on every push, and none of it is this reconciler's
 		// business, unless the count disagrees with the tags.
-		For(&v1.Repository{}, builder.WithPredicates(predicate.Or[client.Object](
-			predicate.GenerationChangedPredicate{}, deletionStarted(), tagCountWrong()))).
+		For(&v1.Repository{}, builder.WithPredicates(predicate.And[client.Object](notJustPushed(),
+			predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, deletionStarted(), tagCountWrong())))).
 		Watches(&v1.Repository{}, handler.Funcs{
+			// A Repository registryd has just created gets its status (with
+			// SetClaimed's conditions) a moment later: reconciled after
+			// that, it needs no write.
+			CreateFunc: func(_ context.Context, e event.TypedCreateEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				if justPushed(e.Object) {
+					q.AddAfter(reconcile.Request{NamespacedName: client.ObjectKeyFromObject(e.Object)}, claimDelay)
+				}
+			},
 			// Handlers run in no set order: this one enqueues too, after
 			// remembering, so reconcileGone finds what it needs.
 			DeleteFunc: func(_ context.Context, e event.TypedDeleteEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
@@ -362,12 +372,35 @@ func (r *RepositoryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 		Complete(r)
 }
 
+// rivals are the other Repositories claiming obj's path (obj's own events
+// reach it through For's predicates).
 func (r *RepositoryReconciler) rivals(ctx context.Context, obj client.Object) []reconcile.Request {
 	repo, ok := obj.(*v1.Repository)
 	if !ok {
 		return nil
 	}
-	return r.requestsFor(ctx, repo.Namespace, client.MatchingFields{indexRepositoryPath: repositoryPathKey(repo)})
+	self := reconcile.Request{NamespacedName: client.ObjectKeyFromObject(repo)}
+	return slices.DeleteFunc(r.requestsFor(ctx, repo.Namespace, client.MatchingFields{indexRepositoryPath: repositoryPathKey(repo)}),
+		func(req reconcile.Request) bool { return req == self })
+}
+
+// claimDelay is how long after its creation the operator first reconciles a
+// Repository registryd created on push: its status, which registryd writes
+// right after the create, is then there.
+const claimDelay = 2 * time.Second
+
+// justPushed: a Repository registryd (or the operator's import) has just
+// created, whose first status write is still to come.
+func justPushed(obj client.Object) bool {
+	repo, ok := obj.(*v1.Repository)
+	return ok && repo.Labels[v1.LabelRegistry] != "" && len(repo.Status.Conditions) == 0 &&
+		repo.Spec.DeletionPolicy != v1.DeletionDelete && repo.DeletionTimestamp.IsZero()
+}
+
+// notJustPushed keeps For from reconciling such a Repository at its
+// creation (the delayed request above does).
+func notJustPushed() predicate.Funcs {
+	return predicate.Funcs{CreateFunc: func(e event.CreateEvent) bool { return !justPushed(e.Object) }}
 }
 
 func (r *RepositoryReconciler) repositoriesOf(ctx context.Context, obj client.Object) []reconcile.Request {

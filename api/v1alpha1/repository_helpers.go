@@ -5,7 +5,43 @@ import (
 	"encoding/hex"
 	"slices"
 	"strings"
+
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
+
+// Condition types of a Repository besides Ready, and the reasons of a
+// Repository in order; the operator sets them (controllers), registryd
+// writes the same with the first status of a Repository it creates
+// (SetClaimed).
+const (
+	ConditionRegistryFound = "RegistryFound"
+	ConditionConflict      = "Conflict"
+
+	ReasonRegistryFound = "RegistryFound"
+	ReasonNameUnique    = "NameUnique"
+	ReasonReady         = "Ready"
+)
+
+// SetClaimed records what the operator concludes about a Repository of an
+// existing Registry that no older Repository contests: RegistryFound,
+// Conflict False, Ready, in the order and form the operator writes them, at
+// generation. registryd sets it with the first status of a Repository it
+// created on push (its Registry exists; it found no other claim), so the
+// operator's reconcile of the new object finds its status as it would
+// write it and writes nothing: one write less per new repository. The
+// operator still decides: a contested claim it finds turns Conflict True.
+func (s *RepositoryStatus) SetClaimed(generation int64) {
+	for _, c := range []metav1.Condition{
+		{Type: ConditionRegistryFound, Status: metav1.ConditionTrue, Reason: ReasonRegistryFound},
+		{Type: ConditionConflict, Status: metav1.ConditionFalse, Reason: ReasonNameUnique},
+		{Type: ConditionReady, Status: metav1.ConditionTrue, Reason: ReasonReady},
+	} {
+		c.ObservedGeneration = generation
+		meta.SetStatusCondition(&s.Conditions, c)
+	}
+	s.ObservedGeneration = generation
+}
 
 // RepositoryObjectName is the name of the Repository object that registryd
 // creates for repository path of Registry registry. It is deterministic, so

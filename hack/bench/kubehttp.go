@@ -157,14 +157,16 @@ func kubeHTTP(ctx context.Context, o kubeHTTPOptions, img v1.Image) (kubeHTTPRes
 		return res, fmt.Errorf("kubernetes mode: registryd sent API requests other than Events while serving manifest GETs by tag (%s); the informer cache must serve them", detail)
 	}
 	if o.NewRepos > 0 {
-		nr, err := newRepositories(ctx, s, o.Crane, first.String(), o.NewRepos, o.Pushers, cmd.Process.Pid)
+		nr, err := newRepositories(ctx, s, o.Crane, first.String(), o.NewRepos, o.Pushers, cmd.Process.Pid, filepath.Join(dir, "kubeconfig"))
 		if err != nil {
 			return res, fmt.Errorf("kubernetes mode, new repositories: %w", err)
 		}
 		res.newRepos = &nr
 		profiled := o.Prof.during(ctx, s, "kube-new-repositories", 10*time.Second)
-		inProc, err := newRepositoriesInProcess(ctx, s, first.String(), o.NewRepos, o.Pushers, cmd.Process.Pid)
+		apiProfiled := o.Prof.apiserver(ctx, filepath.Join(dir, "kubeconfig"), "kube-new-repositories-apiserver", 10*time.Second)
+		inProc, err := newRepositoriesInProcess(ctx, s, first.String(), o.NewRepos, o.Pushers, cmd.Process.Pid, filepath.Join(dir, "kubeconfig"))
 		profiled()
+		apiProfiled()
 		if err != nil {
 			return res, fmt.Errorf("kubernetes mode, new repositories (in process): %w", err)
 		}

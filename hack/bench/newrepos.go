@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -23,6 +26,11 @@ type newReposResult struct {
 	perSecond      float64
 	apiPerRepo     float64 // registryd's requests to the API server per new repository, Events included
 	detail         string  // those requests by resource
+	// allPerRepo is what the API server itself counted per new repository
+	// (apiserver_request_total, watches apart): registryd's requests and
+	// the operator's; allDetail by verb and resource.
+	allPerRepo float64
+	allDetail  string
 	// CPU while the pushes ran, in cores (CPU seconds per wall second);
 	// clients is the crane processes' own, and perCopy their CPU per copy:
 	// one process per copy starts a Go program each time, which on two
@@ -39,8 +47,8 @@ type newReposResult struct {
 // would; crane mounts the layers from src, so each push is a manifest PUT
 // that creates a Repository. dev is hack/dev's process: the operator runs
 // in it, and the API server and etcd are its children.
-func newRepositories(ctx context.Context, s *server, crane, src string, n, pushers, dev int) (newReposResult, error) {
-	return pushNewRepositories(ctx, s, "ci/new-", n, pushers, dev, false, func(ctx context.Context, dst string) (time.Duration, error) {
+func newRepositories(ctx context.Context, s *server, crane, src string, n, pushers, dev int, kubeconfig string) (newReposResult, error) {
+	return pushNewRepositories(ctx, s, "ci/new-", n, pushers, dev, kubeconfig, false, func(ctx context.Context, dst string) (time.Duration, error) {
 		cmd := exec.CommandContext(ctx, crane, "copy", "--insecure", src, dst)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
@@ -54,7 +62,7 @@ func newRepositories(ctx context.Context, s *server, crane, src string, n, pushe
 // remote.Write (what crane copy runs) on `pushers` goroutines of this
 // process: the registry's and the API server's rate without a process
 // start per copy. Layers are mounted from src, as crane does.
-func newRepositoriesInProcess(ctx context.Context, s *server, src string, n, pushers, dev int) (newReposResult, error) {
+func newRepositoriesInProcess(ctx context.Context, s *server, src string, n, pushers, dev int, kubeconfig string) (newReposResult, error) {
 	srcRef, err := name.ParseReference(src, name.Insecure)
 	if err != nil {
 		return newReposResult{}, err
@@ -65,7 +73,7 @@ func newRepositoriesInProcess(ctx context.Context, s *server, src string, n, pus
 	if err != nil {
 		return newReposResult{}, err
 	}
-	return pushNewRepositories(ctx, s, "ci/go-", n, pushers, dev, true, func(ctx context.Context, dst string) (time.Duration, error) {
+	return pushNewRepositories(ctx, s, "ci/go-", n, pushers, dev, kubeconfig, true, func(ctx context.Context, dst string) (time.Duration, error) {
 		ref, err := name.ParseReference(dst, name.Insecure)
 		if err != nil {
 			return 0, err
@@ -78,10 +86,14 @@ func newRepositoriesInProcess(ctx context.Context, s *server, src string, n, pus
 // `pushers` workers. copyTo returns the CPU of the process it started for
 // the copy; inProcess: it started none, and the clients' CPU is this
 // process's.
-func pushNewRepositories(ctx context.Context, s *server, prefix string, n, pushers, dev int, inProcess bool,
+func pushNewRepositories(ctx context.Context, s *server, prefix string, n, pushers, dev int, kubeconfig string, inProcess bool,
 	copyTo func(ctx context.Context, dst string) (time.Duration, error)) (newReposResult, error) {
 	res := newReposResult{repos: n, pushers: pushers, inProcess: inProcess}
 	before, err := apiRequests(ctx, s.debugAddr)
+	if err != nil {
+		return res, err
+	}
+	allBefore, err := apiserverRequests(ctx, kubeconfig)
 	if err != nil {
 		return res, err
 	}
@@ -129,6 +141,12 @@ func pushNewRepositories(ctx context.Context, s *server, prefix string, n, pushe
 	}
 	events, others, detail := requestsDuring(before, after)
 	res.apiPerRepo, res.detail = (events+others)/float64(n), detail
+	allAfter, err := apiserverRequests(ctx, kubeconfig)
+	if err != nil {
+		return res, err
+	}
+	events, others, res.allDetail = requestsDuring(allBefore, allAfter)
+	res.allPerRepo = (events + others) / float64(n)
 	// Every push landed: the catalog (from the informer cache) lists them.
 	listed, err := catalogCount(ctx, s, prefix)
 	if err != nil {
@@ -138,6 +156,54 @@ func pushNewRepositories(ctx context.Context, s *server, prefix string, n, pushe
 		return res, fmt.Errorf("%d new repositories pushed, %d in the catalog", n, listed)
 	}
 	return res, nil
+}
+
+// apiserverRequests reads the API server's own apiserver_request_total
+// (through kubectl and the admin kubeconfig), summed by verb and resource
+// (subresource too), watches apart: every client's requests, the
+// operator's included.
+func apiserverRequests(ctx context.Context, kubeconfig string) (map[string]float64, error) {
+	kubectl := filepath.Join(os.Getenv("KUBEBUILDER_ASSETS"), "kubectl")
+	out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", kubeconfig, "get", "--raw", "/metrics").Output()
+	if err != nil {
+		return nil, fmt.Errorf("the API server's /metrics: %w", err)
+	}
+	byVerb := map[string]float64{}
+	for _, line := range strings.Split(string(out), "\n") {
+		if !strings.HasPrefix(line, "apiserver_request_total{") {
+			continue
+		}
+		verb, res, sub := label(line, "verb"), label(line, "resource"), label(line, "subresource")
+		if verb == "WATCH" || res == "" || label(line, "group") == "coordination.k8s.io" {
+			continue // long-running; leases are the operator's leader election, not the load
+		}
+		if sub != "" {
+			res += "/" + sub
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			return nil, err
+		}
+		key := verb + " " + res
+		if res == "events" {
+			key = "events" // requestsDuring counts these apart
+		}
+		byVerb[key] += v
+	}
+	if len(byVerb) == 0 {
+		return nil, errors.New("the API server's /metrics has no apiserver_request_total")
+	}
+	return byVerb, nil
+}
+
+func label(line, name string) string {
+	i := strings.Index(line, name+`="`)
+	if i < 0 {
+		return ""
+	}
+	rest := line[i+len(name)+2:]
+	return rest[:strings.IndexByte(rest, '"')]
 }
 
 // catalogCount counts the repositories under prefix in /v2/_catalog,

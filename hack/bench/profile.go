@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"time"
 )
@@ -29,6 +30,33 @@ func (p profiler) during(ctx context.Context, s *server, name string, d time.Dur
 		if err := p.fetch(ctx, s, name, d); err != nil {
 			logf("profile %s: %v", name, err)
 		}
+	}()
+	return func() { <-done }
+}
+
+// apiserver is during for the API server whose admin kubeconfig is
+// given, through kubectl (from $KUBEBUILDER_ASSETS) and the API server's
+// own /debug/pprof.
+func (p profiler) apiserver(ctx context.Context, kubeconfig, name string, d time.Duration) func() {
+	if p.dir == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		kubectl := filepath.Join(os.Getenv("KUBEBUILDER_ASSETS"), "kubectl")
+		out := filepath.Join(p.dir, name+".pprof")
+		cmd := exec.CommandContext(ctx, kubectl, "--kubeconfig", kubeconfig, "get", "--raw",
+			fmt.Sprintf("/debug/pprof/profile?seconds=%d", int(d.Seconds())))
+		body, err := cmd.Output()
+		if err == nil {
+			err = os.WriteFile(out, body, 0o644)
+		}
+		if err != nil {
+			logf("profile %s: %v", name, err)
+			return
+		}
+		logf("profile written: %s", out)
 	}()
 	return func() { <-done }
 }

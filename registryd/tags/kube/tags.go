@@ -356,6 +356,9 @@ func (s *Store) createRepository(ctx context.Context, reg *v1.Registry, path str
 	if i := slices.IndexFunc(batch, func(c *change) bool { return c.create }); i >= 0 {
 		batch[i].created = true
 	}
+	// The status update that follows carries the operator's verdict on the
+	// new object, so its reconcile writes nothing (v1.SetClaimed).
+	repo.Status.SetClaimed(repo.Generation)
 	return repo, nil
 }
 

@@ -56,6 +56,10 @@ type gcRun struct {
 	summary          string
 	unloaded, loaded rates
 	cpu              string // where the CPU went during the sweep
+	// again: a second run on the same bucket, no clients; the manifests
+	// it read and those its refs index held.
+	again                   time.Duration
+	againRead, againIndexed int
 }
 
 // keptPush and keptPull: the clients' rates during the sweep, in % of
@@ -323,11 +327,15 @@ func gcRound(ctx context.Context, o options, prefix string) (gcRun, error) {
 
 	stop := make(chan struct{})
 	wait := clientLoad(ctx, c, g.clients, g.images, stop)
-	cmd := exec.CommandContext(ctx, o.bins.Registryd, "gc", "--storage", g.s3URL, "--storage-prefix", prefix, "--grace", "1s", "--workers", strconv.Itoa(g.workers))
-	if pace := os.Getenv("BENCH_GC_PACE"); pace != "" { // else registryd gc's default
-		cmd.Args = append(cmd.Args, "--pace", pace)
+	gcCmd := func() *exec.Cmd {
+		cmd := exec.CommandContext(ctx, o.bins.Registryd, "gc", "--storage", g.s3URL, "--storage-prefix", prefix, "--grace", "1s", "--workers", strconv.Itoa(g.workers))
+		if pace := os.Getenv("BENCH_GC_PACE"); pace != "" { // else registryd gc's default
+			cmd.Args = append(cmd.Args, "--pace", pace)
+		}
+		cmd.Env = append(os.Environ(), g.s3Env...)
+		return cmd
 	}
-	cmd.Env = append(os.Environ(), g.s3Env...)
+	cmd := gcCmd()
 	// Where the CPU goes during the sweep: the collector, registryd,
 	// versitygw, the clients (this process).
 	gw := pidsNamed("versitygw")
@@ -351,7 +359,7 @@ func gcRound(ctx context.Context, o options, prefix string) (gcRun, error) {
 	}
 	r.summary = strings.TrimSpace(lastLines(string(out), 1))
 	for _, l := range strings.Split(string(out), "\n") {
-		if strings.Contains(l, "gc: phase") || strings.Contains(l, "gc: batch") {
+		if strings.Contains(l, "gc: phase") || strings.Contains(l, "gc: batch") || strings.Contains(l, "gc: manifests") {
 			logf("%s", l)
 		}
 	}
@@ -379,8 +387,25 @@ func gcRound(ctx context.Context, o options, prefix string) (gcRun, error) {
 	}
 	logf("gc: unloaded after: %.1f pushes/s, %.1f pulls/s", after.push, after.pull)
 	r.unloaded = rates{push: (before.push + after.push) / 2, pull: (before.pull + after.pull) / 2}
+
+	// A scheduled run on the same bucket, now with the refs index the
+	// first wrote (docs/gc.md), and no clients: what it still reads.
+	again := gcCmd()
+	start = time.Now()
+	out, err = again.CombinedOutput()
+	r.again = time.Since(start)
+	if err != nil {
+		return r, fmt.Errorf("registryd gc, second run: %w\n%s", err, lastLines(string(out), 20))
+	}
+	if m := gcManifestsLine.FindStringSubmatch(string(out)); m != nil {
+		r.againRead, _ = strconv.Atoi(m[1])
+		r.againIndexed, _ = strconv.Atoi(m[2])
+	}
+	logf("gc: second run (no clients) in %s: manifests read %d, from the refs index %d", r.again.Round(time.Millisecond), r.againRead, r.againIndexed)
 	return r, nil
 }
+
+var gcManifestsLine = regexp.MustCompile(`msg="gc: manifests" read=(\d+) indexed=(\d+)`)
 
 // unloadedRates runs the clients alone for the window.
 func unloadedRates(ctx context.Context, c gcClient, g gcOptions) (rates, error) {
@@ -453,9 +478,10 @@ func gcSection(o gcOptions, r gcResult) string {
 	fmt.Fprintf(&b, "| pulls during it (%d clients) | %.1f/s of %.1f/s unloaded, %.0f %% [%s] | none (registry stopped) | ≥ 80 %% | %s |\n",
 		o.clients, median(pullL), median(pullU), pullR, spread(pulls, " %"), yesNo(pullR >= 80))
 	fmt.Fprintf(&b, "| seeding (32 concurrent clients; first round) | %s | %s | | |\n\n", r.rounds[0].seed.Round(100*time.Millisecond), r.seedDistribution.Round(100*time.Millisecond))
-	b.WriteString("| round | sweep | pushes kept | pulls kept | CPU during the sweep |\n|---|---|---|---|---|\n")
+	b.WriteString("| round | sweep | pushes kept | pulls kept | CPU during the sweep | the next run on the same bucket, no clients (refs index) |\n|---|---|---|---|---|---|\n")
 	for i, run := range r.rounds {
-		fmt.Fprintf(&b, "| %d | %s | %.0f %% | %.0f %% | %s |\n", i+1, run.sweep.Round(100*time.Millisecond), run.keptPush(), run.keptPull(), run.cpu)
+		fmt.Fprintf(&b, "| %d | %s | %.0f %% | %.0f %% | %s | %s, %d manifests read, %d from the index |\n", i+1, run.sweep.Round(100*time.Millisecond),
+			run.keptPush(), run.keptPull(), run.cpu, run.again.Round(100*time.Millisecond), run.againRead, run.againIndexed)
 	}
 	b.WriteString("\n")
 	if len(r.rounds) > 0 {

@@ -94,6 +94,9 @@ type Report struct {
 	// Deferred counts confirmed garbage left for the next run because its
 	// batch's intents expired (IntentTTL) before the deletes were sent.
 	Deferred int
+	// ManifestsRead counts the manifests read from storage; the others'
+	// references came from the refs index of earlier runs (refindex.go).
+	ManifestsRead int
 	// Repositories and live manifests seen by the first mark.
 	Repositories int
 	// StoredBlobs and StoredBytes are the blobs the run's first listing
@@ -232,6 +235,7 @@ func (c *collector) collect(ctx context.Context, rep *Report) error {
 	}
 	defer release()
 	t := time.Now()
+	held := c.loadRefIndex(ctx)
 	s, err := c.scan(ctx)
 	if err != nil {
 		return err
@@ -284,13 +288,28 @@ func (c *collector) collect(ctx context.Context, rep *Report) error {
 	if err := c.deleteAll(ctx, sortedItems(p3), rep); err != nil {
 		return err
 	}
+	deleted = map[string]bool{}
+	for _, k := range rep.Deleted {
+		deleted[k] = true
+	}
+	c.saveRefIndex(ctx, s, deleted, held)
+	c.logManifestReads(rep)
 	rep.countStored(s)
 	return nil
+}
+
+func (c *collector) logManifestReads(rep *Report) {
+	c.cache.mu.Lock()
+	rep.ManifestsRead = c.cache.read
+	indexed := c.cache.indexed
+	c.cache.mu.Unlock()
+	c.log.Info("gc: manifests", "read", rep.ManifestsRead, "indexed", indexed)
 }
 
 // dryRun reports what a run would delete on this listing: phase 2 as if
 // phase 1 had deleted what it marked.
 func (c *collector) dryRun(ctx context.Context, rep *Report) error {
+	c.loadRefIndex(ctx)
 	s, err := c.scan(ctx)
 	if err != nil {
 		return err
@@ -315,6 +334,7 @@ func (c *collector) dryRun(ctx context.Context, rep *Report) error {
 		c.log.Info("would delete", "key", o.key)
 	}
 	sort.Strings(rep.Deleted)
+	c.logManifestReads(rep)
 	rep.countStored(s)
 	return nil
 }

@@ -445,3 +445,86 @@ func TestDeadMirrorLeases(t *testing.T) {
 		t.Fatalf("after the run: dead lease there %v, live %v, fresh %v", keys[dead], keys[live], keys[fresh])
 	}
 }
+
+// TestRefIndex: a run reads only the manifests no earlier run has read
+// (the refs index, refindex.go), keeps everything live whatever the index
+// holds or lacks, writes nothing in a dry run, and drops a deleted
+// manifest from the index once it is collected.
+func TestRefIndex(t *testing.T) {
+	ctx := t.Context()
+	e := newEnv(t, 1, server.Options{})
+	c := client{e.servers[0]}
+	shared := randomBytes(64)
+	imgs := []image{newImage(shared), newImage(shared), newImage()}
+	for i, img := range imgs {
+		must(t, c.push(ctx, "app", fmt.Sprintf("v%d", i), img))
+	}
+	e.age(t, 2*time.Hour)
+	run := func(what string, wantRead int, o gc.Options) gc.Report {
+		t.Helper()
+		o.Grace, o.DeleteUntagged = time.Hour, true
+		rep, err := gc.Run(ctx, e.bucket, o)
+		must(t, err)
+		if rep.ManifestsRead != wantRead {
+			t.Errorf("%s: %d manifests read, want %d (%s)", what, rep.ManifestsRead, wantRead, rep.Summary())
+		}
+		for i, img := range imgs {
+			if img.config == nil {
+				continue // deleted below
+			}
+			if err := c.pull(ctx, "app", fmt.Sprintf("v%d", i)); err != nil {
+				t.Errorf("%s: pull v%d: %v", what, i, err)
+			}
+		}
+		return rep
+	}
+	indexed := func() map[digest.Digest]bool {
+		t.Helper()
+		got, err := gc.RefIndexDigests(ctx, e.bucket)
+		must(t, err)
+		return got
+	}
+	run("a dry run with no index", 3, gc.Options{DryRun: true})
+	if n := len(indexed()); n != 0 {
+		t.Fatalf("a dry run wrote %d index entries", n)
+	}
+	run("the first run", 3, gc.Options{})
+	if got := indexed(); len(got) != 3 || !got[imgs[0].digest()] || !got[imgs[2].digest()] {
+		t.Fatalf("index after the first run: %v", got)
+	}
+	run("the second run", 0, gc.Options{})
+	run("a dry run", 0, gc.Options{DryRun: true})
+
+	// A new image is read once.
+	imgs = append(imgs, newImage(shared))
+	must(t, c.push(ctx, "app", "v3", imgs[3]))
+	run("after a push", 1, gc.Options{})
+	run("once more", 0, gc.Options{})
+
+	// An index object that cannot be read costs reads, not content.
+	sh := imgs[0].digest().Encoded()[:1]
+	must(t, e.bucket.WriteAll(ctx, gc.RefIndexKeyPrefix+sh, []byte("not gzip"), nil))
+	wantRead := 0
+	for _, img := range imgs {
+		if img.digest().Encoded()[:1] == sh {
+			wantRead++
+		}
+	}
+	run("over a corrupt index object", wantRead, gc.Options{})
+	run("after it was rewritten", 0, gc.Options{})
+
+	// A deleted manifest leaves the index when it is collected.
+	gone := imgs[1]
+	must(t, c.deleteManifest(ctx, "app", gone.digest()))
+	imgs[1] = image{}
+	e.age(t, 2*time.Hour)
+	run("collecting a deleted image", 0, gc.Options{})
+	if got := indexed(); got[gone.digest()] || len(got) != 3 {
+		t.Errorf("index after collecting %s: %v", gone.digest(), got)
+	}
+	// Its shared layer stays: the other images name it.
+	keys := e.keys(t)
+	if !keys[storage.BlobKey(digest.FromBytes(shared))] {
+		t.Error("the shared layer was collected")
+	}
+}

@@ -325,6 +325,30 @@ func collectWhilePushing(t *testing.T, e *env, grace time.Duration) {
 		}
 	}
 	got := e.keys(t)
+	// The refs index (the collector's own) names exactly the live
+	// manifests the last run saw.
+	indexed, err := gc.RefIndexDigests(ctx, e.bucket)
+	must(t, err)
+	for k := range got {
+		if strings.HasPrefix(k, gc.RefIndexKeyPrefix) {
+			delete(got, k)
+		}
+	}
+	live := map[digest.Digest]bool{}
+	for _, x := range all {
+		if x.deleted.IsZero() {
+			live[x.img.digest()] = true
+		}
+	}
+	for d := range live {
+		if !indexed[d] {
+			t.Errorf("the refs index lacks live manifest %s", d)
+		}
+		delete(indexed, d)
+	}
+	if len(indexed) > 0 {
+		t.Errorf("the refs index holds %d manifests that are not live: %v", len(indexed), indexed)
+	}
 	var extra, missing []string
 	for k := range got {
 		if !want[k] {

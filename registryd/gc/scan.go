@@ -61,6 +61,8 @@ type refs struct {
 type cache struct {
 	mu        sync.Mutex
 	manifests map[digest.Digest]refs
+	read      int // manifests read from storage
+	indexed   int // manifests the refs index held at the start
 	tags      map[string]tagEntry
 }
 
@@ -262,6 +264,7 @@ func (c *collector) manifestRefs(ctx context.Context, d digest.Digest) (refs, er
 	}
 	r = parseRefs(b)
 	c.cache.mu.Lock()
+	c.cache.read++
 	c.cache.manifests[d] = r
 	c.cache.mu.Unlock()
 	return r, nil

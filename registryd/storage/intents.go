@@ -18,6 +18,8 @@ import (
 //	_stevedore/gc/intents/<alg>/<hh>    the collector is about to delete the
 //	                                    digests it lists, all starting with hh
 //	_stevedore/gc/lock                  one collector at a time
+//	_stevedore/gc/refs/<h>              what the manifests name, kept between
+//	                                    runs (registryd/gc/refindex.go)
 //	_stevedore/tmp/                     fileblob's temp files in a pod (TMPDIR)
 //	_stevedore/mirror/leases/<alg>/<hex> an upstream fetch in progress
 //	                                    (docs/mirror.md); the collector

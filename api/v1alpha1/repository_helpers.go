@@ -10,10 +10,9 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
-// Condition types of a Repository besides Ready, and the reasons of a
-// Repository in order; the operator sets them (controllers), registryd
-// writes the same with the first status of a Repository it creates
-// (SetClaimed).
+// Condition types of a Repository besides Ready, and the reasons the
+// operator gives them when all is well (controllers); registryd writes the
+// same with the first status of a Repository it creates (SetClaimed).
 const (
 	ConditionRegistryFound = "RegistryFound"
 	ConditionConflict      = "Conflict"

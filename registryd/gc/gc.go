@@ -288,11 +288,11 @@ func (c *collector) collect(ctx context.Context, rep *Report) error {
 	if err := c.deleteAll(ctx, sortedItems(p3), rep); err != nil {
 		return err
 	}
-	deleted = map[string]bool{}
+	collected := plan{}
 	for _, k := range rep.Deleted {
-		deleted[k] = true
+		collected.add(item{key: k})
 	}
-	c.saveRefIndex(ctx, s, deleted, held)
+	c.saveRefIndex(ctx, s, collected, held)
 	c.logManifestReads(rep)
 	rep.countStored(s)
 	return nil

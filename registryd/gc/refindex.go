@@ -115,12 +115,12 @@ func readRefIndexShard(ctx context.Context, b *blob.Bucket, key string) (map[dig
 // deleted are left out the next time), rewriting only the shards whose
 // digests changed since held was loaded. A failure costs the next run
 // reads, nothing else: it is logged, not returned.
-func (c *collector) saveRefIndex(ctx context.Context, s *snapshot, gone map[string]bool, held map[byte]map[digest.Digest]bool) {
+func (c *collector) saveRefIndex(ctx context.Context, s *snapshot, gone plan, held map[byte]map[digest.Digest]bool) {
 	want := map[byte]map[digest.Digest]refs{}
 	c.cache.mu.Lock()
 	for _, r := range s.repos {
 		for d, o := range r.manifests {
-			if gone[o.key] {
+			if _, ok := gone[o.key]; ok {
 				continue
 			}
 			ref, ok := c.cache.manifests[d]

@@ -29,10 +29,11 @@ import (
 	"github.com/stevedore-dev/stevedore/registryd/uploads"
 )
 
-// defaultGCPace: at 1 (one sequential client's worth of requests) the
-// clients of make bench-gc kept 79-81 % of their rates; at 0.8, 86-88 %,
-// with the sweep still inside a minute (docs/gc.md).
-const defaultGCPace = 0.8
+// defaultGCPace: one sequential client's worth of requests. Back to back
+// on make bench-gc (3 rounds each, 2026-12-02): at 1 the sweep took
+// 47-54 s with the clients keeping 83-93 % of their rates; at 0.8,
+// 59-63 s and 78-94 % (docs/gc.md, Pacing).
+const defaultGCPace = 1.0
 
 // gcConfig is the flags of `registryd gc`.
 type gcConfig struct {

@@ -111,6 +111,11 @@ test-outage: envtest ## registryd loses its API server for 60 s while crane pull
 	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" STEVEDORE_CLIENTS="$$(hack/install-clients.sh)" E2E_API_OUTAGE=60s \
 		go test -count=1 -v -run '^TestAPIServerOutage$$' ./registryd/e2e/ | grep -E '^(--- |ok|FAIL)|outage_test.go:[0-9]+: [^c]'
 
+.PHONY: test-many-tags
+test-many-tags: envtest ## 100,000 tags into one repository over HTTP through 3 kube replicas (make test runs 1,000): none lost, 0 API requests to list and resolve them, no object over 64 KiB, memory.
+	KUBEBUILDER_ASSETS="$$(hack/envtest-assets.sh)" MANY_TAGS=$${MANY_TAGS:-100000} \
+		go test -count=1 -v -timeout 60m -run '^TestManyTagsOneRepository$$' ./registryd/hostile/ | grep -E '^(--- |ok|FAIL)|_test.go:[0-9]+: '
+
 .PHONY: test-full-size
 test-full-size: build ## registryd (no -race) under the full-size hostile loads: 1 GiB push+pull beside 500 slowloris connections; SIGTERM during a 1 GiB push.
 	REGISTRYD=$(LOCALBIN)/registryd E2E_SLOWLORIS_MIN_PERCENT=80 E2E_SLOWLORIS_MIB=1024 E2E_SLOWLORIS_CONNS=500 E2E_DRAIN_MIB=1024 E2E_DRAIN_RATE_MIB=100 \

@@ -89,6 +89,8 @@ var (
 		"statefulsets.apps [] [] [list]",
 		// The metrics endpoint's authentication and authorization.
 		"subjectaccessreviews.authorization.k8s.io [] [] [create]",
+		// A repository's tag shards: retention deletes from them, an import creates them.
+		"tagshards.stevedore.dev [] [] [create get list update watch]",
 		"tokenreviews.authentication.k8s.io [] [] [create]",
 	})
 	registrydPermissions = slices.Concat(everyUser, []string{
@@ -100,6 +102,7 @@ var (
 		"repositories.stevedore.dev [] [] [get list watch create]",
 		"repositories.stevedore.dev/status [] [] [update]",
 		"subjectaccessreviews.authorization.k8s.io [] [] [create]",
+		"tagshards.stevedore.dev [] [] [get list watch create update]",
 		"tokenreviews.authentication.k8s.io [] [] [create]",
 	})
 )

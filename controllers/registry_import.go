@@ -125,14 +125,23 @@ func (r *RegistryReconciler) importRepository(ctx context.Context, reg *v1.Regis
 		}
 		return 0, false, fmt.Errorf("creating Repository for %s: %w", path, err)
 	}
+	// Past one object, the tags go into TagShards as registryd would
+	// have split them, all created before the status that points at them.
+	shards, rootTags, split := v1.LayOutTags(repo, status.Tags, v1.MaxTagsPerObject)
+	for _, sh := range shards {
+		if err := r.Create(ctx, sh); err != nil && !apierrors.IsAlreadyExists(err) {
+			return 0, false, fmt.Errorf("restoring the tags of %s: %w", path, err)
+		}
+	}
+	count, bytes := int32(len(status.Tags)), status.CountBytes()
 	// The Repository reconciler may update it meanwhile: retry on conflict.
 	err = retry.RetryOnConflict(retry.DefaultBackoff, func() error {
 		// Live: the cache may not have the object just created.
 		if err := r.APIReader.Get(ctx, client.ObjectKeyFromObject(repo), repo); err != nil {
 			return err
 		}
-		repo.Status.Tags = status.Tags
-		repo.Status.Recount()
+		repo.Status.Tags, repo.Status.TagsSplit = rootTags, split
+		repo.Status.TagCount, repo.Status.Bytes = count, bytes
 		return r.Status().Update(ctx, repo)
 	})
 	if err != nil {

@@ -34,6 +34,10 @@ func TestJournalImport(t *testing.T) {
 		"team/app": {"v1": digest.FromString("a1"), "latest": digest.FromString("a2")},
 		"team":     {"stable": digest.FromString("b1")},
 		"tools/ci": {},
+		"team/big": {}, // past one object: imported into TagShards
+	}
+	for i := range 300 {
+		want["team/big"][fmt.Sprintf("ci-%03d", i)] = digest.FromString(fmt.Sprint(i))
 	}
 	for path, tagSet := range want {
 		// A repository the layout knows of even without tags: its manifest link.
@@ -53,11 +57,15 @@ func TestJournalImport(t *testing.T) {
 				if err := get(&repo, ns, v1.RepositoryObjectName("main", path)); err != nil {
 					return fmt.Errorf("%s: %w", path, err)
 				}
-				if len(repo.Status.Tags) != len(tagSet) {
-					return fmt.Errorf("%s has %d tags, want %d", path, len(repo.Status.Tags), len(tagSet))
+				tree := tagTree(t, &repo)
+				if all := tree.All(); len(all) != len(tagSet) || int(repo.Status.TagCount) != len(tagSet) {
+					return fmt.Errorf("%s has %d tags (tagCount %d), want %d", path, len(all), repo.Status.TagCount, len(tagSet))
+				}
+				if repo.Status.TagsSplit != (len(tagSet) > v1.MaxTagsPerObject) {
+					return fmt.Errorf("%s: %d tags, tagsSplit %v", path, len(tagSet), repo.Status.TagsSplit)
 				}
 				for tag, d := range tagSet {
-					if got, ok := repo.Status.FindTag(tag); !ok || got.Digest != d.String() {
+					if got, ok := tree.Find(tag); !ok || got.Digest != d.String() {
 						return fmt.Errorf("%s:%s = %+v", path, tag, got)
 					}
 				}
@@ -149,4 +157,19 @@ func TestJournalImport(t *testing.T) {
 	if err := get(&v1.Repository{}, ns, gone.Name); !apierrors.IsNotFound(err) {
 		t.Fatalf("the deliberately deleted tools/ci came back (%v)", err)
 	}
+}
+
+// tagTree reads every tag of repo, wherever they are (status or TagShards).
+func tagTree(t testing.TB, repo *v1.Repository) v1.TagTree {
+	t.Helper()
+	var list v1.TagShardList
+	if err := env.Client.List(context.Background(), &list, client.InNamespace(repo.Namespace),
+		client.MatchingLabels{v1.LabelRepositoryUID: string(repo.UID)}); err != nil {
+		t.Fatal(err)
+	}
+	byPrefix := map[string]*v1.TagShard{}
+	for i := range list.Items {
+		byPrefix[list.Items[i].Spec.Prefix] = &list.Items[i]
+	}
+	return v1.TagTree{Root: repo, Shard: func(p string) *v1.TagShard { return byPrefix[p] }}
 }

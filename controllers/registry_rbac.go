@@ -14,7 +14,8 @@ import (
 )
 
 // registrydRules is what registryd does: reads its Repositories (cache),
-// creates one on first push, writes tags into their status, reads its own
+// creates one on first push, writes tags into their status (and TagShards),
+// reads its own
 // Registry (by name: a second Registry in the namespace stays out of reach)
 // and updates its status.usage, and records Events. Repositories cannot be told apart by RBAC (their
 // names are not known in advance), so two Registries in one namespace share
@@ -25,6 +26,9 @@ func registrydRules(reg *v1.Registry) []*rbacv1ac.PolicyRuleApplyConfiguration {
 			WithVerbs("get", "list", "watch", "create"),
 		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("repositories/status").
 			WithVerbs("update"),
+		// A repository's tags past one object (v1.TagShard).
+		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("tagshards").
+			WithVerbs("get", "list", "watch", "create", "update"),
 		rbacv1ac.PolicyRule().WithAPIGroups(v1.GroupVersion.Group).WithResources("registries").
 			WithResourceNames(reg.Name).WithVerbs("get", "list", "watch"),
 		// status.usage: reservations against spec.quota.

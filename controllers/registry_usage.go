@@ -74,7 +74,11 @@ func (r *RegistryReconciler) recountUsage(ctx context.Context, key client.Object
 			u := &v1.RegistryUsage{CountedAt: &now}
 			for i := range repos.Items {
 				u.Bytes += repos.Items[i].Status.Bytes
-				u.Tags += int64(len(repos.Items[i].Status.Tags))
+				if st := &repos.Items[i].Status; st.TagsSplit {
+					u.Tags += int64(st.TagCount) // the shards' sum (reconcileTagCount)
+				} else {
+					u.Tags += int64(len(st.Tags))
+				}
 			}
 			if old := reg.Status.Usage; old != nil {
 				for _, p := range old.Pending {

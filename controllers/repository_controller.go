@@ -94,7 +94,7 @@ func (r *RepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 func tagCountWrong() predicate.Funcs {
 	return predicate.Funcs{UpdateFunc: func(e event.UpdateEvent) bool {
 		repo, ok := e.ObjectNew.(*v1.Repository)
-		return ok && int(repo.Status.TagCount) != len(repo.Status.Tags)
+		return ok && !repo.Status.TagsSplit && int(repo.Status.TagCount) != len(repo.Status.Tags)
 	}}
 }
 
@@ -106,12 +106,14 @@ func tagCountWrong() predicate.Funcs {
 // must not land over a newer status registryd wrote meanwhile.
 func (r *RepositoryReconciler) patchStatus(ctx context.Context, s *repositoryScope) error {
 	if equality.Semantic.DeepEqual(s.repo.Status.Conditions, s.status.Conditions) &&
-		s.repo.Status.TagCount == s.status.TagCount && s.repo.Status.ObservedGeneration == s.status.ObservedGeneration {
+		s.repo.Status.TagCount == s.status.TagCount && s.repo.Status.Bytes == s.status.Bytes &&
+		s.repo.Status.ObservedGeneration == s.status.ObservedGeneration {
 		return nil
 	}
 	base := s.repo.DeepCopy()
 	s.repo.Status.Conditions = s.status.Conditions
 	s.repo.Status.TagCount = s.status.TagCount
+	s.repo.Status.Bytes = s.status.Bytes
 	s.repo.Status.ObservedGeneration = s.status.ObservedGeneration
 	if err := r.Status().Patch(ctx, s.repo, client.MergeFromWithOptions(base, client.MergeFromWithOptimisticLock{})); err != nil {
 		return fmt.Errorf("patching status: %w", client.IgnoreNotFound(err))
@@ -206,8 +208,18 @@ func (r *RepositoryReconciler) reconcileConflict(ctx context.Context, s *reposit
 	return nil
 }
 
-func (r *RepositoryReconciler) reconcileTagCount(_ context.Context, s *repositoryScope) error {
-	s.status.TagCount = int32(len(s.status.Tags))
+func (r *RepositoryReconciler) reconcileTagCount(ctx context.Context, s *repositoryScope) error {
+	if !s.repo.Status.TagsSplit {
+		s.status.TagCount = int32(len(s.status.Tags))
+		return nil
+	}
+	// registryd writes the shards and not the Repository: the counts
+	// are the sum of the shards, from the cache.
+	tree, err := tagTree(ctx, r.Client, s.repo)
+	if err != nil {
+		return err
+	}
+	s.status.TagCount, s.status.Bytes = tree.Totals()
 	return nil
 }
 
@@ -365,11 +377,32 @@ func (r *RepositoryReconciler) SetupWithManager(mgr ctrl.Manager) error {
 			},
 		}).
 		Watches(&v1.Repository{}, handler.EnqueueRequestsFromMapFunc(r.rivals)).
+		// A split repository's counts follow its shards, summed once
+		// the writes of a moment have landed (not once per tag).
+		Watches(&v1.TagShard{}, handler.Funcs{
+			CreateFunc: func(_ context.Context, e event.TypedCreateEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				q.AddAfter(shardOwner(e.Object), shardCountDelay)
+			},
+			UpdateFunc: func(_ context.Context, e event.TypedUpdateEvent[client.Object], q workqueue.TypedRateLimitingInterface[reconcile.Request]) {
+				q.AddAfter(shardOwner(e.ObjectNew), shardCountDelay)
+			},
+		}).
 		// A Registry's existence and spec matter here, not its status.
 		Watches(&v1.Registry{}, handler.EnqueueRequestsFromMapFunc(r.repositoriesOf),
 			builder.WithPredicates(predicate.Or[client.Object](predicate.GenerationChangedPredicate{}, deletionStarted()))).
 		Named("repository").
 		Complete(r)
+}
+
+// shardCountDelay folds the shard writes of a moment into one recount.
+const shardCountDelay = 2 * time.Second
+
+func shardOwner(obj client.Object) reconcile.Request {
+	sh, _ := obj.(*v1.TagShard)
+	if sh == nil {
+		return reconcile.Request{}
+	}
+	return reconcile.Request{NamespacedName: client.ObjectKey{Namespace: sh.Namespace, Name: sh.Spec.Repository}}
 }
 
 // rivals are the other Repositories claiming obj's path (obj's own events

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,8 +39,9 @@ import (
 // defaultRetentionInterval spaces retention runs of one repository.
 const defaultRetentionInterval = time.Hour
 
-// retentionListLimit bounds the tag names status.retention holds.
-const retentionListLimit = 1000
+// retentionListLimit bounds the tag names status.retention holds: 250
+// names of up to 128 characters keep the Repository under 64 KiB.
+const retentionListLimit = 250
 
 // Event reasons of retention.
 const (
@@ -141,7 +143,11 @@ func (r *RetentionReconciler) run(ctx context.Context, repo *v1.Repository, reg 
 	base := repo.DeepCopy()
 	result := &v1.RetentionStatus{LastRunTime: metav1.NewTime(now), DryRun: spec.DryRun, Policy: name,
 		ObservedGeneration: repo.Generation, RegistryGeneration: reg.Generation}
-	plan, err := r.plan(ctx, repo, reg, spec, now)
+	tree, err := tagTree(ctx, r.APIReader, repo)
+	if err != nil {
+		return err
+	}
+	plan, err := r.plan(ctx, repo, reg, spec, tree.All(), now)
 	if err != nil {
 		result.Error = err.Error()
 		repo.Status.Retention = result
@@ -151,7 +157,16 @@ func (r *RetentionReconciler) run(ctx context.Context, repo *v1.Repository, reg 
 	result.Count = int32(len(plan.Delete))
 	result.Tags = plan.Delete[:min(len(plan.Delete), retentionListLimit)]
 	repo.Status.Retention = result
-	if !spec.DryRun {
+	switch {
+	case spec.DryRun:
+	case repo.Status.TagsSplit:
+		// Each shard's deletions in one update conditional on the
+		// shard as the plan read it; a push since conflicts, and the
+		// next run decides again on what is left.
+		if err := r.deleteFromShards(ctx, repo, tree, plan.Delete); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+	default:
 		for _, t := range plan.Delete {
 			repo.Status.RemoveTag(t)
 		}
@@ -159,8 +174,14 @@ func (r *RetentionReconciler) run(ctx context.Context, repo *v1.Repository, reg 
 	}
 	// Update, not patch: the resourceVersion the plan was made on must
 	// still be current, or a push since could lose its tag
-	// (TestRetentionRacesPushes loses dozens with a merge patch).
-	if err := r.Status().Update(ctx, repo); err != nil {
+	// (TestRetentionRacesPushes loses dozens with a merge patch). A
+	// split repository's tags are not in it: its run is recorded with a
+	// patch, after the shards' conditional updates.
+	if repo.Status.TagsSplit {
+		if err := r.Status().Patch(ctx, repo, client.MergeFrom(base)); err != nil {
+			return client.IgnoreNotFound(err)
+		}
+	} else if err := r.Status().Update(ctx, repo); err != nil {
 		return client.IgnoreNotFound(err)
 	}
 	switch {
@@ -176,7 +197,7 @@ func (r *RetentionReconciler) run(ctx context.Context, repo *v1.Repository, reg 
 }
 
 // plan computes what the policy deletes now.
-func (r *RetentionReconciler) plan(ctx context.Context, repo *v1.Repository, reg *v1.Registry, spec *v1.RetentionSpec, now time.Time) (retention.Plan, error) {
+func (r *RetentionReconciler) plan(ctx context.Context, repo *v1.Repository, reg *v1.Registry, spec *v1.RetentionSpec, all []v1.TagStatus, now time.Time) (retention.Plan, error) {
 	inUse, err := r.imagesInUse(ctx)
 	if err != nil {
 		return retention.Plan{}, err
@@ -186,8 +207,8 @@ func (r *RetentionReconciler) plan(ctx context.Context, repo *v1.Repository, reg
 	immutable := append(patterns.Rules("Repository "+repo.Name, repo.Spec.ImmutableTags),
 		patterns.Rules("Registry "+reg.Name, reg.Spec.ImmutableTags)...)
 	prot.Immutable = func(tag string) bool { _, ok := immutable.Match(tag); return ok }
-	list := make([]retention.Tag, 0, len(repo.Status.Tags))
-	for _, t := range repo.Status.Tags {
+	list := make([]retention.Tag, 0, len(all))
+	for _, t := range all {
 		tag := retention.Tag{Name: t.Name, Digest: t.Digest, PushedAt: t.PushedAt.Time}
 		if t.PulledAt != nil {
 			tag.PulledAt = t.PulledAt.Time
@@ -195,6 +216,42 @@ func (r *RetentionReconciler) plan(ctx context.Context, repo *v1.Repository, reg
 		list = append(list, tag)
 	}
 	return retention.Decide(list, policyOf(spec), prot, now)
+}
+
+// deleteFromShards removes tags from the leaves of tree that hold them:
+// each leaf in one update conditional on the resourceVersion the plan
+// read, or, for a shard not created yet, a create from its frozen
+// parent's tags (AlreadyExists: someone wrote it since, a conflict).
+func (r *RetentionReconciler) deleteFromShards(ctx context.Context, repo *v1.Repository, tree v1.TagTree, names []string) error {
+	byLeaf := map[string][]string{}
+	leaves := map[string]v1.TagLeaf{}
+	for _, name := range names {
+		leaf := tree.Home(v1.HashTag(name))
+		byLeaf[leaf.Prefix] = append(byLeaf[leaf.Prefix], name)
+		leaves[leaf.Prefix] = leaf
+	}
+	for prefix, gone := range byLeaf {
+		leaf := leaves[prefix]
+		st := v1.RepositoryStatus{Tags: slices.Clone(leaf.Tags)}
+		for _, name := range gone {
+			st.RemoveTag(name)
+		}
+		if leaf.Virtual {
+			sh := v1.NewTagShard(repo, prefix, st.Tags, false)
+			if err := r.Create(ctx, sh); apierrors.IsAlreadyExists(err) {
+				return apierrors.NewConflict(v1.GroupVersion.WithResource("tagshards").GroupResource(), sh.Name, err)
+			} else if err != nil {
+				return err
+			}
+			continue
+		}
+		sh := leaf.Shard.DeepCopy()
+		sh.Tags = st.Tags
+		if err := r.Update(ctx, sh); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func policyOf(spec *v1.RetentionSpec) retention.Policy {

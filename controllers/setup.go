@@ -102,6 +102,7 @@ func SetupWithManager(mgr ctrl.Manager, opts Options) error {
 // +kubebuilder:rbac:groups=stevedore.dev,resources=registries/finalizers,verbs=update
 // +kubebuilder:rbac:groups=stevedore.dev,resources=repositories,verbs=get;list;watch;create;patch;delete
 // +kubebuilder:rbac:groups=stevedore.dev,resources=repositories/status,verbs=update;patch
+// +kubebuilder:rbac:groups=stevedore.dev,resources=tagshards,verbs=get;list;watch;create;update
 // +kubebuilder:rbac:groups=apps,resources=deployments,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=services;serviceaccounts;persistentvolumeclaims,verbs=get;list;watch;create;patch
 // +kubebuilder:rbac:groups="",resources=secrets,verbs=get;create

@@ -139,7 +139,7 @@ make --no-print-directory -j2 --output-sync=target fuzz
 phase "fuzz (two targets at a time; the real node's suite started beside it)"
 CONFORMANCE_ROWS="$TEST_CONFORMANCE_ROWS" REGISTRYD="$STEVEDORE_BIN_DIR/registryd" hack/conformance.sh
 phase "OCI conformance, $(wc -w <<<"$TEST_CONFORMANCE_ROWS") rows (beside the real node's suite)"
-go test -race -count=1 -timeout 30m -v ./registryd/hostile/ | grep -E '^(--- |    --- |ok|FAIL|PASS)|hostile_test.go'
+go test -race -count=1 -timeout 30m -v ./registryd/hostile/ | grep -E '^(--- |    --- |ok|FAIL|PASS)|(hostile|manytags)_test.go'
 phase "adversarial suite (-race, 3 replicas, file and versitygw; beside the end of the real node's suite)"
 wait_lane node '^        '
 phase "end-to-end on a real node (test/node; the wait for its end)"

@@ -185,11 +185,9 @@ type LimitsSpec struct {
 	// +optional
 	MaxManifestBytes int64 `json:"maxManifestBytes,omitempty"`
 
-	// MaxTagsPerRepository keeps a Repository object well under etcd's object
-	// size limit: a tag costs up to 388 bytes as stored (a 128-character
-	// name, a content size, push and pull times), so 2500 tags stay under
-	// 1 MiB.
-	// +kubebuilder:default=2500
+	// MaxTagsPerRepository refuses a repository's tags past this many
+	// (DENIED); unset: no limit. No object grows with the tags: past
+	// MaxTagsPerObject a repository's tags are split over TagShards.
 	// +kubebuilder:validation:Minimum=1
 	// +optional
 	MaxTagsPerRepository int32 `json:"maxTagsPerRepository,omitempty"`

@@ -201,6 +201,12 @@ type RepositoryStatus struct {
 	// +listType=atomic
 	// +optional
 	Tags []TagStatus `json:"tags,omitempty"`
+	// TagsSplit: the repository has more tags than one object holds
+	// (MaxTagsPerObject), and they are in TagShards; Tags is frozen as it
+	// was when they split. TagCount and Bytes then sum the shards (the
+	// operator keeps them).
+	// +optional
+	TagsSplit bool `json:"tagsSplit,omitempty"`
 	// +optional
 	TagCount int32 `json:"tagCount,omitempty"`
 	// Bytes is the logical size of the tagged content: the contentSize of

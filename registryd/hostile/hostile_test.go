@@ -37,6 +37,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8srand "k8s.io/apimachinery/pkg/util/rand"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 
@@ -96,6 +97,9 @@ type cluster struct {
 	// namespace holds the Registry of the kube backend ("" elsewhere),
 	// whose Repository status must equal the journal in the bucket.
 	namespace string
+	// apiCalls counts the requests the kube replicas sent to the API
+	// server, watches apart.
+	apiCalls atomic.Int64
 }
 
 // clusterOptions changes what newCluster builds.
@@ -159,7 +163,7 @@ func newClusterWith(t *testing.T, backend string, o clusterOptions) *cluster {
 		b := open()
 		var store tags.Store = tags.NewBucketWith(b, o.bucket)
 		if backend == "kube" {
-			store = kubeReplica(t, c.namespace, store)
+			store = kubeReplica(t, c.namespace, store, &c.apiCalls)
 		}
 		opts := &server.Options{Secret: secret, Logger: logger}
 		if o.authorizer != nil {
@@ -224,11 +228,20 @@ func newRegistry(t *testing.T) string {
 
 // kubeReplica is one replica's tag store on Repository status, with the
 // bucket as its journal, as registryd runs with --registry.
-func kubeReplica(t *testing.T, namespace string, journal tags.Store) tags.Store {
+func kubeReplica(t *testing.T, namespace string, journal tags.Store, calls *atomic.Int64) tags.Store {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	s, err := kube.New(ctx, env.Config, kube.Options{Namespace: namespace, Registry: "main", Journal: journal, Logger: slog.New(slog.DiscardHandler)})
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Wrap(func(rt http.RoundTripper) http.RoundTripper {
+		return roundTripper(func(r *http.Request) (*http.Response, error) {
+			if r.URL.Query().Get("watch") != "true" {
+				calls.Add(1)
+			}
+			return rt.RoundTrip(r)
+		})
+	})
+	s, err := kube.New(ctx, cfg, kube.Options{Namespace: namespace, Registry: "main", Journal: journal, Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,7 +267,7 @@ func (c *cluster) statusMatchesJournal() {
 	compared := 0
 	for _, repo := range list.Items {
 		inStatus := map[string]string{}
-		for _, tag := range repo.Status.Tags {
+		for _, tag := range allTags(c.t, &repo) {
 			inStatus[tag.Name] = tag.Digest
 		}
 		names, err := journal.List(ctx, repo.Spec.Name, 0, "")

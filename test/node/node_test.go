@@ -864,7 +864,7 @@ spec:
 		}
 		return nil
 	})
-	n.kc(t, "delete", "crd", "registries.stevedore.dev", "repositories.stevedore.dev", "--timeout=1m")
+	n.kc(t, "delete", "crd", "registries.stevedore.dev", "repositories.stevedore.dev", "tagshards.stevedore.dev", "--timeout=1m")
 	out := n.kc(t, "get", "clusterroles,clusterrolebindings,pv", "-o", "name")
 	for _, line := range strings.Fields(out) {
 		if strings.Contains(line, "stevedore") {

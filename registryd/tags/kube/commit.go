@@ -35,7 +35,12 @@ type change struct {
 	// is meant for this request alone (immutable tag, limit, not found).
 	// It calls rules for the immutable-tag rules whenever it is about to
 	// move or remove a tag that exists (see round).
-	apply func(repo *v1.Repository, reg *v1.Registry, rules func() tags.ImmutableRules) (changed bool, journal []string, err error)
+	apply func(set *tagSet, reg *v1.Registry, rules func() tags.ImmutableRules) (changed bool, journal []string, err error)
+	// tags are the tags apply may touch, which route it to the TagShards
+	// holding them once the repository's tags are split; whole: it may
+	// touch any (UntagDigest), which such a repository does tag by tag.
+	tags  []string
+	whole bool
 	// create allows creating the Repository (pushes, not deletes).
 	create bool
 	done   chan error
@@ -47,6 +52,52 @@ type change struct {
 	// created: this change's write created the Repository (the first
 	// creating change of the batch that did), so its Event says so.
 	created bool
+}
+
+// tagSet is what a change edits: the tags of one object (the Repository's
+// status, or a TagShard's, in a copy of the Repository), and, when the
+// repository's tags are split, a count from the cache of those elsewhere.
+type tagSet struct {
+	repo   *v1.Repository
+	others func() (int32, map[string]int64) // nil: repo holds every tag
+}
+
+// count is the repository's tags.
+func (t *tagSet) count() int32 {
+	n := int32(len(t.repo.Status.Tags))
+	if t.others != nil {
+		o, _ := t.others()
+		n += o
+	}
+	return n
+}
+
+// bytes is the repository's logical size (see RepositoryStatus.CountBytes).
+func (t *tagSet) bytes() int64 {
+	if t.others == nil {
+		return t.repo.Status.CountBytes()
+	}
+	_, digests := t.others()
+	var n int64
+	for _, size := range digests {
+		n += size
+	}
+	for _, tag := range t.repo.Status.Tags {
+		if _, ok := digests[tag.Digest]; !ok {
+			n += tag.ContentSize
+		}
+	}
+	// A digest twice in this object counts once.
+	seen := map[string]bool{}
+	for _, tag := range t.repo.Status.Tags {
+		if _, ok := digests[tag.Digest]; !ok {
+			if seen[tag.Digest] {
+				n -= tag.ContentSize
+			}
+			seen[tag.Digest] = true
+		}
+	}
+	return n
 }
 
 // committer queues the changes of one replica per repository, so a replica
@@ -118,7 +169,7 @@ func (s *Store) drain(path string) {
 		q.mu.Unlock()
 
 		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
-		repo, err := s.write(ctx, path, batch)
+		repo, mirror, err := s.write(ctx, path, batch)
 		if err != nil || repo == nil {
 			cancel()
 			finish(batch, repo, err)
@@ -131,7 +182,11 @@ func (s *Store) drain(path string) {
 		// mirrors of different replicas.
 		go func() {
 			defer cancel()
-			s.mirror(ctx, path, repo, batch)
+			if mirror != nil {
+				mirror(ctx)
+			} else {
+				s.mirrorRepository(ctx, path, repo, batch)
+			}
 			finish(batch, repo, nil)
 		}()
 	}
@@ -149,6 +204,10 @@ func finish(batch []*change, repo *v1.Repository, err error) {
 		}
 	}
 }
+
+// mirrorFunc mirrors into the journal what a batch's write made final
+// (see mirror); nil: the batch went into the Repository's status.
+type mirrorFunc func(context.Context)
 
 // errUndecided: a round on cached data would write nothing (every change
 // is a no-op or refused). Only a live read, or a status update whose
@@ -168,35 +227,35 @@ var errRegistryStale = errors.New("immutable-tag rules read from the cached Regi
 // made final). On a conflict it re-reads live and re-applies, until the commit
 // deadline: a short, jittered, capped backoff keeps a replica that lost a
 // few rounds from starving behind one that keeps winning.
-func (s *Store) write(ctx context.Context, path string, batch []*change) (*v1.Repository, error) {
+func (s *Store) write(ctx context.Context, path string, batch []*change) (*v1.Repository, mirrorFunc, error) {
 	reg, err := s.registry(ctx)
 	if err != nil {
-		return nil, unavailable(err)
+		return nil, nil, unavailable(err)
 	}
 	regLive := false
 	if reg == nil {
 		if reg, err = s.liveRegistry(ctx); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		regLive = true
 	}
 	if reg == nil {
-		return nil, notFoundRegistry(s.opts)
+		return nil, nil, notFoundRegistry(s.opts)
 	}
 	delay := time.Millisecond
 	live := false
 	for attempt := 0; ; attempt++ {
-		repo, err := s.round(ctx, path, batch, reg, live, regLive)
+		repo, mirror, err := s.round(ctx, path, batch, reg, live, regLive)
 		live = true
 		// A refusal may rest on the cached Registry too (its tag limit,
 		// autoCreateRepositories), and so may moving or removing a tag
 		// (its immutable-tag rules): decide it again on the live one.
 		if !regLive && (errors.Is(err, errUndecided) && refused(batch) || isStoreError(err) || errors.Is(err, errRegistryStale)) {
 			if reg, err = s.liveRegistry(ctx); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 			if reg == nil {
-				return nil, notFoundRegistry(s.opts)
+				return nil, nil, notFoundRegistry(s.opts)
 			}
 			regLive = true
 			continue
@@ -204,21 +263,24 @@ func (s *Store) write(ctx context.Context, path string, batch []*change) (*v1.Re
 		switch {
 		case errors.Is(err, errUndecided):
 			continue
+		case errors.Is(err, errResplit):
+			live = false // this replica's own write of the split Repository stands in for the cache
+			continue
 		case apierrors.IsConflict(err):
 			s.conflicts.Inc()
 			select {
 			case <-ctx.Done():
-				return nil, unavailable(fmt.Errorf("updating Repository status: still conflicting after %d attempts: %w", attempt+1, err))
+				return nil, nil, unavailable(fmt.Errorf("updating Repository status: still conflicting after %d attempts: %w", attempt+1, err))
 			case <-time.After(delay/2 + rand.N(delay)):
 			}
 			delay = min(2*delay, 64*time.Millisecond)
 			continue
 		case err != nil && !isStoreError(err):
-			return nil, unavailable(fmt.Errorf("updating Repository status: %w", err))
+			return nil, nil, unavailable(fmt.Errorf("updating Repository status: %w", err))
 		case err != nil:
-			return nil, err
+			return nil, nil, err
 		}
-		return repo, nil
+		return repo, mirror, nil
 	}
 }
 
@@ -228,10 +290,10 @@ func (s *Store) write(ctx context.Context, path string, batch []*change) (*v1.Re
 // regLive says reg was read from the API server in this write; a round
 // that consults the immutable-tag rules on a cached Registry is
 // errRegistryStale.
-func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1.Registry, live, regLive bool) (*v1.Repository, error) {
+func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1.Registry, live, regLive bool) (*v1.Repository, mirrorFunc, error) {
 	known, err := s.cached(ctx, path)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var repo *v1.Repository
 	fromCache := known != nil && !live
@@ -243,11 +305,11 @@ func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1
 		// Creating first saves the read that would find nothing; an
 		// existing object answers AlreadyExists and is read then.
 		if repo, err = s.createRepository(ctx, reg, path, batch); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	default:
 		if repo, err = s.live(ctx, path, known); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	if repo == nil {
@@ -255,38 +317,59 @@ func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1
 			for _, c := range batch {
 				c.err, c.journal = tags.ErrNotFound, nil
 			}
-			return nil, nil
+			return nil, nil, nil
 		}
 		if repo, err = s.createRepository(ctx, reg, path, batch); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
+	}
+	if repo.Status.TagsSplit {
+		return s.shardedRound(ctx, path, repo, batch, reg, regLive)
+	}
+	var orig *v1.Repository
+	if len(repo.Status.Tags)+len(batch) > s.maxTags() {
+		orig = repo.DeepCopy() // frozen as it is if the batch takes it past one object
 	}
 	changed, consulted := false, false
 	rules := func() tags.ImmutableRules {
 		consulted = true
 		return s.immutableRules(repo, reg)
 	}
+	set := &tagSet{repo: repo}
 	for _, c := range batch {
 		var did bool
-		did, c.journal, c.err = c.apply(repo, reg, rules)
+		did, c.journal, c.err = c.apply(set, reg, rules)
 		changed = changed || did
 	}
 	if consulted && !regLive {
-		return nil, errRegistryStale
+		return nil, nil, errRegistryStale
 	}
 	if !changed {
 		if fromCache {
-			return nil, errUndecided
+			return nil, nil, errUndecided
 		}
-		return repo, nil
+		return repo, nil, nil
+	}
+	if orig != nil && len(repo.Status.Tags) > s.maxTags() && len(repo.Status.Tags) > len(orig.Status.Tags) {
+		// Past one object: its tags freeze here and go on in TagShards.
+		orig.Status.TagsSplit = true
+		if err := s.client.Status().Update(ctx, orig); err != nil {
+			return nil, nil, err
+		}
+		s.remember(path, orig)
+		s.opts.Logger.Info("repository's tags split over TagShards", "repository", path, "tags", len(orig.Status.Tags))
+		return nil, nil, errResplit
 	}
 	repo.Status.Recount()
 	if err := s.client.Status().Update(ctx, repo); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	s.remember(path, repo)
-	return repo, nil
+	return repo, nil, nil
 }
+
+// errResplit: the round split the repository's tags; the batch is routed again.
+var errResplit = errors.New("the repository's tags were split")
 
 // refused reports whether a rule refused a change of batch (not found is no rule).
 func refused(batch []*change) bool {
@@ -320,7 +403,13 @@ func wantsCreate(batch []*change) bool {
 // status, so the journal ends equal to status. A journal write or read that
 // fails makes the writes of those tags 503: status has them, and the
 // client's retry repairs the journal.
-func (s *Store) mirror(ctx context.Context, path string, repo *v1.Repository, batch []*change) {
+//
+// entry is what the object written holds for a tag; readBack reads it (or
+// wherever its tags went) again live: what it holds now (nil: the
+// Repository is gone, and its deletion policy decides about the journal),
+// and whether that is unchanged.
+func (s *Store) mirror(ctx context.Context, path string, entry func(string) journalEntry,
+	readBack func(context.Context) (func(string) journalEntry, bool, error), batch []*change) {
 	pending := map[string]bool{}
 	for _, c := range batch {
 		for _, tag := range c.journal {
@@ -338,28 +427,28 @@ func (s *Store) mirror(ctx context.Context, path string, repo *v1.Repository, ba
 		var g errgroup.Group
 		g.SetLimit(journalWriters)
 		for tag := range pending {
-			e := entryOf(repo, tag)
+			e := entry(tag)
 			wrote[tag] = e
 			g.Go(func() error { return s.journalWrite(ctx, path, tag, e) })
 		}
 		if failed = g.Wait(); failed != nil {
 			break
 		}
-		now, err := s.readBack(ctx, repo, path)
+		now, same, err := readBack(ctx)
 		if err != nil {
-			failed = fmt.Errorf("reading Repository %s back after the journal write: %w", repo.Name, err)
+			failed = fmt.Errorf("reading the tags of %s back after the journal write: %w", path, err)
 			break
 		}
-		if now == nil {
-			break // deleted meanwhile: its deletion policy decides about the journal
+		if now == nil || same {
+			break
 		}
 		clear(pending)
 		for tag, e := range wrote {
-			if entryOf(now, tag) != e {
+			if now(tag) != e {
 				pending[tag] = true
 			}
 		}
-		repo = now
+		entry = now
 	}
 	if failed == nil {
 		return
@@ -369,6 +458,39 @@ func (s *Store) mirror(ctx context.Context, path string, repo *v1.Repository, ba
 			c.err = unavailable(fmt.Errorf("the tag is in Repository status but not in the bucket's tag journal: %w", failed))
 		}
 	}
+}
+
+// mirrorRepository is mirror for a batch written into the Repository's status.
+func (s *Store) mirrorRepository(ctx context.Context, path string, repo *v1.Repository, batch []*change) {
+	s.mirror(ctx, path, func(tag string) journalEntry { return entryOf(repo, tag) }, func(ctx context.Context) (func(string) journalEntry, bool, error) {
+		now, err := s.readBack(ctx, repo, path)
+		if err != nil || now == nil {
+			return nil, false, err
+		}
+		if now == repo {
+			return func(tag string) journalEntry { return entryOf(repo, tag) }, true, nil
+		}
+		repo = now
+		if now.Status.TagsSplit {
+			tree, l := s.liveTree(ctx, now)
+			for _, c := range batch {
+				for _, tag := range c.journal {
+					tree.Find(tag)
+				}
+			}
+			if l.err != nil {
+				return nil, false, l.err
+			}
+			return func(tag string) journalEntry {
+				t, ok := tree.Find(tag)
+				if !ok {
+					return journalEntry{}
+				}
+				return journalEntry{digest: t.Digest, mediaType: t.MediaType, size: t.Size}
+			}, false, nil
+		}
+		return func(tag string) journalEntry { return entryOf(now, tag) }, false, nil
+	}, batch)
 }
 
 // readBack reads repo again live: repo itself while its resourceVersion has
@@ -395,8 +517,10 @@ type journalEntry struct {
 	size              int64
 }
 
-func entryOf(repo *v1.Repository, tag string) journalEntry {
-	t, ok := repo.Status.FindTag(tag)
+func entryOf(repo *v1.Repository, tag string) journalEntry { return entryOfStatus(&repo.Status, tag) }
+
+func entryOfStatus(st *v1.RepositoryStatus, tag string) journalEntry {
+	t, ok := st.FindTag(tag)
 	if !ok {
 		return journalEntry{}
 	}

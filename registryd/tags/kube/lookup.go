@@ -77,8 +77,8 @@ func (s *Store) ownWrite(path string, cached *v1.Repository) *v1.Repository {
 }
 
 // newer reports whether a's resourceVersion is after b's.
-func newer(a, b *v1.Repository) bool {
-	c, err := resourceversion.CompareResourceVersion(a.ResourceVersion, b.ResourceVersion)
+func newer(a, b client.Object) bool {
+	c, err := resourceversion.CompareResourceVersion(a.GetResourceVersion(), b.GetResourceVersion())
 	return err == nil && c > 0
 }
 

@@ -2,6 +2,8 @@ package kube
 
 import (
 	"context"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -44,7 +46,7 @@ var _ tags.PullRecorder = (*Store)(nil)
 func (s *Store) RecordPull(path, tag string) {
 	now := time.Now()
 	if repo, err := s.cached(context.Background(), path); err == nil && repo != nil {
-		if t, ok := repo.Status.FindTag(tag); ok && t.PulledAt != nil && now.Sub(t.PulledAt.Time) < s.pullInterval() {
+		if t, ok := s.tree(repo).Find(tag); ok && t.PulledAt != nil && now.Sub(t.PulledAt.Time) < s.pullInterval() {
 			return
 		}
 	}
@@ -121,8 +123,8 @@ func (s *Store) FlushPulls(ctx context.Context) {
 	g.SetLimit(pullWriters)
 	for path, byTag := range pulls {
 		g.Go(func() error {
-			_, err := s.commit(ctx, path, &change{apply: func(repo *v1.Repository, _ *v1.Registry, _ func() tags.ImmutableRules) (bool, []string, error) {
-				changed := false
+			_, err := s.commit(ctx, path, &change{tags: slices.Collect(maps.Keys(byTag)), apply: func(set *tagSet, _ *v1.Registry, _ func() tags.ImmutableRules) (bool, []string, error) {
+				repo, changed := set.repo, false
 				for tag, at := range byTag {
 					t, ok := repo.Status.FindTag(tag)
 					if !ok || (t.PulledAt != nil && at.Sub(t.PulledAt.Time) < interval) {

@@ -65,6 +65,9 @@ type Options struct {
 	// PullLogLimit bounds the tags whose pulls are remembered between two
 	// flushes; 0: DefaultPullLogLimit.
 	PullLogLimit int
+	// MaxTagsPerObject is how many tags one object holds before they are
+	// split; 0: v1.MaxTagsPerObject (tests set fewer to split sooner).
+	MaxTagsPerObject int
 }
 
 // EventRecorder is the part of client-go's events.EventRecorder the store uses.
@@ -89,9 +92,11 @@ type Store struct {
 
 	usage usageQueue // reservations and settles against the Registry's quota (usage.go)
 
-	ownMu  sync.Mutex
-	own    map[string]ownWrite // by path: this replica's last write, until the cache has it
-	ownReg ownRegistryWrite    // this replica's last write of the Registry (usage)
+	ownMu sync.Mutex
+	own   map[string]ownWrite // by path: this replica's last write, until the cache has it
+	// ownShards: by name, this replica's last write of a TagShard.
+	ownShards map[string]ownShardWrite
+	ownReg    ownRegistryWrite // this replica's last write of the Registry (usage)
 
 	synced   atomic.Bool  // the cache has synced once
 	notReady atomic.Value // error: why not, while not synced
@@ -141,7 +146,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 	// A fixed mapping of the two kinds: discovery would need the API server
 	// before the cache or client could even be built.
 	mapper := meta.NewDefaultRESTMapper([]schema.GroupVersion{v1.GroupVersion})
-	for _, kind := range []string{"Repository", "RepositoryList", "Registry", "RegistryList"} {
+	for _, kind := range []string{"Repository", "RepositoryList", "Registry", "RegistryList", "TagShard", "TagShardList"} {
 		mapper.Add(v1.GroupVersion.WithKind(kind), meta.RESTScopeNamespace)
 	}
 	c, err := cache.New(cfg, cache.Options{
@@ -152,6 +157,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 			// Only this Registry's Repositories: spec.registry is a selectable field.
 			&v1.Repository{}: {Field: fields.OneTermEqualSelector("spec.registry", opts.Registry)},
 			&v1.Registry{}:   {Field: fields.OneTermEqualSelector("metadata.name", opts.Registry)},
+			&v1.TagShard{}:   {Field: fields.OneTermEqualSelector("spec.registry", opts.Registry)},
 		},
 		DefaultWatchErrorHandler: func(_ context.Context, _ *toolscache.Reflector, err error) {
 			if !s.synced.Load() {
@@ -168,11 +174,17 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 	}); err != nil {
 		return nil, err
 	}
+	if err := c.IndexField(ctx, &v1.TagShard{}, indexShard, func(o client.Object) []string {
+		sh := o.(*v1.TagShard)
+		return []string{shardKey(sh.Spec.RepositoryUID, sh.Spec.Prefix)}
+	}); err != nil {
+		return nil, err
+	}
 	var catalogSynced toolscache.ResourceEventHandlerRegistration
 	// Registering the informers before Start makes WaitForCacheSync cover
 	// them; the catalog's handler is registered before the first list, so
 	// the index has every object once the cache has synced.
-	for _, obj := range []client.Object{&v1.Repository{}, &v1.Registry{}} {
+	for _, obj := range []client.Object{&v1.Repository{}, &v1.Registry{}, &v1.TagShard{}} {
 		inf, err := c.GetInformer(ctx, obj, cache.BlockUntilSynced(false))
 		if err != nil {
 			return nil, err

@@ -271,16 +271,18 @@ func TestReplicasPushConcurrently(t *testing.T) {
 	if err := env.Client.Get(ctx, keyIn(reg, v1.RepositoryObjectName("main", "team/app")), &repo); err != nil {
 		t.Fatal(err)
 	}
-	if repo.Status.TagCount != tagsTotal+1 || len(repo.Status.Tags) != tagsTotal+1 {
-		t.Fatalf("status holds %d tags (tagCount %d), want %d", len(repo.Status.Tags), repo.Status.TagCount, tagsTotal+1)
+	// 301 tags are past one object: they are in the Repository's TagShards.
+	tree := tagTree(t, &repo)
+	if n := len(tree.All()); n != tagsTotal+1 || !repo.Status.TagsSplit {
+		t.Fatalf("status and shards hold %d tags (split %v), want %d", n, repo.Status.TagsSplit, tagsTotal+1)
 	}
 	for i := range tagsTotal {
 		tag := fmt.Sprintf("t%03d", i)
-		if got, ok := repo.Status.FindTag(tag); !ok || got.Digest != digest.FromBytes(manifest(fmt.Sprint(i))).String() {
+		if got, ok := tree.Find(tag); !ok || got.Digest != digest.FromBytes(manifest(fmt.Sprint(i))).String() {
 			t.Errorf("tag %s = %+v, %v", tag, got, ok)
 		}
 	}
-	latest, _ := repo.Status.FindTag("latest")
+	latest, _ := tree.Find("latest")
 	written := false
 	for w := range workers {
 		written = written || latest.Digest == digest.FromBytes(manifest(fmt.Sprint("latest-", w))).String()
@@ -395,11 +397,16 @@ func keyIn(reg *v1.Registry, name string) client.ObjectKey {
 
 // rawRepository is the Repository's JSON as the API server returns it.
 func rawRepository(ctx context.Context, reg *v1.Registry, name string) ([]byte, error) {
+	return rawObject(ctx, reg, "repositories", name)
+}
+
+// rawObject is an object of resource in reg's namespace as the API server stores it.
+func rawObject(ctx context.Context, reg *v1.Registry, resource, name string) ([]byte, error) {
 	cs, err := kubernetes.NewForConfig(env.Config)
 	if err != nil {
 		return nil, err
 	}
-	return cs.RESTClient().Get().AbsPath("/apis/stevedore.dev/v1alpha1/namespaces", reg.Namespace, "repositories", name).DoRaw(ctx)
+	return cs.RESTClient().Get().AbsPath("/apis/stevedore.dev/v1alpha1/namespaces", reg.Namespace, resource, name).DoRaw(ctx)
 }
 
 // TestPushByDigestCreatesRepository: a manifest pushed by digest alone

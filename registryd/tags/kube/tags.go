@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -33,7 +34,7 @@ func (s *Store) Get(ctx context.Context, path, tag string) (ocispec.Descriptor, 
 		return ocispec.Descriptor{}, err
 	}
 	if repo != nil {
-		if t, ok := repo.Status.FindTag(tag); ok {
+		if t, ok := s.tree(repo).Find(tag); ok {
 			return descriptor(t), nil
 		}
 	}
@@ -46,7 +47,12 @@ func (s *Store) Get(ctx context.Context, path, tag string) (ocispec.Descriptor, 
 	if repo, err = s.live(ctx, path, repo); err != nil || repo == nil {
 		return ocispec.Descriptor{}, errors.Join(err, tags.ErrNotFound)
 	}
-	if t, ok := repo.Status.FindTag(tag); ok {
+	tree, l := s.liveTree(ctx, repo)
+	t, ok := tree.Find(tag)
+	if l.err != nil {
+		return ocispec.Descriptor{}, l.err
+	}
+	if ok {
 		return descriptor(t), nil
 	}
 	return ocispec.Descriptor{}, tags.ErrNotFound
@@ -58,14 +64,17 @@ func (s *Store) List(ctx context.Context, path string, n int, last string) ([]st
 	if err != nil {
 		return nil, err
 	}
+	tree := s.tree(repo)
+	var l *liveShards
 	if repo == nil {
 		if repo, err = s.live(ctx, path, nil); err != nil || repo == nil {
 			return []string{}, err
 		}
+		tree, l = s.liveTree(ctx, repo)
 	}
-	all := repo.Status.TagsAfter(last)
-	if n > 0 && len(all) > n {
-		all = all[:n]
+	all := tree.After(last, n)
+	if l != nil && l.err != nil {
+		return nil, l.err
 	}
 	out := make([]string, len(all))
 	for j, t := range all {
@@ -95,8 +104,9 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 	w := room.w
 	// grew is what the committed round added, for the settle.
 	var grewBytes, grewTags int64
-	put := &change{create: true, apply: func(repo *v1.Repository, reg *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
+	put := &change{create: true, tags: []string{tag}, apply: func(set *tagSet, reg *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
 		grewBytes, grewTags = 0, 0 // a round run again decides again
+		repo := set.repo
 		old, exists := repo.Status.FindTag(tag)
 		if exists && old.Digest == entry.Digest {
 			// Nothing to change, but the journal is written again: this may
@@ -108,21 +118,21 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 				return false, nil, tags.ErrImmutable(tag, rule, digest.Digest(old.Digest), tags.ActionOverwritten)
 			}
 		}
-		if limit := reg.Spec.Limits.MaxTagsPerRepository; !exists && limit > 0 && int32(len(repo.Status.Tags)) >= limit {
+		if limit := reg.Spec.Limits.MaxTagsPerRepository; !exists && limit > 0 && set.count() >= limit {
 			return false, nil, errcode.Denied.With(fmt.Sprintf("repository %s holds %d tags, the limit of Registry %s (spec.limits.maxTagsPerRepository): delete tags or raise the limit",
-				path, len(repo.Status.Tags), reg.Name))
+				path, set.count(), reg.Name))
 		}
 		// Usage is counted only where a quota needs it: O(tags) a change.
 		counts := w != nil || repo.Spec.Quota != nil && repo.Spec.Quota.Bytes != nil
 		var before, after int64
 		if counts {
-			before = repo.Status.CountBytes()
+			before = set.bytes()
 		}
 		repo.Status.SetTag(entry)
 		if counts {
-			after = repo.Status.CountBytes()
+			after = set.bytes()
 		}
-		err := checkQuota(repo, path, tag, exists, before, after)
+		err := checkQuota(repo, set.count(), path, tag, exists, before, after)
 		if err == nil && (!room.growBytes && after > before || !room.addTag && !exists) {
 			err = room.refusal // the Registry has no room for what this push adds
 		}
@@ -169,14 +179,14 @@ var errOverQuota = errors.New("over quota")
 // when there is a quota.bytes). It is decided on the
 // object the status update then writes with its resourceVersion, so two
 // replicas cannot both add to a repository that has room for one.
-func checkQuota(repo *v1.Repository, path, tag string, existed bool, before, after int64) error {
+func checkQuota(repo *v1.Repository, count int32, path, tag string, existed bool, before, after int64) error {
 	q := repo.Spec.Quota
 	if q == nil {
 		return nil
 	}
-	if q.Tags != nil && !existed && repo.Status.TagCount > *q.Tags {
+	if q.Tags != nil && !existed && count > *q.Tags {
 		return errcode.Denied.Wrap(errOverQuota, fmt.Sprintf("tag %q would be tag %d of repository %s, over its quota of %d tags (Repository %s spec.quota.tags)",
-			tag, repo.Status.TagCount, path, *q.Tags, repo.Name))
+			tag, count, path, *q.Tags, repo.Name))
 	}
 	if q.Bytes == nil {
 		return nil
@@ -198,7 +208,7 @@ func (s *Store) immutableRules(repo *v1.Repository, reg *v1.Registry) tags.Immut
 // EnsureRepository creates the Repository of path unless it exists (a push
 // by digest); through the group commit. That it exists is decided live.
 func (s *Store) EnsureRepository(ctx context.Context, path string) error {
-	ensure := &change{create: true, apply: func(*v1.Repository, *v1.Registry, func() tags.ImmutableRules) (bool, []string, error) {
+	ensure := &change{create: true, apply: func(*tagSet, *v1.Registry, func() tags.ImmutableRules) (bool, []string, error) {
 		return false, nil, nil
 	}}
 	repo, err := s.commit(ctx, path, ensure)
@@ -216,8 +226,9 @@ func (s *Store) Delete(ctx context.Context, path, tag string) error {
 		return err
 	}
 	var freedBytes int64
-	repo, err := s.commit(ctx, path, &change{apply: func(repo *v1.Repository, _ *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
+	repo, err := s.commit(ctx, path, &change{tags: []string{tag}, apply: func(set *tagSet, _ *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
 		freedBytes = 0 // a round run again decides again
+		repo := set.repo
 		old, exists := repo.Status.FindTag(tag)
 		if !exists {
 			// The journal entry goes too: the retry of a delete whose
@@ -228,11 +239,11 @@ func (s *Store) Delete(ctx context.Context, path, tag string) error {
 			return false, nil, tags.ErrImmutable(tag, rule, digest.Digest(old.Digest), tags.ActionDeleted)
 		}
 		if w != nil {
-			freedBytes = repo.Status.CountBytes()
+			freedBytes = set.bytes()
 		}
 		repo.Status.RemoveTag(tag)
 		if w != nil {
-			freedBytes -= repo.Status.CountBytes()
+			freedBytes -= set.bytes()
 		}
 		return true, []string{tag}, nil
 	}})
@@ -256,8 +267,9 @@ func (s *Store) UntagDigest(ctx context.Context, path string, d digest.Digest) (
 		return nil, err
 	}
 	var freedBytes, freedTags int64
-	c := &change{apply: func(repo *v1.Repository, _ *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
+	c := &change{whole: true, apply: func(set *tagSet, _ *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
 		freedBytes, freedTags = 0, 0 // a round run again decides again
+		repo := set.repo
 		var names []string
 		for _, t := range repo.Status.Tags {
 			if t.Digest == d.String() {
@@ -274,18 +286,24 @@ func (s *Store) UntagDigest(ctx context.Context, path string, d digest.Digest) (
 			}
 		}
 		if w != nil {
-			freedBytes = repo.Status.CountBytes()
+			freedBytes = set.bytes()
 		}
 		for _, name := range names {
 			repo.Status.RemoveTag(name)
 		}
 		if w != nil {
-			freedBytes -= repo.Status.CountBytes()
+			freedBytes -= set.bytes()
 		}
 		freedTags = int64(len(names))
 		return true, names, nil
 	}}
 	repo, err := s.commit(ctx, path, c)
+	var removed []string
+	if errors.Is(err, errResharded) {
+		repo, removed, freedBytes, freedTags, err = s.untagSharded(ctx, path, d, w != nil)
+	} else {
+		removed = slices.Clone(c.journal)
+	}
 	s.settleAfter(ctx, w, err, func() (int64, int64) { return -freedBytes, -freedTags })
 	if errors.Is(err, tags.ErrNotFound) {
 		return nil, nil
@@ -293,11 +311,91 @@ func (s *Store) UntagDigest(ctx context.Context, path string, d digest.Digest) (
 	if err != nil {
 		return nil, err
 	}
-	removed := slices.Clone(c.journal)
 	if len(removed) > 0 {
 		s.event(repo, reasonTagDeleted, "Delete", "tags %s deleted with manifest %s", strings.Join(removed, ", "), d)
 	}
 	return removed, nil
+}
+
+// untagSharded is UntagDigest for a repository whose tags are split over
+// TagShards: the tags pointing at d, found in the cache, each removed by a
+// change of its own that removes it only if it still points at d; all of
+// them share the group commit. An immutable tag among them refuses the
+// whole untag before any is removed (each change checks again).
+func (s *Store) untagSharded(ctx context.Context, path string, d digest.Digest, counts bool) (*v1.Repository, []string, int64, int64, error) {
+	root, err := s.cached(ctx, path)
+	if err != nil || root == nil {
+		return nil, nil, 0, 0, errors.Join(err, tags.ErrNotFound)
+	}
+	var names []string
+	for _, l := range s.tree(root).Leaves() {
+		for _, t := range l.Tags {
+			if t.Digest == d.String() {
+				names = append(names, t.Name)
+			}
+		}
+	}
+	reg, err := s.liveRegistry(ctx)
+	if err != nil || reg == nil {
+		return nil, nil, 0, 0, errors.Join(err, notFoundRegistry(s.opts))
+	}
+	rules := s.immutableRules(root, reg)
+	for _, name := range names {
+		if rule, ok := rules.Match(name); ok {
+			return nil, nil, 0, 0, tags.ErrImmutable(name, rule, d, tags.ActionUntagged)
+		}
+	}
+	type result struct {
+		repo    *v1.Repository
+		removed bool
+		freed   int64
+		err     error
+	}
+	results := make([]result, len(names))
+	var wg sync.WaitGroup
+	for i, name := range names {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := &results[i]
+			c := &change{tags: []string{name}, apply: func(set *tagSet, _ *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
+				r.freed, r.removed = 0, false
+				t, ok := set.repo.Status.FindTag(name)
+				if !ok || t.Digest != d.String() {
+					return false, nil, nil
+				}
+				if rule, ok := rules().Match(name); ok {
+					return false, nil, tags.ErrImmutable(name, rule, d, tags.ActionUntagged)
+				}
+				if counts {
+					r.freed = set.bytes()
+				}
+				set.repo.Status.RemoveTag(name)
+				if counts {
+					r.freed -= set.bytes()
+				}
+				r.removed = true
+				return true, []string{name}, nil
+			}}
+			r.repo, r.err = s.commit(ctx, path, c)
+		}()
+	}
+	wg.Wait()
+	var removed []string
+	var freedBytes, freedTags int64
+	var errs []error
+	for i, r := range results {
+		if r.err != nil {
+			errs = append(errs, r.err)
+			continue
+		}
+		if r.removed {
+			removed = append(removed, names[i])
+			freedBytes += r.freed
+			freedTags++
+		}
+	}
+	return root, removed, freedBytes, freedTags, errors.Join(errs...)
 }
 
 // createRepository makes the Repository on first push. Replicas racing to

@@ -309,7 +309,10 @@ func (s *Store) writeLeaf(ctx context.Context, path string, root *v1.Repository,
 		}
 		switch {
 		case err == nil:
-			m.add(func(ctx context.Context) { s.mirrorLeaf(ctx, path, root, written, verdicts); m.settle(changes, verdicts) })
+			m.add(func(ctx context.Context) {
+				s.mirrorLeaf(ctx, path, root, written, verdicts)
+				m.settle(changes, verdicts)
+			})
 			return nil
 		case apierrors.IsConflict(err) || apierrors.IsAlreadyExists(err):
 			s.conflicts.Inc()

@@ -239,7 +239,7 @@ func (s *Store) writeLeaf(ctx context.Context, path string, root *v1.Repository,
 	for i, r := range items {
 		changes[i] = r.c
 	}
-	live := false
+	live, rootLive := false, false
 	delay := time.Millisecond
 	for attempt := 0; ; attempt++ {
 		tree, l := s.tree(root), (*liveShards)(nil)
@@ -271,7 +271,7 @@ func (s *Store) writeLeaf(ctx context.Context, path string, root *v1.Repository,
 			verdicts[i] = v
 			changed = changed || did
 		}
-		if consulted && !regLive || !changed && live && refused(verdicts) && !regLive {
+		if consulted && !(regLive && rootLive) || !changed && live && refused(verdicts) && !(regLive && rootLive) {
 			// The rules come from the Repository's and the Registry's
 			// specs, which this write is not conditional on: read both.
 			var err error
@@ -286,7 +286,7 @@ func (s *Store) writeLeaf(ctx context.Context, path string, root *v1.Repository,
 			} else {
 				root = r
 			}
-			regLive, live = true, true
+			regLive, rootLive, live = true, true, true
 			continue
 		}
 		if !changed {

@@ -46,13 +46,6 @@ func (s *server) getTags(w http.ResponseWriter, r *http.Request, p pathParams) e
 	if err != nil {
 		return err
 	}
-	ok, err := s.store.RepositoryExists(r.Context(), p.name)
-	if err != nil {
-		return storageErr(err, errcode.NameUnknown, p.name)
-	}
-	if !ok {
-		return errcode.NameUnknown.With(p.name)
-	}
 	list := []string{}
 	if n > 0 {
 		// One more than asked tells whether a next page exists.
@@ -62,6 +55,20 @@ func (s *server) getTags(w http.ResponseWriter, r *http.Request, p pathParams) e
 		if len(list) > n {
 			list = list[:n]
 			setNextLink(w, r.URL.Path, n, list[n-1], nil)
+		}
+	}
+	// A tag listed is a repository that exists; only an empty page asks
+	// the bucket (a repository of untagged manifests or blobs alone). The
+	// bucket's answer costs a listing, and on a local directory fileblob
+	// walks every file under the repository for it (each tag's journal
+	// entry among them): with 100,000 tags, 0.4 s a page.
+	if len(list) == 0 {
+		ok, err := s.store.RepositoryExists(r.Context(), p.name)
+		if err != nil {
+			return storageErr(err, errcode.NameUnknown, p.name)
+		}
+		if !ok {
+			return errcode.NameUnknown.With(p.name)
 		}
 	}
 	writeJSON(w, r, http.StatusOK, "application/json", struct {

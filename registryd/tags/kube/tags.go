@@ -132,7 +132,7 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 		if counts {
 			after = set.bytes()
 		}
-		err := checkQuota(repo, set.count(), path, tag, exists, before, after)
+		err := checkQuota(set, path, tag, exists, before, after)
 		if err == nil && (!room.growBytes && after > before || !room.addTag && !exists) {
 			err = room.refusal // the Registry has no room for what this push adds
 		}
@@ -179,14 +179,16 @@ var errOverQuota = errors.New("over quota")
 // when there is a quota.bytes). It is decided on the
 // object the status update then writes with its resourceVersion, so two
 // replicas cannot both add to a repository that has room for one.
-func checkQuota(repo *v1.Repository, count int32, path, tag string, existed bool, before, after int64) error {
+func checkQuota(set *tagSet, path, tag string, existed bool, before, after int64) error {
+	repo := set.repo
 	q := repo.Spec.Quota
 	if q == nil {
 		return nil
 	}
-	if q.Tags != nil && !existed && count > *q.Tags {
+	// Counted only here: on a split repository, O(its tags) from the cache.
+	if q.Tags != nil && !existed && set.count() > *q.Tags {
 		return errcode.Denied.Wrap(errOverQuota, fmt.Sprintf("tag %q would be tag %d of repository %s, over its quota of %d tags (Repository %s spec.quota.tags)",
-			tag, count, path, *q.Tags, repo.Name))
+			tag, set.count(), path, *q.Tags, repo.Name))
 	}
 	if q.Bytes == nil {
 		return nil

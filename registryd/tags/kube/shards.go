@@ -28,9 +28,6 @@ import (
 // tags; AlreadyExists sends the writer to read it. So a split needs no
 // second step, and a crash at any point leaves nothing to repair.
 
-// indexShard indexes the cached TagShards by repository UID and prefix.
-const indexShard = "spec.repositoryUID+spec.prefix"
-
 func shardKey(uid types.UID, prefix string) string { return string(uid) + "/" + prefix }
 
 func (s *Store) maxTags() int {
@@ -47,13 +44,9 @@ func (s *Store) tree(root *v1.Repository) v1.TagTree {
 }
 
 func (s *Store) cachedShard(root *v1.Repository, prefix string) *v1.TagShard {
-	var list v1.TagShardList
-	var cached *v1.TagShard
-	if err := s.cache.List(context.Background(), &list, client.InNamespace(s.opts.Namespace),
-		client.MatchingFields{indexShard: shardKey(root.UID, prefix)}, client.UnsafeDisableDeepCopy); err == nil && len(list.Items) > 0 {
-		cached = &list.Items[0]
-	}
-	if own := s.ownShard(v1.TagShardName(root, prefix), cached); own != nil {
+	key := shardKey(root.UID, prefix)
+	cached := s.shards.get(key)
+	if own := s.ownShard(key, cached); own != nil {
 		return own
 	}
 	return cached
@@ -110,18 +103,18 @@ func (s *Store) rememberShard(sh *v1.TagShard) {
 	if s.ownShards == nil {
 		s.ownShards = map[string]ownShardWrite{}
 	}
-	s.ownShards[sh.Name] = ownShardWrite{shard: sh, at: time.Now()}
+	s.ownShards[shardKey(sh.Spec.RepositoryUID, sh.Spec.Prefix)] = ownShardWrite{shard: sh, at: time.Now()}
 }
 
-func (s *Store) ownShard(name string, cached *v1.TagShard) *v1.TagShard {
+func (s *Store) ownShard(key string, cached *v1.TagShard) *v1.TagShard {
 	s.ownMu.Lock()
 	defer s.ownMu.Unlock()
-	w, ok := s.ownShards[name]
+	w, ok := s.ownShards[key]
 	if !ok {
 		return nil
 	}
 	if time.Since(w.at) > ownWriteTTL || (cached != nil && cached.UID == w.shard.UID && !newer(w.shard, cached)) {
-		delete(s.ownShards, name)
+		delete(s.ownShards, key)
 		return nil
 	}
 	if cached != nil && cached.UID != w.shard.UID {

@@ -89,12 +89,13 @@ type Store struct {
 	pullLog       pullLog
 	patterns      tags.Patterns // compiled immutable-tag patterns
 	catalog       *catalogIndex // the Repositories' paths, sorted
+	shards        *shardIndex   // the TagShards by repository UID and prefix
 
 	usage usageQueue // reservations and settles against the Registry's quota (usage.go)
 
 	ownMu sync.Mutex
 	own   map[string]ownWrite // by path: this replica's last write, until the cache has it
-	// ownShards: by name, this replica's last write of a TagShard.
+	// ownShards: by shardKey, this replica's last write of a TagShard.
 	ownShards map[string]ownShardWrite
 	ownReg    ownRegistryWrite // this replica's last write of the Registry (usage)
 
@@ -128,7 +129,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{opts: opts, catalog: newCatalogIndex(),
+	s := &Store{opts: opts, catalog: newCatalogIndex(), shards: newShardIndex(),
 		liveReads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "stevedore_tagstore_live_reads_total",
 			Help: "Tag reads that missed the informer cache and asked the API server.",
@@ -174,13 +175,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 	}); err != nil {
 		return nil, err
 	}
-	if err := c.IndexField(ctx, &v1.TagShard{}, indexShard, func(o client.Object) []string {
-		sh := o.(*v1.TagShard)
-		return []string{shardKey(sh.Spec.RepositoryUID, sh.Spec.Prefix)}
-	}); err != nil {
-		return nil, err
-	}
-	var catalogSynced toolscache.ResourceEventHandlerRegistration
+	var catalogSynced, shardsSynced toolscache.ResourceEventHandlerRegistration
 	// Registering the informers before Start makes WaitForCacheSync cover
 	// them; the catalog's handler is registered before the first list, so
 	// the index has every object once the cache has synced.
@@ -189,8 +184,13 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 		if err != nil {
 			return nil, err
 		}
-		if _, ok := obj.(*v1.Repository); ok {
+		switch obj.(type) {
+		case *v1.Repository:
 			if catalogSynced, err = inf.AddEventHandler(s.catalog.handler()); err != nil {
+				return nil, err
+			}
+		case *v1.TagShard:
+			if shardsSynced, err = inf.AddEventHandler(s.shards.handler()); err != nil {
 				return nil, err
 			}
 		}
@@ -213,7 +213,7 @@ func New(ctx context.Context, cfg *rest.Config, opts Options) (*Store, error) {
 	}()
 	go func() {
 		// The informers retry on their own with backoff; this only waits.
-		if c.WaitForCacheSync(ctx) && toolscache.WaitForCacheSync(ctx.Done(), catalogSynced.HasSynced) {
+		if c.WaitForCacheSync(ctx) && toolscache.WaitForCacheSync(ctx.Done(), catalogSynced.HasSynced, shardsSynced.HasSynced) {
 			s.synced.Store(true)
 			opts.Logger.Info("kubernetes tag store: Repository cache synced")
 		}

@@ -59,15 +59,14 @@ type change struct {
 // repository's tags are split, a count from the cache of those elsewhere.
 type tagSet struct {
 	repo   *v1.Repository
-	others func() (int32, map[string]int64) // nil: repo holds every tag
+	others *otherLeaves // nil: repo holds every tag
 }
 
 // count is the repository's tags.
 func (t *tagSet) count() int32 {
 	n := int32(len(t.repo.Status.Tags))
 	if t.others != nil {
-		o, _ := t.others()
-		n += o
+		n += t.others.count()
 	}
 	return n
 }
@@ -77,7 +76,7 @@ func (t *tagSet) bytes() int64 {
 	if t.others == nil {
 		return t.repo.Status.CountBytes()
 	}
-	_, digests := t.others()
+	digests := t.others.digests()
 	var n int64
 	for _, size := range digests {
 		n += size

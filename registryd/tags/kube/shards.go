@@ -362,26 +362,49 @@ func (s *Store) split(ctx context.Context, root *v1.Repository, leaf v1.TagLeaf)
 }
 
 // othersOf counts, from the cache, the tags of root outside the leaf of
-// prefix, for the limits and quotas that bound the whole repository.
-func (s *Store) othersOf(root *v1.Repository, prefix string) func() (int32, map[string]int64) {
-	var once sync.Once
-	var n int32
-	var digests map[string]int64
-	return func() (int32, map[string]int64) {
-		once.Do(func() {
-			digests = map[string]int64{}
-			for _, l := range s.tree(root).Leaves() {
-				if l.Prefix == prefix {
-					continue
-				}
-				n += int32(len(l.Tags))
-				for _, t := range l.Tags {
-					digests[t.Digest] = t.ContentSize
-				}
+// prefix, and their digests' sizes, each once and only when asked: a tag
+// limit needs the count alone, a bytes quota the digests.
+func (s *Store) othersOf(root *v1.Repository, prefix string) *otherLeaves {
+	return &otherLeaves{leaves: sync.OnceValue(func() []v1.TagLeaf {
+		var out []v1.TagLeaf
+		for _, l := range s.tree(root).Leaves() {
+			if l.Prefix != prefix {
+				out = append(out, l)
 			}
-		})
-		return n, digests
-	}
+		}
+		return out
+	})}
+}
+
+// otherLeaves are the leaves of a split repository besides the one a
+// change edits.
+type otherLeaves struct {
+	leaves  func() []v1.TagLeaf
+	countOf sync.Once
+	n       int32
+	sizesOf sync.Once
+	sizes   map[string]int64
+}
+
+func (o *otherLeaves) count() int32 {
+	o.countOf.Do(func() {
+		for _, l := range o.leaves() {
+			o.n += int32(len(l.Tags))
+		}
+	})
+	return o.n
+}
+
+func (o *otherLeaves) digests() map[string]int64 {
+	o.sizesOf.Do(func() {
+		o.sizes = map[string]int64{}
+		for _, l := range o.leaves() {
+			for _, t := range l.Tags {
+				o.sizes[t.Digest] = t.ContentSize
+			}
+		}
+	})
+	return o.sizes
 }
 
 // mirrorLeaf mirrors into the journal what the leaf written holds for the

@@ -21,12 +21,5 @@ func tagTree(ctx context.Context, reader client.Reader, repo *v1.Repository) (v1
 		client.MatchingLabels{v1.LabelRepositoryUID: string(repo.UID)}); err != nil {
 		return tree, fmt.Errorf("listing the tag shards of %s: %w", repo.Name, err)
 	}
-	byPrefix := make(map[string]*v1.TagShard, len(list.Items))
-	for i := range list.Items {
-		if sh := &list.Items[i]; sh.Spec.RepositoryUID == repo.UID {
-			byPrefix[sh.Spec.Prefix] = sh
-		}
-	}
-	tree.Shard = func(prefix string) *v1.TagShard { return byPrefix[prefix] }
-	return tree, nil
+	return v1.NewTagTree(repo, list.Items), nil
 }

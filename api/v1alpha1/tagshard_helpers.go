@@ -84,6 +84,18 @@ type TagTree struct {
 	Shard func(prefix string) *TagShard
 }
 
+// NewTagTree is the tree of root over shards, a list of TagShards that may
+// hold other repositories' too (only root's UID counts).
+func NewTagTree(root *Repository, shards []TagShard) TagTree {
+	byPrefix := make(map[string]*TagShard)
+	for i := range shards {
+		if sh := &shards[i]; sh.Spec.RepositoryUID == root.UID {
+			byPrefix[sh.Spec.Prefix] = sh
+		}
+	}
+	return TagTree{Root: root, Shard: func(prefix string) *TagShard { return byPrefix[prefix] }}
+}
+
 // TagLeaf is the object that holds the tags of a prefix now: the
 // Repository's status (Prefix ""), a TagShard, or, when the shard does
 // not exist yet, its split parent's tags of the prefix (Virtual).

@@ -10,7 +10,8 @@ import (
 // spreads concurrent pushes over the shards, so a tag write is about one
 // update of one shard, whose cost on the API server grows with the
 // shard's size: measured (BenchmarkPushTags, 3 replicas, 48 writers), 78
-// tags/s at 128 tags an object, 161 at 32, 166 at 16. At 32 an object is
+// tags/s at 128 tags an object, 161 at 32, 166 at 16 (docs/operator.md,
+// "Tags past one object", has the later figures). At 32 an object is
 // at most 12 KiB (388 bytes a tag at worst: a 128-character name, a
 // content size, push and pull times), far under the 64 KiB the API
 // server's scale guidance is written for.

@@ -34,11 +34,7 @@ func allTags(t testing.TB, repo *v1.Repository) []v1.TagStatus {
 		client.MatchingLabels{v1.LabelRepositoryUID: string(repo.UID)}); err != nil {
 		t.Fatal(err)
 	}
-	byPrefix := map[string]*v1.TagShard{}
-	for i := range list.Items {
-		byPrefix[list.Items[i].Spec.Prefix] = &list.Items[i]
-	}
-	return v1.TagTree{Root: repo, Shard: func(p string) *v1.TagShard { return byPrefix[p] }}.All()
+	return v1.NewTagTree(repo, list.Items).All()
 }
 
 // objectLimit bounds every object that holds tags (#18: 64 KiB; the API

@@ -237,9 +237,5 @@ func tagTree(t testing.TB, repo *v1.Repository) v1.TagTree {
 		client.MatchingLabels{v1.LabelRepositoryUID: string(repo.UID)}); err != nil {
 		t.Fatal(err)
 	}
-	byPrefix := map[string]*v1.TagShard{}
-	for i := range list.Items {
-		byPrefix[list.Items[i].Spec.Prefix] = &list.Items[i]
-	}
-	return v1.TagTree{Root: repo, Shard: func(p string) *v1.TagShard { return byPrefix[p] }}
+	return v1.NewTagTree(repo, list.Items)
 }

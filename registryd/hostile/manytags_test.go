@@ -7,6 +7,8 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strconv"
@@ -19,6 +21,7 @@ import (
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
+	"github.com/stevedore-dev/stevedore/internal/testutil"
 	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
 
@@ -187,6 +190,13 @@ func TestManyTagsOneRepository(t *testing.T) {
 		t.Errorf("one replica's cache of %d tags takes %d MiB of heap: with registryd's own 50 MiB, over 256 MiB", n, cacheBytes>>20)
 	}
 	runtime.KeepAlive(fourth)
+	if bin := os.Getenv("MANY_TAGS_REGISTRYD"); bin != "" {
+		rss := registrydResident(t, bin, c, repo, n)
+		t.Logf("registryd (%s), started after the pushes, its cache synced and all %d tags listed through it: %.0f MiB resident", bin, n, float64(rss)/(1<<20))
+		if rss > 256<<20 {
+			t.Errorf("registryd with %d tags cached: %d MiB resident, over 256 MiB", n, rss>>20)
+		}
+	}
 	c.finish("many tags", n)
 	<-done
 }
@@ -227,8 +237,11 @@ func (c *cluster) listAll(r int, repo string, n int) []string {
 }
 
 // residentBytes is this process's resident set (VmRSS).
-func residentBytes(t *testing.T) int64 {
-	raw, err := os.ReadFile("/proc/self/status")
+func residentBytes(t *testing.T) int64 { return residentOf(t, "self") }
+
+// residentOf is VmRSS of /proc/<pid>.
+func residentOf(t *testing.T, pid string) int64 {
+	raw, err := os.ReadFile("/proc/" + pid + "/status")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,6 +251,68 @@ func residentBytes(t *testing.T) int64 {
 			return kb << 10
 		}
 	}
-	t.Fatal("no VmRSS in /proc/self/status")
+	t.Fatalf("no VmRSS in /proc/%s/status", pid)
 	return 0
+}
+
+// registrydResident runs the registryd binary bin as one more replica of
+// c's Registry (kubernetes tag store, the same bucket), waits for its
+// cache to sync, lists repo's n tags through it in pages of 1,000, and
+// returns its resident memory: what a registryd pod holds for them.
+func registrydResident(t *testing.T, bin string, c *cluster, repo string, n int) int64 {
+	t.Helper()
+	if c.dir == "" {
+		t.Fatal("MANY_TAGS_REGISTRYD needs the file backend")
+	}
+	kubeconfig, err := env.WriteKubeconfig(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := testutil.FreeAddr(t)
+	debug := strings.Replace(testutil.FreeAddr(t), "127.0.0.1:", "127.0.0.2:", 1)
+	logf, err := os.Create(filepath.Join(t.TempDir(), "registryd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "--addr", addr, "--storage", "file://"+c.dir+"?metadata=skip", "--registry", "main",
+		"--namespace", c.namespace, "--kubeconfig", kubeconfig, "--auth", "none", "--debug-addr", debug, "--shutdown-delay", "0s")
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); _ = logf.Close() })
+	for deadline := time.Now().Add(2 * time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		if resp, err := http.Get("http://" + debug + "/readyz"); err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			raw, _ := os.ReadFile(logf.Name())
+			t.Fatalf("registryd not ready after 2 minutes:\n%s", raw)
+		}
+	}
+	got := 0
+	for next := "/v2/" + repo + "/tags/list?n=1000"; next != ""; {
+		resp, err := http.Get("http://" + addr + next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var page struct{ Tags []string }
+		err = json.NewDecoder(resp.Body).Decode(&page)
+		_ = resp.Body.Close()
+		if err != nil || resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %d %v", next, resp.StatusCode, err)
+		}
+		got += len(page.Tags)
+		next = ""
+		if link := resp.Header.Get("Link"); link != "" {
+			next = strings.TrimPrefix(strings.SplitN(link, ">", 2)[0], "<")
+		}
+	}
+	if got != n {
+		t.Fatalf("registryd lists %d tags, want %d", got, n)
+	}
+	return residentOf(t, strconv.Itoa(cmd.Process.Pid))
 }

@@ -198,8 +198,8 @@ func (t TagTree) After(last string, n int) []TagStatus {
 	if len(heads) == 1 && (n <= 0 || n >= len(heads[0])) {
 		return heads[0]
 	}
-	if n <= 0 || n*len(heads) > 1<<20 {
-		// A long page: one sort beats a merge scanning every head per tag.
+	if n <= 0 {
+		// Every tag: one sort.
 		var all []TagStatus
 		for _, h := range heads {
 			all = append(all, h...)

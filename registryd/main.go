@@ -157,6 +157,7 @@ func main() {
 	flag.Parse()
 	log := newLogger(c.logFormat)
 	log.Info("registryd starting", "version", version.Version)
+	softMemoryLimit(log, "/sys/fs/cgroup")
 	if err := run(log, c); err != nil {
 		log.Error("registryd failed", "error", err)
 		os.Exit(1)

@@ -567,6 +567,11 @@ subjects: [{kind: ServiceAccount, name: puller, namespace: ident}]
 	if strings.Contains(logs, token) {
 		t.Error("registryd logged a token")
 	}
+	// The operator's default memory limit (1Gi), read from the pod's cgroup
+	// (v1 on this node), becomes registryd's soft limit.
+	if !strings.Contains(logs, "soft memory limit set from the container's") || !strings.Contains(logs, "1073741824") {
+		t.Errorf("registryd did not take a soft memory limit from its pod's 1Gi limit:\n%s", logs)
+	}
 	ev := n.kc(t, "-n", "ident", "get", "events", "--field-selector", "reason=Failed", "-o", "jsonpath={.items[*].message}")
 	t.Logf("what the denied pod's events say: %s", ev)
 }

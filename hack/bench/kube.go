@@ -86,7 +86,7 @@ func kubeSection(benchOut string, h *kubeHTTPResult, distGetByTag float64, pushe
 	if h != nil {
 		b.WriteString("registryd as `make dev` runs it (hack/dev: the operator, the sample Registry, registryd with the operator's arguments), over HTTP:\n\n")
 		b.WriteString("| Figure | registryd | API-server requests during the load |\n|---|---:|---:|\n")
-		fmt.Fprintf(&b, "| tag pushes into Repository status (manifest PUT by tag, %d pushers, one repository) | %.1f tags/s | — |\n", pushers, h.tagsPerSecond)
+		fmt.Fprintf(&b, "| tag pushes into one repository (manifest PUT by tag, %d pushers; its tags past 32 in TagShards) | %.1f tags/s | — |\n", pushers, h.tagsPerSecond)
 		ratio := ""
 		if distGetByTag > 0 {
 			ratio = fmt.Sprintf(" (%.2f× distribution's GET by tag in workload 3)", h.getByTag/distGetByTag)

@@ -184,7 +184,7 @@ storage-servers: ## Install versitygw, Azurite and fake-gcs-server for the stora
 	@hack/storage-servers.sh install
 
 .PHONY: bench
-bench: build ## Side by side with distribution (installs it, crane, wrk, ab), then bench-storage; writes docs/benchmarks.md; ~6-8 min. Not part of test.
+bench: build ## Side by side with distribution (installs it, crane, wrk, ab), then bench-storage; writes docs/benchmarks.md; ~17-20 min on 2 cores (GC, mirror and storage workloads included). Not part of test.
 	hack/bench.sh
 
 .PHONY: bench-gc

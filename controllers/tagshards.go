@@ -12,7 +12,7 @@ import (
 // tagTree reads the tags of repo through reader: its status, or, once they
 // are split, its TagShards (v1.TagTree).
 func tagTree(ctx context.Context, reader client.Reader, repo *v1.Repository) (v1.TagTree, error) {
-	tree := v1.TagTree{Root: repo, Shard: func(string) *v1.TagShard { return nil }}
+	tree := v1.NewTagTree(repo, nil)
 	if !repo.Status.TagsSplit {
 		return tree, nil
 	}

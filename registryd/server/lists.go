@@ -61,7 +61,7 @@ func (s *server) getTags(w http.ResponseWriter, r *http.Request, p pathParams) e
 	// the bucket (a repository of untagged manifests or blobs alone). The
 	// bucket's answer costs a listing, and on a local directory fileblob
 	// walks every file under the repository for it (each tag's journal
-	// entry among them): with 100,000 tags, 0.4 s a page.
+	// entry among them): 0.2 s a page at 20,000 tags.
 	if len(list) == 0 {
 		ok, err := s.store.RepositoryExists(r.Context(), p.name)
 		if err != nil {

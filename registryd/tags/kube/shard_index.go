@@ -10,9 +10,10 @@ import (
 
 // shardIndex maps repository UID and prefix to the cached TagShard, kept by
 // the TagShard informer's events. A tag read walks the tree one map lookup
-// a level: through the cache's field index each level cost a List (about
-// 4 µs), and a tag list page, which visits every shard of the repository,
-// took 34 ms at 100,000 tags. The objects are the informer's: read-only.
+// a level: through the cache's field index each level cost a List, and a
+// tag list page, which visits every shard of the repository, took 3.35 ms
+// at 10,000 tags (BenchmarkManyTags; 0.36 ms with this map). The objects
+// are the informer's: read-only.
 type shardIndex struct {
 	mu sync.RWMutex
 	m  map[string]*v1.TagShard // by shardKey

@@ -159,7 +159,7 @@ func TestRegistrydWorksUnderItsRole(t *testing.T) {
 		r.Spec.Quota = &v1.RegistryQuota{Bytes: resource.NewQuantity(1<<20, resource.BinarySI)}
 	})
 	eventually(t, "registryd's binding", func() error { return get(&rbacv1.RoleBinding{}, ns, "main-registry") })
-	usage := func() (*v1.RegistryUsage, error) {
+	usage := func() (*v1.QuotaUsage, error) {
 		var reg v1.Registry
 		err := get(&reg, ns, "main")
 		return reg.Status.Usage, err

@@ -7,6 +7,7 @@ import (
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
@@ -70,25 +71,11 @@ func (r *RegistryReconciler) recountUsage(ctx context.Context, key client.Object
 			if err = r.APIReader.List(ctx, &repos, client.InNamespace(key.Namespace), client.MatchingFields{"spec.registry": key.Name}); err != nil {
 				return fmt.Errorf("listing Repositories for the usage recount: %w", err)
 			}
-			now := metav1.Now()
-			u := &v1.RegistryUsage{CountedAt: &now}
-			for i := range repos.Items {
-				u.Bytes += repos.Items[i].Status.Bytes
-				if st := &repos.Items[i].Status; st.TagsSplit {
-					u.Tags += int64(st.TagCount) // the shards' sum (reconcileTagCount)
-				} else {
-					u.Tags += int64(len(st.Tags))
-				}
+			bytes, tags, err := r.countRepositories(ctx, key, repos.Items)
+			if err != nil {
+				return err
 			}
-			if old := reg.Status.Usage; old != nil {
-				for _, p := range old.Pending {
-					if now.Sub(p.At.Time) < v1.UsageReservationStale {
-						p.Recounted = true
-						u.Pending = append(u.Pending, p)
-					}
-				}
-			}
-			reg.Status.Usage = u
+			reg.Status.Usage = reg.Status.Usage.Recounted(bytes, tags, metav1.Now())
 		}
 		err = r.Status().Update(ctx, reg)
 		if !apierrors.IsConflict(err) {
@@ -96,4 +83,34 @@ func (r *RegistryReconciler) recountUsage(ctx context.Context, key client.Object
 		}
 	}
 	return fmt.Errorf("recounting usage: %w", err)
+}
+
+// countRepositories sums the repositories' bytes and tags. A split
+// repository's are summed from its TagShards, listed live with the
+// Repositories: its status.tagCount and bytes are the operator's sum of a
+// moment ago, which may lack what settled since.
+func (r *RegistryReconciler) countRepositories(ctx context.Context, key client.ObjectKey, repos []v1.Repository) (bytes, tags int64, err error) {
+	var shards map[types.UID][]v1.TagShard
+	for i := range repos {
+		st := &repos[i].Status
+		if !st.TagsSplit {
+			bytes += st.Bytes
+			tags += int64(len(st.Tags))
+			continue
+		}
+		if shards == nil {
+			var list v1.TagShardList
+			if err := r.APIReader.List(ctx, &list, client.InNamespace(key.Namespace), client.MatchingLabels{v1.LabelRegistry: key.Name}); err != nil {
+				return 0, 0, fmt.Errorf("listing TagShards for the usage recount: %w", err)
+			}
+			shards = map[types.UID][]v1.TagShard{}
+			for _, sh := range list.Items {
+				shards[sh.Spec.RepositoryUID] = append(shards[sh.Spec.RepositoryUID], sh)
+			}
+		}
+		n, b := v1.NewTagTree(&repos[i], shards[repos[i].UID]).Totals()
+		bytes += b
+		tags += int64(n)
+	}
+	return bytes, tags, nil
 }

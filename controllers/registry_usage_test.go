@@ -43,7 +43,7 @@ func TestRegistryUsage(t *testing.T) {
 	reg := createRegistry(t, ns, "main", func(r *v1.Registry) {
 		r.Spec.Quota = &v1.RegistryQuota{Bytes: resource.NewQuantity(1<<20, resource.BinarySI), Tags: ptr.To[int64](100)}
 	})
-	usage := func() (*v1.RegistryUsage, error) {
+	usage := func() (*v1.QuotaUsage, error) {
 		var live v1.Registry
 		if err := env.Client.Get(ctx, client.ObjectKeyFromObject(reg), &live); err != nil {
 			return nil, err

@@ -86,7 +86,11 @@ func (r *RepositoryReconciler) Reconcile(ctx context.Context, req ctrl.Request) 
 		}
 		err = errors.Join(err, perr)
 	}
-	return ctrl.Result{}, err
+	if err != nil || s.reg == nil {
+		return ctrl.Result{}, err
+	}
+	next, err := r.reconcileUsage(ctx, repo, s.reg)
+	return ctrl.Result{RequeueAfter: next}, err
 }
 
 // tagCountWrong passes a status write whose tagCount is not the number of

@@ -533,7 +533,7 @@ type RegistryStatus struct {
 	// settles after, with conditional updates, and the operator recounts it
 	// from the Repositories.
 	// +optional
-	Usage *RegistryUsage `json:"usage,omitempty"`
+	Usage *QuotaUsage `json:"usage,omitempty"`
 }
 
 // RegistryQuota bounds the totals of a Registry's repositories.
@@ -551,12 +551,14 @@ type RegistryQuota struct {
 	Tags *int64 `json:"tags,omitempty"`
 }
 
-// RegistryUsage is the Registry-wide count spec.quota is checked against.
-type RegistryUsage struct {
-	// Bytes and Tags: the Repositories' status.bytes and tag counts summed,
-	// as of the last recount, plus what settled pushes and deletes added
-	// and freed since. Never less than the true sum: it may be more by
-	// what writes in flight at a recount moved, until the next one.
+// QuotaUsage is the count a quota is checked against: a Registry's
+// (status.usage, the sum of its repositories), or a Repository's whose
+// tags are split over TagShards (status.usage, the sum of its shards).
+type QuotaUsage struct {
+	// Bytes and Tags: the sum as of the last recount, plus what settled
+	// pushes and deletes added and freed since. Never less than the true
+	// sum: it may be more by what writes in flight at a recount moved,
+	// until the next one.
 	Bytes int64 `json:"bytes"`
 	Tags  int64 `json:"tags"`
 	// Pending are the writes in flight. A push reserves its manifest's

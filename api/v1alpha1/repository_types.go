@@ -152,7 +152,8 @@ type RepositorySpec struct {
 
 // RepositoryQuota bounds a repository. Usage is decided in the same
 // status update that writes the tag (a resourceVersion-checked write), so
-// replicas racing pushes can never take it past the quota together.
+// replicas racing pushes can never take it past the quota together; once
+// the tags are split over TagShards, by a reservation in status.usage.
 type RepositoryQuota struct {
 	// Bytes bounds status.bytes, the logical size of the tagged content.
 	// A push that would take usage past it is refused; one that does not
@@ -215,6 +216,15 @@ type RepositoryStatus struct {
 	// bounds it.
 	// +optional
 	Bytes int64 `json:"bytes,omitempty"`
+	// Usage is what a repository whose tags are split holds, kept while
+	// it has a quota (spec.quota) or its Registry a tag limit
+	// (spec.limits.maxTagsPerRepository): its shards' writes are not
+	// conditional on each other, so registryd reserves room here before
+	// a push that may grow the repository and settles after, as on a
+	// Registry's status.usage, and the operator recounts it from the
+	// shards. docs/operator.md, "Quotas".
+	// +optional
+	Usage *QuotaUsage `json:"usage,omitempty"`
 	// +listType=map
 	// +listMapKey=type
 	// +optional

@@ -164,7 +164,7 @@ func TestRegistryQuotaWithCrane(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := metav1.Now()
-	reg.Status.Usage = &v1.RegistryUsage{CountedAt: &now}
+	reg.Status.Usage = &v1.QuotaUsage{CountedAt: &now}
 	if err := env.Client.Status().Update(ctx, &reg); err != nil {
 		t.Fatal(err)
 	}

@@ -352,6 +352,10 @@ func (s *Store) round(ctx context.Context, path string, batch []*change, reg *v1
 	if orig != nil && len(repo.Status.Tags) > s.maxTags() && len(repo.Status.Tags) > len(orig.Status.Tags) {
 		// Past one object: its tags freeze here and go on in TagShards.
 		orig.Status.TagsSplit = true
+		if orig.KeepsUsage(reg) {
+			// Counted here, exactly: every tag is in this object.
+			orig.Status.Usage = orig.Status.Usage.Recounted(orig.Status.CountBytes(), int64(len(orig.Status.Tags)), metav1.Now())
+		}
 		if err := s.client.Status().Update(ctx, orig); err != nil {
 			return nil, nil, err
 		}

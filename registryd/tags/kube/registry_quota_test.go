@@ -30,14 +30,14 @@ func registryWithQuota(t *testing.T, q v1.RegistryQuota) *v1.Registry {
 	if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(reg), live); err != nil {
 		t.Fatal(err)
 	}
-	live.Status.Usage = &v1.RegistryUsage{CountedAt: &now}
+	live.Status.Usage = &v1.QuotaUsage{CountedAt: &now}
 	if err := env.Client.Status().Update(context.Background(), live); err != nil {
 		t.Fatal(err)
 	}
 	return reg
 }
 
-func liveUsage(t *testing.T, reg *v1.Registry) v1.RegistryUsage {
+func liveUsage(t *testing.T, reg *v1.Registry) v1.QuotaUsage {
 	t.Helper()
 	var live v1.Registry
 	if err := env.Client.Get(context.Background(), client.ObjectKeyFromObject(reg), &live); err != nil {

@@ -91,7 +91,7 @@ type Store struct {
 	catalog       *catalogIndex // the Repositories' paths, sorted
 	shards        *shardIndex   // the TagShards by repository UID and prefix
 
-	usage usageQueue // reservations and settles against the Registry's quota (usage.go)
+	usage usageQueues // reservations and settles against quotas (usage.go)
 
 	ownMu sync.Mutex
 	own   map[string]ownWrite // by path: this replica's last write, until the cache has it

@@ -95,17 +95,86 @@ var _ tags.ContentPutter = (*Store)(nil)
 // Repository's quota bounds.
 func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.Descriptor, contentSize int64) error {
 	entry := v1.TagStatus{Name: tag, Digest: desc.Digest.String(), MediaType: desc.MediaType, Size: desc.Size, PushedAt: metav1.Now(), ContentSize: contentSize}
-	// Room on the Registry's quota first (none: no quota). Without room
-	// the push may still go through if it does not grow usage (full).
-	room, err := s.reservePush(ctx, contentSize)
-	if err != nil {
-		return err
+	// Room on the Registry's quota first (none: no quota), then, once the
+	// repository's tags are split, on its own bounds. Without room the
+	// push may still go through if it does not grow usage (full).
+	var rooms reservations
+	room, err := s.reservePush(ctx, s.registryUsage(), contentSize, false)
+	rooms = append(rooms, room)
+	if root, _ := s.cached(ctx, path); err == nil && root != nil && root.Status.TagsSplit {
+		room, err = s.reservePush(ctx, s.repositoryUsage(path), contentSize, false)
+		rooms = append(rooms, room)
 	}
-	w := room.w
-	// grew is what the committed round added, for the settle.
-	var grewBytes, grewTags int64
-	put := &change{create: true, tags: []string{tag}, apply: func(set *tagSet, reg *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
-		grewBytes, grewTags = 0, 0 // a round run again decides again
+	var g growth
+	var put *change
+	var repo *v1.Repository
+	for attempt := 0; err == nil; attempt++ {
+		put = s.putChange(path, entry, rooms, &g)
+		repo, err = s.commit(ctx, path, put)
+		if !errors.Is(err, errNeedsReservation) || attempt > 0 {
+			break
+		}
+		// Split since the cache said otherwise: reserve on a live read.
+		rooms[1:].settle(ctx, s, err, nil)
+		room, err = s.reservePush(ctx, s.repositoryUsage(path), contentSize, true)
+		rooms = append(rooms[:1], room)
+	}
+	if errors.Is(err, errNeedsReservation) {
+		err = unavailable(err)
+	}
+	rooms.settle(ctx, s, err, g.delta)
+	switch {
+	case put == nil:
+	case err == nil && put.created:
+		s.event(repo, reasonRepositoryCreated, "Push", "created on first push to %s: tag %s now points at %s", path, tag, desc.Digest)
+	case err == nil:
+		s.event(repo, reasonTagPushed, "Push", "tag %s now points at %s", tag, desc.Digest)
+	case put.created:
+		s.event(repo, reasonRepositoryCreated, "Push", "created on first push to %s", path)
+	case errors.Is(err, errOverQuota), errors.Is(err, errNoRoom):
+		// Why pushes fail, where `kubectl describe repository` shows it.
+		var e *errcode.Error
+		if errors.As(err, &e) {
+			s.warn(repo, "QuotaExceeded", "Push", "%v", e.Detail)
+		}
+	}
+	return err
+}
+
+// errNeedsReservation: a push met a split repository with bounds
+// (repositoryBounds) and no reservation on it; the push reserves and goes
+// again.
+var errNeedsReservation = errors.New("the repository's tags split while the push was on its way: no room reserved on it")
+
+// growth is what a committed round added, for the settles.
+type growth struct{ bytes, tags int64 }
+
+func (g *growth) delta() (int64, int64) { return g.bytes, g.tags }
+
+// reservations are the rooms a write reserved (usage.go), settled together.
+type reservations []pushRoom
+
+func (rs reservations) settle(ctx context.Context, s *Store, err error, delta func() (int64, int64)) {
+	for _, r := range rs {
+		s.settleAfter(ctx, r.t, r.w, err, delta)
+	}
+}
+
+// reserved reports whether a reservation counts usage (so the change must
+// count what it adds or frees).
+func (rs reservations) reserved() bool {
+	return slices.ContainsFunc(rs, func(r pushRoom) bool { return r.w != nil })
+}
+
+// onRepository reports whether rs holds a reservation on the repository.
+func (rs reservations) onRepository() bool { return len(rs) > 1 && rs[1].w != nil }
+
+// putChange is the change that sets entry within rooms (the Registry's,
+// and the split repository's); g gets what its committed round added.
+func (s *Store) putChange(path string, entry v1.TagStatus, rooms reservations, g *growth) *change {
+	tag := entry.Name
+	return &change{create: true, tags: []string{tag}, apply: func(set *tagSet, reg *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
+		*g = growth{} // a round run again decides again
 		repo := set.repo
 		old, exists := repo.Status.FindTag(tag)
 		if exists && old.Digest == entry.Digest {
@@ -118,12 +187,18 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 				return false, nil, tags.ErrImmutable(tag, rule, digest.Digest(old.Digest), tags.ActionOverwritten)
 			}
 		}
-		if limit := reg.Spec.Limits.MaxTagsPerRepository; !exists && limit > 0 && set.count() >= limit {
+		// A split repository's bounds are decided by its reservation: the
+		// other shards' count here is the cache's word.
+		bySplit := set.others != nil && repo.KeepsUsage(reg)
+		if bySplit && !rooms.onRepository() {
+			return false, nil, errNeedsReservation
+		}
+		if limit := reg.Spec.Limits.MaxTagsPerRepository; !bySplit && !exists && limit > 0 && set.count() >= limit {
 			return false, nil, errcode.Denied.With(fmt.Sprintf("repository %s holds %d tags, the limit of Registry %s (spec.limits.maxTagsPerRepository): delete tags or raise the limit",
 				path, set.count(), reg.Name))
 		}
 		// Usage is counted only where a quota needs it: O(tags) a change.
-		counts := w != nil || repo.Spec.Quota != nil && repo.Spec.Quota.Bytes != nil
+		counts := rooms.reserved() || repo.Spec.Quota != nil && repo.Spec.Quota.Bytes != nil
 		var before, after int64
 		if counts {
 			before = set.bytes()
@@ -132,9 +207,14 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 		if counts {
 			after = set.bytes()
 		}
-		err := checkQuota(set, path, tag, exists, before, after)
-		if err == nil && (!room.growBytes && after > before || !room.addTag && !exists) {
-			err = room.refusal // the Registry has no room for what this push adds
+		var err error
+		if !bySplit {
+			err = checkQuota(set, path, tag, exists, before, after)
+		}
+		for _, r := range rooms {
+			if err == nil {
+				err = r.allows(after > before, !exists) // no room for what this push adds
+			}
 		}
 		if err != nil {
 			if exists {
@@ -144,29 +224,31 @@ func (s *Store) PutContent(ctx context.Context, path, tag string, desc ocispec.D
 			}
 			return false, nil, err
 		}
-		grewBytes = after - before
+		g.bytes = after - before
 		if !exists {
-			grewTags = 1
+			g.tags = 1
 		}
 		return true, []string{tag}, nil
 	}}
-	repo, err := s.commit(ctx, path, put)
-	s.settleAfter(ctx, w, err, func() (int64, int64) { return grewBytes, grewTags })
-	switch {
-	case err == nil && put.created:
-		s.event(repo, reasonRepositoryCreated, "Push", "created on first push to %s: tag %s now points at %s", path, tag, desc.Digest)
-	case err == nil:
-		s.event(repo, reasonTagPushed, "Push", "tag %s now points at %s", tag, desc.Digest)
-	case put.created:
-		s.event(repo, reasonRepositoryCreated, "Push", "created on first push to %s", path)
-	case errors.Is(err, errOverQuota), errors.Is(err, errRegistryFull):
-		// Why pushes fail, where `kubectl describe repository` shows it.
-		var e *errcode.Error
-		if errors.As(err, &e) {
-			s.warn(repo, "QuotaExceeded", "Push", "%v", e.Detail)
-		}
+}
+
+// reserveDelete marks a delete in flight on the Registry's usage and, once
+// the repository's tags are split, on the Repository's, so that what it
+// frees is settled on both.
+func (s *Store) reserveDelete(ctx context.Context, path string) (reservations, error) {
+	var rooms reservations
+	t := s.registryUsage()
+	w, err := s.reserve(ctx, t, 0, 0, false)
+	rooms = append(rooms, pushRoom{t: t, w: w})
+	if root, _ := s.cached(ctx, path); err == nil && root != nil && root.Status.TagsSplit {
+		t = s.repositoryUsage(path)
+		w, err = s.reserve(ctx, t, 0, 0, false)
+		rooms = append(rooms, pushRoom{t: t, w: w})
 	}
-	return err
+	if err != nil {
+		rooms.settle(ctx, s, err, nil)
+	}
+	return rooms, err
 }
 
 // errOverQuota is the cause of a quota's refusal (for the Event; the
@@ -223,10 +305,11 @@ func (s *Store) EnsureRepository(ctx context.Context, path string) error {
 // Delete removes a tag from the status, then from the journal. An
 // immutable tag cannot be deleted: delete and push again would move it.
 func (s *Store) Delete(ctx context.Context, path, tag string) error {
-	w, err := s.reserve(ctx, 0, 0)
+	rooms, err := s.reserveDelete(ctx, path)
 	if err != nil {
 		return err
 	}
+	counts := rooms.reserved()
 	var freedBytes int64
 	repo, err := s.commit(ctx, path, &change{tags: []string{tag}, apply: func(set *tagSet, _ *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
 		freedBytes = 0 // a round run again decides again
@@ -240,16 +323,16 @@ func (s *Store) Delete(ctx context.Context, path, tag string) error {
 		if rule, ok := rules().Match(tag); ok {
 			return false, nil, tags.ErrImmutable(tag, rule, digest.Digest(old.Digest), tags.ActionDeleted)
 		}
-		if w != nil {
+		if counts {
 			freedBytes = set.bytes()
 		}
 		repo.Status.RemoveTag(tag)
-		if w != nil {
+		if counts {
 			freedBytes -= set.bytes()
 		}
 		return true, []string{tag}, nil
 	}})
-	s.settleAfter(ctx, w, err, func() (int64, int64) { return -freedBytes, -1 })
+	rooms.settle(ctx, s, err, func() (int64, int64) { return -freedBytes, -1 })
 	if err != nil {
 		return err
 	}
@@ -264,10 +347,11 @@ var _ tags.DigestUntagger = (*Store)(nil)
 // tags it removed (none when the repository does not exist). When an
 // immutable tag points at d it removes none and answers DENIED.
 func (s *Store) UntagDigest(ctx context.Context, path string, d digest.Digest) ([]string, error) {
-	w, err := s.reserve(ctx, 0, 0)
+	rooms, err := s.reserveDelete(ctx, path)
 	if err != nil {
 		return nil, err
 	}
+	counts := rooms.reserved()
 	var freedBytes, freedTags int64
 	c := &change{whole: true, apply: func(set *tagSet, _ *v1.Registry, rules func() tags.ImmutableRules) (bool, []string, error) {
 		freedBytes, freedTags = 0, 0 // a round run again decides again
@@ -287,13 +371,13 @@ func (s *Store) UntagDigest(ctx context.Context, path string, d digest.Digest) (
 				return false, nil, tags.ErrImmutable(name, rule, d, tags.ActionUntagged)
 			}
 		}
-		if w != nil {
+		if counts {
 			freedBytes = set.bytes()
 		}
 		for _, name := range names {
 			repo.Status.RemoveTag(name)
 		}
-		if w != nil {
+		if counts {
 			freedBytes -= set.bytes()
 		}
 		freedTags = int64(len(names))
@@ -302,11 +386,11 @@ func (s *Store) UntagDigest(ctx context.Context, path string, d digest.Digest) (
 	repo, err := s.commit(ctx, path, c)
 	var removed []string
 	if errors.Is(err, errResharded) {
-		repo, removed, freedBytes, freedTags, err = s.untagSharded(ctx, path, d, w != nil)
+		repo, removed, freedBytes, freedTags, err = s.untagSharded(ctx, path, d, counts)
 	} else {
 		removed = slices.Clone(c.journal)
 	}
-	s.settleAfter(ctx, w, err, func() (int64, int64) { return -freedBytes, -freedTags })
+	rooms.settle(ctx, s, err, func() (int64, int64) { return -freedBytes, -freedTags })
 	if errors.Is(err, tags.ErrNotFound) {
 		return nil, nil
 	}

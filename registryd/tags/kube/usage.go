@@ -15,9 +15,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/resourceversion"
+	"k8s.io/utils/ptr"
+	"sigs.k8s.io/controller-runtime/pkg/client"
 
 	v1 "github.com/stevedore-dev/stevedore/api/v1alpha1"
 	"github.com/stevedore-dev/stevedore/registryd/errcode"
+	"github.com/stevedore-dev/stevedore/registryd/tags"
 )
 
 // A Registry's spec.quota bounds the totals of all its repositories, so
@@ -31,51 +34,171 @@ import (
 // usage from the Repositories now and then (controllers/registry_usage.go);
 // docs/operator.md gives the argument.
 
+// The same reservations bound a Repository whose tags are split over
+// TagShards: its shards' writes are not conditional on each other, so its
+// quota and the Registry's tag limit are checked against the Repository's
+// status.usage, reserved before a push that may grow it and settled after.
+
 // usageWrite is one reservation made by this replica.
 type usageWrite struct {
 	id string
 }
 
-// errRegistryFull is the cause of a refusal by the Registry's quota.
-var errRegistryFull = errors.New("over the Registry's quota")
+// errNoRoom is the cause of a refusal by a reservation (the Registry's
+// quota, or a split repository's quota or tag limit).
+var errNoRoom = errors.New("no room under a quota")
 
-// usageOp is one reservation or settle waiting for the replica's next
-// update of the Registry's usage: like tag writes (commit.go), the ops
-// that queue while one update is in flight share the next, so pushes from
-// one replica contend on the Registry as a batch, not one by one.
+// usageTarget is an object whose status.usage a quota is checked against:
+// the Registry (registryUsage) or a split Repository (repositoryUsage).
+type usageTarget struct {
+	key string // one queue of ops per key
+	// load reads the object, from the cache (and this replica's own last
+	// write of it) or live, a copy the caller may edit; its usage and the
+	// bounds on it (none: nothing to reserve). A nil object: it is gone.
+	load     func(ctx context.Context, live bool) (client.Object, **v1.QuotaUsage, usageBounds, error)
+	remember func(client.Object)
+	gone     func() error
+}
+
+// usageBounds is what bounds a usage, worded for the refusal.
+type usageBounds struct {
+	owner              string // "Registry main"
+	holds              string // "its repositories hold"
+	bytes, tags        *int64
+	bytesRule, tagRule string // "quota of 1k (1000 bytes; spec.quota.bytes)"
+}
+
+func (b usageBounds) none() bool { return b.bytes == nil && b.tags == nil }
+
+// registryUsage is the Registry's usage, bounded by its spec.quota.
+func (s *Store) registryUsage() *usageTarget {
+	return &usageTarget{
+		key: "",
+		load: func(ctx context.Context, live bool) (client.Object, **v1.QuotaUsage, usageBounds, error) {
+			var reg *v1.Registry
+			var err error
+			if live {
+				reg, err = s.liveRegistry(ctx)
+			} else if reg, err = s.registry(ctx); err == nil {
+				if own := s.ownRegistry(reg); own != nil {
+					reg = own
+				}
+			}
+			if err != nil || reg == nil {
+				return nil, nil, usageBounds{}, unavailable(err)
+			}
+			b := usageBounds{owner: "Registry " + reg.Name, holds: "its repositories hold"}
+			if q := reg.Spec.Quota; q != nil {
+				if q.Bytes != nil {
+					b.bytes = ptr.To(q.Bytes.Value())
+					b.bytesRule = fmt.Sprintf("quota of %s (%d bytes; spec.quota.bytes)", q.Bytes, q.Bytes.Value())
+				}
+				if q.Tags != nil {
+					b.tags = q.Tags
+					b.tagRule = fmt.Sprintf("quota of %d tags (spec.quota.tags)", *q.Tags)
+				}
+			}
+			return reg, &reg.Status.Usage, b, nil
+		},
+		remember: func(obj client.Object) { s.rememberRegistry(obj.(*v1.Registry)) },
+		gone:     func() error { return notFoundRegistry(s.opts) },
+	}
+}
+
+// repositoryUsage is the usage of the Repository of path while its tags
+// are split, bounded by its spec.quota and the Registry's tag limit
+// (none before it splits: its status update then decides).
+func (s *Store) repositoryUsage(path string) *usageTarget {
+	return &usageTarget{
+		key: "repository " + path,
+		load: func(ctx context.Context, live bool) (client.Object, **v1.QuotaUsage, usageBounds, error) {
+			var repo *v1.Repository
+			var reg *v1.Registry
+			var err error
+			if live {
+				if repo, err = s.live(ctx, path, nil); err == nil && repo != nil {
+					reg, err = s.liveRegistry(ctx)
+				}
+			} else if repo, err = s.cached(ctx, path); err == nil && repo != nil {
+				repo = repo.DeepCopy() // shared with the cache
+				reg, err = s.registry(ctx)
+			}
+			if err != nil || repo == nil || reg == nil {
+				return nil, nil, usageBounds{}, unavailable(err)
+			}
+			return repo, &repo.Status.Usage, repositoryBounds(repo, reg), nil
+		},
+		remember: func(obj client.Object) { s.remember(path, obj.(*v1.Repository)) },
+		gone:     func() error { return tags.ErrNotFound },
+	}
+}
+
+// repositoryBounds are the bounds on a split repository's usage: its
+// quota, and the Registry's tag limit when that is lower.
+func repositoryBounds(repo *v1.Repository, reg *v1.Registry) usageBounds {
+	b := usageBounds{owner: fmt.Sprintf("repository %s (Repository %s)", repo.Spec.Name, repo.Name), holds: "it holds"}
+	if !repo.KeepsUsage(reg) {
+		return b
+	}
+	if q := repo.Spec.Quota; q != nil {
+		if q.Bytes != nil {
+			b.bytes = ptr.To(q.Bytes.Value())
+			b.bytesRule = fmt.Sprintf("quota of %s (%d bytes; Repository %s spec.quota.bytes)", q.Bytes, q.Bytes.Value(), repo.Name)
+		}
+		if q.Tags != nil {
+			b.tags = ptr.To(int64(*q.Tags))
+			b.tagRule = fmt.Sprintf("quota of %d tags (Repository %s spec.quota.tags)", *q.Tags, repo.Name)
+		}
+	}
+	if limit := int64(reg.Spec.Limits.MaxTagsPerRepository); limit > 0 && (b.tags == nil || limit < *b.tags) {
+		b.tags = &limit
+		b.tagRule = fmt.Sprintf("limit of %d tags (Registry %s spec.limits.maxTagsPerRepository)", limit, reg.Name)
+	}
+	return b
+}
+
+// usageOp is one reservation or settle waiting for the target's next
+// update by this replica: like tag writes (commit.go), the ops that queue
+// while one update is in flight share the next, so pushes from one
+// replica contend on the object as a batch, not one by one.
 type usageOp struct {
 	settle      bool
 	id          string
 	bytes, tags int64 // reserve: what it may add; settle: what changed
+	live        bool  // reserve: "no bounds" is said on a live read only
 	// verdict, set by the round that decided:
-	noQuota bool // reserve: the Registry has no quota (nothing reserved)
+	noQuota bool // reserve: no bounds (nothing reserved)
 	err     error
 	done    chan struct{}
 }
 
-// usageQueue holds the ops waiting for the next update.
-type usageQueue struct {
-	mu       sync.Mutex
-	ops      []*usageOp
-	draining bool
+// usageQueues hold, per target, the ops waiting for its next update.
+type usageQueues struct {
+	mu     sync.Mutex
+	queues map[string]*usageQueue // present while draining
 }
 
-// reserve makes room for a write that may add bytes and tags (both 0 for a
-// delete, which only marks itself in flight). It returns nil when the
-// Registry has no quota. When the quota has no room it returns a DENIED
-// error wrapping errRegistryFull, decided on a live read.
-func (s *Store) reserve(ctx context.Context, bytes, tags int64) (*usageWrite, error) {
-	reg, err := s.registry(ctx)
+type usageQueue struct {
+	t   *usageTarget
+	ops []*usageOp
+}
+
+// reserve makes room on t for a write that may add bytes and tags (both
+// 0 for a delete, which only marks itself in flight). It returns nil when
+// t has no bounds (on a live read, with live). When there is no room it
+// returns a DENIED error wrapping errNoRoom, decided on a live read.
+func (s *Store) reserve(ctx context.Context, t *usageTarget, bytes, tags int64, live bool) (*usageWrite, error) {
+	obj, _, b, err := t.load(ctx, live)
 	if err != nil {
-		return nil, unavailable(err)
+		return nil, err
 	}
-	if reg == nil || reg.Spec.Quota == nil {
+	if obj == nil || b.none() {
 		// A quota set a moment ago binds from the next write the cache
 		// sees it for; the operator's recount counts what went meanwhile.
 		return nil, nil
 	}
-	op := &usageOp{id: newReservationID(), bytes: bytes, tags: tags}
-	if err := s.usageDo(ctx, op); err != nil {
+	op := &usageOp{id: newReservationID(), bytes: bytes, tags: tags, live: live}
+	if err := s.usageDo(ctx, t, op); err != nil {
 		return nil, err
 	}
 	if op.noQuota {
@@ -84,43 +207,49 @@ func (s *Store) reserve(ctx context.Context, bytes, tags int64) (*usageWrite, er
 	return &usageWrite{id: op.id}, nil
 }
 
-// settle replaces reservation w by what the write really changed (bytes
-// and tags, negative for a delete). A settle that fails leaves the
+// settle replaces reservation w on t by what the write really changed
+// (bytes and tags, negative for a delete). A settle that fails leaves the
 // reservation counted until the operator's recount drops it as stale:
 // usage is then over, never under.
-func (s *Store) settle(ctx context.Context, w *usageWrite, bytes, tags int64) {
+func (s *Store) settle(ctx context.Context, t *usageTarget, w *usageWrite, bytes, tags int64) {
 	if w == nil {
 		return
 	}
-	if err := s.usageDo(ctx, &usageOp{settle: true, id: w.id, bytes: bytes, tags: tags}); err != nil {
-		s.opts.Logger.Warn("settling a Registry usage reservation", "reservation", w.id, "error", err)
+	if err := s.usageDo(ctx, t, &usageOp{settle: true, id: w.id, bytes: bytes, tags: tags}); err != nil {
+		s.opts.Logger.Warn("settling a usage reservation", "on", t.key, "reservation", w.id, "error", err)
 	}
 }
 
-// usageDo queues op and waits for its verdict. An op withdrawn while still
-// queued is never applied; one already in an update is decided by it, and
-// its verdict returned.
-func (s *Store) usageDo(ctx context.Context, op *usageOp) error {
+// usageDo queues op for t and waits for its verdict. An op withdrawn while
+// still queued is never applied; one already in an update is decided by
+// it, and its verdict returned.
+func (s *Store) usageDo(ctx context.Context, t *usageTarget, op *usageOp) error {
 	op.done = make(chan struct{})
-	q := &s.usage
-	q.mu.Lock()
+	qs := &s.usage
+	qs.mu.Lock()
+	if qs.queues == nil {
+		qs.queues = map[string]*usageQueue{}
+	}
+	q, draining := qs.queues[t.key]
+	if !draining {
+		q = &usageQueue{t: t}
+		qs.queues[t.key] = q
+	}
 	q.ops = append(q.ops, op)
-	start := !q.draining
-	q.draining = true
-	q.mu.Unlock()
-	if start {
-		go s.drainUsage()
+	qs.mu.Unlock()
+	if !draining {
+		go s.drainUsage(q)
 	}
 	select {
 	case <-op.done:
 		return op.err
 	case <-ctx.Done():
-		q.mu.Lock()
+		qs.mu.Lock()
 		i := slices.Index(q.ops, op)
 		if i >= 0 {
 			q.ops = slices.Delete(q.ops, i, i+1)
 		}
-		q.mu.Unlock()
+		qs.mu.Unlock()
 		if i >= 0 {
 			return unavailable(ctx.Err())
 		}
@@ -132,21 +261,21 @@ func (s *Store) usageDo(ctx context.Context, op *usageOp) error {
 	}
 }
 
-// drainUsage writes the queued ops, batch after batch, until none are left.
-func (s *Store) drainUsage() {
-	q := &s.usage
+// drainUsage writes q's ops, batch after batch, until none are left.
+func (s *Store) drainUsage(q *usageQueue) {
+	qs := &s.usage
 	for {
-		q.mu.Lock()
+		qs.mu.Lock()
 		batch := q.ops
 		q.ops = nil
 		if len(batch) == 0 {
-			q.draining = false
-			q.mu.Unlock()
+			delete(qs.queues, q.t.key)
+			qs.mu.Unlock()
 			return
 		}
-		q.mu.Unlock()
+		qs.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), commitTimeout)
-		err := s.writeUsage(ctx, batch)
+		err := s.writeUsage(ctx, q.t, batch)
 		cancel()
 		for _, op := range batch {
 			if err != nil {
@@ -157,65 +286,63 @@ func (s *Store) drainUsage() {
 	}
 }
 
-// writeUsage applies batch to the Registry's usage in one status update,
-// conditional on its resourceVersion: on a conflict it reads the Registry
-// live and applies the batch again, until the commit deadline. A round on
-// the cached Registry that refuses a reservation, or does not find a
-// reservation to settle (the cache may not have this replica's own
-// reservation yet), is run again on a live read before anything is said.
-func (s *Store) writeUsage(ctx context.Context, batch []*usageOp) error {
-	reg, err := s.registry(ctx)
+// writeUsage applies batch to t's usage in one status update, conditional
+// on its resourceVersion: on a conflict it reads t live and applies the
+// batch again, until the commit deadline. A round on the cached object
+// that refuses a reservation, says t has no bounds for an op that asked
+// for a live read, or does not find a reservation to settle (the cache may
+// not have this replica's own reservation yet), is run again on a live
+// read before anything is said.
+func (s *Store) writeUsage(ctx context.Context, t *usageTarget, batch []*usageOp) error {
+	obj, u, b, err := t.load(ctx, false)
 	if err != nil {
-		return unavailable(err)
+		return err
 	}
 	live := false
-	if own := s.ownRegistry(reg); own != nil {
-		reg = own
-	}
 	delay := time.Millisecond
 	for attempt := 0; ; attempt++ {
-		if reg == nil {
-			if reg, err = s.liveRegistry(ctx); err != nil {
+		if obj == nil {
+			if obj, u, b, err = t.load(ctx, true); err != nil {
 				return err
 			}
-			if reg == nil {
-				return notFoundRegistry(s.opts)
+			if obj == nil {
+				return t.gone()
 			}
 			live = true
 		}
-		changed, undecided := applyUsage(reg, batch)
+		changed, undecided := applyUsage(u, b, live, batch)
 		if undecided && !live {
-			reg = nil
+			obj = nil
 			continue
 		}
 		if !changed {
 			return nil
 		}
-		err := s.client.Status().Update(ctx, reg)
+		err := s.client.Status().Update(ctx, obj)
 		if err == nil {
-			s.rememberRegistry(reg)
+			t.remember(obj)
 			return nil
 		}
 		if !apierrors.IsConflict(err) {
-			return unavailable(fmt.Errorf("updating Registry %s usage: %w", reg.Name, err))
+			return unavailable(fmt.Errorf("updating the usage of %s: %w", b.owner, err))
 		}
 		s.conflicts.Inc()
 		select {
 		case <-ctx.Done():
-			return unavailable(fmt.Errorf("updating Registry %s usage: still conflicting after %d attempts: %w", reg.Name, attempt+1, err))
+			return unavailable(fmt.Errorf("updating the usage of %s: still conflicting after %d attempts: %w", b.owner, attempt+1, err))
 		case <-time.After(delay/2 + rand.N(delay)):
 		}
 		delay = min(2*delay, 64*time.Millisecond)
-		reg = nil // read live
+		obj = nil // read live
 	}
 }
 
-// applyUsage applies the ops to reg's status.usage in order and reports
-// whether it changed and whether a verdict rests on what a stale copy may
-// lack (a refusal, a reservation not found).
-func applyUsage(reg *v1.Registry, batch []*usageOp) (changed, undecided bool) {
-	q := reg.Spec.Quota
-	u := reg.Status.Usage
+// applyUsage applies the ops to *usage (bounded by b; read live or not) in
+// order and reports whether it changed and whether a verdict rests on what
+// a stale copy may lack (a refusal, a reservation not found, no bounds
+// where a live read was asked for).
+func applyUsage(usage **v1.QuotaUsage, b usageBounds, live bool, batch []*usageOp) (changed, undecided bool) {
+	u := *usage
 	now := metav1.Now()
 	for _, op := range batch {
 		op.err, op.noQuota = nil, false
@@ -243,27 +370,26 @@ func applyUsage(reg *v1.Registry, batch []*usageOp) (changed, undecided bool) {
 			}
 			continue
 		}
-		if q == nil {
+		if b.none() {
 			op.noQuota = true
+			undecided = undecided || op.live && !live
 			continue
 		}
 		if u == nil {
-			op.err = unavailable(fmt.Errorf("Registry %s has a quota but its usage is not counted yet (the operator counts it): push again shortly", reg.Name))
+			op.err = unavailable(fmt.Errorf("%s has a quota but its usage is not counted yet (the operator counts it): push again shortly", b.owner))
 			undecided = true
 			continue
 		}
 		pb, pt := pendingTotals(u)
 		var full []string
-		if q.Bytes != nil && op.bytes > 0 && u.Bytes+pb+op.bytes > q.Bytes.Value() {
-			full = append(full, fmt.Sprintf("%d more bytes would pass its quota of %s (%d bytes; spec.quota.bytes): its repositories hold %d, pushes in flight %d",
-				op.bytes, q.Bytes, q.Bytes.Value(), u.Bytes, pb))
+		if b.bytes != nil && op.bytes > 0 && u.Bytes+pb+op.bytes > *b.bytes {
+			full = append(full, fmt.Sprintf("%d more bytes would pass its %s: %s %d, pushes in flight %d", op.bytes, b.bytesRule, b.holds, u.Bytes, pb))
 		}
-		if q.Tags != nil && op.tags > 0 && u.Tags+pt+op.tags > *q.Tags {
-			full = append(full, fmt.Sprintf("a new tag would pass its quota of %d tags (spec.quota.tags): its repositories hold %d, pushes in flight %d",
-				*q.Tags, u.Tags, pt))
+		if b.tags != nil && op.tags > 0 && u.Tags+pt+op.tags > *b.tags {
+			full = append(full, fmt.Sprintf("a new tag would pass its %s: %s %d, pushes in flight %d", b.tagRule, b.holds, u.Tags, pt))
 		}
 		if len(full) > 0 {
-			op.err = errcode.Denied.Wrap(errRegistryFull, fmt.Sprintf("Registry %s has no room: %s", reg.Name, strings.Join(full, "; ")))
+			op.err = errcode.Denied.Wrap(errNoRoom, fmt.Sprintf("%s has no room: %s", b.owner, strings.Join(full, "; ")))
 			undecided = true
 			continue
 		}
@@ -301,10 +427,12 @@ type ownRegistryWrite struct {
 	at  time.Time
 }
 
-// pushRoom is what a push may do on the Registry's quota: the reservation
-// it made, and, when there was no room for all of it, the refusal and what
-// it may still do (a push that does not grow usage passes a full quota).
+// pushRoom is what a push may do on a target's bounds: the reservation it
+// made (nil: none needed), and, when there was no room for all of it, the
+// refusal and what it may still do (a push that does not grow usage
+// passes a full quota).
 type pushRoom struct {
+	t                 *usageTarget
 	w                 *usageWrite
 	refusal           error // nil: room for everything
 	growBytes, addTag bool
@@ -314,18 +442,18 @@ type pushRoom struct {
 // no room for both, it reserves what there is room for (the tag alone,
 // the bytes alone, or nothing but the mark of a write in flight, which
 // settles what a move to smaller content frees).
-func (s *Store) reservePush(ctx context.Context, contentSize int64) (pushRoom, error) {
-	w, err := s.reserve(ctx, contentSize, 1)
-	if !errors.Is(err, errRegistryFull) {
-		return pushRoom{w: w, growBytes: true, addTag: true}, err
+func (s *Store) reservePush(ctx context.Context, t *usageTarget, contentSize int64, live bool) (pushRoom, error) {
+	w, err := s.reserve(ctx, t, contentSize, 1, live)
+	if !errors.Is(err, errNoRoom) {
+		return pushRoom{t: t, w: w, growBytes: true, addTag: true}, err
 	}
 	refusal := err
 	for _, try := range []struct{ bytes, tags int64 }{{0, 1}, {contentSize, 0}, {0, 0}} {
-		w, err = s.reserve(ctx, try.bytes, try.tags)
-		if errors.Is(err, errRegistryFull) {
+		w, err = s.reserve(ctx, t, try.bytes, try.tags, live)
+		if errors.Is(err, errNoRoom) {
 			continue
 		}
-		return pushRoom{w: w, refusal: refusal, growBytes: try.bytes > 0, addTag: try.tags > 0}, err
+		return pushRoom{t: t, w: w, refusal: refusal, growBytes: try.bytes > 0, addTag: try.tags > 0}, err
 	}
 	return pushRoom{}, refusal // not reached: reserve(0, 0) checks nothing
 }
@@ -336,7 +464,7 @@ func (s *Store) reservePush(ctx context.Context, contentSize int64) (pushRoom, e
 // write in flight even when the client has gone). The settle outlives the
 // request (bounded by the commit deadline); one that fails leaves the
 // reservation counted until the recount drops it: over, never under.
-func (s *Store) settleAfter(ctx context.Context, w *usageWrite, err error, delta func() (bytes, tags int64)) {
+func (s *Store) settleAfter(ctx context.Context, t *usageTarget, w *usageWrite, err error, delta func() (bytes, tags int64)) {
 	if w == nil {
 		return
 	}
@@ -344,11 +472,20 @@ func (s *Store) settleAfter(ctx context.Context, w *usageWrite, err error, delta
 	if err == nil {
 		bytes, tags = delta()
 	}
-	s.settle(context.WithoutCancel(ctx), w, bytes, tags)
+	s.settle(context.WithoutCancel(ctx), t, w, bytes, tags)
+}
+
+// allows reports whether the room lets a write grow usage by grewBytes
+// and add a tag (newTag); the refusal if not.
+func (r pushRoom) allows(grewBytes bool, newTag bool) error {
+	if grewBytes && !r.growBytes || newTag && !r.addTag {
+		return r.refusal
+	}
+	return nil
 }
 
 // pendingTotals sums the reservations in flight.
-func pendingTotals(u *v1.RegistryUsage) (bytes, tags int64) {
+func pendingTotals(u *v1.QuotaUsage) (bytes, tags int64) {
 	for _, p := range u.Pending {
 		bytes += p.Bytes
 		tags += p.Tags

@@ -116,7 +116,7 @@ func kubeSection(benchOut string, h *kubeHTTPResult, distGetByTag float64, pushe
 	if len(benches) == 0 {
 		return "", fmt.Errorf("no benchmark lines in:\n%s", benchOut)
 	}
-	b.WriteString("The tag store alone (registryd/tags/kube Go benchmarks at registryd's API client limit; PushTags: 3 replicas, the writers its name gives, one repository, its tags split over TagShards of at most 32, target ≥ 200 tags/s; ManyTags: reads of a repository of 10,000 tags in TagShards; NewRepositories: one replica, 8 writers, one new repository per push; StatusUpdateBySize: one writer, what a status update costs as the object grows):\n\n")
+	b.WriteString("The tag store alone (registryd/tags/kube Go benchmarks at registryd's API client limit; PushTags: 3 replicas, the writers its name gives, one repository, its tags split over TagShards of at most 32, target ≥ 200 tags/s, /limit: with the Registry's maxTagsPerRepository set, so every push reserves on the repository's status.usage; ManyTags: reads of a repository of 10,000 tags in TagShards; NewRepositories: one replica, 8 writers, one new repository per push; StatusUpdateBySize: one writer, what a status update costs as the object grows):\n\n")
 	b.WriteString("| Benchmark | Figure | API-server requests on the read path |\n|---|---:|---:|\n")
 	for _, k := range benches {
 		figure := ""

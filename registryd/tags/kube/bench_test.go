@@ -18,12 +18,21 @@ import (
 )
 
 // BenchmarkPushTags pushes distinct tags into one repository's status from
-// goroutines spread over three replicas, as concurrent CI jobs would.
+// goroutines spread over three replicas, as concurrent CI jobs would; with
+// a tag limit, what the split repository's usage reservations cost.
 func BenchmarkPushTags(b *testing.B) {
 	// 12 writers, and 48 as a CI fleet's worth: larger group commits.
-	for _, writers := range []int{12, 48, 96} {
-		b.Run(fmt.Sprintf("writers=%d", writers), func(b *testing.B) {
-			reg := newRegistry(b, func(r *v1.Registry) { r.Spec.Limits.MaxTagsPerRepository = 1 << 20 })
+	for _, tc := range []struct {
+		writers int
+		limit   int32
+	}{{12, 0}, {48, 0}, {96, 0}, {48, 1 << 20}} {
+		name := fmt.Sprintf("writers=%d", tc.writers)
+		if tc.limit > 0 {
+			name += "/limit"
+		}
+		writers := tc.writers
+		b.Run(name, func(b *testing.B) {
+			reg := newRegistry(b, func(r *v1.Registry) { r.Spec.Limits.MaxTagsPerRepository = tc.limit })
 			j := journal(b)
 			var calls atomic.Int64
 			cfg := registrydConfig(&calls)

@@ -27,17 +27,31 @@ import (
 
 // TestQuotaAcrossReplicas: three registryd processes serve one Registry
 // (envtest API server, one file bucket) whose Repository has a quota of
-// 1 MiB. 20 pushers, two images of 64 KiB each, spread over the replicas:
-// exactly as many as fit are accepted, the rest get DENIED naming the
-// quota, status.bytes never passes the quota and equals the bytes counted
-// independently from what the registry serves for each tag. crane shows
-// the refusal to its user.
+// 1 MiB. 20 pushers of images of 64 KiB (about 15 fit: the tags stay in
+// the Repository's status) or of 16 KiB (about 60 fit: the tags split
+// over TagShards, and the quota is kept by reservations in status.usage),
+// spread over the replicas: exactly as many as fit are accepted, the rest
+// get DENIED naming the quota, usage never passes the quota and equals the
+// bytes counted independently from what the registry serves for each
+// tag. crane shows the refusal to its user.
 func TestQuotaAcrossReplicas(t *testing.T) {
 	t.Parallel()
+	for _, tc := range []struct {
+		name             string
+		layerBytes, each int
+	}{{"status", 64 << 10, 2}, {"split", 16 << 10, 4}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			quotaAcrossReplicas(t, "quota-"+tc.name, tc.layerBytes, tc.each)
+		})
+	}
+}
+
+func quotaAcrossReplicas(t *testing.T, ns string, layerBytes, each int) {
 	env := kubeEnv(t)
 	ctx := t.Context()
-	const ns, regName, repo = "quota", "reg", "team/app"
-	const quota, layerBytes, pushers, each = 1 << 20, 64 << 10, 20, 2
+	const regName, repo = "reg", "team/app"
+	const quota, pushers = 1 << 20, 20
 	kubeRegistry(t, ns, regName, v1.RegistrySpec{})
 	key := client.ObjectKey{Namespace: ns, Name: v1.RepositoryObjectName(regName, repo)}
 	if err := env.Client.Create(ctx, &v1.Repository{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: key.Name},
@@ -82,14 +96,32 @@ func TestQuotaAcrossReplicas(t *testing.T) {
 	if err := env.Client.Get(ctx, key, &r); err != nil {
 		t.Fatal(err)
 	}
-	if r.Status.Bytes > quota {
-		t.Errorf("status.bytes %d is over the quota %d", r.Status.Bytes, quota)
+	// What the quota was checked against: status, or once the tags are
+	// split, status.usage (status.bytes is then the operator's sum).
+	bytes, tags := r.Status.Bytes, int64(r.Status.TagCount)
+	var shards v1.TagShardList
+	if r.Status.TagsSplit != (fit > v1.MaxTagsPerObject) {
+		t.Fatalf("tagsSplit %v with %d tags", r.Status.TagsSplit, fit)
+	}
+	if r.Status.TagsSplit {
+		u := r.Status.Usage
+		if u == nil || len(u.Pending) != 0 {
+			t.Fatalf("status.usage %+v: want it counted, nothing in flight", u)
+		}
+		bytes, tags = u.Bytes, u.Tags
+		if err := env.Client.List(ctx, &shards, client.InNamespace(ns), client.MatchingLabels{v1.LabelRepositoryUID: string(r.UID)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if bytes > quota {
+		t.Errorf("usage %d bytes is over the quota %d", bytes, quota)
 	}
 	// Counted independently: each tag's manifest as served, and the blobs
 	// it names as HEAD sizes them.
 	var counted int64
 	seen := map[string]bool{}
-	for _, tag := range r.Status.Tags {
+	all := v1.NewTagTree(&r, shards.Items).All()
+	for _, tag := range all {
 		if seen[tag.Digest] {
 			continue
 		}
@@ -112,8 +144,8 @@ func TestQuotaAcrossReplicas(t *testing.T) {
 			counted += resp.ContentLength
 		}
 	}
-	if r.Status.Bytes != counted || r.Status.TagCount != int32(fit) {
-		t.Errorf("status.bytes %d for %d tags; counted from the registry %d bytes, want %d tags", r.Status.Bytes, r.Status.TagCount, counted, fit)
+	if bytes != counted || tags != fit || len(all) != int(fit) {
+		t.Errorf("usage %d bytes for %d tags (%d found); counted from the registry %d bytes, want %d tags", bytes, tags, len(all), counted, fit)
 	}
 
 	// The refusals show in `kubectl describe repository`: a Warning Event.
@@ -139,7 +171,7 @@ func TestQuotaAcrossReplicas(t *testing.T) {
 	_, _ = rand.Read(noise)
 	writeLayerTar(t, layer, map[string]string{"noise.bin": string(noise)})
 	out, err := try(home, "", testutil.Client(t, "crane"), "append", "--insecure", "-f", layer, "-t", replicas[2].host+"/"+repo+":one-more")
-	want := fmt.Sprintf("over its quota of 1Mi (%d bytes; Repository %s spec.quota.bytes)", quota, key.Name)
+	want := fmt.Sprintf("quota of 1Mi (%d bytes; Repository %s spec.quota.bytes)", quota, key.Name)
 	if err == nil || !strings.Contains(out, want) {
 		t.Errorf("crane append past the quota: err %v; want the message %q in:\n%s", err, want, out)
 	}

@@ -21,7 +21,8 @@ import (
 // each push, move and delete 600 tags of one repository at once, so the
 // tags split many times over while writers race. Every replica then
 // lists and reads exactly the tags written, from its cache alone (no API
-// request); the journal holds the same; no object holds more than 8 tags.
+// request); the journal holds the same; no object holds more than 8 tags,
+// and a split shard whose two children exist holds none.
 func TestShardedTagsAcrossReplicas(t *testing.T) {
 	ctx := context.Background()
 	reg := newRegistry(t, nil)
@@ -126,14 +127,29 @@ func TestShardedTagsAcrossReplicas(t *testing.T) {
 	if err := env.Client.List(ctx, &shards, client.InNamespace(reg.Namespace)); err != nil {
 		t.Fatal(err)
 	}
-	leaves := 0
+	leaves, emptied := 0, 0
+	prefixes := map[string]bool{}
+	for _, sh := range shards.Items {
+		prefixes[sh.Spec.Prefix] = true
+	}
 	for _, sh := range shards.Items {
 		if len(sh.Tags) > perObject {
 			t.Errorf("shard %s holds %d tags, over %d", sh.Spec.Prefix, len(sh.Tags), perObject)
 		}
-		if !sh.Split {
+		switch p := sh.Spec.Prefix; {
+		case !sh.Split:
 			leaves++
+		case prefixes[p+"0"] && prefixes[p+"1"]:
+			// Both children exist: nothing reads the parent's tags, and
+			// kept they would double what every replica caches.
+			if len(sh.Tags) > 0 {
+				t.Errorf("split shard %s keeps %d tags though both its children exist", p, len(sh.Tags))
+			}
+			emptied++
 		}
+	}
+	if emptied == 0 {
+		t.Error("no split shard with both children: the test tests nothing")
 	}
 	repo := liveRepository(t, reg, "app")
 	if !repo.Status.TagsSplit || len(repo.Status.Tags) > perObject {

@@ -26,7 +26,8 @@ import (
 // object before it split fails that check and routes again. A child is
 // created by whichever writer first needs it, from its frozen parent's
 // tags; AlreadyExists sends the writer to read it. So a split needs no
-// second step, and a crash at any point leaves nothing to repair.
+// second step, and a crash at any point leaves nothing to repair. (Once
+// both of its children exist, a split object is emptied: see emptyParent.)
 
 func shardKey(uid types.UID, prefix string) string { return string(uid) + "/" + prefix }
 
@@ -72,7 +73,7 @@ func (l *liveShards) get(prefix string) *v1.TagShard {
 		return sh
 	}
 	if sh := l.s.cachedShard(l.root, prefix); sh != nil && sh.Split {
-		return sh // split is final: a split shard's tags never change again
+		return sh // split is final: any copy routes alike (emptied only once both children exist)
 	}
 	l.s.liveReads.Inc()
 	sh := &v1.TagShard{}

@@ -56,20 +56,17 @@ type change struct {
 
 // tagSet is what a change edits: the tags of one object (the Repository's
 // status, or a TagShard's, in a copy of the Repository), and, when the
-// repository's tags are split, a count from the cache of those elsewhere.
+// repository's tags are split, the digests from the cache of those
+// elsewhere.
 type tagSet struct {
 	repo   *v1.Repository
 	others *otherLeaves // nil: repo holds every tag
 }
 
-// count is the repository's tags.
-func (t *tagSet) count() int32 {
-	n := int32(len(t.repo.Status.Tags))
-	if t.others != nil {
-		n += t.others.count()
-	}
-	return n
-}
+// count is the tags of a repository whose tags are not split; a split
+// one's tag bounds are decided by its reservation (usage.go), never by a
+// count here.
+func (t *tagSet) count() int32 { return int32(len(t.repo.Status.Tags)) }
 
 // bytes is the repository's logical size (see RepositoryStatus.CountBytes).
 func (t *tagSet) bytes() int64 {

@@ -414,50 +414,28 @@ func (s *Store) split(ctx context.Context, root *v1.Repository, leaf v1.TagLeaf)
 	return err
 }
 
-// othersOf counts, from the cache, the tags of root outside the leaf of
-// prefix, and their digests' sizes, each once and only when asked: a tag
-// limit needs the count alone, a bytes quota the digests.
+// othersOf sums, from the cache, the digests' sizes of the tags of root
+// outside the leaf of prefix, once and only when asked (a bytes count:
+// usage.go).
 func (s *Store) othersOf(root *v1.Repository, prefix string) *otherLeaves {
-	return &otherLeaves{leaves: sync.OnceValue(func() []v1.TagLeaf {
-		var out []v1.TagLeaf
+	return &otherLeaves{digests: sync.OnceValue(func() map[string]int64 {
+		sizes := map[string]int64{}
 		for _, l := range s.tree(root).Leaves() {
-			if l.Prefix != prefix {
-				out = append(out, l)
+			if l.Prefix == prefix {
+				continue
+			}
+			for _, t := range l.Tags {
+				sizes[t.Digest] = t.ContentSize
 			}
 		}
-		return out
+		return sizes
 	})}
 }
 
 // otherLeaves are the leaves of a split repository besides the one a
-// change edits.
+// change edits: their digests and the sizes they hold.
 type otherLeaves struct {
-	leaves  func() []v1.TagLeaf
-	countOf sync.Once
-	n       int32
-	sizesOf sync.Once
-	sizes   map[string]int64
-}
-
-func (o *otherLeaves) count() int32 {
-	o.countOf.Do(func() {
-		for _, l := range o.leaves() {
-			o.n += int32(len(l.Tags))
-		}
-	})
-	return o.n
-}
-
-func (o *otherLeaves) digests() map[string]int64 {
-	o.sizesOf.Do(func() {
-		o.sizes = map[string]int64{}
-		for _, l := range o.leaves() {
-			for _, t := range l.Tags {
-				o.sizes[t.Digest] = t.ContentSize
-			}
-		}
-	})
-	return o.sizes
+	digests func() map[string]int64
 }
 
 // mirrorLeaf mirrors into the journal what the leaf written holds for the

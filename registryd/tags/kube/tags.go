@@ -258,16 +258,16 @@ var errOverQuota = errors.New("over quota")
 // checkQuota refuses the tag just set in repo when it takes the
 // repository past spec.quota: a new tag past quota.tags, or usage grown
 // past quota.bytes (before and after: usage without and with it, counted
-// when there is a quota.bytes). It is decided on the
-// object the status update then writes with its resourceVersion, so two
-// replicas cannot both add to a repository that has room for one.
+// when there is a quota.bytes), for a repository whose tags are not split
+// (a split one's is decided by its reservation: usage.go). It is decided
+// on the object the status update then writes with its resourceVersion,
+// so two replicas cannot both add to a repository that has room for one.
 func checkQuota(set *tagSet, path, tag string, existed bool, before, after int64) error {
 	repo := set.repo
 	q := repo.Spec.Quota
 	if q == nil {
 		return nil
 	}
-	// Counted only here: on a split repository, O(its tags) from the cache.
 	if q.Tags != nil && !existed && set.count() > *q.Tags {
 		return errcode.Denied.Wrap(errOverQuota, fmt.Sprintf("tag %q would be tag %d of repository %s, over its quota of %d tags (Repository %s spec.quota.tags)",
 			tag, set.count(), path, *q.Tags, repo.Name))

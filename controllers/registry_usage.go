@@ -55,30 +55,41 @@ func (r *RegistryReconciler) reconcileUsage(ctx context.Context, s *registryScop
 // frees nothing. Reservations older than v1.UsageReservationStale are of
 // writes that died, and go.
 func (r *RegistryReconciler) recountUsage(ctx context.Context, key client.ObjectKey) error {
+	return updateUsageLive(ctx, r.Client, r.APIReader, key, func() *v1.Registry { return &v1.Registry{} }, func(reg *v1.Registry) (bool, error) {
+		if reg.Spec.Quota == nil {
+			write := reg.Status.Usage != nil
+			reg.Status.Usage = nil
+			return write, nil
+		}
+		var repos v1.RepositoryList
+		if err := r.APIReader.List(ctx, &repos, client.InNamespace(key.Namespace), client.MatchingFields{"spec.registry": key.Name}); err != nil {
+			return false, fmt.Errorf("listing Repositories for the usage recount: %w", err)
+		}
+		bytes, tags, err := r.countRepositories(ctx, key, repos.Items)
+		if err != nil {
+			return false, err
+		}
+		reg.Status.Usage = reg.Status.Usage.Recounted(bytes, tags, metav1.Now())
+		return true, nil
+	})
+}
+
+// updateUsageLive is a usage recount's write, for a Registry and for a
+// Repository: read the object live (a new one from newObj), let set change
+// its status.usage (false: nothing to write) and update it conditionally
+// on that read, again on a conflict (up to 5 times).
+func updateUsageLive[T client.Object](ctx context.Context, c client.Client, reader client.Reader, key client.ObjectKey, newObj func() T, set func(T) (bool, error)) error {
 	var err error
 	for range 5 {
-		reg := &v1.Registry{}
-		if err = r.APIReader.Get(ctx, key, reg); err != nil {
+		obj := newObj()
+		if err = reader.Get(ctx, key, obj); err != nil {
 			return client.IgnoreNotFound(err)
 		}
-		if reg.Spec.Quota == nil {
-			if reg.Status.Usage == nil {
-				return nil
-			}
-			reg.Status.Usage = nil
-		} else {
-			var repos v1.RepositoryList
-			if err = r.APIReader.List(ctx, &repos, client.InNamespace(key.Namespace), client.MatchingFields{"spec.registry": key.Name}); err != nil {
-				return fmt.Errorf("listing Repositories for the usage recount: %w", err)
-			}
-			bytes, tags, err := r.countRepositories(ctx, key, repos.Items)
-			if err != nil {
-				return err
-			}
-			reg.Status.Usage = reg.Status.Usage.Recounted(bytes, tags, metav1.Now())
+		var write bool
+		if write, err = set(obj); err != nil || !write {
+			return err
 		}
-		err = r.Status().Update(ctx, reg)
-		if !apierrors.IsConflict(err) {
+		if err = c.Status().Update(ctx, obj); !apierrors.IsConflict(err) {
 			return client.IgnoreNotFound(err)
 		}
 	}

@@ -2,10 +2,8 @@ package controllers
 
 import (
 	"context"
-	"fmt"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 
@@ -44,29 +42,18 @@ func (r *RepositoryReconciler) reconcileUsage(ctx context.Context, repo *v1.Repo
 // is conditional on that read, so every write that settled before it is in
 // the sum and a reservation made after it makes the update conflict.
 func (r *RepositoryReconciler) recountUsage(ctx context.Context, key client.ObjectKey, reg *v1.Registry) error {
-	var err error
-	for range 5 {
-		repo := &v1.Repository{}
-		if err = r.APIReader.Get(ctx, key, repo); err != nil {
-			return client.IgnoreNotFound(err)
-		}
+	return updateUsageLive(ctx, r.Client, r.APIReader, key, func() *v1.Repository { return &v1.Repository{} }, func(repo *v1.Repository) (bool, error) {
 		if !repo.KeepsUsage(reg) {
-			if repo.Status.Usage == nil {
-				return nil
-			}
+			write := repo.Status.Usage != nil
 			repo.Status.Usage = nil
-		} else {
-			tree, err := tagTree(ctx, r.APIReader, repo)
-			if err != nil {
-				return err
-			}
-			tags, bytes := tree.Totals()
-			repo.Status.Usage = repo.Status.Usage.Recounted(bytes, int64(tags), metav1.Now())
+			return write, nil
 		}
-		err = r.Status().Update(ctx, repo)
-		if !apierrors.IsConflict(err) {
-			return client.IgnoreNotFound(err)
+		tree, err := tagTree(ctx, r.APIReader, repo)
+		if err != nil {
+			return false, err
 		}
-	}
-	return fmt.Errorf("recounting usage: %w", err)
+		tags, bytes := tree.Totals()
+		repo.Status.Usage = repo.Status.Usage.Recounted(bytes, int64(tags), metav1.Now())
+		return true, nil
+	})
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/resourceversion"
 	"k8s.io/utils/ptr"
@@ -70,6 +71,19 @@ type usageBounds struct {
 
 func (b usageBounds) none() bool { return b.bytes == nil && b.tags == nil }
 
+// quota bounds b by a spec.quota's bytes and tags (nil: unbounded); where
+// names the object whose spec it is in the refusal ("" for the owner).
+func (b *usageBounds) quota(bytes *resource.Quantity, tags *int64, where string) {
+	if bytes != nil {
+		b.bytes = ptr.To(bytes.Value())
+		b.bytesRule = fmt.Sprintf("quota of %s (%d bytes; %sspec.quota.bytes)", bytes, bytes.Value(), where)
+	}
+	if tags != nil {
+		b.tags = tags
+		b.tagRule = fmt.Sprintf("quota of %d tags (%sspec.quota.tags)", *tags, where)
+	}
+}
+
 // registryUsage is the Registry's usage, bounded by its spec.quota.
 func (s *Store) registryUsage() *usageTarget {
 	return &usageTarget{
@@ -89,14 +103,7 @@ func (s *Store) registryUsage() *usageTarget {
 			}
 			b := usageBounds{owner: "Registry " + reg.Name, holds: "its repositories hold"}
 			if q := reg.Spec.Quota; q != nil {
-				if q.Bytes != nil {
-					b.bytes = ptr.To(q.Bytes.Value())
-					b.bytesRule = fmt.Sprintf("quota of %s (%d bytes; spec.quota.bytes)", q.Bytes, q.Bytes.Value())
-				}
-				if q.Tags != nil {
-					b.tags = q.Tags
-					b.tagRule = fmt.Sprintf("quota of %d tags (spec.quota.tags)", *q.Tags)
-				}
+				b.quota(q.Bytes, q.Tags, "")
 			}
 			return reg, &reg.Status.Usage, b, nil
 		},
@@ -141,14 +148,11 @@ func repositoryBounds(repo *v1.Repository, reg *v1.Registry) usageBounds {
 		return b
 	}
 	if q := repo.Spec.Quota; q != nil {
-		if q.Bytes != nil {
-			b.bytes = ptr.To(q.Bytes.Value())
-			b.bytesRule = fmt.Sprintf("quota of %s (%d bytes; Repository %s spec.quota.bytes)", q.Bytes, q.Bytes.Value(), repo.Name)
-		}
+		var tags *int64
 		if q.Tags != nil {
-			b.tags = ptr.To(int64(*q.Tags))
-			b.tagRule = fmt.Sprintf("quota of %d tags (Repository %s spec.quota.tags)", *q.Tags, repo.Name)
+			tags = ptr.To(int64(*q.Tags))
 		}
+		b.quota(q.Bytes, tags, "Repository "+repo.Name+" ")
 	}
 	if limit := int64(reg.Spec.Limits.MaxTagsPerRepository); limit > 0 && (b.tags == nil || limit < *b.tags) {
 		b.tags = &limit

@@ -192,7 +192,7 @@ bench-gc: build ## Workload 7 of make bench alone: registryd gc on versitygw (BE
 	BENCH_ONLY=gc hack/bench.sh
 
 .PHONY: bench-bytes
-bench-bytes: build ## Workload 1 of make bench alone, with the machine's limits: one 1 GiB image pushed and pulled by the Go client, crane and curl, BENCH_ROUNDS rounds beside distribution; printed, docs/benchmarks.md left as it is.
+bench-bytes: build ## Workload 1 of make bench alone, with the machine's limits: one 1 GiB image pushed and pulled by the Go client, crane and curl, BENCH_BYTES_ROUNDS rounds beside distribution; printed, docs/benchmarks.md left as it is.
 	BENCH_ONLY=bytes hack/bench.sh
 
 .PHONY: bench-kube

@@ -14,15 +14,16 @@ func renderReport(o options, machine string, started time.Time, tables []*table,
 	b.WriteString("Written by `make bench` (hack/bench.sh, hack/bench/); do not edit by hand.\n\n")
 	fmt.Fprintf(&b, "- Run: %s, %s wall time for the side-by-side part.\n", started.UTC().Format("2006-01-02 15:04 UTC"), time.Since(started).Round(time.Second))
 	fmt.Fprintf(&b, "- Machine: %s.\n", machine)
-	fmt.Fprintf(&b, "- Rounds: %d (workloads 1, 2, 4, 8), %d (workload 3); each cell is the median [min–max] over the rounds. "+
-		"Rounds alternate which server goes first (A,B then B,A).\n\n", o.rounds, o.wrkRounds)
+	fmt.Fprintf(&b, "- Rounds: %d (workload 1), %d (workloads 2, 4, 8), %d (workload 3); each cell is the median [min–max] over the rounds "+
+		"(over every pull and pass of the rounds where a row says it takes several a round). "+
+		"Rounds alternate which server goes first (A,B then B,A). The run starts once the one-minute load average is under 1 (or after 3 minutes).\n\n", o.bytesRounds, o.rounds, o.wrkRounds)
 	for _, t := range tables {
 		b.WriteString(t.markdown())
 	}
 	b.WriteString(kube)
 	b.WriteString(setupNotes)
 	fmt.Fprintf(&b, "## Reproduce\n\n```sh\n%s\n```\n\n", o.reproduce)
-	b.WriteString("Knobs (environment): `BENCH_ROUNDS` (3), `BENCH_WRK_ROUNDS` (2), `BENCH_WRK_SECONDS` (10), " +
+	b.WriteString("Knobs (environment): `BENCH_BYTES_ROUNDS` (5), `BENCH_ROUNDS` (3), `BENCH_WRK_ROUNDS` (2), `BENCH_WRK_SECONDS` (10), " +
 		"`BENCH_WRK_CONNECTIONS` (32), `BENCH_LAYERS` (4), `BENCH_LAYER_MIB` (256), `BENCH_SMALL_IMAGES` (200), " +
 		"`BENCH_PUSHERS` (8), `BENCH_CHUNKED_MIB` (256), `BENCH_CHUNK_MIB` (5), `BENCH_TAGS` (kube benchmark -benchtime), " +
 		"`BENCH_KUBE_TAGS` (100; 0 skips kubernetes mode over HTTP), `BENCH_KUBE_NEW_REPOS` (1000; 0 skips the new repositories), `BENCH_SKIP_CRANE`, `BENCH_KEEP` (keep the servers' directories and logs), " +

@@ -93,6 +93,38 @@ func pushPullCrane(ctx context.Context, crane string, s *server, layoutDir strin
 	return push, pull, err
 }
 
+// A crane round pushes once (a second push into the same server finds
+// every blob there) but pulls and GETs several times, all recorded: those
+// figures are the noisiest of workload 1 and cheap to take again.
+const (
+	cranePullsPerRound = 3
+	curlPassesPerRound = 5
+)
+
+// craneRound is workload 1 by crane and curl on s: one push of the layout,
+// then cranePullsPerRound pulls and curlPassesPerRound passes of curl GETs
+// over its layers.
+func craneRound(ctx context.Context, crane, curl string, s *server, layoutDir string, layers []v1.Hash, total int64, push, pull, get *figure) error {
+	rate, err := runCrane(ctx, crane, s, total, "push", layoutDir, s.addr+"/big/crane:v1")
+	if err != nil {
+		return err
+	}
+	push.record(s.kind, rate)
+	for range cranePullsPerRound {
+		if rate, err = pullCrane(ctx, crane, s, total); err != nil {
+			return err
+		}
+		pull.record(s.kind, rate)
+	}
+	for range curlPassesPerRound {
+		if rate, err = curlLayers(ctx, curl, s, "big/crane", layers, total); err != nil {
+			return err
+		}
+		get.record(s.kind, rate)
+	}
+	return nil
+}
+
 // pullCrane pulls what pushPullCrane pushed, as a tarball into /dev/null.
 func pullCrane(ctx context.Context, crane string, s *server, total int64) (float64, error) {
 	return runCrane(ctx, crane, s, total, "pull", s.addr+"/big/crane:v1", os.DevNull)

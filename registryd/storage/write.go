@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"time"
 
 	"gocloud.dev/blob"
 )
@@ -21,10 +22,29 @@ import (
 // gocloud v0.47.0), and a failed write (an outage, a lost IfNotExist race)
 // must come back as an error, not a crash.
 
-// WriteSmall writes content to key in one request.
+// WriteSmall writes content to key in one request, tried again at once
+// (up to directoryRaceTries times in all) when a backend that keeps objects
+// as files lost a race with its own removal of an empty directory
+// (directoryRace): that PUT wrote nothing, and the same PUT a moment later
+// succeeds, so the client need not see a 503 for it.
 func WriteSmall(ctx context.Context, b *blob.Bucket, key string, content []byte, opts *blob.WriterOptions) error {
-	return classify(b.Upload(ctx, key, bytes.NewReader(content), withContentType(opts)), key)
+	for try := 1; ; try++ {
+		err := b.Upload(ctx, key, bytes.NewReader(content), withContentType(opts))
+		if err == nil || try == directoryRaceTries || !directoryRace(err) {
+			return classify(err, key)
+		}
+		select {
+		case <-ctx.Done():
+			return classify(err, key)
+		case <-time.After(time.Duration(try) * 5 * time.Millisecond):
+		}
+	}
 }
+
+// directoryRaceTries bounds WriteSmall's tries of a PUT that lost a
+// directory race: the race is a window of microseconds, so a third loss in
+// a row is something else, and the client's retry after a 503 handles it.
+const directoryRaceTries = 3
 
 // WriteSmallDurable is WriteSmall whose data and name are on disk before
 // it returns, on a local bucket (see durable.go); local is the bucket's

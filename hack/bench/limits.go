@@ -8,6 +8,8 @@ import (
 	"net"
 	"os"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // The machine's own limits, measured in the same run so that every figure
@@ -52,6 +54,46 @@ func diskWriteLimit(dir string, total int64, sync bool) (float64, error) {
 	return mbps(total, time.Since(start)), nil
 }
 
+// durablePushLimit writes n files of size bytes at once, each in 1 MiB
+// writes whose pages are sent to the disk every 2 MiB as they are written
+// (sync_file_range, as registryd writes a blob) and fsynced at its end:
+// the disk's ceiling for a push of that image with durable commits, which
+// no registry can beat on this disk whatever its CPU.
+func durablePushLimit(dir string, n int, size int64) (float64, error) {
+	errs := make(chan error, n)
+	start := time.Now()
+	for i := range n {
+		go func() { errs <- writeDurably(dir, uint64(10+i), size) }()
+	}
+	var first error
+	for range n {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	return mbps(int64(n)*size, time.Since(start)), first
+}
+
+func writeDurably(dir string, seed uint64, size int64) error {
+	f, err := os.CreateTemp(dir, "disk-limit-")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	randomBytes(seed, buf)
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		if _, err := f.Write(buf); err != nil {
+			return err
+		}
+		if (off+int64(len(buf)))%(2<<20) == 0 {
+			_ = unix.SyncFileRange(int(f.Fd()), off+int64(len(buf))-(2<<20), 2<<20, unix.SYNC_FILE_RANGE_WRITE)
+		}
+	}
+	return f.Sync()
+}
+
 // loopbackLimit sends total bytes over one loopback TCP connection to a
 // reader that discards them.
 func loopbackLimit(ctx context.Context, total int64) (float64, error) {
@@ -92,7 +134,7 @@ func loopbackLimit(ctx context.Context, total int64) (float64, error) {
 }
 
 // limits measures all three once.
-func measureLimits(ctx context.Context, workDir string) (*table, error) {
+func measureLimits(ctx context.Context, workDir string, layers int, layerBytes int64) (*table, error) {
 	t := &table{title: "Machine limits (same run)"}
 	sha, err := sha256Limit(1 << 30)
 	if err != nil {
@@ -109,6 +151,11 @@ func measureLimits(ctx context.Context, workDir string) (*table, error) {
 		return nil, fmt.Errorf("disk write: %w", err)
 	}
 	t.limit("disk write 1 GiB, no fsync (page cache)", "MB/s", pc)
+	dp, err := durablePushLimit(workDir, layers, layerBytes)
+	if err != nil {
+		return nil, fmt.Errorf("disk write: %w", err)
+	}
+	t.limit(fmt.Sprintf("disk write of %d × %d MiB at once, sent to the disk as written, then fsync (a durable push's ceiling on this disk)", layers, layerBytes>>20), "MB/s", dp)
 	lo, err := loopbackLimit(ctx, 4<<30)
 	if err != nil {
 		return nil, fmt.Errorf("loopback: %w", err)

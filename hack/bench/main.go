@@ -152,7 +152,7 @@ func run(ctx context.Context, o options) error {
 	}
 
 	logf("machine limits")
-	limits, err := measureLimits(ctx, o.workDir)
+	limits, err := measureLimits(ctx, o.workDir, o.layers, o.layerBytes)
 	if err != nil {
 		return err
 	}

@@ -133,7 +133,8 @@ func loopbackLimit(ctx context.Context, total int64) (float64, error) {
 	return mbps(total, time.Since(start)), nil
 }
 
-// limits measures all three once.
+// measureLimits measures each limit once; the loopback figure comes last
+// (workload 1 reads it there).
 func measureLimits(ctx context.Context, workDir string, layers int, layerBytes int64) (*table, error) {
 	t := &table{title: "Machine limits (same run)"}
 	sha, err := sha256Limit(1 << 30)

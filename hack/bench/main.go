@@ -477,7 +477,6 @@ func logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "== %s "+format+"\n", append([]any{time.Now().UTC().Format("15:04:05")}, args...)...)
 }
 
-// machineLine names the machine: cores, memory, CPU model, Go, load.
 // waitQuiet waits, at most limit, for the machine's one-minute load average
 // to fall under 1: a run started while an earlier job (a build, a test
 // suite) still ran measured both servers slower, and not by the same
@@ -502,6 +501,7 @@ func waitQuiet(ctx context.Context, limit time.Duration) {
 	}
 }
 
+// machineLine names the machine: cores, memory, CPU model, Go, load.
 func machineLine() string {
 	cpu := "unknown CPU"
 	if f, err := os.Open("/proc/cpuinfo"); err == nil {

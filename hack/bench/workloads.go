@@ -86,7 +86,7 @@ func pushPullGoWith(ctx context.Context, s *server, img v1.Image, total int64, b
 // pushPullCrane runs crane as a process: push of the OCI layout, pull as
 // a tarball into /dev/null.
 func pushPullCrane(ctx context.Context, crane string, s *server, layoutDir string, total int64) (push, pull float64, err error) {
-	if push, err = runCrane(ctx, crane, s, total, "push", layoutDir, s.addr+"/big/crane:v1"); err != nil {
+	if push, err = pushCrane(ctx, crane, s, layoutDir, total); err != nil {
 		return 0, 0, err
 	}
 	pull, err = pullCrane(ctx, crane, s, total)
@@ -105,7 +105,7 @@ const (
 // then cranePullsPerRound pulls and curlPassesPerRound passes of curl GETs
 // over its layers.
 func craneRound(ctx context.Context, crane, curl string, s *server, layoutDir string, layers []v1.Hash, total int64, push, pull, get *figure) error {
-	rate, err := runCrane(ctx, crane, s, total, "push", layoutDir, s.addr+"/big/crane:v1")
+	rate, err := pushCrane(ctx, crane, s, layoutDir, total)
 	if err != nil {
 		return err
 	}
@@ -125,7 +125,12 @@ func craneRound(ctx context.Context, crane, curl string, s *server, layoutDir st
 	return nil
 }
 
-// pullCrane pulls what pushPullCrane pushed, as a tarball into /dev/null.
+// pushCrane pushes the OCI layout in layoutDir to s as big/crane:v1.
+func pushCrane(ctx context.Context, crane string, s *server, layoutDir string, total int64) (float64, error) {
+	return runCrane(ctx, crane, s, total, "push", layoutDir, s.addr+"/big/crane:v1")
+}
+
+// pullCrane pulls what pushCrane pushed, as a tarball into /dev/null.
 func pullCrane(ctx context.Context, crane string, s *server, total int64) (float64, error) {
 	return runCrane(ctx, crane, s, total, "pull", s.addr+"/big/crane:v1", os.DevNull)
 }

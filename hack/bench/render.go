@@ -60,14 +60,13 @@ const setupNotes = `## How the two are set up
   answer announces); both with keep-alive and an OCI manifest Accept header.
   Any non-2xx answer fails the run. The layers are uncompressed random bytes,
   read from the page cache. Clients and servers share the same cores.
-- **Reading the numbers.** A push is bound by CPU and by the disk on both
-  servers: each must hash every byte (sha256), copy it from the socket into
-  the page cache, on the same cores as the client sending it, and have it on
-  the disk before the 201. registryd sends a blob to the disk as it arrives,
-  so its push runs near the disk's sustained write rate and its lead over
-  distribution (which syncs each blob at its end) shrinks on a slow disk:
-  compare the push rates with the sha256 and fsync limits above rather than
-  with each other alone. The
+- **Reading the numbers.** A push is bound by CPU on both servers: each must
+  hash every byte (sha256), copy it from the socket into the page cache, on
+  the same cores as the client sending it, and have it on the disk before the
+  201 (registryd sends a blob to the disk as it arrives, distribution syncs
+  it at its end). Compare the push rates with the sha256 and disk limits
+  above (the durable-push row is the disk's ceiling for this image) rather
+  than with each other alone. The
   sink row is crane alone: no registry that reads the bytes can take its push
   faster, so a push ratio over distribution is bounded by sink / distribution. A pull
   with the Go client is bound by the client, which verifies every digest as it

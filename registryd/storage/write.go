@@ -22,26 +22,34 @@ import (
 // gocloud v0.47.0), and a failed write (an outage, a lost IfNotExist race)
 // must come back as an error, not a crash.
 
-// WriteSmall writes content to key in one request, tried again at once
-// (up to directoryRaceTries times in all) when a backend that keeps objects
-// as files lost a race with its own removal of an empty directory
+// WriteSmall writes content to key in one request (again on a lost
+// directory race: retryDirectoryRace).
+func WriteSmall(ctx context.Context, b *blob.Bucket, key string, content []byte, opts *blob.WriterOptions) error {
+	return retryDirectoryRace(ctx, func() error {
+		return classify(b.Upload(ctx, key, bytes.NewReader(content), withContentType(opts)), key)
+	})
+}
+
+// retryDirectoryRace runs write, a small write, and runs it again (up to
+// directoryRaceTries times in all) when a backend that keeps objects as
+// files lost a race with its own removal of an empty directory
 // (directoryRace): that PUT wrote nothing, and the same PUT a moment later
 // succeeds, so the client need not see a 503 for it.
-func WriteSmall(ctx context.Context, b *blob.Bucket, key string, content []byte, opts *blob.WriterOptions) error {
+func retryDirectoryRace(ctx context.Context, write func() error) error {
 	for try := 1; ; try++ {
-		err := b.Upload(ctx, key, bytes.NewReader(content), withContentType(opts))
+		err := write()
 		if err == nil || try == directoryRaceTries || !directoryRace(err) {
-			return classify(err, key)
+			return err
 		}
 		select {
 		case <-ctx.Done():
-			return classify(err, key)
+			return err
 		case <-time.After(time.Duration(try) * 5 * time.Millisecond):
 		}
 	}
 }
 
-// directoryRaceTries bounds WriteSmall's tries of a PUT that lost a
+// directoryRaceTries bounds the tries of a small write that lost a
 // directory race: the race is a window of microseconds, so a third loss in
 // a row is something else, and the client's retry after a 503 handles it.
 const directoryRaceTries = 3
@@ -50,10 +58,10 @@ const directoryRaceTries = 3
 // it returns, on a local bucket (see durable.go); local is the bucket's
 // SmallReader, which knows its directory.
 func WriteSmallDurable(ctx context.Context, local *SmallReader, key string, content []byte, opts *blob.WriterOptions) error {
-	if _, err := StreamDurable(ctx, local, key, bytes.NewReader(content), opts, nil); err != nil {
+	return retryDirectoryRace(ctx, func() error {
+		_, err := StreamDurable(ctx, local, key, bytes.NewReader(content), opts, nil)
 		return err
-	}
-	return nil
+	})
 }
 
 // StreamDurable is Stream whose data and name are on disk before it

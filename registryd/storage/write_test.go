@@ -15,11 +15,29 @@ import (
 	"gocloud.dev/gcerrors"
 )
 
-// TestWriteSmallRetriesDirectoryRace: a small write that lost versitygw's
+// TestWriteSmallRetriesDirectoryRace: a small write (an upload's marker by
+// WriteSmall; a link or a tag by WriteSmallDurable) that lost versitygw's
 // directory race (409 ExistingObjectIsDirectory) is tried again and lands;
 // a third loss in a row, or any other 409, goes back to the caller as
 // before (a 503 to retry, or the refusal itself).
 func TestWriteSmallRetriesDirectoryRace(t *testing.T) {
+	writes := []struct {
+		name  string
+		write func(b *blob.Bucket) error
+	}{
+		{"WriteSmall", func(b *blob.Bucket) error {
+			return WriteSmall(context.Background(), b, "uploads/u1/startedat", []byte("now"), nil)
+		}},
+		{"WriteSmallDurable", func(b *blob.Bucket) error {
+			return WriteSmallDurable(context.Background(), NewSmallReader(b), "uploads/u1/startedat", []byte("now"), nil)
+		}},
+	}
+	for _, w := range writes {
+		t.Run(w.name, func(t *testing.T) { testDirectoryRace(t, w.write) })
+	}
+}
+
+func testDirectoryRace(t *testing.T, write func(b *blob.Bucket) error) {
 	for _, tt := range []struct {
 		name        string
 		code        string
@@ -38,7 +56,7 @@ func TestWriteSmallRetriesDirectoryRace(t *testing.T) {
 			d := &racyBucket{code: tt.code, losses: tt.losses, stored: map[string][]byte{}}
 			b := blob.NewBucket(d)
 			defer b.Close()
-			err := WriteSmall(context.Background(), b, "uploads/u1/startedat", []byte("now"), nil)
+			err := write(b)
 			if d.tries != tt.wantTries {
 				t.Errorf("tries = %d, want %d", d.tries, tt.wantTries)
 			}

@@ -32,24 +32,14 @@ func sha256Limit(total int64) (float64, error) {
 // waits for fsync: what the disk takes when asked to persist (as
 // distribution's filesystem driver asks; fileblob does not).
 func diskWriteLimit(dir string, total int64, sync bool) (float64, error) {
-	f, err := os.CreateTemp(dir, "disk-limit-")
+	f, done, err := limitFile(dir)
 	if err != nil {
 		return 0, err
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
-	buf := make([]byte, 1<<20)
-	randomBytes(8, buf)
+	defer done()
 	start := time.Now()
-	for n := int64(0); n < total; n += int64(len(buf)) {
-		if _, err := f.Write(buf); err != nil {
-			return 0, err
-		}
-	}
-	if sync {
-		if err := f.Sync(); err != nil {
-			return 0, err
-		}
+	if err := writeFile(f, 8, total, false, sync); err != nil {
+		return 0, err
 	}
 	return mbps(total, time.Since(start)), nil
 }
@@ -60,10 +50,19 @@ func diskWriteLimit(dir string, total int64, sync bool) (float64, error) {
 // the disk's ceiling for a push of that image with durable commits, which
 // no registry can beat on this disk whatever its CPU.
 func durablePushLimit(dir string, n int, size int64) (float64, error) {
+	files := make([]*os.File, n)
+	for i := range files {
+		f, done, err := limitFile(dir)
+		if err != nil {
+			return 0, err
+		}
+		defer done()
+		files[i] = f
+	}
 	errs := make(chan error, n)
 	start := time.Now()
-	for i := range n {
-		go func() { errs <- writeDurably(dir, uint64(10+i), size) }()
+	for i, f := range files {
+		go func() { errs <- writeFile(f, uint64(10+i), size, true, true) }()
 	}
 	var first error
 	for range n {
@@ -74,24 +73,33 @@ func durablePushLimit(dir string, n int, size int64) (float64, error) {
 	return mbps(int64(n)*size, time.Since(start)), first
 }
 
-func writeDurably(dir string, seed uint64, size int64) error {
-	f, err := os.CreateTemp(dir, "disk-limit-")
+// limitFile is a new file in dir for a disk limit; done closes and removes it.
+func limitFile(dir string) (f *os.File, done func(), err error) {
+	f, err = os.CreateTemp(dir, "disk-limit-")
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer os.Remove(f.Name())
-	defer f.Close()
+	return f, func() { f.Close(); os.Remove(f.Name()) }, nil
+}
+
+// writeFile writes size bytes (a whole number of MiB) of random content
+// to f in 1 MiB writes; with writeBack, each 2 MiB is sent to the disk as
+// soon as it is written (sync_file_range), with sync, f is fsynced last.
+func writeFile(f *os.File, seed uint64, size int64, writeBack, sync bool) error {
 	buf := make([]byte, 1<<20)
 	randomBytes(seed, buf)
 	for off := int64(0); off < size; off += int64(len(buf)) {
 		if _, err := f.Write(buf); err != nil {
 			return err
 		}
-		if (off+int64(len(buf)))%(2<<20) == 0 {
-			_ = unix.SyncFileRange(int(f.Fd()), off+int64(len(buf))-(2<<20), 2<<20, unix.SYNC_FILE_RANGE_WRITE)
+		if end := off + int64(len(buf)); writeBack && end%(2<<20) == 0 {
+			_ = unix.SyncFileRange(int(f.Fd()), end-(2<<20), 2<<20, unix.SYNC_FILE_RANGE_WRITE)
 		}
 	}
-	return f.Sync()
+	if sync {
+		return f.Sync()
+	}
+	return nil
 }
 
 // loopbackLimit sends total bytes over one loopback TCP connection to a

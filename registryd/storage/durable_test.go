@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"testing/iotest"
+	"time"
 
 	"gocloud.dev/blob"
 	"gocloud.dev/blob/fileblob"
@@ -141,3 +144,109 @@ type chunkReader struct {
 }
 
 func (c chunkReader) Read(p []byte) (int, error) { return c.r.Read(p[:min(len(p), c.n)]) }
+
+// TestCopyOverlapsReadsAndWrites: while a block is being written, the copy
+// goes on reading the next one. The writer holds its first write until a
+// read past that block has happened; a copy that reads and writes in turn
+// never gets there.
+func TestCopyOverlapsReadsAndWrites(t *testing.T) {
+	content := bytes.Repeat([]byte("y"), 1<<20)
+	var reads atomic.Int64
+	readPast := make(chan struct{})
+	r := readFunc(func(p []byte) (int, error) {
+		n, err := chunkReader{bytes.NewReader(content[reads.Load():]), 16 << 10}.Read(p)
+		if reads.Add(int64(n)) > 64<<10 && n > 0 {
+			select {
+			case <-readPast:
+			default:
+				close(readPast)
+			}
+		}
+		return n, err
+	})
+	var w recordingWriter
+	first := true
+	waiting := writeFunc(func(p []byte) (int, error) {
+		if first {
+			first = false
+			select {
+			case <-readPast:
+			case <-time.After(10 * time.Second):
+				return 0, errors.New("no read while the first block was being written")
+			}
+		}
+		return w.Write(p)
+	})
+	g := &guardedReader{r: r, cancel: func(error) {}}
+	n, err := g.WriteTo(waiting)
+	if err != nil || n != int64(len(content)) || !bytes.Equal(w.buf.Bytes(), content) {
+		t.Fatalf("copied %d (%v), %d stored", n, err, w.buf.Len())
+	}
+}
+
+// TestCopyFailures: a failed write or read ends the copy with that error,
+// what was written is a prefix of the content, in order, and a failed
+// write stops the reading within the block being filled.
+func TestCopyFailures(t *testing.T) {
+	content := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
+	diskFull := errors.New("no space left")
+	reset := errors.New("connection reset")
+	cases := []struct {
+		name       string
+		failWrite  int // fail the write after this many bytes (0: never)
+		failRead   int // fail the read after this many bytes (0: never)
+		want       error
+		readAtMost int
+	}{
+		{name: "write fails", failWrite: 1 << 20, want: diskFull, readAtMost: 1<<20 + 3*maxCopyBlock},
+		{name: "read fails", failRead: 3 << 20, want: reset, readAtMost: 3 << 20},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			var read int
+			r := readFunc(func(p []byte) (int, error) {
+				if c.failRead > 0 && read >= c.failRead {
+					return 0, reset
+				}
+				n := copy(p[:min(len(p), 32<<10)], content[read:])
+				read += n
+				if read == len(content) {
+					return n, io.EOF
+				}
+				return n, nil
+			})
+			var w recordingWriter
+			failing := writeFunc(func(p []byte) (int, error) {
+				if c.failWrite > 0 && w.buf.Len()+len(p) > c.failWrite {
+					k := c.failWrite - w.buf.Len()
+					w.Write(p[:k])
+					return k, diskFull
+				}
+				return w.Write(p)
+			})
+			var cancelled error
+			g := &guardedReader{r: r, cancel: func(err error) { cancelled = err }}
+			n, err := g.WriteTo(failing)
+			if !errors.Is(err, c.want) {
+				t.Fatalf("error %v, want %v", err, c.want)
+			}
+			if n != int64(w.buf.Len()) || !bytes.Equal(w.buf.Bytes(), content[:w.buf.Len()]) {
+				t.Fatalf("reported %d written, %d stored, not a prefix of the content", n, w.buf.Len())
+			}
+			if read > c.readAtMost {
+				t.Errorf("read %d bytes, want at most %d", read, c.readAtMost)
+			}
+			if c.failRead > 0 && !errors.Is(cancelled, reset) {
+				t.Errorf("a failed read did not cancel the write (%v)", cancelled)
+			}
+		})
+	}
+}
+
+type readFunc func([]byte) (int, error)
+
+func (f readFunc) Read(p []byte) (int, error) { return f(p) }
+
+type writeFunc func([]byte) (int, error)
+
+func (f writeFunc) Write(p []byte) (int, error) { return f(p) }

@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"gocloud.dev/blob"
@@ -174,36 +175,106 @@ func (g *guardedReader) Read(p []byte) (int, error) {
 // GiB costs a few thousand write(2)s rather than 32,768. The block grows
 // from 64 KiB while the content keeps coming, so a small blob never
 // allocates more.
+//
+// Reading (the socket, and the digest a TeeReader in r computes) and
+// writing (the copy into the page cache, and writeBack) run on two
+// goroutines handing blocks over: done in turn, one upload keeps one core
+// busy at most, and a push's last layer — or a one-layer push — streams at
+// that rate while the other core idles.
 func (g *guardedReader) WriteTo(w io.Writer) (int64, error) {
-	buf := make([]byte, 64<<10)
-	var written int64
-	for !g.eof {
+	p := startFileWriter(w, g.writeBack)
+	size := 64 << 10
+	var err error
+	for !g.eof && err == nil && !p.failed.Load() {
+		buf := p.block(size)
 		n := 0
-		var err error
 		for n < len(buf) && err == nil {
 			var k int
 			k, err = g.readOnce(buf[n:])
 			n += k
 		}
 		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
-				return written, werr
-			}
-			written += int64(n)
+			p.full <- buf[:n]
 		}
-		if err != nil && err != io.EOF {
-			return written, err
+		if n == len(buf) && size < maxCopyBlock {
+			size *= 2
 		}
-		g.writeBack(written)
-		if n == len(buf) && len(buf) < maxCopyBlock {
-			buf = make([]byte, 2*len(buf))
-		}
+	}
+	written, werr := p.finish()
+	switch {
+	case werr != nil:
+		return written, werr
+	case err != nil && err != io.EOF:
+		return written, err
 	}
 	return written, g.syncFile()
 }
 
-// maxCopyBlock bounds WriteTo's buffer: an upload in progress holds one.
+// maxCopyBlock bounds WriteTo's blocks: an upload in progress holds two,
+// one being filled and one being written.
 const maxCopyBlock = 256 << 10
+
+// fileWriter is WriteTo's writing goroutine: it writes the blocks sent on
+// full to w in order and hands each back on free. After a failed write it
+// writes nothing more, sets failed, and keeps handing blocks back until
+// full is closed.
+type fileWriter struct {
+	full   chan []byte
+	free   chan []byte
+	done   chan struct{}
+	failed atomic.Bool
+	// held counts the blocks made; written and err are the writer's, read
+	// after done.
+	held    int
+	written int64
+	err     error
+}
+
+func startFileWriter(w io.Writer, wrote func(written int64)) *fileWriter {
+	p := &fileWriter{full: make(chan []byte), free: make(chan []byte, 2), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		for b := range p.full {
+			if p.err == nil {
+				var n int
+				n, p.err = w.Write(b)
+				p.written += int64(n)
+				if p.err != nil {
+					p.failed.Store(true)
+				} else {
+					wrote(p.written)
+				}
+			}
+			p.free <- b[:cap(b)]
+		}
+	}()
+	return p
+}
+
+// block returns a block of size bytes to fill: a new one while fewer than
+// two exist, else the one the writer hands back (replaced when it is
+// smaller than size).
+func (p *fileWriter) block(size int) []byte {
+	for {
+		if p.held < 2 {
+			p.held++
+			return make([]byte, size)
+		}
+		b := <-p.free
+		if cap(b) >= size {
+			return b[:size]
+		}
+		p.held--
+	}
+}
+
+// finish waits for the blocks sent to be written and returns the count
+// and the first write error.
+func (p *fileWriter) finish() (int64, error) {
+	close(p.full)
+	<-p.done
+	return p.written, p.err
+}
 
 // readOnce reads from the content once, counts, and checks the content at
 // its end (atEOF); any failure cancels the write.

@@ -180,9 +180,18 @@ func (g *guardedReader) Read(p []byte) (int, error) {
 // writing (the copy into the page cache, and writeBack) run on two
 // goroutines handing blocks over: done in turn, one upload keeps one core
 // busy at most, and a push's last layer — or a one-layer push — streams at
-// that rate while the other core idles.
+// that rate while the other core idles. A file is also flushed as it fills
+// (flusher), so the commit's fsync finds little left to make stable.
 func (g *guardedReader) WriteTo(w io.Writer) (int64, error) {
-	p := startFileWriter(w, g.writeBack)
+	var fl *flusher
+	if g.file != nil {
+		f := g.file
+		fl = startFlusher(func() { flushData(f) })
+	}
+	p := startFileWriter(w, func(written int64) {
+		g.writeBack(written)
+		fl.wrote(written)
+	})
 	size := 64 << 10
 	var err error
 	for !g.eof && err == nil && !p.failed.Load() {
@@ -201,6 +210,7 @@ func (g *guardedReader) WriteTo(w io.Writer) (int64, error) {
 		}
 	}
 	written, werr := p.finish()
+	fl.stop()
 	switch {
 	case werr != nil:
 		return written, werr

@@ -20,3 +20,16 @@ func writeBack(f *os.File, off, n int64) {
 		_ = unix.SyncFileRange(int(fd), off, n, unix.SYNC_FILE_RANGE_WRITE)
 	})
 }
+
+// flushData is fdatasync(2): the file's data, and the device's write
+// cache, on stable storage. Through Control, so that a Close racing it
+// waits rather than letting it sync a reused descriptor.
+func flushData(f *os.File) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_ = unix.Fdatasync(int(fd))
+	})
+}

@@ -260,6 +260,9 @@ func run(ctx context.Context, o options) error {
 			}
 			logf("round %d/%d, %s: workload 1 (Go client)", round+1, o.bytesRounds, k)
 			if err := withServer(ctx, o, k, func(s *server) error {
+				if err := warmSource(layoutDir); err != nil {
+					return err
+				}
 				defer o.prof.during(ctx, s, fmt.Sprintf("push-go-%d", round), 2*time.Second)()
 				push, pull, err := pushPullGoMeasured(ctx, s, big, bigTotal, rssPush)
 				if err != nil {

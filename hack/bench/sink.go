@@ -66,6 +66,9 @@ func craneSinkLimit(ctx context.Context, crane, layoutDir string, total int64, r
 	s := &server{kind: "sink", addr: ln.Addr().String()}
 	best := 0.0
 	for i := 0; i < rounds; i++ {
+		if err := warmSource(layoutDir); err != nil {
+			return 0, err
+		}
 		v, err := runCrane(ctx, crane, s, total, "push", layoutDir, fmt.Sprintf("%s/sink/crane:v%d", s.addr, i))
 		if err != nil {
 			return 0, err

@@ -125,8 +125,12 @@ func craneRound(ctx context.Context, crane, curl string, s *server, layoutDir st
 	return nil
 }
 
-// pushCrane pushes the OCI layout in layoutDir to s as big/crane:v1.
+// pushCrane pushes the OCI layout in layoutDir to s as big/crane:v1, from
+// memory (warmSource).
 func pushCrane(ctx context.Context, crane string, s *server, layoutDir string, total int64) (float64, error) {
+	if err := warmSource(layoutDir); err != nil {
+		return 0, err
+	}
 	return runCrane(ctx, crane, s, total, "push", layoutDir, s.addr+"/big/crane:v1")
 }
 

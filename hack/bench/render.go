@@ -42,9 +42,10 @@ const setupNotes = `## How the two are set up
 - **registryd**: ` + "`registryd --storage file://DIR --auth none`" + `, the gocloud
   fileblob driver. fileblob writes each object to a temp file, then renames it
   into place; registryd fsyncs the file's data before the rename and the
-  directory after it (durable commits, ` + "`registryd/storage/durable.go`" + `), and sends
-  a file's pages to the disk every 2 MiB as they arrive (docs/registryd.md). It computes
-  an MD5 of every object it writes, for its attributes sidecar.
+  directory after it (durable commits, ` + "`registryd/storage/durable.go`" + `); while a
+  file is written it sends its pages to the disk every 2 MiB and flushes it every
+  16 MiB in the background (docs/registryd.md). It turns off fileblob's attribute
+  sidecars, so it computes no MD5 of what it writes.
 - **distribution v3.1.2**: filesystem driver on DIR, in-memory blob descriptor
   cache (as its shipped config), access log off so that both log one line per
   request. Its filesystem driver **fsyncs** every file it commits (upload data
@@ -59,7 +60,10 @@ const setupNotes = `## How the two are set up
   apache2-utils) for HEADs, which wrk cannot do (it waits for the body a HEAD
   answer announces); both with keep-alive and an OCI manifest Accept header.
   Any non-2xx answer fails the run. The layers are uncompressed random bytes,
-  read from the page cache. Clients and servers share the same cores.
+  read once into the page cache before every push (this VM's kernel pages
+  out files idle for a minute, and a client reading its image from the disk
+  while the registry writes made both slower). Clients and servers share the
+  same cores.
 - **Reading the numbers.** A push is bound by CPU on both servers: each must
   hash every byte (sha256), copy it from the socket into the page cache, on
   the same cores as the client sending it, and have it on the disk before the

@@ -37,9 +37,9 @@ type BlobInfo struct {
 // StatBlob returns the size of blob d if it is linked into repository name,
 // as a blob or (as distribution allows) as a manifest.
 func (s *Store) StatBlob(ctx context.Context, name string, d digest.Digest) (BlobInfo, error) {
-	ok, err := s.exists(ctx, layerLinkKey(name, d))
+	ok, err := s.Exists(ctx, layerLinkKey(name, d))
 	if err == nil && !ok {
-		ok, err = s.exists(ctx, manifestLinkKey(name, d))
+		ok, err = s.Exists(ctx, manifestLinkKey(name, d))
 	}
 	if err != nil {
 		return BlobInfo{}, err
@@ -51,9 +51,9 @@ func (s *Store) StatBlob(ctx context.Context, name string, d digest.Digest) (Blo
 }
 
 func (s *Store) statContent(ctx context.Context, d digest.Digest) (BlobInfo, error) {
-	attrs, err := s.bucket.Attributes(ctx, BlobKey(d))
+	attrs, err := s.local.Attributes(ctx, BlobKey(d))
 	if err != nil {
-		return BlobInfo{}, classify(err, BlobKey(d))
+		return BlobInfo{}, err
 	}
 	return BlobInfo{Digest: d, Size: attrs.Size}, nil
 }
@@ -167,7 +167,7 @@ func (s *Store) WriteContent(ctx context.Context, d digest.Digest, size int64, r
 
 func (s *Store) writeContent(ctx context.Context, d digest.Digest, size int64, r io.Reader, verifier digest.Verifier) (int64, error) {
 	key := BlobKey(d)
-	if ok, err := s.exists(ctx, key); err != nil {
+	if ok, err := s.Exists(ctx, key); err != nil {
 		return 0, err
 	} else if ok {
 		// Already stored: still verify what the client sent, but do not
@@ -207,7 +207,7 @@ var MaxServerSideCopy int64 = 5 << 30
 // server-side up to MaxServerSideCopy, streamed through registryd (and
 // verified again on the way) beyond.
 func (s *Store) CopyContent(ctx context.Context, d digest.Digest, srcKey string, size int64) error {
-	if ok, err := s.exists(ctx, BlobKey(d)); err != nil || ok {
+	if ok, err := s.Exists(ctx, BlobKey(d)); err != nil || ok {
 		return err
 	}
 	if s.linkLocal(ctx, BlobKey(d), srcKey) {

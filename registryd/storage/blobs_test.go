@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"gocloud.dev/blob"
@@ -209,6 +210,71 @@ func TestSmallReader(t *testing.T) {
 	}
 	if _, err := r.ReadAll(ctx, "repos/app/_tags/v2"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("missing after learning: %v", err)
+	}
+}
+
+// TestSmallReaderAttributes: once the directory is learned, Attributes
+// stats the file itself and answers what the bucket answers — the same
+// size and modification time, ErrNotFound for a missing key and for a
+// directory where a key would be — before learning and on other buckets
+// the bucket answers; Store.Exists follows it.
+func TestSmallReaderAttributes(t *testing.T) {
+	ctx := context.Background()
+	buckets := map[string]func(t *testing.T) *blob.Bucket{
+		"file": func(t *testing.T) *blob.Bucket {
+			b, err := fileblob.OpenBucket(t.TempDir(), &fileblob.Options{Metadata: fileblob.MetadataDontWrite})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		},
+		"mem": func(*testing.T) *blob.Bucket { return memblob.OpenBucket(nil) },
+	}
+	for name, open := range buckets {
+		t.Run(name, func(t *testing.T) {
+			b := open(t)
+			defer b.Close()
+			s := New(b)
+			r := s.Local()
+			check := func(stage string) {
+				t.Helper()
+				want, err := b.Attributes(ctx, "repos/app/_layers/x/link")
+				if err != nil {
+					t.Fatal(err)
+				}
+				got, err := r.Attributes(ctx, "repos/app/_layers/x/link")
+				if err != nil || got.Size != want.Size || !got.ModTime.Equal(want.ModTime) {
+					t.Fatalf("%s: %+v, %v; the bucket says size %d, modified %v", stage, got, err, want.Size, want.ModTime)
+				}
+				for _, key := range []string{"repos/app/_layers/y/link", "repos/app/_layers"} {
+					if _, err := r.Attributes(ctx, key); !errors.Is(err, ErrNotFound) {
+						t.Errorf("%s: %s: %v, want ErrNotFound", stage, key, err)
+					}
+					if ok, err := s.Exists(ctx, key); ok || err != nil {
+						t.Errorf("%s: Exists(%s) = %v, %v", stage, key, ok, err)
+					}
+				}
+				if ok, err := s.Exists(ctx, "repos/app/_layers/x/link"); !ok || err != nil {
+					t.Errorf("%s: Exists of the link = %v, %v", stage, ok, err)
+				}
+			}
+			if err := b.WriteAll(ctx, "repos/app/_layers/x/link", []byte("sha256:abc"), nil); err != nil {
+				t.Fatal(err)
+			}
+			check("before learning")
+			if _, err := r.ReadAll(ctx, "repos/app/_layers/x/link"); err != nil {
+				t.Fatal(err)
+			}
+			if learned := r.learnedRoot() != ""; learned != (name == "file") {
+				t.Fatalf("learned a directory: %v", learned)
+			}
+			check("after learning")
+			time.Sleep(10 * time.Millisecond)
+			if err := b.WriteAll(ctx, "repos/app/_layers/x/link", []byte("sha256:abcdef"), nil); err != nil {
+				t.Fatal(err)
+			}
+			check("after a rewrite")
+		})
 	}
 }
 

@@ -185,14 +185,14 @@ func (s *Store) ConfirmBlob(ctx context.Context, name string, d digest.Digest, w
 // touchAfter <= 0 touches every time.
 func (s *Store) StatBlobFresh(ctx context.Context, name string, d digest.Digest, touchAfter time.Duration) (BlobInfo, error) {
 	key := layerLinkKey(name, d)
-	attrs, err := s.bucket.Attributes(ctx, key)
+	attrs, err := s.local.Attributes(ctx, key)
 	if err != nil {
-		if err = classify(err, key); !errors.Is(err, ErrNotFound) {
+		if !errors.Is(err, ErrNotFound) {
 			return BlobInfo{}, err
 		}
 		key = manifestLinkKey(name, d)
-		if attrs, err = s.bucket.Attributes(ctx, key); err != nil {
-			if err = classify(err, key); errors.Is(err, ErrNotFound) {
+		if attrs, err = s.local.Attributes(ctx, key); err != nil {
+			if errors.Is(err, ErrNotFound) {
 				return BlobInfo{}, fmt.Errorf("blob %s in %s: %w", d, name, ErrNotFound)
 			}
 			return BlobInfo{}, err
@@ -235,9 +235,9 @@ func (s *Store) touch(ctx context.Context, key string) error {
 // that names it). It reports whether it wrote.
 func (s *Store) TouchManifest(ctx context.Context, name string, d digest.Digest, touchAfter time.Duration) (bool, error) {
 	key := manifestLinkKey(name, d)
-	attrs, err := s.bucket.Attributes(ctx, key)
+	attrs, err := s.local.Attributes(ctx, key)
 	if err != nil {
-		return false, classify(err, key)
+		return false, err
 	}
 	if touchAfter > 0 && time.Since(attrs.ModTime) < touchAfter {
 		return false, nil

@@ -33,9 +33,9 @@ func NewSmallReader(b *blob.Bucket) *SmallReader { return &SmallReader{bucket: b
 
 // ReadAll returns the content of key; a missing object wraps ErrNotFound.
 func (r *SmallReader) ReadAll(ctx context.Context, key string) ([]byte, error) {
-	direct := plainKey(key) && !strings.HasSuffix(key, ".attrs") // fileblob refuses sidecar names
-	if root := r.learnedRoot(); root != "" && direct {
-		b, err := os.ReadFile(root + filepath.FromSlash(key))
+	direct := directKey(key)
+	if path, ok := r.localPath(key); ok {
+		b, err := os.ReadFile(path)
 		switch {
 		case err == nil:
 			return b, nil
@@ -54,6 +54,44 @@ func (r *SmallReader) ReadAll(ctx context.Context, key string) ([]byte, error) {
 	}
 	b, err := io.ReadAll(rd)
 	return b, classify(err, key)
+}
+
+// Attributes returns key's size and modification time (classified
+// errors; a missing object wraps ErrNotFound). On a local directory it is
+// one stat(2) of the file: fileblob's Attributes also opens the attributes
+// sidecar, which registryd does not write, and records a trace span —
+// together 9 % of registryd's CPU in a push of small images, for the link
+// and blob checks. Elsewhere, and for any error but a missing file, the
+// bucket answers.
+func (r *SmallReader) Attributes(ctx context.Context, key string) (*blob.Attributes, error) {
+	if path, ok := r.localPath(key); ok {
+		info, err := os.Stat(path)
+		switch {
+		case err == nil && !info.IsDir():
+			return &blob.Attributes{Size: info.Size(), ModTime: info.ModTime()}, nil
+		case err == nil, errors.Is(err, fs.ErrNotExist):
+			// fileblob calls a directory where the key would be missing.
+			return nil, fmt.Errorf("%s: %w", key, ErrNotFound)
+		}
+	}
+	attrs, err := r.bucket.Attributes(ctx, key)
+	return attrs, classify(err, key)
+}
+
+// directKey reports whether key may be read as a file under the bucket's
+// directory: a plain key, not an attributes sidecar's name (which fileblob
+// refuses).
+func directKey(key string) bool {
+	return plainKey(key) && !strings.HasSuffix(key, ".attrs")
+}
+
+// localPath is key's file once the bucket's directory is known.
+func (r *SmallReader) localPath(key string) (string, bool) {
+	root := r.learnedRoot()
+	if root == "" || !directKey(key) {
+		return "", false
+	}
+	return root + filepath.FromSlash(key), true
 }
 
 func (r *SmallReader) learnedRoot() string {

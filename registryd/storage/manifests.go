@@ -35,9 +35,9 @@ func (s *Store) PutManifest(ctx context.Context, name string, d digest.Digest, m
 // manifest is still there); its content only when they changed.
 func (s *Store) StatManifest(ctx context.Context, name string, d digest.Digest) (ocispec.Descriptor, error) {
 	key := manifestLinkKey(name, d)
-	attrs, err := s.bucket.Attributes(ctx, key)
+	attrs, err := s.local.Attributes(ctx, key)
 	if err != nil {
-		return ocispec.Descriptor{}, classify(err, key)
+		return ocispec.Descriptor{}, err
 	}
 	st := stamp{modTime: attrs.ModTime, size: attrs.Size}
 	link, ok := s.links.get(key, st)

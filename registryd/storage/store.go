@@ -72,12 +72,17 @@ func (s *Store) Ping(ctx context.Context) error {
 	return classify(err, "ping")
 }
 
-func (s *Store) exists(ctx context.Context, key string) (bool, error) {
-	ok, err := s.bucket.Exists(ctx, key)
-	if err != nil {
-		return false, classify(err, key)
+// Exists reports whether key is in the bucket (on a local directory, with
+// one stat: SmallReader.Attributes).
+func (s *Store) Exists(ctx context.Context, key string) (bool, error) {
+	_, err := s.local.Attributes(ctx, key)
+	switch {
+	case errors.Is(err, ErrNotFound):
+		return false, nil
+	case err != nil:
+		return false, err
 	}
-	return ok, nil
+	return true, nil
 }
 
 func (s *Store) readAll(ctx context.Context, key string, limit int64) ([]byte, error) {

@@ -114,9 +114,9 @@ func (m *Manager) Resume(ctx context.Context, repo, id, token string) (State, er
 		// The garbage collector may be deleting its parts: never resume.
 		return State{}, fmt.Errorf("%w: %s expired after %s", ErrUnknown, id, m.lifetime)
 	}
-	ok, err := m.store.Bucket().Exists(ctx, storage.UploadMarkerKey(id))
+	ok, err := m.store.Exists(ctx, storage.UploadMarkerKey(id))
 	if err != nil {
-		return State{}, fmt.Errorf("checking upload %s: %w", id, storage.Classify(err, storage.UploadMarkerKey(id)))
+		return State{}, fmt.Errorf("checking upload %s: %w", id, err)
 	}
 	if !ok {
 		return State{}, fmt.Errorf("%w: %s", ErrUnknown, id)

@@ -220,16 +220,7 @@ func TestSmallReader(t *testing.T) {
 // the bucket answers; Store.Exists follows it.
 func TestSmallReaderAttributes(t *testing.T) {
 	ctx := context.Background()
-	buckets := map[string]func(t *testing.T) *blob.Bucket{
-		"file": func(t *testing.T) *blob.Bucket {
-			b, err := fileblob.OpenBucket(t.TempDir(), &fileblob.Options{Metadata: fileblob.MetadataDontWrite})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b
-		},
-		"mem": func(*testing.T) *blob.Bucket { return memblob.OpenBucket(nil) },
-	}
+	buckets := fileAndMemBuckets()
 	for name, open := range buckets {
 		t.Run(name, func(t *testing.T) {
 			b := open(t)

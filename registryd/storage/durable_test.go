@@ -25,16 +25,7 @@ import (
 func TestStreamDurable(t *testing.T) {
 	ctx := context.Background()
 	content := bytes.Repeat([]byte("0123456789abcdef"), 70_000) // > one copy buffer
-	buckets := map[string]func(t *testing.T) *blob.Bucket{
-		"file": func(t *testing.T) *blob.Bucket {
-			b, err := fileblob.OpenBucket(t.TempDir(), &fileblob.Options{Metadata: fileblob.MetadataDontWrite})
-			if err != nil {
-				t.Fatal(err)
-			}
-			return b
-		},
-		"mem": func(*testing.T) *blob.Bucket { return memblob.OpenBucket(nil) },
-	}
+	buckets := fileAndMemBuckets()
 	readers := map[string]func() *bytes.Reader{"plain": func() *bytes.Reader { return bytes.NewReader(content) }}
 	for name, open := range buckets {
 		t.Run(name, func(t *testing.T) {
@@ -124,6 +115,21 @@ func TestCopyBlocks(t *testing.T) {
 				t.Errorf("%d bytes: write %d of %d bytes, smaller than the first block", size, i, k)
 			}
 		}
+	}
+}
+
+// fileAndMemBuckets opens a fresh bucket of each kind a test runs on: a
+// local directory (as registryd opens it, no sidecars) and memory.
+func fileAndMemBuckets() map[string]func(t *testing.T) *blob.Bucket {
+	return map[string]func(t *testing.T) *blob.Bucket{
+		"file": func(t *testing.T) *blob.Bucket {
+			b, err := fileblob.OpenBucket(t.TempDir(), &fileblob.Options{Metadata: fileblob.MetadataDontWrite})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		},
+		"mem": func(*testing.T) *blob.Bucket { return memblob.OpenBucket(nil) },
 	}
 }
 

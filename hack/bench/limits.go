@@ -46,9 +46,11 @@ func diskWriteLimit(dir string, total int64, sync bool) (float64, error) {
 
 // durablePushLimit writes n files of size bytes at once, each in 1 MiB
 // writes whose pages are sent to the disk every 2 MiB as they are written
-// (sync_file_range, as registryd writes a blob) and fsynced at its end:
-// the disk's ceiling for a push of that image with durable commits, which
-// no registry can beat on this disk whatever its CPU.
+// (sync_file_range, as registryd does) and fsynced at its end: the disk's
+// ceiling for a push of that image with durable commits. registryd also
+// flushes a file every 16 MiB as it fills, which spreads the device's
+// cache flush out and can beat this row on a disk whose flush costs what
+// is pending (docs/registryd.md); it has not here.
 func durablePushLimit(dir string, n int, size int64) (float64, error) {
 	files := make([]*os.File, n)
 	for i := range files {

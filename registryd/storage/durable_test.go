@@ -7,7 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sync/atomic"
+	"sync"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -157,16 +157,14 @@ func (c chunkReader) Read(p []byte) (int, error) { return c.r.Read(p[:min(len(p)
 // never gets there.
 func TestCopyOverlapsReadsAndWrites(t *testing.T) {
 	content := bytes.Repeat([]byte("y"), 1<<20)
-	var reads atomic.Int64
+	src := chunkReader{bytes.NewReader(content), 16 << 10}
+	read := 0
 	readPast := make(chan struct{})
+	var pastFirstBlock sync.Once
 	r := readFunc(func(p []byte) (int, error) {
-		n, err := chunkReader{bytes.NewReader(content[reads.Load():]), 16 << 10}.Read(p)
-		if reads.Add(int64(n)) > 64<<10 && n > 0 {
-			select {
-			case <-readPast:
-			default:
-				close(readPast)
-			}
+		n, err := src.Read(p)
+		if read += n; read > 64<<10 {
+			pastFirstBlock.Do(func() { close(readPast) })
 		}
 		return n, err
 	})
@@ -192,7 +190,9 @@ func TestCopyOverlapsReadsAndWrites(t *testing.T) {
 
 // TestCopyFailures: a failed write or read ends the copy with that error,
 // what was written is a prefix of the content, in order, and a failed
-// write stops the reading within the block being filled.
+// write stops the reading within three blocks of it (the one being
+// written, the one being filled, and one more filled before the failure
+// is seen).
 func TestCopyFailures(t *testing.T) {
 	content := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB
 	diskFull := errors.New("no space left")
